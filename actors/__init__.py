@@ -1,0 +1,68 @@
+"""lark-token-actors: Feishu/Lark access tokens from an actor-owned cache.
+
+One TokenActor owns the cache (no locks), concurrent misses share one upstream request, a
+scheduler actor prewarms tokens before they expire, and callers get pykka futures.
+"""
+
+from loguru import logger
+
+from actors._clock import Clock as Clock
+from actors._clock import ManualClock as ManualClock
+from actors._clock import SystemClock as SystemClock
+from actors._config import FEISHU as FEISHU
+from actors._config import LARK as LARK
+from actors._config import AppConfig as AppConfig
+from actors._config import AppType as AppType
+from actors._config import RefreshPolicy as RefreshPolicy
+from actors._config import TokenKey as TokenKey
+from actors._config import TokenKind as TokenKind
+from actors._errors import AppTicketError as AppTicketError
+from actors._errors import AuthError as AuthError
+from actors._errors import RateLimitedError as RateLimitedError
+from actors._errors import SystemStoppedError as SystemStoppedError
+from actors._errors import TokenError as TokenError
+from actors._errors import UpstreamError as UpstreamError
+from actors._events import RefreshFailed as RefreshFailed
+from actors._events import TokenRefreshed as TokenRefreshed
+from actors._messages import GetToken as GetToken
+from actors._messages import TokenReply as TokenReply
+from actors._metrics import LatencySummary as LatencySummary
+from actors._metrics import TokenMetrics as TokenMetrics
+from actors._scheduler import SchedulerActor as SchedulerActor
+from actors._system import TokenProxy as TokenProxy
+from actors._system import TokenSystem as TokenSystem
+from actors._token_actor import TokenActor as TokenActor
+
+__all__ = [
+    "FEISHU",
+    "LARK",
+    "AppConfig",
+    "AppTicketError",
+    "AppType",
+    "AuthError",
+    "Clock",
+    "GetToken",
+    "LatencySummary",
+    "ManualClock",
+    "RateLimitedError",
+    "RefreshFailed",
+    "RefreshPolicy",
+    "SchedulerActor",
+    "SystemClock",
+    "SystemStoppedError",
+    "TokenActor",
+    "TokenError",
+    "TokenKey",
+    "TokenKind",
+    "TokenMetrics",
+    "TokenProxy",
+    "TokenRefreshed",
+    "TokenReply",
+    "TokenSystem",
+    "UpstreamError",
+]
+
+__version__ = "0.1.0"
+
+# A library never decides where logs go: the application opts in with logger.enable("actors").
+logger.disable("actors")

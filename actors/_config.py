@@ -1,0 +1,197 @@
+"""Configuration: apps, token kinds, cache keys and the one timing policy."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+from actors._mask import mask_secret
+
+__all__ = [
+    "FEISHU",
+    "LARK",
+    "AppConfig",
+    "AppType",
+    "RefreshPolicy",
+    "TokenKey",
+    "TokenKind",
+    "resolve_key",
+]
+
+FEISHU = "https://open.feishu.cn"
+LARK = "https://open.larksuite.com"
+
+# Feishu hands out the same token while 30 minutes or more remain (FEISHU.md, lifetime rule), so
+# a prewarm earlier than this can never yield a new token.
+FEISHU_REFRESH_WINDOW = 1800.0
+
+
+class AppType(enum.StrEnum):
+    SELF_BUILT = "self_built"
+    MARKETPLACE = "marketplace"
+
+
+class TokenKind(enum.StrEnum):
+    TENANT = "tenant"
+    APP = "app"
+
+
+class TokenKey(NamedTuple):
+    """What a cached token is keyed by: never shared across domains, apps, kinds or tenants."""
+
+    base_url: str
+    app_id: str
+    kind: TokenKind
+    tenant_key: str | None = None
+
+    def describe(self) -> str:
+        tenant = f"/{self.tenant_key}" if self.tenant_key else ""
+        return f"{self.app_id}:{self.kind.value}{tenant}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AppConfig:
+    """One Feishu/Lark app. Validated at construction; the secret is masked in ``repr``."""
+
+    app_id: str
+    app_secret: str = dataclasses.field(repr=False)
+    app_type: AppType = dataclasses.field(default=AppType.SELF_BUILT, kw_only=True)
+    base_url: str = dataclasses.field(default=FEISHU, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.app_id, str) or not self.app_id.strip():
+            msg = "AppConfig.app_id must be a non-empty string"
+            raise ValueError(msg)
+        if not isinstance(self.app_secret, str) or not self.app_secret.strip():
+            msg = f"AppConfig.app_secret must be a non-empty string (app_id={self.app_id})"
+            raise ValueError(msg)
+        try:
+            app_type = AppType(self.app_type)
+        except ValueError:
+            msg = f"AppConfig.app_type must be an AppType, got {self.app_type!r}"
+            raise ValueError(msg) from None
+        object.__setattr__(self, "app_type", app_type)
+        parts = urlsplit(self.base_url) if isinstance(self.base_url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            msg = f"AppConfig.base_url must be an http(s) URL, got {self.base_url!r}"
+            raise ValueError(msg)
+        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+
+    def key(self, kind: TokenKind, tenant_key: str | None = None) -> TokenKey:
+        return TokenKey(self.base_url, self.app_id, kind, tenant_key)
+
+    def __repr__(self) -> str:
+        return (
+            f"AppConfig(app_id={self.app_id!r}, app_secret={mask_secret(self.app_secret)!r}, "
+            f"app_type={self.app_type.value!r}, base_url={self.base_url!r})"
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RefreshPolicy:
+    """Every timing knob of the system, in seconds.
+
+    A token is served only while ``now < expires_at - safety_margin``. Prewarm starts at
+    ``expires_at - prewarm_lead * (1 + u)`` with ``u`` uniform in ``[-jitter, +jitter]``.
+    Transient failures retry with exponential backoff and full jitter
+    (``uniform(0, min(retry_cap, retry_base * 2**attempt))``), at most ``max_attempts`` requests.
+    """
+
+    safety_margin: float = 180.0
+    prewarm_lead: float = 600.0
+    jitter: float = 0.1
+    retry_base: float = 0.5
+    retry_cap: float = 30.0
+    max_attempts: int = 5
+    request_timeout: tuple[float, float] = (3.05, 10.0)
+    max_concurrent_fetches: int = 8
+    ticket_wait: float = 60.0
+    idle_ttl: float = 4 * 7200.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("safety_margin", "retry_base", "retry_cap", "ticket_wait", "idle_ttl"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0:
+                msg = f"RefreshPolicy.{name} must be a number >= 0, got {value!r}"
+                raise ValueError(msg)
+        if not 0 < self.prewarm_lead < FEISHU_REFRESH_WINDOW:
+            msg = (
+                f"RefreshPolicy.prewarm_lead must be > 0 and < {FEISHU_REFRESH_WINDOW:g} (Feishu "
+                f"only issues a new token in the last 30 minutes), got {self.prewarm_lead!r}"
+            )
+            raise ValueError(msg)
+        if self.prewarm_lead <= self.safety_margin:
+            msg = "RefreshPolicy.prewarm_lead must be greater than safety_margin"
+            raise ValueError(msg)
+        if not 0 <= self.jitter < 1:
+            msg = f"RefreshPolicy.jitter must be in [0, 1), got {self.jitter!r}"
+            raise ValueError(msg)
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            msg = f"RefreshPolicy.max_attempts must be an int >= 1, got {self.max_attempts!r}"
+            raise ValueError(msg)
+        if not isinstance(self.max_concurrent_fetches, int) or self.max_concurrent_fetches < 1:
+            msg = (
+                "RefreshPolicy.max_concurrent_fetches must be an int >= 1, "
+                f"got {self.max_concurrent_fetches!r}"
+            )
+            raise ValueError(msg)
+        timeout = self.request_timeout
+        if (
+            not isinstance(timeout, tuple)
+            or len(timeout) != 2
+            or not all(isinstance(t, int | float) and t > 0 for t in timeout)
+        ):
+            msg = f"RefreshPolicy.request_timeout must be (connect, read) > 0, got {timeout!r}"
+            raise ValueError(msg)
+
+    def prewarm_due(self, expires_at: float, now: float, rng: random.Random) -> float:
+        """When to refresh a token that expires at ``expires_at``, jittered.
+
+        Never earlier than halfway from now to the hard deadline: a server that keeps handing out
+        the same or short-lived tokens then costs a logarithmic number of refreshes, never a loop.
+        """
+        hard = expires_at - self.safety_margin
+        due = expires_at - self.prewarm_lead * (1 + rng.uniform(-1.0, 1.0) * self.jitter)
+        return max(due, now + (hard - now) / 2)
+
+    def backoff(
+        self, attempt: int, rng: random.Random, *, retry_after: float | None = None
+    ) -> float:
+        """Delay before retry number ``attempt`` (1-based): full jitter, honouring retry_after."""
+        delay = rng.uniform(0, min(self.retry_cap, self.retry_base * 2 ** (attempt - 1)))
+        return delay if retry_after is None else max(delay, retry_after)
+
+
+def resolve_key(
+    apps: Mapping[str, AppConfig], kind: Any, tenant_key: str | None, app_id: str | None
+) -> TokenKey:
+    """Validate a get's arguments against the served apps; ValueError says what is wrong."""
+    try:
+        kind = TokenKind(kind)
+    except ValueError:
+        msg = f"kind must be TokenKind.TENANT or TokenKind.APP, got {kind!r}"
+        raise ValueError(msg) from None
+    if app_id is None:
+        if len(apps) != 1:
+            msg = f"app_id is required: this system serves {len(apps)} apps ({', '.join(apps)})"
+            raise ValueError(msg)
+        app = next(iter(apps.values()))
+    elif app_id in apps:
+        app = apps[app_id]
+    else:
+        msg = f"unknown app_id {app_id!r}; this system serves: {', '.join(apps)}"
+        raise ValueError(msg)
+    if kind is TokenKind.APP or app.app_type is AppType.SELF_BUILT:
+        if tenant_key is not None:
+            what = "an app token" if kind is TokenKind.APP else "a self-built app's tenant token"
+            msg = f"tenant_key is not accepted for {what} (app {app.app_id}); leave it None"
+            raise ValueError(msg)
+    elif not isinstance(tenant_key, str) or not tenant_key:
+        msg = f"tenant_key is required for marketplace app {app.app_id}'s tenant token"
+        raise ValueError(msg)
+    return app.key(kind, tenant_key)

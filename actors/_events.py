@@ -1,0 +1,119 @@
+"""Refresh events: what happened to which key, never a token value.
+
+Subscribers are callables (run on the library's event thread, never the TokenActor's, so a slow
+subscriber cannot stall token service) or pykka ActorRefs (the event arrives as a message).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+from loguru import logger
+
+from actors._config import TokenKind
+
+__all__ = ["EventHub", "RefreshEvent", "RefreshFailed", "Subscriber", "TokenRefreshed"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenRefreshed:
+    """A key got a token (``cause``: miss, prewarm, invalidate)."""
+
+    app_id: str
+    kind: TokenKind
+    tenant_key: str | None
+    expires_at: float
+    cause: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RefreshFailed:
+    """An upstream attempt for a key failed; ``will_retry`` says whether the system tries again."""
+
+    app_id: str
+    kind: TokenKind
+    tenant_key: str | None
+    error: Exception
+    will_retry: bool
+
+
+RefreshEvent = TokenRefreshed | RefreshFailed
+Subscriber = Callable[[RefreshEvent], Any] | pykka.ActorRef[Any]
+
+
+class EventHub:
+    """Fans events out to subscribers; publish() is cheap when nobody listens."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: tuple[Subscriber, ...] = ()
+        self._queue: queue.SimpleQueue[tuple[Callable[[RefreshEvent], Any], RefreshEvent] | None]
+        self._queue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._pending = 0
+        self._idle = threading.Condition(self._lock)
+        self._closed = False
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        if not (callable(subscriber) or isinstance(subscriber, pykka.ActorRef)):
+            msg = (
+                f"subscribe() takes a callable or a pykka ActorRef, got {type(subscriber).__name__}"
+            )
+            raise TypeError(msg)
+        with self._lock:
+            self._subscribers = (*self._subscribers, subscriber)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
+
+        return unsubscribe
+
+    def publish(self, event: RefreshEvent) -> None:
+        for subscriber in self._subscribers:
+            if isinstance(subscriber, pykka.ActorRef):
+                try:
+                    subscriber.tell(event)
+                except pykka.ActorDeadError:
+                    pass
+            else:
+                self._enqueue(subscriber, event)
+
+    def _enqueue(self, callback: Callable[[RefreshEvent], Any], event: RefreshEvent) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._pending += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="actors-events", daemon=True)
+                self._thread.start()
+        self._queue.put((callback, event))
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
+
+    def close(self, timeout: float) -> None:
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            callback, event = item
+            try:
+                callback(event)
+            except Exception:  # a subscriber's bug must not stop the others
+                logger.exception("event subscriber {!r} raised", callback)
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()

@@ -1,0 +1,207 @@
+"""Metrics: counters owned by the TokenActor (its only writer, so no locks), bounded latency
+histograms, a frozen snapshot and a readable performance report."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from collections.abc import Mapping
+from types import MappingProxyType
+
+__all__ = ["LatencyHistogram", "LatencySummary", "MetricsRecorder", "TokenMetrics"]
+
+_MIN_SECONDS = 1e-6
+_GROWTH = 1.08  # bucket width: percentiles are exact to within 8%
+_BUCKETS = int(math.log(1e4 / _MIN_SECONDS) / math.log(_GROWTH)) + 2  # 1 µs .. ~3 h
+
+
+class LatencyHistogram:
+    """Log-bucketed histogram: constant memory whatever the traffic, ~8% relative precision."""
+
+    __slots__ = ("_counts", "count", "max", "total")
+
+    def __init__(self) -> None:
+        self._counts = [0] * _BUCKETS
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+
+    @staticmethod
+    def _bucket(seconds: float) -> int:
+        if seconds <= _MIN_SECONDS:
+            return 0
+        return min(_BUCKETS - 1, 1 + int(math.log(seconds / _MIN_SECONDS) / math.log(_GROWTH)))
+
+    def record(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self._counts[self._bucket(seconds)] += 1
+        self.count += 1
+        self.total += seconds
+        self.max = max(self.max, seconds)
+
+    def percentile(self, q: float) -> float:
+        """The upper edge of the bucket holding the q-th quantile (capped at the exact max)."""
+        if not self.count:
+            return 0.0
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        for index, n in enumerate(self._counts):
+            seen += n
+            if seen >= rank:
+                edge = 0.0 if index == 0 else _MIN_SECONDS * _GROWTH**index
+                return min(edge, self.max)
+        return self.max
+
+    def summary(self) -> LatencySummary:
+        return LatencySummary(
+            count=self.count,
+            mean=self.total / self.count if self.count else 0.0,
+            p50=self.percentile(0.50),
+            p90=self.percentile(0.90),
+            p99=self.percentile(0.99),
+            max=self.max,
+        )
+
+    @staticmethod
+    def memory_slots() -> int:
+        return _BUCKETS
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LatencySummary:
+    """Latency percentiles in seconds."""
+
+    count: int = 0
+    mean: float = 0.0
+    p50: float = 0.0
+    p90: float = 0.0
+    p99: float = 0.0
+    max: float = 0.0
+
+    def describe(self) -> str:
+        if not self.count:
+            return "no samples"
+        return (
+            f"p50 {_ms(self.p50)}  p90 {_ms(self.p90)}  p99 {_ms(self.p99)}  "
+            f"max {_ms(self.max)}  (n={self.count})"
+        )
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+_EMPTY: Mapping[str, int] = MappingProxyType({})
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TokenMetrics:
+    """A frozen snapshot of the TokenActor's counters.
+
+    Each caller get counts exactly once among ``hits``, ``misses`` (it started a fetch) and
+    ``coalesced`` (it joined a fetch in flight). ``stale_served`` counts hits served while the
+    key was being refreshed (prewarm in flight or retrying). ``fetch_success`` and
+    ``fetch_failure`` count upstream requests, one per attempt.
+    """
+
+    hits: int = 0
+    misses: int = 0
+    coalesced: int = 0
+    stale_served: int = 0
+    fetch_success: int = 0
+    fetch_failure: int = 0
+    retries: int = 0
+    prewarms: int = 0
+    invalidations: int = 0
+    same_token_refreshes: int = 0
+    idle_evictions: int = 0
+    ticket_resends: int = 0
+    fetches_by_cause: Mapping[str, int] = dataclasses.field(default_factory=lambda: _EMPTY)
+    failures_by_error: Mapping[str, int] = dataclasses.field(default_factory=lambda: _EMPTY)
+    in_flight: int = 0
+    queued: int = 0
+    keys_cached: int = 0
+    soonest_expiry_in: float | None = None
+    get_latency: LatencySummary = dataclasses.field(default_factory=LatencySummary)
+    fetch_latency: LatencySummary = dataclasses.field(default_factory=LatencySummary)
+
+    @property
+    def gets(self) -> int:
+        return self.hits + self.misses + self.coalesced
+
+    @property
+    def hit_rate(self) -> float:
+        """Share of gets answered from the cache, 0.0-1.0 (0.0 before any get)."""
+        return self.hits / self.gets if self.gets else 0.0
+
+    def report(self) -> str:
+        """A human-readable performance report."""
+        causes = ", ".join(f"{k} {v}" for k, v in sorted(self.fetches_by_cause.items())) or "none"
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(self.failures_by_error.items())) or "none"
+        expiry = "n/a" if self.soonest_expiry_in is None else f"{self.soonest_expiry_in:.0f} s"
+        lines = [
+            "lark-token-actors performance report",
+            f"  gets            {self.gets}  (hits {self.hits}, misses {self.misses}, "
+            f"coalesced {self.coalesced}; stale served {self.stale_served})",
+            f"  hit rate        {self.hit_rate:.1%}",
+            f"  get latency     {self.get_latency.describe()}",
+            f"  upstream        {self.fetch_success} ok, {self.fetch_failure} failed, "
+            f"{self.retries} retries; by cause: {causes}",
+            f"  failures        {errors}",
+            f"  fetch latency   {self.fetch_latency.describe()}",
+            f"  refreshes       {self.prewarms} prewarms, {self.invalidations} invalidations, "
+            f"{self.same_token_refreshes} same-token, {self.idle_evictions} idle evictions, "
+            f"{self.ticket_resends} ticket resends",
+            f"  now             {self.keys_cached} keys cached, {self.in_flight} fetches in "
+            f"flight, {self.queued} queued, soonest expiry in {expiry}",
+        ]
+        return "\n".join(lines)
+
+
+class MetricsRecorder:
+    """The mutable side, written only from the TokenActor's thread."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+        self.coalesced = 0
+        self.stale_served = 0
+        self.fetch_success = 0
+        self.fetch_failure = 0
+        self.retries = 0
+        self.prewarms = 0
+        self.invalidations = 0
+        self.same_token_refreshes = 0
+        self.idle_evictions = 0
+        self.ticket_resends = 0
+        self.fetches_by_cause: Counter[str] = Counter()
+        self.failures_by_error: Counter[str] = Counter()
+        self.get_latency = LatencyHistogram()
+        self.fetch_latency = LatencyHistogram()
+
+    def snapshot(
+        self, *, in_flight: int, queued: int, keys_cached: int, soonest_expiry_in: float | None
+    ) -> TokenMetrics:
+        return TokenMetrics(
+            hits=self.hits,
+            misses=self.misses,
+            coalesced=self.coalesced,
+            stale_served=self.stale_served,
+            fetch_success=self.fetch_success,
+            fetch_failure=self.fetch_failure,
+            retries=self.retries,
+            prewarms=self.prewarms,
+            invalidations=self.invalidations,
+            same_token_refreshes=self.same_token_refreshes,
+            idle_evictions=self.idle_evictions,
+            ticket_resends=self.ticket_resends,
+            fetches_by_cause=MappingProxyType(dict(self.fetches_by_cause)),
+            failures_by_error=MappingProxyType(dict(self.failures_by_error)),
+            in_flight=in_flight,
+            queued=queued,
+            keys_cached=keys_cached,
+            soonest_expiry_in=soonest_expiry_in,
+            get_latency=self.get_latency.summary(),
+            fetch_latency=self.fetch_latency.summary(),
+        )

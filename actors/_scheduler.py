@@ -1,0 +1,180 @@
+"""The scheduler actor: the one timer mechanism of the system.
+
+Prewarms, retry backoff and app_ticket deadlines are all delayed messages kept in one
+:class:`DeadlineIndex` (a ``sortedcontainers.SortedList``: schedule, cancel and pop in O(log n)).
+The actor itself never sleeps and never reads real time except through the clock: one driver
+thread per system waits for the earliest deadline (or, with a ManualClock, for ``advance()``)
+and then sends the actor a ``Tick``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import pykka
+from loguru import logger
+from sortedcontainers import SortedList
+
+from actors._clock import Clock
+
+__all__ = ["Cancel", "DeadlineIndex", "Schedule", "SchedulerActor", "Tick"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Schedule:
+    """Deliver ``message`` to ``target`` once the clock reaches ``due``. Ids are the sender's."""
+
+    timer_id: int
+    due: float
+    target: pykka.ActorRef[Any]
+    message: Any
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cancel:
+    timer_id: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tick:
+    """Fire everything due at the clock's current time; asked, it answers how many fired."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NextDue:
+    """Asked: the earliest due time, or None."""
+
+
+class DeadlineIndex:
+    """Timers ordered by due time; ties fire in scheduling order (ids increase)."""
+
+    def __init__(self) -> None:
+        self._order: SortedList = SortedList()
+        self._entries: dict[int, tuple[float, pykka.ActorRef[Any], Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def schedule(
+        self, timer_id: int, due: float, target: pykka.ActorRef[Any], message: Any
+    ) -> None:
+        self.cancel(timer_id)
+        self._entries[timer_id] = (due, target, message)
+        self._order.add((due, timer_id))
+
+    def cancel(self, timer_id: int) -> bool:
+        entry = self._entries.pop(timer_id, None)
+        if entry is None:
+            return False
+        self._order.remove((entry[0], timer_id))
+        return True
+
+    def next_due(self) -> float | None:
+        return self._order[0][0] if self._order else None
+
+    def pop_due(self, now: float) -> list[tuple[pykka.ActorRef[Any], Any]]:
+        """Remove and return, in due order, every timer with ``due <= now``."""
+        count = self._order.bisect_right((now, float("inf")))
+        due = [self._order[i][1] for i in range(count)]
+        del self._order[:count]
+        fired = []
+        for timer_id in due:
+            _, target, message = self._entries.pop(timer_id)
+            fired.append((target, message))
+        return fired
+
+
+class SchedulerActor(pykka.ThreadingActor):
+    """Owns the DeadlineIndex; answers Schedule / Cancel / Tick messages."""
+
+    use_daemon_thread = True
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self._clock = clock
+        self._index = DeadlineIndex()
+        self._driver = _TimerDriver(clock)
+
+    def on_start(self) -> None:
+        self._driver.start(self.actor_ref)
+
+    def on_stop(self) -> None:
+        self._driver.stop()
+
+    def on_failure(self, *_: object) -> None:
+        self._driver.stop()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Schedule):
+            self._index.schedule(message.timer_id, message.due, message.target, message.message)
+        elif isinstance(message, Cancel):
+            self._index.cancel(message.timer_id)
+        elif isinstance(message, Tick):
+            return self._fire()
+        elif isinstance(message, NextDue):
+            return self._index.next_due()
+        self._driver.rearm(self._index.next_due())
+        return None
+
+    def _fire(self) -> int:
+        fired = self._index.pop_due(self._clock.now())
+        for target, message in fired:
+            try:
+                target.tell(message)
+            except pykka.ActorDeadError:  # the target stopped first; its timers died with it
+                pass
+        self._driver.rearm(self._index.next_due())
+        return len(fired)
+
+    @property
+    def pending(self) -> int:
+        return len(self._index)
+
+
+class _TimerDriver:
+    """One thread that sleeps until the earliest deadline and then tells the actor to Tick."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._wake = threading.Event()
+        self._next_due: float | None = None
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._unsubscribe = clock.subscribe(self._wake.set)
+
+    def start(self, ref: pykka.ActorRef[Any]) -> None:
+        self._thread = threading.Thread(
+            target=self._run, args=(ref,), name="actors-timer-driver", daemon=True
+        )
+        self._thread.start()
+
+    def rearm(self, next_due: float | None) -> None:
+        if next_due != self._next_due:
+            self._next_due = next_due
+            self._wake.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._unsubscribe()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5.0)
+
+    def _run(self, ref: pykka.ActorRef[Any]) -> None:
+        while not self._stopped:
+            # Clear before reading next_due: a rearm() racing with this loop then sets the event
+            # again and the wait below returns at once instead of sleeping past the new deadline.
+            self._wake.clear()
+            due = self._next_due
+            self._clock.wait(self._wake, due)
+            if self._stopped:
+                return
+            if due is not None and self._clock.now() >= due:
+                try:
+                    ref.tell(Tick())
+                except pykka.ActorDeadError:
+                    return
+        logger.trace("timer driver stopped")

@@ -1,0 +1,280 @@
+"""TokenSystem: starts, wires and stops the actors; TokenProxy: the caller-side handle."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, Self, cast
+
+import pykka
+import requests
+from loguru import logger
+
+from actors import _messages as m
+from actors._client import FeishuAuthClient
+from actors._clock import Clock, SystemClock
+from actors._config import AppConfig, AppType, RefreshPolicy, TokenKind, resolve_key
+from actors._errors import SystemStoppedError
+from actors._events import EventHub, Subscriber
+from actors._metrics import TokenMetrics
+from actors._scheduler import NextDue, SchedulerActor, Tick
+from actors._token_actor import TokenActor
+from actors._waiters import FutureWaiter, PendingFutures
+from actors._workers import WorkerPool
+
+__all__ = ["TokenProxy", "TokenSystem"]
+
+
+class TokenProxy:
+    """``system.proxy``: every method sends one message and returns a ``pykka.Future``.
+
+    Arguments are validated here; a bad one gives a future that raises ``ValueError``.
+    """
+
+    def __init__(
+        self,
+        ref: pykka.ActorRef[TokenActor],
+        apps: dict[str, AppConfig],
+        clock: Clock,
+        pending: PendingFutures,
+    ) -> None:
+        self._ref = ref
+        self._apps = apps
+        self._clock = clock
+        self._pending = pending
+        self._stopped = False
+
+    def get_token(
+        self,
+        kind: TokenKind = TokenKind.TENANT,
+        *,
+        tenant_key: str | None = None,
+        app_id: str | None = None,
+    ) -> pykka.Future[str]:
+        """A future of the token of ``kind`` (a miss fetches; concurrent misses share one fetch)."""
+        waiter = FutureWaiter(self._clock.now(), self._pending)
+        try:
+            key = resolve_key(self._apps, kind, tenant_key, app_id)
+        except ValueError as exc:
+            waiter.fail(exc)
+        else:
+            self._send(m.Get(key, waiter), waiter)
+        return waiter.future
+
+    def set_app_ticket(self, ticket: str, *, app_id: str | None = None) -> pykka.Future[None]:
+        """Hand over the app_ticket Feishu pushed (marketplace apps); waiting gets resume."""
+        waiter = FutureWaiter(self._clock.now(), self._pending)
+        try:
+            app = self._apps[resolve_key(self._apps, TokenKind.APP, None, app_id).app_id]
+            if app.app_type is not AppType.MARKETPLACE:
+                msg = f"app {app.app_id} is self-built: it has no app_ticket"
+                raise ValueError(msg)
+            if not isinstance(ticket, str) or not ticket.strip():
+                msg = "app_ticket must be a non-empty string"
+                raise ValueError(msg)
+        except ValueError as exc:
+            waiter.fail(exc)
+        else:
+            self._send(m.SetTicket(app.app_id, ticket, waiter), waiter)
+        return waiter.future
+
+    def invalidate(self, token: str) -> pykka.Future[bool]:
+        """Drop ``token`` if it is still the cached one and fetch a fresh one; True if dropped."""
+        waiter = FutureWaiter(self._clock.now(), self._pending)
+        self._send(m.Invalidate(token, waiter), waiter)
+        return waiter.future
+
+    def metrics(self) -> pykka.Future[TokenMetrics]:
+        """A future of a frozen snapshot of the counters."""
+        waiter = FutureWaiter(self._clock.now(), self._pending)
+        self._send(m.Snapshot(waiter), waiter)
+        return waiter.future
+
+    def _send(self, message: Any, waiter: FutureWaiter) -> None:
+        if self._stopped:
+            waiter.fail(SystemStoppedError())
+            return
+        try:
+            self._ref.tell(message)
+        except pykka.ActorDeadError:
+            waiter.fail(SystemStoppedError())
+
+
+class TokenSystem:
+    """The running system: a TokenActor, a SchedulerActor, fetch workers and a clock.
+
+    Example:
+        >>> with TokenSystem.start(AppConfig("cli_x", "secret")) as system:  # doctest: +SKIP
+        ...     token = system.proxy.get_token().get(timeout=5)
+    """
+
+    def __init__(
+        self,
+        app_or_apps: AppConfig | Iterable[AppConfig],
+        *,
+        policy: RefreshPolicy | None = None,
+        clock: Clock | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        apps = _apps_by_id(app_or_apps)
+        policy = RefreshPolicy() if policy is None else policy
+        if not isinstance(policy, RefreshPolicy):
+            msg = f"policy must be a RefreshPolicy, got {type(policy).__name__}"
+            raise ValueError(msg)
+        clock = SystemClock() if clock is None else clock
+        if not isinstance(clock, Clock):
+            msg = f"clock must be an actors.Clock (SystemClock, ManualClock), got {clock!r}"
+            raise ValueError(msg)
+        self._apps = apps
+        self._policy = policy
+        self._clock: Clock = clock
+        self._owns_session = session is None
+        self._session = requests.Session() if session is None else session
+        self._pending = PendingFutures()
+        self._events = EventHub()
+        # One worker more than the fetch cap, so an app_ticket resend never queues behind fetches.
+        self._pool = WorkerPool(policy.max_concurrent_fetches + 1)
+        self._stopped = False
+        self._scheduler: pykka.ActorRef[SchedulerActor] = SchedulerActor.start(clock)
+        try:
+            self._ref: pykka.ActorRef[TokenActor] = TokenActor.start(
+                apps=apps,
+                policy=policy,
+                clock=clock,
+                client=FeishuAuthClient(self._session, timeout=policy.request_timeout),
+                pool=self._pool,
+                scheduler=self._scheduler,
+                events=self._events,
+            )
+        except BaseException:
+            self._scheduler.stop()
+            raise
+        self._proxy = TokenProxy(self._ref, apps, clock, self._pending)
+        logger.bind(apps=list(apps)).debug("TokenSystem started")
+
+    @classmethod
+    def start(
+        cls,
+        app_or_apps: AppConfig | Iterable[AppConfig],
+        *,
+        policy: RefreshPolicy | None = None,
+        clock: Clock | None = None,
+        session: requests.Session | None = None,
+    ) -> Self:
+        """Start the actors for one app or several; ValueError names a bad argument."""
+        return cls(app_or_apps, policy=policy, clock=clock, session=session)
+
+    # --- public surface --------------------------------------------------------------------------
+
+    @property
+    def proxy(self) -> TokenProxy:
+        return self._proxy
+
+    @property
+    def actor_ref(self) -> pykka.ActorRef[TokenActor]:
+        return self._ref
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def policy(self) -> RefreshPolicy:
+        return self._policy
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Deliver TokenRefreshed / RefreshFailed events; returns the unsubscribe function."""
+        return self._events.subscribe(subscriber)
+
+    def metrics(self, *, timeout: float = 5.0) -> TokenMetrics:
+        return self._proxy.metrics().get(timeout=timeout)
+
+    def performance_report(self, *, timeout: float = 5.0) -> str:
+        return self.metrics(timeout=timeout).report()
+
+    def log_performance_metrics(self, *, timeout: float = 5.0) -> None:
+        logger.info("{}", self.performance_report(timeout=timeout))
+
+    def settle(self, timeout: float = 5.0) -> None:
+        """Block until quiescent: mailboxes empty, no upstream call running, nothing due now.
+
+        Raises TimeoutError if that does not happen within ``timeout`` real seconds.
+        """
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                msg = f"TokenSystem did not settle within {timeout:g}s"
+                raise TimeoutError(msg)
+            return remaining
+
+        while True:
+            fired = self._scheduler.ask(Tick(), timeout=left())
+            busy = self._ref.ask(m.Probe(), timeout=left())
+            if busy or self._pool.busy:
+                self._pool.wait_idle(left())
+                continue
+            if not self._events.wait_idle(left()):
+                continue
+            if fired or not self._ref.actor_inbox.empty():
+                continue
+            due = cast("float | None", self._scheduler.ask(NextDue(), timeout=left()))
+            if (due is None or due > self._clock.now()) and self._ref.actor_inbox.empty():
+                return
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop everything; idempotent. Pending futures fail with SystemStoppedError."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._proxy._stopped = True
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.01, deadline - time.monotonic())
+
+        for ref in (self._ref, self._scheduler):
+            try:
+                ref.stop(block=True, timeout=left())
+            except pykka.Timeout:
+                logger.warning("{} did not stop within {:g}s", ref, timeout)
+        self._pool.shutdown(left())
+        self._events.close(left())
+        self._pending.fail_all()
+        if self._owns_session:
+            self._session.close()
+        logger.debug("TokenSystem stopped")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "running"
+        return f"<TokenSystem apps={list(self._apps)} {state}>"
+
+
+def _apps_by_id(app_or_apps: AppConfig | Iterable[AppConfig]) -> dict[str, AppConfig]:
+    apps = [app_or_apps] if isinstance(app_or_apps, AppConfig) else list(app_or_apps)
+    if not apps:
+        msg = "TokenSystem.start needs at least one AppConfig"
+        raise ValueError(msg)
+    by_id: dict[str, AppConfig] = {}
+    for app in apps:
+        if not isinstance(app, AppConfig):
+            msg = f"apps must be AppConfig instances, got {type(app).__name__}"
+            raise ValueError(msg)
+        if app.app_id in by_id:
+            msg = f"app_id {app.app_id!r} is given twice"
+            raise ValueError(msg)
+        by_id[app.app_id] = app
+    return by_id

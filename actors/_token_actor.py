@@ -1,0 +1,484 @@
+"""The TokenActor: sole owner of the token cache.
+
+It handles one message at a time, so it needs no locks, and it never blocks its mailbox: upstream
+calls run on the WorkerPool and come back as FetchDone messages, delays are Schedule messages to
+the SchedulerActor. Concurrent misses of one key park their waiters on the key's entry and share
+one upstream request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import pykka
+from loguru import logger
+from sortedcontainers import SortedList
+
+from actors import _messages as m
+from actors._client import APP_TOKEN_INVALID_CODES, FeishuAuthClient, Grant
+from actors._clock import Clock
+from actors._config import AppConfig, AppType, RefreshPolicy, TokenKey, TokenKind, resolve_key
+from actors._errors import (
+    AppTicketError,
+    AuthError,
+    RateLimitedError,
+    SystemStoppedError,
+    TokenError,
+    UpstreamError,
+)
+from actors._events import EventHub, RefreshFailed, TokenRefreshed
+from actors._mask import mask_token
+from actors._metrics import MetricsRecorder, TokenMetrics
+from actors._scheduler import Cancel, Schedule
+from actors._waiters import Continuation, ReplyWaiter, Waiter
+from actors._workers import WorkerPool
+
+__all__ = ["TokenActor"]
+
+_log = logger.bind(component="TokenActor")
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _Entry:
+    key: TokenKey
+    app: AppConfig
+    token: str | None = None
+    expires_at: float = 0.0
+    waiters: list[Waiter] = dataclasses.field(default_factory=list)
+    busy: bool = False  # a refresh is under way: queued, in flight, backing off or awaiting input
+    cause: str = "miss"
+    attempts: int = 0
+    last_read: float = 0.0
+    prewarm_timer: int | None = None
+    retry_timer: int | None = None
+    request: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class TokenActor(pykka.ThreadingActor):
+    """Owns the cache keyed by (base_url, app_id, kind, tenant_key)."""
+
+    use_daemon_thread = True  # a forgotten system must not keep the host process alive
+
+    def __init__(
+        self,
+        *,
+        apps: Mapping[str, AppConfig],
+        policy: RefreshPolicy,
+        clock: Clock,
+        client: FeishuAuthClient,
+        pool: WorkerPool,
+        scheduler: pykka.ActorRef[Any],
+        events: EventHub,
+    ) -> None:
+        super().__init__()
+        self._apps = dict(apps)
+        self._policy = policy
+        self._clock = clock
+        self._client = client
+        self._pool = pool
+        self._scheduler = scheduler
+        self._events = events
+        self._rng = random.Random(policy.seed)
+        self._entries: dict[TokenKey, _Entry] = {}
+        self._by_token: dict[str, TokenKey] = {}
+        self._queue: SortedList = SortedList()  # (deadline, seq, key): fetches over the cap
+        self._seq = itertools.count()
+        self._timer_ids = itertools.count(1)
+        self._in_flight = 0
+        self._tickets: dict[str, str] = {}
+        self._awaiting_ticket: dict[str, int] = {}  # app_id -> deadline timer id
+        self.metrics = MetricsRecorder()
+
+    # --- mailbox -------------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        try:
+            return self._dispatch_message(message)
+        except Exception as exc:
+            # An exception escaping a tell() handler would kill the actor and strand every
+            # waiter; fail the one request that caused it and keep serving the rest.
+            _log.exception("TokenActor failed to handle {}", type(message).__name__)
+            waiter = getattr(message, "waiter", None)
+            if waiter is not None:
+                waiter.fail(exc)
+            return None
+
+    def _dispatch_message(self, message: Any) -> Any:
+        match message:
+            case m.Get(key, waiter):
+                self._get(key, waiter)
+            case m.FetchDone():
+                self._on_fetch_done(message)
+            case m.Prewarm(key, timer_id):
+                self._on_prewarm(key, timer_id)
+            case m.RetryDue(key, timer_id):
+                self._on_retry_due(key, timer_id)
+            case m.GetToken():
+                self._on_get_token(message)
+            case m.SetTicket():
+                self._on_set_ticket(message)
+            case m.TicketDeadline(app_id, timer_id):
+                self._on_ticket_deadline(app_id, timer_id)
+            case m.ResendDone(app_id, error):
+                self._on_resend_done(app_id, error)
+            case m.Invalidate(token, waiter):
+                waiter.resolve(self._invalidate(token))
+            case m.Snapshot(waiter):
+                waiter.resolve(self._snapshot())
+            case m.Probe():
+                return self._in_flight + len(self._queue)
+            case _:
+                _log.warning("TokenActor ignored an unknown message {!r}", type(message).__name__)
+        return None
+
+    def on_stop(self) -> None:
+        self._fail_everything()
+
+    def on_failure(self, *_: object) -> None:
+        self._fail_everything()
+
+    def _fail_everything(self) -> None:
+        error = SystemStoppedError()
+        for entry in self._entries.values():
+            waiters, entry.waiters = entry.waiters, []
+            for waiter in waiters:
+                waiter.fail(error)
+        self._queue.clear()
+
+    # --- gets ----------------------------------------------------------------------------------
+
+    def _on_get_token(self, message: m.GetToken) -> None:
+        waiter = ReplyWaiter(self._clock.now(), message.reply_to, message.tag)
+        try:
+            key = resolve_key(self._apps, message.kind, message.tenant_key, message.app_id)
+        except ValueError as exc:
+            waiter.fail(exc)
+            return
+        self._get(key, waiter)
+
+    def _get(self, key: TokenKey, waiter: Waiter) -> None:
+        now = self._clock.now()
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _Entry(key, self._apps[key.app_id])
+        entry.last_read = now
+        metrics = self.metrics
+        if entry.token is not None and now < entry.expires_at - self._policy.safety_margin:
+            if waiter.counted:
+                metrics.hits += 1
+                if entry.busy:
+                    metrics.stale_served += 1
+            self._resolve(waiter, entry.token, now)
+            return
+        entry.waiters.append(waiter)
+        if entry.busy:
+            metrics.coalesced += waiter.counted
+            return
+        metrics.misses += waiter.counted
+        self._start_refresh(entry, "miss")
+
+    def _resolve(self, waiter: Waiter, token: str, now: float) -> None:
+        if waiter.counted:
+            self.metrics.get_latency.record(now - waiter.started)
+        waiter.resolve(token)
+
+    # --- refresh cycle: start -> attempt -> (queue) -> worker -> FetchDone -> grant | error -----
+
+    def _start_refresh(self, entry: _Entry, cause: str) -> None:
+        entry.busy = True
+        entry.cause = cause
+        entry.attempts = 0
+        self.metrics.fetches_by_cause[cause] += 1
+        self._attempt(entry)
+
+    def _attempt(self, entry: _Entry) -> None:
+        app = entry.app
+        if app.app_type is AppType.SELF_BUILT:
+            self._enqueue(entry, {})
+        elif entry.key.kind is TokenKind.APP:
+            ticket = self._tickets.get(app.app_id)
+            if ticket is None:
+                self._await_ticket(entry)
+            else:
+                self._enqueue(entry, {"app_ticket": ticket})
+        else:
+            # Marketplace tenant tokens take two steps; the app token comes from this same
+            # cache (a hit, or one shared fetch for every tenant of the app).
+            self._get(
+                app.key(TokenKind.APP),
+                Continuation(
+                    self._clock.now(),
+                    on_token=lambda token: self._enqueue(entry, {"app_token": token}),
+                    on_error=lambda error: self._finish_failure(entry, error),
+                ),
+            )
+
+    def _enqueue(self, entry: _Entry, request: dict[str, str]) -> None:
+        entry.request = request
+        # Keys with callers waiting go first; prewarms follow in order of their hard deadline.
+        deadline = float("-inf") if entry.waiters else entry.expires_at - self._policy.safety_margin
+        self._queue.add((deadline, next(self._seq), entry.key))
+        self._start_queued()
+
+    def _start_queued(self) -> None:
+        while self._in_flight < self._policy.max_concurrent_fetches and self._queue:
+            _, _, key = self._queue.pop(0)
+            entry = self._entries[key]
+            try:
+                self._pool.submit(self._fetch_job(entry))
+            except RuntimeError:  # the pool shut down: the system is stopping
+                self._finish_failure(entry, SystemStoppedError())
+                continue
+            self._in_flight += 1
+
+    def _fetch_job(self, entry: _Entry) -> Any:
+        key, app, request = entry.key, entry.app, dict(entry.request)
+        client, clock, ref = self._client, self._clock, self.actor_ref
+
+        def job() -> None:
+            started = clock.now()
+            result: Grant | Exception
+            try:
+                result = client.fetch(app, key.kind, tenant_key=key.tenant_key, **request)
+            except TokenError as exc:
+                result = exc
+            except Exception as exc:  # any surprise is one failed attempt
+                result = UpstreamError(None, None, 1, detail=type(exc).__name__)
+            _tell(ref, m.FetchDone(key, result, started, clock.now() - started))
+
+        return job
+
+    def _on_fetch_done(self, done: m.FetchDone) -> None:
+        self._in_flight -= 1
+        entry = self._entries[done.key]
+        self.metrics.fetch_latency.record(done.latency)
+        if isinstance(done.result, Grant):
+            self.metrics.fetch_success += 1
+            self._on_grant(entry, done.result, done.started_at)
+        else:
+            self.metrics.fetch_failure += 1
+            self.metrics.failures_by_error[type(done.result).__name__] += 1
+            self._on_error(entry, done.result)
+        self._start_queued()
+
+    def _on_grant(self, entry: _Entry, grant: Grant, started_at: float) -> None:
+        now = self._clock.now()
+        same = grant.token == entry.token
+        if same:
+            self.metrics.same_token_refreshes += 1
+        elif entry.token is not None:
+            self._by_token.pop(entry.token, None)
+        entry.token = grant.token
+        # Measured from when the request left: the token cannot outlive that.
+        entry.expires_at = started_at + grant.expire
+        self._by_token[grant.token] = entry.key
+        entry.busy = False
+        entry.attempts = 0
+        self._schedule_prewarm(entry, now)
+        _log.bind(key=entry.key.describe(), cause=entry.cause, same_token=same).info(
+            "token refreshed: {} expires in {:.0f}s", mask_token(grant.token), grant.expire
+        )
+        self._events.publish(
+            TokenRefreshed(
+                entry.key.app_id,
+                entry.key.kind,
+                entry.key.tenant_key,
+                entry.expires_at,
+                entry.cause,
+            )
+        )
+        waiters, entry.waiters = entry.waiters, []
+        if now >= entry.expires_at - self._policy.safety_margin:
+            error = UpstreamError(
+                0, None, 1, detail=f"token expires within the safety margin ({grant.expire:g}s)"
+            )
+            for waiter in waiters:
+                waiter.fail(error)
+            return
+        for waiter in waiters:
+            self._resolve(waiter, grant.token, now)
+
+    def _schedule_prewarm(self, entry: _Entry, now: float) -> None:
+        due = self._policy.prewarm_due(entry.expires_at, now, self._rng)
+        entry.prewarm_timer = self._schedule(due, lambda tid: m.Prewarm(entry.key, tid))
+
+    def _on_error(self, entry: _Entry, error: Exception) -> None:
+        key = entry.key
+        if isinstance(error, AppTicketError) and key.kind is TokenKind.APP:
+            self._tickets.pop(key.app_id, None)  # 10012: the ticket is stale, ask for a new one
+            self._publish_failure(entry, error, will_retry=True)
+            self._await_ticket(entry)
+            return
+        if not isinstance(error, UpstreamError):
+            self._finish_failure(entry, error)
+            return
+        if key.kind is TokenKind.TENANT and error.code in APP_TOKEN_INVALID_CODES:
+            self._drop_token(self._entries.get(entry.app.key(TokenKind.APP)))
+        entry.attempts += 1
+        if entry.attempts >= self._policy.max_attempts:
+            self._finish_failure(entry, error.after_attempts(entry.attempts))
+            return
+        self.metrics.retries += 1
+        retry_after = error.retry_after if isinstance(error, RateLimitedError) else None
+        delay = self._policy.backoff(entry.attempts, self._rng, retry_after=retry_after)
+        _log.bind(key=key.describe(), attempt=entry.attempts).info(
+            "token fetch failed ({}), retrying in {:.2f}s", error, delay
+        )
+        self._publish_failure(entry, error, will_retry=True)
+        entry.retry_timer = self._schedule(
+            self._clock.now() + delay, lambda tid: m.RetryDue(key, tid)
+        )
+
+    def _on_retry_due(self, key: TokenKey, timer_id: int) -> None:
+        entry = self._entries.get(key)
+        if entry is not None and entry.retry_timer == timer_id:
+            entry.retry_timer = None
+            self._attempt(entry)
+
+    def _finish_failure(self, entry: _Entry, error: Exception) -> None:
+        entry.busy = False
+        entry.attempts = 0
+        waiters, entry.waiters = entry.waiters, []
+        for waiter in waiters:
+            waiter.fail(error)
+        self._publish_failure(entry, error, will_retry=False)
+        _log.bind(key=entry.key.describe(), cause=entry.cause).warning(
+            "token refresh failed: {}", error
+        )
+        now = self._clock.now()
+        hard = entry.expires_at - self._policy.safety_margin
+        if entry.token is not None and now < hard and not isinstance(error, SystemStoppedError):
+            # Stale-while-revalidate: keep serving the valid token and try again later.
+            due = min(now + self._policy.retry_cap, now + (hard - now) / 2)
+            entry.prewarm_timer = self._schedule(due, lambda tid: m.Prewarm(entry.key, tid))
+
+    def _publish_failure(self, entry: _Entry, error: Exception, *, will_retry: bool) -> None:
+        key = entry.key
+        self._events.publish(RefreshFailed(key.app_id, key.kind, key.tenant_key, error, will_retry))
+
+    # --- prewarm, idle eviction, invalidation ----------------------------------------------------
+
+    def _on_prewarm(self, key: TokenKey, timer_id: int) -> None:
+        entry = self._entries.get(key)
+        if entry is None or entry.prewarm_timer != timer_id:
+            return
+        entry.prewarm_timer = None
+        if entry.busy:
+            return
+        if self._clock.now() - entry.last_read > self._policy.idle_ttl:
+            # Nobody has read this key for a long time: stop refreshing it forever.
+            self._drop_token(entry)
+            del self._entries[key]
+            self.metrics.idle_evictions += 1
+            return
+        self.metrics.prewarms += 1
+        self._start_refresh(entry, "prewarm")
+
+    def _invalidate(self, token: str) -> bool:
+        key = self._by_token.get(token)
+        entry = self._entries.get(key) if key is not None else None
+        if entry is None or entry.token != token:
+            return False  # an older token, or one this system never issued: nothing to drop
+        self._drop_token(entry)
+        self.metrics.invalidations += 1
+        if not entry.busy:
+            self._start_refresh(entry, "invalidate")
+        return True
+
+    def _drop_token(self, entry: _Entry | None) -> None:
+        if entry is None or entry.token is None:
+            return
+        self._by_token.pop(entry.token, None)
+        entry.token = None
+        entry.expires_at = 0.0
+        if entry.prewarm_timer is not None:
+            self._scheduler.tell(Cancel(entry.prewarm_timer))
+            entry.prewarm_timer = None
+
+    # --- app_ticket ----------------------------------------------------------------------------
+
+    def _await_ticket(self, entry: _Entry) -> None:
+        app = entry.app
+        if app.app_id in self._awaiting_ticket:
+            return
+        deadline = self._clock.now() + self._policy.ticket_wait
+        self._awaiting_ticket[app.app_id] = self._schedule(
+            deadline, lambda tid: m.TicketDeadline(app.app_id, tid)
+        )
+        self.metrics.ticket_resends += 1
+        client, ref = self._client, self.actor_ref
+
+        def resend() -> None:
+            error: Exception | None = None
+            try:
+                client.resend_ticket(app)
+            except Exception as exc:  # reported back as a message
+                error = exc
+            _tell(ref, m.ResendDone(app.app_id, error))
+
+        try:
+            self._pool.submit(resend)
+        except RuntimeError:
+            self._finish_failure(entry, SystemStoppedError())
+
+    def _on_resend_done(self, app_id: str, error: Exception | None) -> None:
+        if error is None:
+            return
+        _log.bind(app_id=app_id).warning("app_ticket resend failed: {}", error)
+        if isinstance(error, AuthError) and app_id in self._awaiting_ticket:
+            # Wrong credentials: no ticket will ever come, so do not make callers wait for it.
+            self._scheduler.tell(Cancel(self._awaiting_ticket.pop(app_id)))
+            entry = self._entries.get(self._apps[app_id].key(TokenKind.APP))
+            if entry is not None and entry.busy:
+                self._finish_failure(entry, error)
+
+    def _on_set_ticket(self, message: m.SetTicket) -> None:
+        app = self._apps[message.app_id]
+        self._tickets[app.app_id] = message.ticket
+        timer_id = self._awaiting_ticket.pop(app.app_id, None)
+        if timer_id is not None:
+            self._scheduler.tell(Cancel(timer_id))
+            entry = self._entries.get(app.key(TokenKind.APP))
+            if entry is not None and entry.busy:
+                self._enqueue(entry, {"app_ticket": message.ticket})
+        if message.waiter is not None:
+            message.waiter.resolve(None)
+
+    def _on_ticket_deadline(self, app_id: str, timer_id: int) -> None:
+        if self._awaiting_ticket.get(app_id) != timer_id:
+            return
+        del self._awaiting_ticket[app_id]
+        entry = self._entries.get(self._apps[app_id].key(TokenKind.APP))
+        if entry is not None and entry.busy:
+            reason = (
+                f"none arrived within {self._policy.ticket_wait:g}s of asking Feishu to resend it"
+            )
+            self._finish_failure(entry, AppTicketError(app_id, reason))
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _schedule(self, due: float, make: Any) -> int:
+        timer_id = next(self._timer_ids)
+        self._scheduler.tell(Schedule(timer_id, due, self.actor_ref, make(timer_id)))
+        return timer_id
+
+    def _snapshot(self) -> TokenMetrics:
+        now = self._clock.now()
+        expiries = [e.expires_at - now for e in self._entries.values() if e.token is not None]
+        return self.metrics.snapshot(
+            in_flight=self._in_flight,
+            queued=len(self._queue),
+            keys_cached=len(expiries),
+            soonest_expiry_in=min(expiries) if expiries else None,
+        )
+
+
+def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:  # the system stopped while this call was in flight
+        pass

@@ -1,0 +1,118 @@
+"""AppConfig, RefreshPolicy and key resolution: bad input is rejected at construction."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import actors
+from actors._config import resolve_key
+
+
+def test_app_config_repr_masks_the_secret() -> None:
+    app = actors.AppConfig("cli_1", "very-secret-value")
+    assert "very-secret-value" not in repr(app)
+    assert "very-secret-value" not in str(app)
+    assert "cli_1" in repr(app)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"app_id": "", "app_secret": "s"}, "app_id"),
+        ({"app_id": "   ", "app_secret": "s"}, "app_id"),
+        ({"app_id": "cli", "app_secret": ""}, "app_secret"),
+        ({"app_id": "cli", "app_secret": "s", "base_url": "ftp://x"}, "base_url"),
+        ({"app_id": "cli", "app_secret": "s", "base_url": "not a url"}, "base_url"),
+        ({"app_id": "cli", "app_secret": "s", "app_type": "bogus"}, "app_type"),
+    ],
+)
+def test_invalid_app_config_raises_value_error_naming_the_field(
+    kwargs: dict[str, str], field: str
+) -> None:
+    with pytest.raises(ValueError, match=field):
+        actors.AppConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_base_url_trailing_slash_is_normalised_so_keys_match() -> None:
+    a = actors.AppConfig("cli", "s", base_url="https://open.feishu.cn/")
+    b = actors.AppConfig("cli", "s")
+    assert a.key(actors.TokenKind.TENANT) == b.key(actors.TokenKind.TENANT)
+
+
+def test_keys_differ_by_domain_app_kind_and_tenant() -> None:
+    feishu = actors.AppConfig("cli", "s")
+    lark = actors.AppConfig("cli", "s", base_url=actors.LARK)
+    keys = {
+        feishu.key(actors.TokenKind.TENANT),
+        lark.key(actors.TokenKind.TENANT),
+        feishu.key(actors.TokenKind.APP),
+        feishu.key(actors.TokenKind.TENANT, "t1"),
+        feishu.key(actors.TokenKind.TENANT, "t2"),
+    }
+    assert len(keys) == 5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"prewarm_lead": 1800.0}, "prewarm_lead"),
+        ({"prewarm_lead": 100.0, "safety_margin": 200.0}, "prewarm_lead"),
+        ({"jitter": 1.5}, "jitter"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"max_concurrent_fetches": 0}, "max_concurrent_fetches"),
+        ({"request_timeout": (1.0,)}, "request_timeout"),
+        ({"request_timeout": (0, 5)}, "request_timeout"),
+        ({"retry_base": -1}, "retry_base"),
+    ],
+)
+def test_invalid_policy_raises_value_error_naming_the_field(
+    kwargs: dict[str, object], field: str
+) -> None:
+    with pytest.raises(ValueError, match=field):
+        actors.RefreshPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_backoff_is_full_jitter_capped_and_honours_retry_after() -> None:
+    policy = actors.RefreshPolicy(retry_base=1.0, retry_cap=8.0)
+    rng = random.Random(1)
+    for attempt in range(1, 10):
+        for _ in range(50):
+            delay = policy.backoff(attempt, rng)
+            assert 0 <= delay <= min(8.0, 2 ** (attempt - 1))
+    assert policy.backoff(1, rng, retry_after=5.0) >= 5.0
+
+
+def test_prewarm_due_lies_in_the_jitter_band_before_expiry() -> None:
+    policy = actors.RefreshPolicy(prewarm_lead=600.0, jitter=0.1, safety_margin=180.0)
+    rng = random.Random(3)
+    dues = [policy.prewarm_due(10_000.0, 2_800.0, rng) for _ in range(200)]
+    assert all(10_000 - 660 <= d <= 10_000 - 540 for d in dues)
+    assert len({round(d) for d in dues}) > 50  # spread, not lockstep
+
+
+def test_prewarm_due_is_never_earlier_than_halfway_to_the_hard_deadline() -> None:
+    policy = actors.RefreshPolicy(prewarm_lead=600.0, safety_margin=180.0)
+    # A token with only 400 s left would be "due" in the past; it must wait half its margin.
+    due = policy.prewarm_due(1_400.0, 1_000.0, random.Random(0))
+    assert due == pytest.approx(1_000.0 + (1_400.0 - 180.0 - 1_000.0) / 2)
+
+
+def test_resolve_key_rules() -> None:
+    own = actors.AppConfig("cli_own", "s")
+    market = actors.AppConfig("cli_mk", "s", app_type=actors.AppType.MARKETPLACE)
+    one = {"cli_own": own}
+    both = {"cli_own": own, "cli_mk": market}
+    assert resolve_key(one, "tenant", None, None) == own.key(actors.TokenKind.TENANT)
+    assert resolve_key(both, "tenant", "tk", "cli_mk") == market.key(actors.TokenKind.TENANT, "tk")
+    with pytest.raises(ValueError, match="app_id is required"):
+        resolve_key(both, "tenant", None, None)
+    with pytest.raises(ValueError, match="unknown app_id"):
+        resolve_key(one, "tenant", None, "cli_nope")
+    with pytest.raises(ValueError, match="tenant_key is not accepted"):
+        resolve_key(one, "tenant", "tk", None)
+    with pytest.raises(ValueError, match="tenant_key is required"):
+        resolve_key(both, "tenant", None, "cli_mk")
+    with pytest.raises(ValueError, match="kind"):
+        resolve_key(one, "user", None, None)

@@ -1,0 +1,331 @@
+"""The TokenActor: single flight, non-blocking mailbox, retries, permanent errors, marketplace
+apps, compare-and-invalidate and the reply-message API."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pykka
+import pytest
+
+import actors
+from actors.testing import FakeFeishu, Reply
+
+from .conftest import MARKET_ID, SECRET, SystemFactory, drive, forward_tickets
+
+TENANT = actors.TokenKind.TENANT
+APP = actors.TokenKind.APP
+
+
+def test_a_miss_fetches_and_a_second_get_hits(
+    make_system: SystemFactory, app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    system = make_system(app)
+    first = system.proxy.get_token().get(timeout=5)
+    second = system.proxy.get_token().get(timeout=5)
+    assert first == second
+    assert server.valid_token(first)
+    assert server.count("tenant") == 1
+    metrics = system.metrics()
+    assert (metrics.misses, metrics.hits, metrics.coalesced) == (1, 1, 0)
+
+
+def test_fifty_threads_missing_one_key_cause_exactly_one_upstream_request(
+    make_system: SystemFactory, app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    system = make_system(app)
+    gate = server.hold("tenant")
+    barrier = threading.Barrier(50)
+    futures: list[pykka.Future[str]] = []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        barrier.wait()
+        future = system.proxy.get_token()
+        with lock:
+            futures.append(future)
+
+    threads = [threading.Thread(target=caller) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert gate.wait_for_waiting(1)
+    # Every get is in the mailbox ahead of this snapshot, and the fetch is still held.
+    metrics = system.metrics()
+    assert (metrics.misses, metrics.coalesced, metrics.hits) == (1, 49, 0)
+    gate.release()
+    tokens = {future.get(timeout=5) for future in futures}
+    assert len(tokens) == 1
+    assert server.count("tenant") == 1
+
+
+def test_a_cached_key_is_answered_while_another_keys_fetch_hangs(
+    make_system: SystemFactory, server: FakeFeishu
+) -> None:
+    apps = [
+        actors.AppConfig("cli_test", SECRET, base_url=server.base_url),
+        actors.AppConfig("cli_slow", "slow-secret", base_url=server.base_url),
+    ]
+    server.add_app("cli_slow", "slow-secret")
+    system = make_system(apps)
+    cached = system.proxy.get_token(app_id="cli_test").get(timeout=5)
+    gate = server.hold("tenant", app_id="cli_slow")
+    slow = system.proxy.get_token(app_id="cli_slow")
+    assert gate.wait_for_waiting(1)
+    started = time.perf_counter()
+    assert system.proxy.get_token(app_id="cli_test").get(timeout=5) == cached
+    elapsed = time.perf_counter() - started
+    assert elapsed < 0.1  # the slow fetch is held indefinitely; only a blocked mailbox waits
+    with pytest.raises(pykka.Timeout):
+        slow.get(timeout=0)
+    gate.release()
+    assert slow.get(timeout=5).startswith("t-")
+
+
+def test_wrong_secret_fails_every_waiter_with_auth_error_after_one_request(
+    make_system: SystemFactory, server: FakeFeishu
+) -> None:
+    wrong = actors.AppConfig("cli_test", "wrong-secret", base_url=server.base_url)
+    system = make_system(wrong)
+    gate = server.hold("tenant")
+    futures = [system.proxy.get_token() for _ in range(5)]
+    assert gate.wait_for_waiting(1)
+    gate.release()
+    for future in futures:
+        with pytest.raises(actors.AuthError) as info:
+            future.get(timeout=5)
+        assert info.value.code == 10014
+        assert "wrong-secret" not in str(info.value)
+    system.settle()
+    assert server.count("tenant") == 1
+    assert system.metrics().retries == 0
+    # Not cached: the next get tries again.
+    with pytest.raises(actors.AuthError):
+        system.proxy.get_token().get(timeout=5)
+    assert server.count("tenant") == 2
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [Reply.http(502), Reply.http(200, "<html>oops</html>"), Reply.truncated(), Reply.disconnect()],
+    ids=["5xx", "html", "truncated", "disconnect"],
+)
+def test_transient_failures_are_retried_then_fail_with_the_attempt_count(
+    make_system: SystemFactory,
+    app: actors.AppConfig,
+    server: FakeFeishu,
+    clock: actors.ManualClock,
+    reply: Reply,
+) -> None:
+    system = make_system(app, max_attempts=3, retry_base=1.0, retry_cap=4.0)
+    server.script("tenant", reply, reply, reply)
+    future = system.proxy.get_token()
+    with pytest.raises(actors.UpstreamError) as info:
+        drive(system, clock, future)
+    assert info.value.attempts == 3
+    assert server.count("tenant") == 3
+    metrics = system.metrics()
+    assert (metrics.fetch_failure, metrics.retries, metrics.fetch_success) == (3, 2, 0)
+    # The failure was not cached as a token: the script is used up, so the next get succeeds.
+    token = drive(system, clock, system.proxy.get_token())
+    assert server.valid_token(token)
+
+
+def test_a_transient_failure_then_success_resolves_the_waiters(
+    make_system: SystemFactory, app: actors.AppConfig, server: FakeFeishu, clock: actors.ManualClock
+) -> None:
+    system = make_system(app, max_attempts=5)
+    server.script("tenant", Reply.http(503), Reply.http(503))
+    futures = [system.proxy.get_token() for _ in range(3)]
+    token = drive(system, clock, futures[0], step=0.5)
+    assert all(f.get(timeout=5) == token for f in futures)
+    assert server.count("tenant") == 3
+
+
+def test_connection_refused_and_read_timeouts_are_retried(
+    make_system: SystemFactory, server: FakeFeishu, clock: actors.ManualClock
+) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dead = actors.AppConfig("cli_test", SECRET, base_url=f"http://127.0.0.1:{port}")
+    system = make_system(dead, max_attempts=2)
+    with pytest.raises(actors.UpstreamError) as info:
+        drive(system, clock, system.proxy.get_token())
+    assert info.value.attempts == 2
+
+    live = actors.AppConfig("cli_test", SECRET, base_url=server.base_url)
+    timeouts = make_system(live, max_attempts=2, request_timeout=(1.0, 0.1))
+    gate = server.hold("tenant")
+    try:
+        with pytest.raises(actors.UpstreamError, match="timed out") as info:
+            drive(timeouts, clock, timeouts.proxy.get_token())
+        assert info.value.attempts == 2
+    finally:
+        gate.release()
+
+
+def test_rate_limit_backoff_waits_at_least_the_reset_header(
+    make_system: SystemFactory, app: actors.AppConfig, server: FakeFeishu, clock: actors.ManualClock
+) -> None:
+    system = make_system(app, retry_base=0.01, retry_cap=0.02)
+    server.script("tenant", Reply.rate_limited(reset=30))
+    future = system.proxy.get_token()
+    system.settle()
+    clock.advance(29)
+    system.settle()
+    assert server.count("tenant") == 1  # still backing off, as the header asked
+    clock.advance(1)
+    system.settle()
+    assert server.valid_token(future.get(timeout=5))
+    assert server.count("tenant") == 2
+
+
+def test_rate_limited_error_after_max_attempts_carries_retry_after(
+    make_system: SystemFactory, app: actors.AppConfig, server: FakeFeishu, clock: actors.ManualClock
+) -> None:
+    system = make_system(app, max_attempts=2)
+    server.script("tenant", Reply.rate_limited(reset=3), Reply.rate_limited(reset=3))
+    with pytest.raises(actors.RateLimitedError) as info:
+        drive(system, clock, system.proxy.get_token())
+    assert (info.value.retry_after, info.value.attempts) == (3.0, 2)
+
+
+def test_unknown_app_and_tenant_key_on_self_built_app_fail_through_the_future(
+    make_system: SystemFactory, app: actors.AppConfig
+) -> None:
+    system = make_system(app)
+    with pytest.raises(ValueError, match="unknown app_id"):
+        system.proxy.get_token(app_id="cli_nope").get(timeout=5)
+    with pytest.raises(ValueError, match="tenant_key"):
+        system.proxy.get_token(tenant_key="tk").get(timeout=5)
+
+
+def test_compare_and_invalidate_drops_only_the_current_token(
+    make_system: SystemFactory, app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    system = make_system(app)
+    old = system.proxy.get_token().get(timeout=5)
+    server.rotate()  # the server revokes it; a business API would now answer 99991663
+    assert system.proxy.invalidate(old).get(timeout=5) is True
+    system.settle()
+    new = system.proxy.get_token().get(timeout=5)
+    assert new != old
+    assert server.valid_token(new)
+    assert server.count("tenant") == 2
+    # A second caller holding the old token invalidates too late: a no-op, no extra fetch.
+    assert system.proxy.invalidate(old).get(timeout=5) is False
+    assert system.proxy.invalidate("t-never-issued").get(timeout=5) is False
+    system.settle()
+    assert server.count("tenant") == 2
+    assert system.metrics().invalidations == 1
+
+
+def test_another_actor_gets_tokens_as_reply_messages(
+    make_system: SystemFactory, app: actors.AppConfig
+) -> None:
+    system = make_system(app)
+    replies: list[actors.TokenReply] = []
+    done = threading.Event()
+
+    class Caller(pykka.ThreadingActor):
+        def on_receive(self, message: Any) -> None:
+            if isinstance(message, actors.TokenReply):
+                replies.append(message)
+                if len(replies) == 2:
+                    done.set()
+
+    caller = Caller.start()
+    try:
+        system.actor_ref.tell(actors.GetToken(reply_to=caller, tag="a"))
+        system.actor_ref.tell(actors.GetToken(reply_to=caller, tag="b", app_id="cli_nope"))
+        assert done.wait(5)
+    finally:
+        caller.stop()
+    by_tag = {r.tag: r for r in replies}
+    assert by_tag["a"].token is not None and by_tag["a"].error is None
+    assert by_tag["a"].token not in repr(by_tag["a"])
+    assert isinstance(by_tag["b"].error, ValueError)
+    assert pykka.ActorRegistry.get_by_class(actors.TokenActor)
+
+
+# --- marketplace apps -------------------------------------------------------------------------
+
+
+def test_marketplace_get_asks_for_a_ticket_and_resumes_when_it_arrives(
+    make_system: SystemFactory, market_app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    system = make_system(market_app)
+    forward_tickets(server, system)
+    futures = [system.proxy.get_token(tenant_key=f"tenant-{i}") for i in range(3)]
+    tokens = [f.get(timeout=5) for f in futures]
+    assert len(set(tokens)) == 3
+    assert all(server.valid_token(t) for t in tokens)
+    assert server.count("resend") == 1
+    assert server.count("app") == 1  # one app token, reused for every tenant
+    assert server.count("tenant") == 3
+
+
+def test_a_rejected_ticket_is_dropped_and_resent(
+    make_system: SystemFactory, market_app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    system = make_system(market_app)
+    system.proxy.set_app_ticket("stale-ticket").get(timeout=5)
+    forward_tickets(server, system)
+    token = system.proxy.get_token(tenant_key="tk").get(timeout=5)
+    assert server.valid_token(token)
+    assert server.count("app") == 2  # 10012 with the stale ticket, then success
+    assert server.count("resend") == 1
+
+
+def test_gets_fail_with_app_ticket_error_when_no_ticket_arrives_in_time(
+    make_system: SystemFactory,
+    market_app: actors.AppConfig,
+    server: FakeFeishu,
+    clock: actors.ManualClock,
+) -> None:
+    system = make_system(market_app, ticket_wait=60.0)
+    futures = [system.proxy.get_token(tenant_key="tk"), system.proxy.get_token(APP)]
+    system.settle()
+    clock.advance(59)
+    system.settle()
+    with pytest.raises(pykka.Timeout):
+        futures[0].get(timeout=0)
+    clock.advance(1)
+    system.settle()
+    for future in futures:
+        with pytest.raises(actors.AppTicketError, match=MARKET_ID):
+            future.get(timeout=5)
+    assert server.count("resend") == 1
+    assert server.count("app") == 0  # an empty ticket is never sent
+
+
+def test_a_stale_app_token_is_refetched_for_the_tenant_step(
+    make_system: SystemFactory,
+    market_app: actors.AppConfig,
+    server: FakeFeishu,
+    clock: actors.ManualClock,
+) -> None:
+    system = make_system(market_app)
+    system.proxy.set_app_ticket(server.issue_ticket(MARKET_ID)).get(timeout=5)
+    system.proxy.get_token(tenant_key="t1").get(timeout=5)
+    server.rotate(MARKET_ID)  # the cached app token is no longer accepted
+    token = drive(system, clock, system.proxy.get_token(tenant_key="t2"))
+    assert server.valid_token(token)
+    assert server.count("app") == 2
+
+
+def test_set_app_ticket_validates_its_arguments(
+    make_system: SystemFactory, app: actors.AppConfig, market_app: actors.AppConfig
+) -> None:
+    system = make_system([app, market_app])
+    with pytest.raises(ValueError, match="self-built"):
+        system.proxy.set_app_ticket("x", app_id=app.app_id).get(timeout=5)
+    with pytest.raises(ValueError, match="non-empty"):
+        system.proxy.set_app_ticket("", app_id=MARKET_ID).get(timeout=5)
+    assert system.proxy.set_app_ticket("ticket", app_id=MARKET_ID).get(timeout=5) is None
