@@ -137,9 +137,6 @@ class Gate:
         with self._cond:
             return self._cond.wait_for(lambda: self._waiting >= n, timeout)
 
-    def _matches(self, req: RecordedRequest) -> bool:
-        return _matches(self._match, req)
-
     def _pass(self) -> None:
         if self._open.is_set():
             return
@@ -293,7 +290,11 @@ class FakeFeishu:
     def script(
         self, kind: str, *replies: Reply, app_id: str | None = None, tenant_key: str | None = None
     ) -> None:
-        """Queue replies for the next matching requests, served first in, first out."""
+        """Queue replies for the next matching requests, first in, first out.
+
+        A reply is taken when a request is answered (after holds and latency), so a script
+        added while a request is held still applies to it.
+        """
         if kind not in _KINDS:
             raise ValueError(f"FakeFeishu.script: kind must be one of {sorted(_KINDS)}: {kind!r}")
         match = (kind, app_id, tenant_key)
@@ -370,7 +371,7 @@ class FakeFeishu:
             self._requests.append(req)
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
-            gates = [g for g in self._gates if g._matches(req)]
+            gates = [g for g in self._gates if _matches(g._match, req)]
             latency = self._latency
             if req.kind == "tenant" and req.tenant_key in self._tenant_latency:
                 latency = self._tenant_latency[req.tenant_key]

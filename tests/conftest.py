@@ -102,3 +102,12 @@ def forward_tickets(server: FakeFeishu, system: actors.TokenSystem) -> None:
         system.proxy.set_app_ticket(ticket, app_id=app_id)
 
     server.on_ticket_resend = push
+
+
+@pytest.fixture
+def vserver(clock: actors.ManualClock) -> Iterator[FakeFeishu]:
+    """A fake server whose token lifetimes follow the manual clock."""
+    with FakeFeishu(clock=clock) as fake:
+        fake.add_app(APP_ID, SECRET)
+        fake.add_app(MARKET_ID, MARKET_SECRET, marketplace=True)
+        yield fake
