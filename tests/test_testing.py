@@ -345,3 +345,49 @@ def test_unknown_kinds_are_refused(server: FakeFeishu) -> None:
         server.script("user", Reply.code(1))
     with pytest.raises(ValueError, match="kind"):
         server.hold("user")
+
+
+def test_outage_answers_every_token_request_with_503_until_lifted(server: FakeFeishu) -> None:
+    server.set_outage(True)
+    assert post(server, TENANT_INTERNAL, SELF).status_code == 503
+    assert post(server, APP_INTERNAL, SELF).status_code == 503
+    server.set_outage(False)
+    assert post(server, TENANT_INTERNAL, SELF).json()["code"] == 0
+
+
+def test_failure_rate_fails_about_that_share_of_requests_reproducibly(server: FakeFeishu) -> None:
+    def statuses() -> list[int]:
+        server.set_failure_rate(0.3, seed=11)
+        return [post(server, TENANT_INTERNAL, SELF).status_code for _ in range(100)]
+
+    first = statuses()
+    assert 15 <= first.count(503) <= 45
+    assert statuses() == first  # same seed, same failures
+    server.set_failure_rate(0.0)
+    assert post(server, TENANT_INTERNAL, SELF).status_code == 200
+    with pytest.raises(ValueError, match="failure rate"):
+        server.set_failure_rate(1.5)
+
+
+def test_expires_at_tells_when_a_token_stops_being_accepted(
+    server: FakeFeishu, clock: ManualClock
+) -> None:
+    token = post(server, TENANT_INTERNAL, SELF).json()["tenant_access_token"]
+    assert server.expires_at(token) == clock.now() + 7200
+    assert server.expires_at("t-unknown") is None
+
+
+def test_max_in_flight_per_key_counts_concurrent_requests_for_one_key(
+    server: FakeFeishu, pool: ThreadPoolExecutor
+) -> None:
+    gate = server.hold("tenant")
+    futures = [pool.submit(post, server, TENANT_INTERNAL, SELF) for _ in range(2)]
+    other = pool.submit(post, server, APP_INTERNAL, SELF)
+    assert other.result(TIMEOUT).status_code == 200
+    assert gate.wait_for_waiting(2, TIMEOUT)
+    gate.release()
+    for future in futures:
+        assert future.result(TIMEOUT).status_code == 200
+    assert server.max_in_flight_per_key == 2
+    server.reset_stats()
+    assert server.max_in_flight_per_key == 0

@@ -1,4 +1,4 @@
-"""An embedded fake Feishu auth server for tests, demos, simulations and benchmarks.
+"""The embedded fake Feishu auth server for tests, demos, simulations and benchmarks.
 
 :class:`FakeFeishu` is a real HTTP/1.1 server on loopback that speaks the auth v3 contract of
 ``FEISHU.md``: self-built and marketplace app/tenant tokens, app_ticket resend, the error codes
@@ -10,6 +10,7 @@ with scripted :class:`Reply` objects, :class:`Gate` holds and latency, and inspe
 from __future__ import annotations
 
 import json
+import random
 import secrets
 import socket
 import threading
@@ -20,8 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self, TypeAlias, cast
 
 from actors._clock import Clock, SystemClock
+from actors.testing._replies import Gate, Match, RecordedRequest, Reply, dump_json, matches
 
-__all__ = ["FakeFeishu", "Gate", "RecordedRequest", "Reply"]
+__all__ = ["FakeFeishu"]
 
 _PREFIX = "/open-apis/auth/v3/"
 # path -> (kind, is the marketplace variant)
@@ -33,122 +35,10 @@ _ROUTES: dict[str, tuple[str, bool]] = {
     _PREFIX + "app_ticket/resend": ("resend", True),
 }
 _KINDS = frozenset({"app", "tenant", "resend", "any"})
-_JSON = "application/json; charset=utf-8"
-_BAD_GATEWAY = "<html><body>502 Bad Gateway</body></html>"
 # Pruning expired tokens on every mint would make long simulations quadratic.
 _PRUNE_EVERY = 1024
 
 _Body: TypeAlias = dict[str, object]
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request as seen on arrival (``at`` on the server's clock); never a secret or ticket.
-
-    ``kind`` is ``"app"``, ``"tenant"``, ``"resend"`` or ``"unknown"``; for a marketplace tenant
-    token ``app_id`` is the owner of the presented app_access_token.
-    """
-
-    path: str
-    kind: str
-    app_id: str | None
-    tenant_key: str | None
-    at: float
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A scripted answer, served instead of the normal one. Build it with the classmethods."""
-
-    status: int = 200
-    body: bytes = b""
-    content_type: str = _JSON
-    headers: tuple[tuple[str, str], ...] = ()
-    drop: bool = False
-    token: str | None = None
-    expire: int | None = None
-
-    @classmethod
-    def code(
-        cls,
-        code: int,
-        msg: str = "error",
-        *,
-        status: int = 200,
-        headers: dict[str, str] | None = None,
-    ) -> Reply:
-        """A JSON ``{"code": code, "msg": msg}`` body with the given HTTP status and headers."""
-        extra = tuple((headers or {}).items())
-        return cls(status, _dump({"code": code, "msg": msg}), headers=extra)
-
-    @classmethod
-    def rate_limited(cls, reset: float = 1.0) -> Reply:
-        """HTTP 429, code 99991400, and ``x-ogw-ratelimit-reset`` set to ``reset`` seconds."""
-        headers = {"x-ogw-ratelimit-reset": str(reset)}
-        return cls.code(99991400, "request trigger frequency limit", status=429, headers=headers)
-
-    @classmethod
-    def http(
-        cls, status: int, body: str = _BAD_GATEWAY, *, content_type: str = "text/html"
-    ) -> Reply:
-        """A non-JSON body, as a gateway in front of Feishu would send."""
-        return cls(status, body.encode(), content_type)
-
-    @classmethod
-    def truncated(cls) -> Reply:
-        """HTTP 200 with JSON cut off mid-key, as when an upstream connection breaks."""
-        return cls(200, b'{"code": 0, "msg": "ok", "tenant_access_tok')
-
-    @classmethod
-    def disconnect(cls) -> Reply:
-        """Close the connection without answering; the client sees a connection error."""
-        return cls(drop=True)
-
-    @classmethod
-    def ok(cls, token: str, expire: int) -> Reply:
-        """Success with exactly this token (named after the request kind) and ``expire``.
-
-        The server then accepts the token (:meth:`FakeFeishu.valid_token`) for ``expire`` s.
-        """
-        return cls(token=token, expire=expire)
-
-
-class Gate:
-    """Blocks every matching request until :meth:`release`. Made by :meth:`FakeFeishu.hold`."""
-
-    def __init__(self, kind: str, app_id: str | None, tenant_key: str | None) -> None:
-        self._match = (kind, app_id, tenant_key)
-        self._open = threading.Event()
-        self._cond = threading.Condition()
-        self._waiting = 0
-
-    def release(self) -> None:
-        """Let every blocked and future matching request through."""
-        self._open.set()
-
-    @property
-    def waiting(self) -> int:
-        """How many requests are blocked on this gate right now."""
-        with self._cond:
-            return self._waiting
-
-    def wait_for_waiting(self, n: int, timeout: float = 5.0) -> bool:
-        """Block until at least ``n`` requests are blocked here; False if ``timeout`` ran out."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._waiting >= n, timeout)
-
-    def _pass(self) -> None:
-        if self._open.is_set():
-            return
-        with self._cond:
-            self._waiting += 1
-            self._cond.notify_all()
-        try:
-            self._open.wait()
-        finally:
-            with self._cond:
-                self._waiting -= 1
-                self._cond.notify_all()
 
 
 @dataclass
@@ -204,11 +94,16 @@ class FakeFeishu:
         self._current: dict[tuple[str, str, str | None], _Issued] = {}
         self._issued: dict[str, _Issued] = {}
         self._mints = 0
-        self._scripts: list[tuple[tuple[str, str | None, str | None], Reply]] = []
+        self._scripts: list[tuple[Match, Reply]] = []
         self._gates: list[Gate] = []
         self._requests: list[RecordedRequest] = []
         self._in_flight = 0
         self._max_in_flight = 0
+        self._key_in_flight: dict[Match, int] = {}
+        self._max_key_in_flight = 0
+        self._failure_rate = 0.0
+        self._outage = False
+        self._rng = random.Random(0)
         self._connections: set[socket.socket] = set()
         # Set by stop(): cuts latency waits short so no handler thread outlives the server.
         self._stopping = threading.Event()
@@ -287,6 +182,26 @@ class FakeFeishu:
             else:
                 self._tenant_latency[tenant_key] = _non_negative(seconds)
 
+    def set_failure_rate(self, rate: float, *, seed: int | None = None) -> None:
+        """Answer this share of token requests with an HTML 503 page (seeded, reproducible)."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"FakeFeishu: failure rate must be in [0, 1], got {rate!r}")
+        with self._lock:
+            self._failure_rate = float(rate)
+            if seed is not None:
+                self._rng = random.Random(seed)
+
+    def set_outage(self, down: bool) -> None:
+        """While down, every token request is answered with an HTML 503 page."""
+        with self._lock:
+            self._outage = down
+
+    def expires_at(self, token: str) -> float | None:
+        """When the server stops accepting ``token`` (clock time), or None if it never issued it."""
+        with self._lock:
+            issued = self._issued.get(token)
+            return issued.expires_at if issued is not None else None
+
     def script(
         self, kind: str, *replies: Reply, app_id: str | None = None, tenant_key: str | None = None
     ) -> None:
@@ -312,7 +227,7 @@ class FakeFeishu:
             if self._stopping.is_set():
                 gate.release()
             else:
-                self._gates = [g for g in self._gates if not g._open.is_set()]
+                self._gates = [g for g in self._gates if not g.is_open]
                 self._gates.append(gate)
         return gate
 
@@ -335,7 +250,7 @@ class FakeFeishu:
         """How many recorded requests match (``None`` or ``"any"`` kind: every kind)."""
         match = (kind or "any", app_id, tenant_key)
         with self._lock:
-            return sum(1 for req in self._requests if _matches(match, req))
+            return sum(1 for req in self._requests if matches(match, req))
 
     @property
     def in_flight(self) -> int:
@@ -349,11 +264,18 @@ class FakeFeishu:
         with self._lock:
             return self._max_in_flight
 
+    @property
+    def max_in_flight_per_key(self) -> int:
+        """The peak number of concurrent requests for one (kind, app_id, tenant_key)."""
+        with self._lock:
+            return self._max_key_in_flight
+
     def reset_stats(self) -> None:
-        """Forget the recorded requests and the concurrency peak."""
+        """Forget the recorded requests and the concurrency peaks."""
         with self._lock:
             self._requests.clear()
             self._max_in_flight = self._in_flight
+            self._max_key_in_flight = max(self._key_in_flight.values(), default=0)
 
     def valid_token(self, token: str) -> bool:
         """Whether the server would accept ``token`` now: issued, not rotated, not expired."""
@@ -371,13 +293,16 @@ class FakeFeishu:
             self._requests.append(req)
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
-            gates = [g for g in self._gates if _matches(g._match, req)]
+            key: Match = (req.kind, req.app_id, req.tenant_key)
+            per_key = self._key_in_flight[key] = self._key_in_flight.get(key, 0) + 1
+            self._max_key_in_flight = max(self._max_key_in_flight, per_key)
+            gates = [g for g in self._gates if matches(g.match, req)]
             latency = self._latency
             if req.kind == "tenant" and req.tenant_key in self._tenant_latency:
                 latency = self._tenant_latency[req.tenant_key]
         try:
             for gate in gates:
-                gate._pass()
+                gate.wait_pass()
             if latency > 0:
                 self._stopping.wait(latency)
             with self._lock:
@@ -386,6 +311,9 @@ class FakeFeishu:
             # Counted down before writing, so a client holding its answer sees it settled.
             with self._lock:
                 self._in_flight -= 1
+                self._key_in_flight[key] -= 1
+                if not self._key_in_flight[key]:
+                    del self._key_in_flight[key]
         _write(handler, answer.reply, req.kind, close=self._stopping.is_set())
         if answer.after is not None:
             # Off the handler thread: the callback may call back into this server, possibly
@@ -408,13 +336,17 @@ class FakeFeishu:
         self, route: tuple[str, bool] | None, body: _Body | None, req: RecordedRequest
     ) -> _Answer:
         for i, (match, reply) in enumerate(self._scripts):
-            if _matches(match, req):
+            if matches(match, req):
                 del self._scripts[i]
                 if reply.token is not None and reply.expire is not None and req.app_id:
                     expires_at = self._clock.now() + reply.expire
                     issued = _Issued(reply.token, req.app_id, req.kind, req.tenant_key, expires_at)
                     self._issued[reply.token] = issued
                 return _Answer(reply)
+        if req.kind in ("app", "tenant") and (
+            self._outage or (self._failure_rate and self._rng.random() < self._failure_rate)
+        ):
+            return _Answer(Reply.http(503, "<html><body>503 Service Unavailable</body></html>"))
         if body is None:
             return _Answer(Reply.code(9499, "Bad Request: body is not a JSON object", status=400))
         if route is None:
@@ -528,7 +460,7 @@ def _write(handler: _Handler, reply: Reply, kind: str, *, close: bool) -> None:
     body = reply.body
     if reply.token is not None:
         name = "app_access_token" if kind == "app" else "tenant_access_token"
-        body = _dump({"code": 0, "msg": "ok", name: reply.token, "expire": reply.expire})
+        body = dump_json({"code": 0, "msg": "ok", name: reply.token, "expire": reply.expire})
     try:
         handler.send_response(reply.status)
         handler.send_header("Content-Type", reply.content_type)
@@ -544,15 +476,6 @@ def _write(handler: _Handler, reply: Reply, kind: str, *, close: bool) -> None:
         handler.close_connection = True
 
 
-def _matches(match: tuple[str, str | None, str | None], req: RecordedRequest) -> bool:
-    kind, app_id, tenant_key = match
-    return (
-        kind in ("any", req.kind)
-        and (app_id is None or app_id == req.app_id)
-        and (tenant_key is None or tenant_key == req.tenant_key)
-    )
-
-
 def _parse(raw: bytes) -> _Body | None:
     try:
         body = json.loads(raw)
@@ -564,10 +487,6 @@ def _parse(raw: bytes) -> _Body | None:
 def _str(body: _Body | None, key: str) -> str | None:
     value = body.get(key) if body is not None else None
     return value if isinstance(value, str) else None
-
-
-def _dump(payload: dict[str, object]) -> bytes:
-    return json.dumps(payload, separators=(",", ":")).encode()
 
 
 def _non_negative(seconds: float) -> float:
