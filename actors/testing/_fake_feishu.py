@@ -12,18 +12,16 @@ from __future__ import annotations
 import json
 import random
 import secrets
-import socket
 import threading
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self, TypeAlias, cast
 
 from actors._clock import Clock, SystemClock
-from actors.testing._replies import Gate, Match, RecordedRequest, Reply, dump_json, matches
+from actors.testing._replies import Gate, Match, RecordedRequest, Reply, matches
+from actors.testing._transports import InProcessAdapter, LoopbackServer
 
-__all__ = ["FakeFeishu"]
+__all__ = ["Exchange", "FakeFeishu"]
 
 _PREFIX = "/open-apis/auth/v3/"
 # path -> (kind, is the marketplace variant)
@@ -55,6 +53,17 @@ class _Issued:
     kind: str
     tenant_key: str | None
     expires_at: float
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """How one request is answered: the reply, the request kind, an action to run after the
+    answer is sent (the app_ticket push), and whether the connection should close."""
+
+    reply: Reply
+    kind: str
+    after: Callable[[], None] | None
+    close: bool
 
 
 @dataclass(frozen=True)
@@ -104,10 +113,9 @@ class FakeFeishu:
         self._failure_rate = 0.0
         self._outage = False
         self._rng = random.Random(0)
-        self._connections: set[socket.socket] = set()
         # Set by stop(): cuts latency waits short so no handler thread outlives the server.
         self._stopping = threading.Event()
-        self._httpd: _Server | None = None
+        self._httpd: LoopbackServer | None = None
         self._thread: threading.Thread | None = None
         self.on_ticket_resend: Callable[[str, str], None] | None = None
 
@@ -118,7 +126,7 @@ class FakeFeishu:
                 raise RuntimeError("FakeFeishu cannot be restarted after stop(); make a new one")
             if self._httpd is not None:
                 return self
-            self._httpd = _Server(self)
+            self._httpd = LoopbackServer(self)
             # A short poll interval keeps stop() quick; the loop is idle otherwise.
             self._thread = threading.Thread(
                 target=self._httpd.serve_forever,
@@ -142,13 +150,7 @@ class FakeFeishu:
             return
         httpd.shutdown()
         httpd.server_close()
-        with self._lock:
-            connections = list(self._connections)
-        # Idle keep-alive handlers block reading the next request; ending the read side wakes
-        # them with EOF while still letting an answer in progress be written.
-        for conn in connections:
-            with suppress(OSError):
-                conn.shutdown(socket.SHUT_RD)
+        httpd.close_connections()
         thread.join()
 
     def __enter__(self) -> Self:
@@ -156,6 +158,11 @@ class FakeFeishu:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    def adapter(self) -> InProcessAdapter:
+        """A ``requests`` adapter reaching this server without a socket (mount it on
+        :attr:`base_url`); for long simulations where loopback HTTP would dominate."""
+        return InProcessAdapter(self)
 
     @property
     def base_url(self) -> str:
@@ -283,10 +290,10 @@ class FakeFeishu:
             issued = self._issued.get(token)
             return issued is not None and issued.expires_at > self._clock.now()
 
-    def _serve(self, handler: _Handler) -> None:
-        length = int(handler.headers.get("Content-Length") or 0)
-        body = _parse(handler.rfile.read(length) if length > 0 else b"")
-        path = handler.path.partition("?")[0]
+    def handle(self, path: str, raw: bytes) -> Exchange:
+        """Answer one request; both transports (loopback HTTP, in-process) come through here."""
+        body = _parse(raw)
+        path = path.partition("?")[0]
         route = _ROUTES.get(path)
         with self._lock:
             req = self._identify(path, route, body)
@@ -314,11 +321,7 @@ class FakeFeishu:
                 self._key_in_flight[key] -= 1
                 if not self._key_in_flight[key]:
                     del self._key_in_flight[key]
-        _write(handler, answer.reply, req.kind, close=self._stopping.is_set())
-        if answer.after is not None:
-            # Off the handler thread: the callback may call back into this server, possibly
-            # over the very keep-alive connection this handler serves.
-            threading.Thread(target=answer.after, name="FakeFeishu:resend", daemon=True).start()
+        return Exchange(answer.reply, req.kind, answer.after, self._stopping.is_set())
 
     def _identify(
         self, path: str, route: tuple[str, bool] | None, body: _Body | None
@@ -407,73 +410,6 @@ class FakeFeishu:
             raise ValueError(f"FakeFeishu: {app_id!r} is not a registered marketplace app")
         app.ticket = f"tk-{secrets.token_hex(16)}"
         return app.ticket
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # Benchmarks open many connections at once; the default backlog of 5 would make the
-    # kernel drop SYNs and add whole-second retransmit delays.
-    request_queue_size = 512
-
-    def __init__(self, fake: FakeFeishu) -> None:
-        self.fake = fake
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        # Clients hanging up mid-answer are routine here (timeouts, disconnect tests).
-        return
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body leave in one buffered flush with Nagle off, avoiding the ~40 ms
-    # delayed-ACK stall that split small writes cause on keep-alive connections.
-    disable_nagle_algorithm = True
-    wbufsize = -1
-
-    def _fake(self) -> FakeFeishu:
-        return cast(_Server, self.server).fake
-
-    def setup(self) -> None:
-        super().setup()
-        fake = self._fake()
-        with fake._lock:
-            fake._connections.add(self.connection)
-
-    def finish(self) -> None:
-        fake = self._fake()
-        with fake._lock:
-            fake._connections.discard(self.connection)
-        super().finish()
-
-    def do_POST(self) -> None:
-        self._fake()._serve(self)
-
-    def log_message(self, format: str, *args: object) -> None:
-        return
-
-
-def _write(handler: _Handler, reply: Reply, kind: str, *, close: bool) -> None:
-    if reply.drop:
-        handler.close_connection = True
-        return
-    body = reply.body
-    if reply.token is not None:
-        name = "app_access_token" if kind == "app" else "tenant_access_token"
-        body = dump_json({"code": 0, "msg": "ok", name: reply.token, "expire": reply.expire})
-    try:
-        handler.send_response(reply.status)
-        handler.send_header("Content-Type", reply.content_type)
-        handler.send_header("Content-Length", str(len(body)))
-        for name, value in reply.headers:
-            handler.send_header(name, value)
-        if close:
-            handler.send_header("Connection", "close")
-        handler.end_headers()
-        handler.wfile.write(body)
-        handler.wfile.flush()
-    except OSError:
-        handler.close_connection = True
 
 
 def _parse(raw: bytes) -> _Body | None:

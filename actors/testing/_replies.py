@@ -6,7 +6,7 @@ import json
 import threading
 from dataclasses import dataclass
 
-__all__ = ["Gate", "RecordedRequest", "Reply", "dump_json", "matches"]
+__all__ = ["Gate", "RecordedRequest", "Reply", "dump_json", "matches", "render_body"]
 
 _JSON = "application/json; charset=utf-8"
 _BAD_GATEWAY = "<html><body>502 Bad Gateway</body></html>"
@@ -140,3 +140,11 @@ def matches(match: Match, req: RecordedRequest) -> bool:
 
 def dump_json(payload: dict[str, object]) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def render_body(reply: Reply, kind: str) -> bytes:
+    """The bytes of ``reply`` for a request of ``kind`` (a token reply names its field by kind)."""
+    if reply.token is None:
+        return reply.body
+    name = "app_access_token" if kind == "app" else "tenant_access_token"
+    return dump_json({"code": 0, "msg": "ok", name: reply.token, "expire": reply.expire})
