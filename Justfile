@@ -27,3 +27,8 @@ lint: venv
 fmt: venv
     .venv/bin/ruff format .
     .venv/bin/ruff check --fix .
+
+# Benchmarks (never part of the tests): writes benchmarks/results/ and prints the tables.
+bench: venv
+    {{py}} -m pip install -q -e ".[dev,bench]"
+    {{py}} benchmarks/run.py
