@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Mapping
 from types import MappingProxyType
 
-__all__ = ["LatencyHistogram", "LatencySummary", "MetricsRecorder", "TokenMetrics"]
+__all__ = ["KindMetrics", "LatencyHistogram", "LatencySummary", "MetricsRecorder", "TokenMetrics"]
 
 _MIN_SECONDS = 1e-6
 _GROWTH = 1.08  # bucket width: percentiles are exact to within 8%
@@ -93,6 +93,18 @@ def _ms(seconds: float) -> str:
 
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
+_KIND_FIELDS = ("hits", "misses", "coalesced", "fetch_success", "fetch_failure")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KindMetrics:
+    """Counters of one (app_id, kind): gets and upstream requests."""
+
+    hits: int = 0
+    misses: int = 0
+    coalesced: int = 0
+    fetch_success: int = 0
+    fetch_failure: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,8 +131,12 @@ class TokenMetrics:
     ticket_resends: int = 0
     fetches_by_cause: Mapping[str, int] = dataclasses.field(default_factory=lambda: _EMPTY)
     failures_by_error: Mapping[str, int] = dataclasses.field(default_factory=lambda: _EMPTY)
+    by_app_kind: Mapping[tuple[str, str], KindMetrics] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )
     in_flight: int = 0
     queued: int = 0
+    mailbox_depth: int = 0
     keys_cached: int = 0
     soonest_expiry_in: float | None = None
     get_latency: LatencySummary = dataclasses.field(default_factory=LatencySummary)
@@ -154,8 +170,14 @@ class TokenMetrics:
             f"{self.same_token_refreshes} same-token, {self.idle_evictions} idle evictions, "
             f"{self.ticket_resends} ticket resends",
             f"  now             {self.keys_cached} keys cached, {self.in_flight} fetches in "
-            f"flight, {self.queued} queued, soonest expiry in {expiry}",
+            f"flight, {self.queued} queued, {self.mailbox_depth} in mailbox, soonest expiry "
+            f"in {expiry}",
         ]
+        for (app_id, kind), k in sorted(self.by_app_kind.items()):
+            lines.append(
+                f"  {app_id}/{kind:<8} hits {k.hits}, misses {k.misses}, coalesced "
+                f"{k.coalesced}; upstream {k.fetch_success} ok, {k.fetch_failure} failed"
+            )
         return "\n".join(lines)
 
 
@@ -175,19 +197,40 @@ class MetricsRecorder:
         self.same_token_refreshes = 0
         self.idle_evictions = 0
         self.ticket_resends = 0
+        self.per_kind: Counter[tuple[str, str, str]] = Counter()  # (app_id, kind, field)
         self.fetches_by_cause: Counter[str] = Counter()
         self.failures_by_error: Counter[str] = Counter()
         self.get_latency = LatencyHistogram()
         self.fetch_latency = LatencyHistogram()
 
+    def count(self, app_id: str, kind: str, field: str) -> None:
+        """One more of ``field`` (a KindMetrics field) for (app_id, kind), and in the totals."""
+        setattr(self, field, getattr(self, field) + 1)
+        self.per_kind[app_id, kind, field] += 1
+
     def snapshot(
-        self, *, in_flight: int, queued: int, keys_cached: int, soonest_expiry_in: float | None
+        self,
+        *,
+        in_flight: int,
+        queued: int,
+        mailbox_depth: int,
+        keys_cached: int,
+        soonest_expiry_in: float | None,
+        fast_hits: Mapping[tuple[str, str], int],
+        fast_stale: int,
     ) -> TokenMetrics:
+        per_kind = Counter(self.per_kind)
+        for (app_id, kind), n in fast_hits.items():
+            per_kind[app_id, kind, "hits"] += n
+        groups = {(app_id, kind) for app_id, kind, _ in per_kind}
+        by_app_kind = {
+            group: KindMetrics(*(per_kind[(*group, f)] for f in _KIND_FIELDS)) for group in groups
+        }
         return TokenMetrics(
-            hits=self.hits,
+            hits=self.hits + sum(fast_hits.values()),
             misses=self.misses,
             coalesced=self.coalesced,
-            stale_served=self.stale_served,
+            stale_served=self.stale_served + fast_stale,
             fetch_success=self.fetch_success,
             fetch_failure=self.fetch_failure,
             retries=self.retries,
@@ -198,8 +241,10 @@ class MetricsRecorder:
             ticket_resends=self.ticket_resends,
             fetches_by_cause=MappingProxyType(dict(self.fetches_by_cause)),
             failures_by_error=MappingProxyType(dict(self.failures_by_error)),
+            by_app_kind=MappingProxyType(by_app_kind),
             in_flight=in_flight,
             queued=queued,
+            mailbox_depth=mailbox_depth,
             keys_cached=keys_cached,
             soonest_expiry_in=soonest_expiry_in,
             get_latency=self.get_latency.summary(),

@@ -14,11 +14,12 @@ from loguru import logger
 from actors import _messages as m
 from actors._client import FeishuAuthClient
 from actors._clock import Clock, SystemClock
-from actors._config import AppConfig, AppType, RefreshPolicy, TokenKind, resolve_key
+from actors._config import AppConfig, AppType, RefreshPolicy, TokenKey, TokenKind, resolve_key
 from actors._errors import SystemStoppedError
 from actors._events import EventHub, Subscriber
 from actors._metrics import TokenMetrics
 from actors._scheduler import NextDue, SchedulerActor, Tick
+from actors._snapshot import ReadSnapshot
 from actors._token_actor import TokenActor
 from actors._waiters import FutureWaiter, PendingFutures
 from actors._workers import WorkerPool
@@ -38,11 +39,14 @@ class TokenProxy:
         apps: dict[str, AppConfig],
         clock: Clock,
         pending: PendingFutures,
+        snapshot: ReadSnapshot | None,
     ) -> None:
         self._ref = ref
         self._apps = apps
         self._clock = clock
         self._pending = pending
+        self._snapshot = snapshot
+        self._keys: dict[tuple[Any, str | None, str | None], TokenKey] = {}
         self._stopped = False
 
     def get_token(
@@ -52,14 +56,29 @@ class TokenProxy:
         tenant_key: str | None = None,
         app_id: str | None = None,
     ) -> pykka.Future[str]:
-        """A future of the token of ``kind`` (a miss fetches; concurrent misses share one fetch)."""
-        waiter = FutureWaiter(self._clock.now(), self._pending)
-        try:
-            key = resolve_key(self._apps, kind, tenant_key, app_id)
-        except ValueError as exc:
-            waiter.fail(exc)
-        else:
-            self._send(m.Get(key, waiter), waiter)
+        """A future of the token of ``kind`` (a miss fetches; concurrent misses share one fetch).
+
+        With fast reads on (the default), a servable cached token comes back as an
+        already-resolved future without a mailbox round trip.
+        """
+        now = self._clock.now()
+        key = self._keys.get((kind, tenant_key, app_id))
+        if key is None:
+            try:
+                key = resolve_key(self._apps, kind, tenant_key, app_id)
+            except ValueError as exc:
+                failed = FutureWaiter(now, self._pending)
+                failed.fail(exc)
+                return failed.future
+            self._keys[kind, tenant_key, app_id] = key
+        if self._snapshot is not None and not self._stopped:
+            token = self._snapshot.lookup(key, now)
+            if token is not None:
+                future: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+                future.set(token)
+                return future
+        waiter = FutureWaiter(now, self._pending)
+        self._send(m.Get(key, waiter), waiter)
         return waiter.future
 
     def set_app_ticket(self, ticket: str, *, app_id: str | None = None) -> pykka.Future[None]:
@@ -116,6 +135,7 @@ class TokenSystem:
         policy: RefreshPolicy | None = None,
         clock: Clock | None = None,
         session: requests.Session | None = None,
+        fast_reads: bool = True,
     ) -> None:
         apps = _apps_by_id(app_or_apps)
         policy = RefreshPolicy() if policy is None else policy
@@ -136,6 +156,7 @@ class TokenSystem:
         # One worker more than the fetch cap, so an app_ticket resend never queues behind fetches.
         self._pool = WorkerPool(policy.max_concurrent_fetches + 1)
         self._stopped = False
+        snapshot = ReadSnapshot() if fast_reads else None
         self._scheduler: pykka.ActorRef[SchedulerActor] = SchedulerActor.start(clock)
         try:
             self._ref: pykka.ActorRef[TokenActor] = TokenActor.start(
@@ -146,11 +167,12 @@ class TokenSystem:
                 pool=self._pool,
                 scheduler=self._scheduler,
                 events=self._events,
+                snapshot=snapshot,
             )
         except BaseException:
             self._scheduler.stop()
             raise
-        self._proxy = TokenProxy(self._ref, apps, clock, self._pending)
+        self._proxy = TokenProxy(self._ref, apps, clock, self._pending, snapshot)
         logger.bind(apps=list(apps)).debug("TokenSystem started")
 
     @classmethod
@@ -161,9 +183,14 @@ class TokenSystem:
         policy: RefreshPolicy | None = None,
         clock: Clock | None = None,
         session: requests.Session | None = None,
+        fast_reads: bool = True,
     ) -> Self:
-        """Start the actors for one app or several; ValueError names a bad argument."""
-        return cls(app_or_apps, policy=policy, clock=clock, session=session)
+        """Start the actors for one app or several; ValueError names a bad argument.
+
+        ``fast_reads=False`` sends every get through the TokenActor's mailbox (pure message
+        path); the default answers servable cached tokens from the actor's published snapshot.
+        """
+        return cls(app_or_apps, policy=policy, clock=clock, session=session, fast_reads=fast_reads)
 
     # --- public surface --------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from actors._events import EventHub, RefreshFailed, TokenRefreshed
 from actors._mask import mask_token
 from actors._metrics import MetricsRecorder, TokenMetrics
 from actors._scheduler import Cancel, Schedule
+from actors._snapshot import ReadSnapshot
 from actors._waiters import Continuation, ReplyWaiter, Waiter
 from actors._workers import WorkerPool
 
@@ -73,8 +74,10 @@ class TokenActor(pykka.ThreadingActor):
         pool: WorkerPool,
         scheduler: pykka.ActorRef[Any],
         events: EventHub,
+        snapshot: ReadSnapshot | None = None,
     ) -> None:
         super().__init__()
+        self._reads = snapshot
         self._apps = dict(apps)
         self._policy = policy
         self._clock = clock
@@ -128,7 +131,7 @@ class TokenActor(pykka.ThreadingActor):
             case m.Invalidate(token, waiter):
                 waiter.resolve(self._invalidate(token))
             case m.Snapshot(waiter):
-                waiter.resolve(self._snapshot())
+                waiter.resolve(self._metrics_snapshot())
             case m.Probe():
                 return self._in_flight + len(self._queue)
             case _:
@@ -169,17 +172,17 @@ class TokenActor(pykka.ThreadingActor):
         metrics = self.metrics
         if entry.token is not None and now < entry.expires_at - self._policy.safety_margin:
             if waiter.counted:
-                metrics.hits += 1
-                if entry.busy:
-                    metrics.stale_served += 1
+                metrics.count(key.app_id, key.kind, "hits")
+                metrics.stale_served += entry.busy
             self._resolve(waiter, entry.token, now)
             return
         entry.waiters.append(waiter)
-        if entry.busy:
-            metrics.coalesced += waiter.counted
-            return
-        metrics.misses += waiter.counted
-        self._start_refresh(entry, "miss")
+        outcome = "coalesced" if entry.busy else "misses"
+        if waiter.counted:
+            metrics.count(key.app_id, key.kind, outcome)
+        _log.trace("get {}: {}", key.describe(), outcome)
+        if not entry.busy:
+            self._start_refresh(entry, "miss")
 
     def _resolve(self, waiter: Waiter, token: str, now: float) -> None:
         if waiter.counted:
@@ -188,8 +191,14 @@ class TokenActor(pykka.ThreadingActor):
 
     # --- refresh cycle: start -> attempt -> (queue) -> worker -> FetchDone -> grant | error -----
 
+    def _publish(self, entry: _Entry) -> None:
+        if self._reads is not None:
+            serve_until = entry.expires_at - self._policy.safety_margin
+            self._reads.publish(entry.key, entry.token, serve_until, refreshing=entry.busy)
+
     def _start_refresh(self, entry: _Entry, cause: str) -> None:
         entry.busy = True
+        self._publish(entry)
         entry.cause = cause
         entry.attempts = 0
         self.metrics.fetches_by_cause[cause] += 1
@@ -256,11 +265,12 @@ class TokenActor(pykka.ThreadingActor):
         self._in_flight -= 1
         entry = self._entries[done.key]
         self.metrics.fetch_latency.record(done.latency)
+        key = done.key
         if isinstance(done.result, Grant):
-            self.metrics.fetch_success += 1
+            self.metrics.count(key.app_id, key.kind, "fetch_success")
             self._on_grant(entry, done.result, done.started_at)
         else:
-            self.metrics.fetch_failure += 1
+            self.metrics.count(key.app_id, key.kind, "fetch_failure")
             self.metrics.failures_by_error[type(done.result).__name__] += 1
             self._on_error(entry, done.result)
         self._start_queued()
@@ -278,6 +288,7 @@ class TokenActor(pykka.ThreadingActor):
         self._by_token[grant.token] = entry.key
         entry.busy = False
         entry.attempts = 0
+        self._publish(entry)
         self._schedule_prewarm(entry, now)
         _log.bind(key=entry.key.describe(), cause=entry.cause, same_token=same).info(
             "token refreshed: {} expires in {:.0f}s", mask_token(grant.token), grant.expire
@@ -342,6 +353,7 @@ class TokenActor(pykka.ThreadingActor):
     def _finish_failure(self, entry: _Entry, error: Exception) -> None:
         entry.busy = False
         entry.attempts = 0
+        self._publish(entry)
         waiters, entry.waiters = entry.waiters, []
         for waiter in waiters:
             waiter.fail(error)
@@ -369,10 +381,15 @@ class TokenActor(pykka.ThreadingActor):
         entry.prewarm_timer = None
         if entry.busy:
             return
-        if self._clock.now() - entry.last_read > self._policy.idle_ttl:
+        last_read = entry.last_read
+        if self._reads is not None:
+            last_read = max(last_read, self._reads.reads.get(key, last_read))
+        if self._clock.now() - last_read > self._policy.idle_ttl:
             # Nobody has read this key for a long time: stop refreshing it forever.
             self._drop_token(entry)
             del self._entries[key]
+            if self._reads is not None:
+                self._reads.withdraw(key)
             self.metrics.idle_evictions += 1
             return
         self.metrics.prewarms += 1
@@ -395,6 +412,7 @@ class TokenActor(pykka.ThreadingActor):
         self._by_token.pop(entry.token, None)
         entry.token = None
         entry.expires_at = 0.0
+        self._publish(entry)
         if entry.prewarm_timer is not None:
             self._scheduler.tell(Cancel(entry.prewarm_timer))
             entry.prewarm_timer = None
@@ -466,12 +484,16 @@ class TokenActor(pykka.ThreadingActor):
         self._scheduler.tell(Schedule(timer_id, due, self.actor_ref, make(timer_id)))
         return timer_id
 
-    def _snapshot(self) -> TokenMetrics:
+    def _metrics_snapshot(self) -> TokenMetrics:
         now = self._clock.now()
         expiries = [e.expires_at - now for e in self._entries.values() if e.token is not None]
+        reads = self._reads
         return self.metrics.snapshot(
             in_flight=self._in_flight,
             queued=len(self._queue),
+            mailbox_depth=self.actor_inbox.qsize(),  # type: ignore[attr-defined]
+            fast_hits=reads.hits() if reads is not None else {},
+            fast_stale=reads.stale_hits() if reads is not None else 0,
             keys_cached=len(expiries),
             soonest_expiry_in=min(expiries) if expiries else None,
         )

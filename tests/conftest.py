@@ -62,11 +62,15 @@ def make_system(clock: actors.ManualClock) -> Iterator[SystemFactory]:
         apps: actors.AppConfig | list[actors.AppConfig],
         *,
         clock_: actors.Clock | None = None,
+        fast_reads: bool = True,
         **policy: Any,
     ) -> actors.TokenSystem:
         policy.setdefault("seed", 7)
         system = actors.TokenSystem.start(
-            apps, policy=actors.RefreshPolicy(**policy), clock=clock_ or clock
+            apps,
+            policy=actors.RefreshPolicy(**policy),
+            clock=clock_ or clock,
+            fast_reads=fast_reads,
         )
         started.append(system)
         return system

@@ -32,10 +32,11 @@ def test_a_miss_fetches_and_a_second_get_hits(
     assert (metrics.misses, metrics.hits, metrics.coalesced) == (1, 1, 0)
 
 
+@pytest.mark.parametrize("fast_reads", [True, False], ids=["snapshot", "mailbox"])
 def test_fifty_threads_missing_one_key_cause_exactly_one_upstream_request(
-    make_system: SystemFactory, app: actors.AppConfig, server: FakeFeishu
+    make_system: SystemFactory, app: actors.AppConfig, server: FakeFeishu, fast_reads: bool
 ) -> None:
-    system = make_system(app)
+    system = make_system(app, fast_reads=fast_reads)
     gate = server.hold("tenant")
     barrier = threading.Barrier(50)
     futures: list[pykka.Future[str]] = []
@@ -62,15 +63,16 @@ def test_fifty_threads_missing_one_key_cause_exactly_one_upstream_request(
     assert server.count("tenant") == 1
 
 
+@pytest.mark.parametrize("fast_reads", [True, False], ids=["snapshot", "mailbox"])
 def test_a_cached_key_is_answered_while_another_keys_fetch_hangs(
-    make_system: SystemFactory, server: FakeFeishu
+    make_system: SystemFactory, server: FakeFeishu, fast_reads: bool
 ) -> None:
     apps = [
         actors.AppConfig("cli_test", SECRET, base_url=server.base_url),
         actors.AppConfig("cli_slow", "slow-secret", base_url=server.base_url),
     ]
     server.add_app("cli_slow", "slow-secret")
-    system = make_system(apps)
+    system = make_system(apps, fast_reads=fast_reads)
     cached = system.proxy.get_token(app_id="cli_test").get(timeout=5)
     gate = server.hold("tenant", app_id="cli_slow")
     slow = system.proxy.get_token(app_id="cli_slow")

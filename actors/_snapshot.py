@@ -1,0 +1,69 @@
+"""The read snapshot: cache hits answered without a mailbox round trip.
+
+The TokenActor stays the only writer of the cache. After every change it publishes an immutable
+``PublishedToken`` per key into a plain dict; callers read it with one ``dict.get`` (atomic under
+the GIL) and, while the token is still servable, get an already-resolved future. Everything
+else (misses, expired entries, refresh decisions) still goes through the actor's mailbox.
+The snapshot carries ``serve_until`` (``expires_at - safety_margin``), so validity is checked at
+read time against the clock, exactly as the actor would.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import NamedTuple
+
+from actors._config import TokenKey
+
+__all__ = ["PublishedToken", "ReadSnapshot"]
+
+
+class PublishedToken(NamedTuple):
+    token: str
+    serve_until: float
+    refreshing: bool  # a refresh is under way: a hit now is a stale-while-revalidate hit
+
+
+class ReadSnapshot:
+    """Written by the TokenActor, read by any thread."""
+
+    def __init__(self) -> None:
+        self.entries: dict[TokenKey, PublishedToken] = {}
+        # Written by readers (last write wins), read by the actor for idle eviction.
+        self.reads: dict[TokenKey, float] = {}
+        # ``+= 1`` on shared ints can lose counts between threads; a tiny lock cannot.
+        self._lock = threading.Lock()
+        self._hits: Counter[tuple[str, str]] = Counter()
+        self._stale = 0
+
+    def lookup(self, key: TokenKey, now: float) -> str | None:
+        """The token if it may be served at ``now`` (and count the hit), else None."""
+        published = self.entries.get(key)
+        if published is None or now >= published.serve_until:
+            return None
+        self.reads[key] = now
+        with self._lock:
+            self._hits[key.app_id, key.kind] += 1
+            self._stale += published.refreshing
+        return published.token
+
+    def publish(
+        self, key: TokenKey, token: str | None, serve_until: float, *, refreshing: bool
+    ) -> None:
+        if token is None:
+            self.entries.pop(key, None)
+        else:
+            self.entries[key] = PublishedToken(token, serve_until, refreshing)
+
+    def withdraw(self, key: TokenKey) -> None:
+        self.entries.pop(key, None)
+        self.reads.pop(key, None)
+
+    def hits(self) -> dict[tuple[str, str], int]:
+        """Hits answered from the snapshot so far, per (app_id, kind)."""
+        with self._lock:
+            return dict(self._hits)
+
+    def stale_hits(self) -> int:
+        return self._stale
