@@ -26,6 +26,7 @@ from actors._events import RefreshFailed as RefreshFailed
 from actors._events import TokenRefreshed as TokenRefreshed
 from actors._messages import GetToken as GetToken
 from actors._messages import TokenReply as TokenReply
+from actors._metrics import KindMetrics as KindMetrics
 from actors._metrics import LatencySummary as LatencySummary
 from actors._metrics import TokenMetrics as TokenMetrics
 from actors._scheduler import SchedulerActor as SchedulerActor
@@ -42,6 +43,7 @@ __all__ = [
     "AuthError",
     "Clock",
     "GetToken",
+    "KindMetrics",
     "LatencySummary",
     "ManualClock",
     "RateLimitedError",

@@ -111,6 +111,7 @@ class RefreshPolicy:
     max_concurrent_fetches: int = 8
     ticket_wait: float = 60.0
     idle_ttl: float = 4 * 7200.0
+    report_interval: float | None = None  # log the performance report this often (INFO)
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -119,6 +120,9 @@ class RefreshPolicy:
             if not isinstance(value, int | float) or value < 0:
                 msg = f"RefreshPolicy.{name} must be a number >= 0, got {value!r}"
                 raise ValueError(msg)
+        if self.report_interval is not None and not self.report_interval > 0:
+            msg = f"RefreshPolicy.report_interval must be > 0 or None, got {self.report_interval!r}"
+            raise ValueError(msg)
         if not 0 < self.prewarm_lead < FEISHU_REFRESH_WINDOW:
             msg = (
                 f"RefreshPolicy.prewarm_lead must be > 0 and < {FEISHU_REFRESH_WINDOW:g} (Feishu "

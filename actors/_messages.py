@@ -117,5 +117,10 @@ class TicketDeadline:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ReportDue:
+    """Time to log the periodic performance report."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Probe:
     """settle() asks this: how many fetches are queued or in flight."""

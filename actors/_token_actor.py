@@ -16,7 +16,6 @@ from typing import Any
 
 import pykka
 from loguru import logger
-from sortedcontainers import SortedList
 
 from actors import _messages as m
 from actors._client import APP_TOKEN_INVALID_CODES, FeishuAuthClient, Grant
@@ -27,7 +26,6 @@ from actors._errors import (
     AuthError,
     RateLimitedError,
     SystemStoppedError,
-    TokenError,
     UpstreamError,
 )
 from actors._events import EventHub, RefreshFailed, TokenRefreshed
@@ -35,6 +33,7 @@ from actors._mask import mask_token
 from actors._metrics import MetricsRecorder, TokenMetrics
 from actors._scheduler import Cancel, Schedule
 from actors._snapshot import ReadSnapshot
+from actors._upstream import Upstream
 from actors._waiters import Continuation, ReplyWaiter, Waiter
 from actors._workers import WorkerPool
 
@@ -56,7 +55,6 @@ class _Entry:
     last_read: float = 0.0
     prewarm_timer: int | None = None
     retry_timer: int | None = None
-    request: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class TokenActor(pykka.ThreadingActor):
@@ -81,17 +79,19 @@ class TokenActor(pykka.ThreadingActor):
         self._apps = dict(apps)
         self._policy = policy
         self._clock = clock
-        self._client = client
-        self._pool = pool
+        self._upstream = Upstream(
+            client=client,
+            pool=pool,
+            clock=clock,
+            cap=policy.max_concurrent_fetches,
+            ref=lambda: self.actor_ref,
+        )
         self._scheduler = scheduler
         self._events = events
         self._rng = random.Random(policy.seed)
         self._entries: dict[TokenKey, _Entry] = {}
         self._by_token: dict[str, TokenKey] = {}
-        self._queue: SortedList = SortedList()  # (deadline, seq, key): fetches over the cap
-        self._seq = itertools.count()
         self._timer_ids = itertools.count(1)
-        self._in_flight = 0
         self._tickets: dict[str, str] = {}
         self._awaiting_ticket: dict[str, int] = {}  # app_id -> deadline timer id
         self.metrics = MetricsRecorder()
@@ -110,7 +110,7 @@ class TokenActor(pykka.ThreadingActor):
                 waiter.fail(exc)
             return None
 
-    def _dispatch_message(self, message: Any) -> Any:
+    def _dispatch_message(self, message: Any) -> Any:  # noqa: PLR0912 - a branch per message
         match message:
             case m.Get(key, waiter):
                 self._get(key, waiter)
@@ -132,11 +132,25 @@ class TokenActor(pykka.ThreadingActor):
                 waiter.resolve(self._invalidate(token))
             case m.Snapshot(waiter):
                 waiter.resolve(self._metrics_snapshot())
+            case m.ReportDue():
+                self._log_report()
             case m.Probe():
-                return self._in_flight + len(self._queue)
+                return self._upstream.in_flight + self._upstream.queued
             case _:
                 _log.warning("TokenActor ignored an unknown message {!r}", type(message).__name__)
         return None
+
+    def on_start(self) -> None:
+        if self._policy.report_interval is not None:
+            self._schedule(
+                self._clock.now() + self._policy.report_interval, lambda _: m.ReportDue()
+            )
+
+    def _log_report(self) -> None:
+        logger.info("{}", self._metrics_snapshot().report())
+        interval = self._policy.report_interval
+        if interval is not None:
+            self._schedule(self._clock.now() + interval, lambda _: m.ReportDue())
 
     def on_stop(self) -> None:
         self._fail_everything()
@@ -150,7 +164,7 @@ class TokenActor(pykka.ThreadingActor):
             waiters, entry.waiters = entry.waiters, []
             for waiter in waiters:
                 waiter.fail(error)
-        self._queue.clear()
+        self._upstream.clear()
 
     # --- gets ----------------------------------------------------------------------------------
 
@@ -227,42 +241,15 @@ class TokenActor(pykka.ThreadingActor):
             )
 
     def _enqueue(self, entry: _Entry, request: dict[str, str]) -> None:
-        entry.request = request
         # Keys with callers waiting go first; prewarms follow in order of their hard deadline.
         deadline = float("-inf") if entry.waiters else entry.expires_at - self._policy.safety_margin
-        self._queue.add((deadline, next(self._seq), entry.key))
-        self._start_queued()
+        self._refused(self._upstream.enqueue(entry.key, entry.app, request, deadline))
 
-    def _start_queued(self) -> None:
-        while self._in_flight < self._policy.max_concurrent_fetches and self._queue:
-            _, _, key = self._queue.pop(0)
-            entry = self._entries[key]
-            try:
-                self._pool.submit(self._fetch_job(entry))
-            except RuntimeError:  # the pool shut down: the system is stopping
-                self._finish_failure(entry, SystemStoppedError())
-                continue
-            self._in_flight += 1
-
-    def _fetch_job(self, entry: _Entry) -> Any:
-        key, app, request = entry.key, entry.app, dict(entry.request)
-        client, clock, ref = self._client, self._clock, self.actor_ref
-
-        def job() -> None:
-            started = clock.now()
-            result: Grant | Exception
-            try:
-                result = client.fetch(app, key.kind, tenant_key=key.tenant_key, **request)
-            except TokenError as exc:
-                result = exc
-            except Exception as exc:  # any surprise is one failed attempt
-                result = UpstreamError(None, None, 1, detail=type(exc).__name__)
-            _tell(ref, m.FetchDone(key, result, started, clock.now() - started))
-
-        return job
+    def _refused(self, keys: list[TokenKey]) -> None:
+        for key in keys:
+            self._finish_failure(self._entries[key], SystemStoppedError())
 
     def _on_fetch_done(self, done: m.FetchDone) -> None:
-        self._in_flight -= 1
         entry = self._entries[done.key]
         self.metrics.fetch_latency.record(done.latency)
         key = done.key
@@ -273,7 +260,7 @@ class TokenActor(pykka.ThreadingActor):
             self.metrics.count(key.app_id, key.kind, "fetch_failure")
             self.metrics.failures_by_error[type(done.result).__name__] += 1
             self._on_error(entry, done.result)
-        self._start_queued()
+        self._refused(self._upstream.finished())
 
     def _on_grant(self, entry: _Entry, grant: Grant, started_at: float) -> None:
         now = self._clock.now()
@@ -428,19 +415,7 @@ class TokenActor(pykka.ThreadingActor):
             deadline, lambda tid: m.TicketDeadline(app.app_id, tid)
         )
         self.metrics.ticket_resends += 1
-        client, ref = self._client, self.actor_ref
-
-        def resend() -> None:
-            error: Exception | None = None
-            try:
-                client.resend_ticket(app)
-            except Exception as exc:  # reported back as a message
-                error = exc
-            _tell(ref, m.ResendDone(app.app_id, error))
-
-        try:
-            self._pool.submit(resend)
-        except RuntimeError:
+        if not self._upstream.resend_ticket(app):
             self._finish_failure(entry, SystemStoppedError())
 
     def _on_resend_done(self, app_id: str, error: Exception | None) -> None:
@@ -489,18 +464,11 @@ class TokenActor(pykka.ThreadingActor):
         expiries = [e.expires_at - now for e in self._entries.values() if e.token is not None]
         reads = self._reads
         return self.metrics.snapshot(
-            in_flight=self._in_flight,
-            queued=len(self._queue),
+            in_flight=self._upstream.in_flight,
+            queued=self._upstream.queued,
             mailbox_depth=self.actor_inbox.qsize(),  # type: ignore[attr-defined]
             fast_hits=reads.hits() if reads is not None else {},
             fast_stale=reads.stale_hits() if reads is not None else 0,
             keys_cached=len(expiries),
             soonest_expiry_in=min(expiries) if expiries else None,
         )
-
-
-def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
-    try:
-        ref.tell(message)
-    except pykka.ActorDeadError:  # the system stopped while this call was in flight
-        pass

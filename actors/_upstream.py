@@ -1,0 +1,120 @@
+"""Upstream calls from the TokenActor's point of view: the fetch queue under the concurrency
+cap, and the jobs that run on worker threads and report back as messages.
+
+Nothing here blocks the actor: a job runs on the WorkerPool and ends with a ``tell``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+from sortedcontainers import SortedList
+
+from actors import _messages as m
+from actors._client import FeishuAuthClient, Grant
+from actors._clock import Clock
+from actors._config import AppConfig, TokenKey
+from actors._errors import TokenError, UpstreamError
+from actors._workers import WorkerPool
+
+__all__ = ["Upstream"]
+
+
+class Upstream:
+    """At most ``cap`` fetches in flight; the rest wait, most urgent deadline first.
+
+    Owned by the TokenActor and only touched from its thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: FeishuAuthClient,
+        pool: WorkerPool,
+        clock: Clock,
+        cap: int,
+        ref: Callable[[], pykka.ActorRef[Any]],
+    ) -> None:
+        self._client = client
+        self._pool = pool
+        self._clock = clock
+        self._cap = cap
+        self._ref = ref  # the actor's ref exists only once the actor has started
+        self._queue: SortedList = SortedList()  # (deadline, seq, key, app, request)
+        self._seq = itertools.count()
+        self.in_flight = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def enqueue(
+        self, key: TokenKey, app: AppConfig, request: dict[str, str], deadline: float
+    ) -> list[TokenKey]:
+        """Queue one fetch; returns the keys that could not start because the pool is closed."""
+        self._queue.add((deadline, next(self._seq), key, app, request))
+        return self.start_queued()
+
+    def finished(self) -> list[TokenKey]:
+        """A FetchDone arrived: free its slot and start what waits."""
+        self.in_flight -= 1
+        return self.start_queued()
+
+    def start_queued(self) -> list[TokenKey]:
+        refused = []
+        while self.in_flight < self._cap and self._queue:
+            _, _, key, app, request = self._queue.pop(0)
+            try:
+                self._pool.submit(self._fetch_job(key, app, request))
+            except RuntimeError:  # the pool shut down: the system is stopping
+                refused.append(key)
+                continue
+            self.in_flight += 1
+        return refused
+
+    def clear(self) -> None:
+        self._queue.clear()
+
+    def resend_ticket(self, app: AppConfig) -> bool:
+        """Ask Feishu to push the app_ticket again (outside the cap); False if stopping."""
+        client, ref = self._client, self._ref()
+
+        def job() -> None:
+            error: Exception | None = None
+            try:
+                client.resend_ticket(app)
+            except Exception as exc:  # reported back as a message
+                error = exc
+            tell(ref, m.ResendDone(app.app_id, error))
+
+        try:
+            self._pool.submit(job)
+        except RuntimeError:
+            return False
+        return True
+
+    def _fetch_job(self, key: TokenKey, app: AppConfig, request: dict[str, str]) -> Any:
+        client, clock, ref = self._client, self._clock, self._ref()
+
+        def job() -> None:
+            started = clock.now()
+            result: Grant | Exception
+            try:
+                result = client.fetch(app, key.kind, tenant_key=key.tenant_key, **request)
+            except TokenError as exc:
+                result = exc
+            except Exception as exc:  # any surprise is one failed attempt
+                result = UpstreamError(None, None, 1, detail=type(exc).__name__)
+            tell(ref, m.FetchDone(key, result, started, clock.now() - started))
+
+        return job
+
+
+def tell(ref: pykka.ActorRef[Any], message: Any) -> None:
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:  # the system stopped while this call was in flight
+        pass
