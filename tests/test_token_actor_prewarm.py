@@ -20,6 +20,18 @@ def vapp(vserver: FakeFeishu) -> actors.AppConfig:
     return actors.AppConfig(APP_ID, SECRET, base_url=vserver.base_url)
 
 
+def start_marketplace(
+    make_system: SystemFactory, vserver: FakeFeishu, *, max_concurrent_fetches: int
+) -> actors.TokenSystem:
+    """A marketplace app holding a valid ticket, prewarms without jitter (all due at once)."""
+    market = actors.AppConfig(
+        MARKET_ID, MARKET_SECRET, app_type=actors.AppType.MARKETPLACE, base_url=vserver.base_url
+    )
+    system = make_system(market, max_concurrent_fetches=max_concurrent_fetches, jitter=0.0)
+    system.proxy.set_app_ticket(vserver.issue_ticket(MARKET_ID)).get(timeout=5)
+    return system
+
+
 def test_a_day_of_gets_costs_one_fetch_per_token_lifetime_and_no_caller_waits(
     make_system: SystemFactory,
     vapp: actors.AppConfig,
@@ -114,11 +126,7 @@ def test_a_refresh_that_returns_the_cached_token_reschedules_and_never_loops(
 def test_prewarms_across_many_tenants_respect_the_concurrency_cap(
     make_system: SystemFactory, vserver: FakeFeishu, clock: actors.ManualClock
 ) -> None:
-    market = actors.AppConfig(
-        MARKET_ID, MARKET_SECRET, app_type=actors.AppType.MARKETPLACE, base_url=vserver.base_url
-    )
-    system = make_system(market, max_concurrent_fetches=4, jitter=0.0)
-    system.proxy.set_app_ticket(vserver.issue_ticket(MARKET_ID)).get(timeout=5)
+    system = start_marketplace(make_system, vserver, max_concurrent_fetches=4)
     tenants = [f"tenant-{i:03}" for i in range(200)]
     first = {t: system.proxy.get_token(tenant_key=t) for t in tenants}
     tokens = {t: f.get(timeout=10) for t, f in first.items()}
@@ -137,11 +145,7 @@ def test_prewarms_across_many_tenants_respect_the_concurrency_cap(
 def test_callers_waiting_go_before_prewarms_in_the_fetch_queue(
     make_system: SystemFactory, vserver: FakeFeishu, clock: actors.ManualClock
 ) -> None:
-    market = actors.AppConfig(
-        MARKET_ID, MARKET_SECRET, app_type=actors.AppType.MARKETPLACE, base_url=vserver.base_url
-    )
-    system = make_system(market, max_concurrent_fetches=1, jitter=0.0)
-    system.proxy.set_app_ticket(vserver.issue_ticket(MARKET_ID)).get(timeout=5)
+    system = start_marketplace(make_system, vserver, max_concurrent_fetches=1)
     for i in range(5):
         system.proxy.get_token(tenant_key=f"old-{i}").get(timeout=5)
     gate = vserver.hold("tenant")
