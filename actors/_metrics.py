@@ -53,6 +53,18 @@ class LatencyHistogram:
                 return min(edge, self.max)
         return self.max
 
+    def merged(self, other: LatencyHistogram) -> LatencyHistogram:
+        """A new histogram holding the samples of both."""
+        result = LatencyHistogram()
+        result._counts = [a + b for a, b in zip(self._counts, other._counts, strict=True)]
+        result.count = self.count + other.count
+        result.total = self.total + other.total
+        result.max = max(self.max, other.max)
+        return result
+
+    def copy(self) -> LatencyHistogram:
+        return self.merged(LatencyHistogram())
+
     def summary(self) -> LatencySummary:
         return LatencySummary(
             count=self.count,
@@ -218,6 +230,7 @@ class MetricsRecorder:
         soonest_expiry_in: float | None,
         fast_hits: Mapping[tuple[str, str], int],
         fast_stale: int,
+        fast_latency: LatencyHistogram | None = None,
     ) -> TokenMetrics:
         per_kind = Counter(self.per_kind)
         for (app_id, kind), n in fast_hits.items():
@@ -247,6 +260,8 @@ class MetricsRecorder:
             mailbox_depth=mailbox_depth,
             keys_cached=keys_cached,
             soonest_expiry_in=soonest_expiry_in,
-            get_latency=self.get_latency.summary(),
+            get_latency=(
+                self.get_latency if fast_latency is None else self.get_latency.merged(fast_latency)
+            ).summary(),
             fetch_latency=self.fetch_latency.summary(),
         )

@@ -14,7 +14,9 @@ import threading
 from collections import Counter
 from typing import NamedTuple
 
+from actors._clock import Clock
 from actors._config import TokenKey
+from actors._metrics import LatencyHistogram
 
 __all__ = ["PublishedToken", "ReadSnapshot"]
 
@@ -36,16 +38,21 @@ class ReadSnapshot:
         self._lock = threading.Lock()
         self._hits: Counter[tuple[str, str]] = Counter()
         self._stale = 0
+        self._latency = LatencyHistogram()
 
-    def lookup(self, key: TokenKey, now: float) -> str | None:
-        """The token if it may be served at ``now`` (and count the hit), else None."""
+    def lookup(self, key: TokenKey, started: float, clock: Clock) -> str | None:
+        """The token if it may be served now (counting the hit and its latency), else None.
+
+        ``started`` is when the caller's get began, on ``clock``.
+        """
         published = self.entries.get(key)
-        if published is None or now >= published.serve_until:
+        if published is None or started >= published.serve_until:
             return None
-        self.reads[key] = now
+        self.reads[key] = started
         with self._lock:
             self._hits[key.app_id, key.kind] += 1
             self._stale += published.refreshing
+            self._latency.record(clock.now() - started)
         return published.token
 
     def publish(
@@ -67,3 +74,7 @@ class ReadSnapshot:
 
     def stale_hits(self) -> int:
         return self._stale
+
+    def latency(self) -> LatencyHistogram:
+        with self._lock:
+            return self._latency.copy()

@@ -72,7 +72,7 @@ class TokenProxy:
                 return failed.future
             self._keys[kind, tenant_key, app_id] = key
         if self._snapshot is not None and not self._stopped:
-            token = self._snapshot.lookup(key, now)
+            token = self._snapshot.lookup(key, now, self._clock)
             if token is not None:
                 future: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
                 future.set(token)

@@ -469,6 +469,7 @@ class TokenActor(pykka.ThreadingActor):
             mailbox_depth=self.actor_inbox.qsize(),  # type: ignore[attr-defined]
             fast_hits=reads.hits() if reads is not None else {},
             fast_stale=reads.stale_hits() if reads is not None else 0,
+            fast_latency=reads.latency() if reads is not None else None,
             keys_cached=len(expiries),
             soonest_expiry_in=min(expiries) if expiries else None,
         )

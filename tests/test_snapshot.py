@@ -17,17 +17,19 @@ KEY = actors.TokenKey("https://x", "cli", TokenKind.TENANT)
 
 def test_lookup_serves_only_until_the_safety_margin_and_counts_hits() -> None:
     snapshot = ReadSnapshot()
-    assert snapshot.lookup(KEY, 0.0) is None
+    clock = actors.ManualClock()
+    assert snapshot.lookup(KEY, 0.0, clock) is None
     snapshot.publish(KEY, "t-abc", 100.0, refreshing=False)
-    assert snapshot.lookup(KEY, 99.9) == "t-abc"
-    assert snapshot.lookup(KEY, 100.0) is None
+    assert snapshot.lookup(KEY, 99.9, clock) == "t-abc"
+    assert snapshot.lookup(KEY, 100.0, clock) is None
     snapshot.publish(KEY, "t-abc", 100.0, refreshing=True)
-    assert snapshot.lookup(KEY, 50.0) == "t-abc"
+    assert snapshot.lookup(KEY, 50.0, clock) == "t-abc"
     assert snapshot.hits() == {("cli", TokenKind.TENANT): 2}
     assert snapshot.stale_hits() == 1
     assert snapshot.reads[KEY] == 50.0
     snapshot.publish(KEY, None, 0.0, refreshing=False)
-    assert snapshot.lookup(KEY, 1.0) is None
+    assert snapshot.lookup(KEY, 1.0, clock) is None
+    assert snapshot.latency().count == 2
 
 
 @pytest.fixture
