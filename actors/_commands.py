@@ -1,0 +1,383 @@
+"""What each ``lark-token-actors`` command does; the parser and exit codes live in ``_cli``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TextIO
+
+import pykka
+from loguru import logger
+
+from actors._config import FEISHU, AppConfig, AppType, RefreshPolicy, TokenKind
+from actors._errors import TokenError
+from actors._events import RefreshEvent, TokenRefreshed
+from actors._mask import mask_token
+from actors._system import TokenSystem
+from actors.testing import FakeFeishu, Reply
+
+__all__ = [
+    "CommandError",
+    "UsageError",
+    "cmd_demo",
+    "cmd_report",
+    "cmd_serve_metrics",
+    "cmd_simulate",
+    "cmd_token",
+]
+
+ENV_ID, ENV_SECRET, ENV_URL = "FEISHU_APP_ID", "FEISHU_APP_SECRET", "FEISHU_BASE_URL"
+ENV_TICKET = "FEISHU_APP_TICKET"
+_DEMO_ID, _DEMO_SECRET = "cli_demo", "demo-secret"
+_MARKET_ID, _MARKET_SECRET = "cli_demo_market", "demo-market-secret"
+
+
+class UsageError(Exception):
+    """A user mistake found after parsing (missing credentials, contradictory options): exit 2."""
+
+
+class CommandError(Exception):
+    """The command could not do its job (Feishu refused, the port is taken): exit 1."""
+
+
+def _env_app(*, required: bool, app_type: AppType = AppType.SELF_BUILT) -> AppConfig | None:
+    """The app in the environment; None if neither variable is set and ``required`` is false."""
+    app_id = os.environ.get(ENV_ID, "").strip()
+    secret = os.environ.get(ENV_SECRET, "").strip()
+    if not app_id and not secret and not required:
+        return None
+    missing = [name for name, value in ((ENV_ID, app_id), (ENV_SECRET, secret)) if not value]
+    if missing:
+        msg = f"set {' and '.join(missing)} in the environment (the app's credentials)"
+        raise UsageError(msg)
+    base_url = os.environ.get(ENV_URL, "").strip() or FEISHU
+    try:
+        return AppConfig(app_id, secret, app_type=app_type, base_url=base_url)
+    except ValueError as exc:
+        msg = f"bad credentials in the environment: {exc}"
+        raise UsageError(msg) from None
+
+
+@contextlib.contextmanager
+def _workload_app(
+    *, latency: float, token_lifetime: float = 7200.0
+) -> Iterator[tuple[AppConfig, FakeFeishu | None]]:
+    """The real app from the environment, or a demo app on an embedded fake server."""
+    app = _env_app(required=False)
+    if app is not None:
+        yield app, None
+        return
+    with FakeFeishu(latency=latency, token_lifetime=token_lifetime) as server:
+        server.add_app(_DEMO_ID, _DEMO_SECRET)
+        yield AppConfig(_DEMO_ID, _DEMO_SECRET, base_url=server.base_url), server
+
+
+def _concurrent_gets(get: Callable[[], str], callers: int) -> list[str]:
+    """``callers`` threads released at once by a barrier, each doing one ``get``."""
+    tokens: list[str] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(callers)
+
+    def caller() -> None:
+        barrier.wait()
+        try:
+            tokens.append(get())
+        except BaseException as exc:  # re-raised on the main thread below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=caller, name=f"actors-cli-caller-{i}", daemon=True)
+        for i in range(callers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return tokens
+
+
+def _token_error(exc: BaseException) -> CommandError:
+    if isinstance(exc, pykka.Timeout):
+        return CommandError("no answer from the token system in time")
+    return CommandError(str(exc))
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    callers: int = args.callers
+    with _workload_app(latency=0.2) as (app, server), TokenSystem.start(app) as system:
+        where = "the embedded fake Feishu" if server else app.base_url
+        print(f"app {app.app_id} against {where}")
+        try:
+            _demo_steps(system, server, callers=callers, warm_gets=args.warm_gets)
+        except (TokenError, pykka.Timeout) as exc:
+            raise _token_error(exc) from None
+        print()
+        print(system.performance_report())
+    return 0
+
+
+def _demo_steps(
+    system: TokenSystem, server: FakeFeishu | None, *, callers: int, warm_gets: int
+) -> None:
+    # 1. Single flight: many callers miss at once, one upstream request serves them all.
+    started = time.perf_counter()
+    tokens = _concurrent_gets(lambda: system.proxy.get_token().get(timeout=30), callers)
+    elapsed = time.perf_counter() - started
+    upstream = server.count("tenant") if server else system.metrics().fetch_success
+    print(
+        f"{callers} concurrent callers got {len(set(tokens))} token "
+        f"({mask_token(tokens[0])}) in {elapsed * 1e3:.0f} ms "
+        f"from {upstream} upstream request(s)"
+    )
+
+    # 2. Warm hits never touch the network.
+    if warm_gets:
+        started = time.perf_counter()
+        for _ in range(warm_gets):
+            system.proxy.get_token().get(timeout=5)
+        per_get = (time.perf_counter() - started) / warm_gets
+        print(f"{warm_gets} warm gets: {per_get * 1e6:.0f} µs each")
+
+    # 3. A business API said 99991663: invalidate exactly that token and fetch a fresh one.
+    if server:
+        server.rotate()  # the fake server revokes it, as Feishu would
+    dropped = system.proxy.invalidate(tokens[0]).get(timeout=5)
+    fresh = system.proxy.get_token().get(timeout=30)
+    print(f"invalidate({mask_token(tokens[0])}) -> {dropped}; now serving {mask_token(fresh)}")
+    again = system.proxy.invalidate(tokens[0]).get(timeout=5)
+    print(f"invalidating the old token again -> {again}")
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    app = _env_app(required=True, app_type=AppType(args.app_type))
+    assert app is not None  # required=True raises instead
+    kind = TokenKind(args.kind)
+    tenant_key: str | None = args.tenant_key
+    marketplace_tenant = app.app_type is AppType.MARKETPLACE and kind is TokenKind.TENANT
+    if tenant_key is not None and not marketplace_tenant:
+        msg = "--tenant-key is only for a marketplace app's tenant token (--app-type marketplace)"
+        raise UsageError(msg)
+    if marketplace_tenant and not tenant_key:
+        raise UsageError("--tenant-key is required for a marketplace app's tenant token")
+    ticket: str | None = args.app_ticket
+    if app.app_type is AppType.MARKETPLACE and not ticket:
+        # The CLI has no event endpoint, so it cannot receive a re-pushed ticket.
+        msg = f"a marketplace app needs --app-ticket (or ${ENV_TICKET}): the last app_ticket "
+        msg += "Feishu pushed to your event endpoint"
+        raise UsageError(msg)
+
+    timeout: float = args.timeout
+    # A rejected ticket makes the system ask Feishu to resend one and wait for it; the resent
+    # ticket goes to the app's event endpoint, never to this process, so do not wait long.
+    policy = RefreshPolicy(ticket_wait=min(timeout, 5.0))
+    with TokenSystem.start(app, policy=policy) as system:
+        refreshed: list[TokenRefreshed] = []
+
+        def on_event(event: RefreshEvent) -> None:
+            if isinstance(event, TokenRefreshed) and (event.kind, event.tenant_key) == (
+                kind,
+                tenant_key,
+            ):
+                refreshed.append(event)
+
+        system.subscribe(on_event)
+        try:
+            if ticket:
+                system.proxy.set_app_ticket(ticket).get(timeout=timeout)
+            token = system.proxy.get_token(kind, tenant_key=tenant_key).get(timeout=timeout)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        except (TokenError, pykka.Timeout) as exc:
+            raise _token_error(exc) from None
+        if args.show:
+            print(token)
+            return 0
+        validity = ""
+        with contextlib.suppress(TimeoutError):
+            system.settle(timeout=2.0)  # the TokenRefreshed event is delivered on another thread
+        if refreshed:
+            left = refreshed[-1].expires_at - system.clock.now()
+            validity = f" (valid for {left:.0f} s)"
+        print(f"{kind.value}_access_token for {app.app_id}: {mask_token(token)}{validity}")
+    return 0
+
+
+class _ProgressBar:
+    """A one-line bar on a terminal, redrawn only when the shown percentage changes."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._shown = -1
+
+    def __call__(self, done: float) -> None:
+        permille = int(done * 1000)
+        if permille == self._shown:
+            return
+        self._shown = permille
+        bar = "#" * int(done * 40)
+        print(f"\r[{bar:<40}] {done:6.1%}", end="", file=self._stream, flush=True)
+
+    def close(self) -> None:
+        if self._shown >= 0:
+            print(file=self._stream, flush=True)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    # Imported here: the harness pulls in the simulation machinery that other commands skip.
+    from actors.sim import SimulationConfig, run_simulation  # noqa: PLC0415
+
+    try:
+        config = SimulationConfig(
+            tenants=args.tenants,
+            hours=args.hours,
+            gets_per_step=args.gets_per_step,
+            step=args.step,
+            token_lifetime=args.lifetime,
+            failure_rate=args.failure_rate,
+            outages=tuple(args.outage),
+            policy=RefreshPolicy(
+                seed=args.seed, max_concurrent_fetches=args.max_concurrent_fetches
+            ),
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        report = run_simulation(config, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(report.render())
+    print()
+    print(report.metrics.report())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    gets: int = args.gets
+    tenants = [f"tenant-{i:03d}" for i in range(args.tenants)]
+    # A short backoff, so the scripted transient failure below retries at once.
+    policy = RefreshPolicy(retry_base=0.05, retry_cap=0.2, seed=1)
+    with FakeFeishu(latency=args.latency) as server:
+        server.add_app(_DEMO_ID, _DEMO_SECRET)
+        server.add_app(_MARKET_ID, _MARKET_SECRET, marketplace=True)
+        apps = [
+            AppConfig(_DEMO_ID, _DEMO_SECRET, base_url=server.base_url),
+            AppConfig(
+                _MARKET_ID,
+                _MARKET_SECRET,
+                app_type=AppType.MARKETPLACE,
+                base_url=server.base_url,
+            ),
+        ]
+        with TokenSystem.start(apps, policy=policy) as system:
+            proxy = system.proxy
+            try:
+                proxy.set_app_ticket(server.issue_ticket(_MARKET_ID), app_id=_MARKET_ID).get(
+                    timeout=10
+                )
+                # One 502 on the first tenant token request: a failure and a retry in the report.
+                server.script("tenant", Reply.http(502), app_id=_DEMO_ID)
+                tokens = _concurrent_gets(
+                    lambda: proxy.get_token(app_id=_DEMO_ID).get(timeout=10), 16
+                )
+                for i in range(gets):
+                    if i % 4 == 0:
+                        proxy.get_token(TokenKind.APP, app_id=_DEMO_ID).get(timeout=10)
+                    elif i % 4 == 1:
+                        tenant = tenants[i % len(tenants)]
+                        proxy.get_token(tenant_key=tenant, app_id=_MARKET_ID).get(timeout=10)
+                    else:
+                        proxy.get_token(app_id=_DEMO_ID).get(timeout=10)
+                server.rotate(_DEMO_ID)
+                proxy.invalidate(tokens[0]).get(timeout=10)
+                proxy.get_token(app_id=_DEMO_ID).get(timeout=10)
+                system.settle(timeout=10)
+            except (TokenError, pykka.Timeout) as exc:
+                raise _token_error(exc) from None
+            print(
+                f"workload: 16 concurrent misses, {gets} gets over 2 apps and "
+                f"{len(tenants) + 2} keys, one transient 502, one invalidation "
+                f"(fake Feishu, {args.latency * 1e3:.0f} ms latency)"
+            )
+            print()
+            print(system.performance_report())
+    return 0
+
+
+def cmd_serve_metrics(args: argparse.Namespace) -> int:
+    try:
+        from actors.prometheus import serve_metrics  # noqa: PLC0415 - the optional extra
+    except ImportError as exc:
+        raise CommandError(str(exc)) from None
+
+    # Short-lived fake tokens, so prewarms show up within minutes of watching.
+    with (
+        _workload_app(latency=0.05, token_lifetime=900.0) as (app, server),
+        TokenSystem.start(app) as system,
+    ):
+        try:
+            httpd, thread = serve_metrics(system, port=args.port, addr=args.addr)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            msg = f"cannot serve metrics on {args.addr}:{args.port}: {reason}"
+            raise CommandError(msg) from None
+        stop = threading.Event()
+        workload = threading.Thread(
+            target=_keep_getting,
+            args=(system, stop, args.interval),
+            name="actors-cli-workload",
+            daemon=True,
+        )
+        workload.start()
+        try:
+            host = f"[{args.addr}]" if ":" in args.addr else args.addr
+            where = "the embedded fake Feishu" if server else app.base_url
+            print(
+                f"serving metrics at http://{host}:{httpd.server_port}/metrics for app "
+                f"{app.app_id} against {where}; Ctrl-C stops",
+                flush=True,
+            )
+            _wait(args.duration)
+        finally:
+            stop.set()
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join()
+            workload.join()
+    return 0
+
+
+def _wait(duration: float | None) -> None:
+    """Block for ``duration`` seconds (None: until Ctrl-C)."""
+    deadline = None if duration is None else time.monotonic() + duration
+    while True:
+        left = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
+        if left <= 0:
+            return
+        # Short slices, because CPython runs signal handlers only on the main thread between
+        # bytecodes: when SIGINT lands on another thread, an endless wait never sees Ctrl-C.
+        time.sleep(left)
+
+
+def _keep_getting(system: TokenSystem, stop: threading.Event, interval: float) -> None:
+    """The background workload of serve-metrics: a few gets of both kinds every ``interval``."""
+    while not stop.is_set():
+        for kind in (TokenKind.TENANT, TokenKind.APP):
+            try:
+                system.proxy.get_token(kind).get(timeout=5)
+            except (TokenError, pykka.Timeout) as exc:
+                # Failures are what the metrics are there to show; keep going.
+                logger.bind(error=type(exc).__name__).debug("serve-metrics workload: {}", exc)
+        stop.wait(interval)
