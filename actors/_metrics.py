@@ -185,9 +185,11 @@ class TokenMetrics:
             f"flight, {self.queued} queued, {self.mailbox_depth} in mailbox, soonest expiry "
             f"in {expiry}",
         ]
-        for (app_id, kind), k in sorted(self.by_app_kind.items()):
+        labels = {group: f"{group[0]}/{group[1]}" for group in self.by_app_kind}
+        width = max((len(label) for label in labels.values()), default=0)
+        for group, k in sorted(self.by_app_kind.items()):
             lines.append(
-                f"  {app_id}/{kind:<8} hits {k.hits}, misses {k.misses}, coalesced "
+                f"  {labels[group]:<{width}}  hits {k.hits}, misses {k.misses}, coalesced "
                 f"{k.coalesced}; upstream {k.fetch_success} ok, {k.fetch_failure} failed"
             )
         return "\n".join(lines)

@@ -62,6 +62,12 @@ class SimulationConfig:
                 f"SimulationConfig.transport must be 'in-process' or 'http', got {self.transport!r}"
             )
             raise ValueError(msg)
+        if not 0.0 <= self.failure_rate <= 1.0:
+            msg = f"SimulationConfig.failure_rate must be in [0, 1], got {self.failure_rate!r}"
+            raise ValueError(msg)
+        if self.token_lifetime <= self.policy.prewarm_lead:
+            msg = "SimulationConfig.token_lifetime must be longer than the policy's prewarm_lead"
+            raise ValueError(msg)
         if self.hours <= 0 or self.step <= 0:
             msg = "SimulationConfig: hours and step must be > 0"
             raise ValueError(msg)

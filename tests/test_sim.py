@@ -65,5 +65,9 @@ def test_the_concurrency_cap_bounds_upstream_requests() -> None:
 def test_invalid_configs_are_rejected() -> None:
     with pytest.raises(ValueError, match="tenants"):
         SimulationConfig(tenants=0)
+    with pytest.raises(ValueError, match="failure_rate"):
+        SimulationConfig(failure_rate=2.0)
+    with pytest.raises(ValueError, match="token_lifetime"):
+        SimulationConfig(token_lifetime=60.0)
     with pytest.raises(ValueError, match="transport"):
         SimulationConfig(transport="carrier-pigeon")
