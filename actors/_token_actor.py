@@ -301,8 +301,15 @@ class TokenActor(pykka.ThreadingActor):
             self._resolve(waiter, grant.token, now)
 
     def _schedule_prewarm(self, entry: _Entry, now: float) -> None:
-        due = self._policy.prewarm_due(entry.expires_at, now, self._rng)
-        entry.prewarm_timer = self._schedule(due, lambda tid: m.Prewarm(entry.key, tid))
+        self._set_prewarm(entry, self._policy.prewarm_due(entry.expires_at, now, self._rng))
+
+    def _set_prewarm(self, entry: _Entry, due: float | None) -> None:
+        """Replace the key's prewarm timer (None: just cancel it), so at most one is pending."""
+        if entry.prewarm_timer is not None:
+            self._scheduler.tell(Cancel(entry.prewarm_timer))
+            entry.prewarm_timer = None
+        if due is not None:
+            entry.prewarm_timer = self._schedule(due, lambda tid: m.Prewarm(entry.key, tid))
 
     def _on_error(self, entry: _Entry, error: Exception) -> None:
         key = entry.key
@@ -352,8 +359,7 @@ class TokenActor(pykka.ThreadingActor):
         hard = entry.expires_at - self._policy.safety_margin
         if entry.token is not None and now < hard and not isinstance(error, SystemStoppedError):
             # Stale-while-revalidate: keep serving the valid token and try again later.
-            due = min(now + self._policy.retry_cap, now + (hard - now) / 2)
-            entry.prewarm_timer = self._schedule(due, lambda tid: m.Prewarm(entry.key, tid))
+            self._set_prewarm(entry, min(now + self._policy.retry_cap, now + (hard - now) / 2))
 
     def _publish_failure(self, entry: _Entry, error: Exception, *, will_retry: bool) -> None:
         key = entry.key
@@ -400,9 +406,7 @@ class TokenActor(pykka.ThreadingActor):
         entry.token = None
         entry.expires_at = 0.0
         self._publish(entry)
-        if entry.prewarm_timer is not None:
-            self._scheduler.tell(Cancel(entry.prewarm_timer))
-            entry.prewarm_timer = None
+        self._set_prewarm(entry, None)
 
     # --- app_ticket ----------------------------------------------------------------------------
 
