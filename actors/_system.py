@@ -21,7 +21,7 @@ from actors._metrics import TokenMetrics
 from actors._scheduler import NextDue, SchedulerActor, Tick
 from actors._snapshot import ReadSnapshot
 from actors._token_actor import TokenActor
-from actors._waiters import FutureWaiter, PendingFutures
+from actors._waiters import FutureWaiter, PendingFutures, resolved_future
 from actors._workers import WorkerPool
 
 __all__ = ["TokenProxy", "TokenSystem"]
@@ -74,9 +74,7 @@ class TokenProxy:
         if self._snapshot is not None and not self._stopped:
             token = self._snapshot.lookup(key, now, self._clock)
             if token is not None:
-                future: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
-                future.set(token)
-                return future
+                return resolved_future(token)
         waiter = FutureWaiter(now, self._pending)
         self._send(m.Get(key, waiter), waiter)
         return waiter.future

@@ -14,7 +14,14 @@ import pykka
 from actors._errors import SystemStoppedError
 from actors._messages import TokenReply
 
-__all__ = ["Continuation", "FutureWaiter", "PendingFutures", "ReplyWaiter", "Waiter"]
+__all__ = [
+    "Continuation",
+    "FutureWaiter",
+    "PendingFutures",
+    "ReplyWaiter",
+    "Waiter",
+    "resolved_future",
+]
 
 
 class Waiter(Protocol):
@@ -125,3 +132,43 @@ class PendingFutures:
         for waiter in waiters:
             set_future_exception(waiter.future, SystemStoppedError())
         return len(waiters)
+
+
+class _Settled:
+    """Stands in for the Condition of a future that is resolved before anyone can see it: with
+    the result already set, ThreadingFuture never waits or notifies, so no lock is needed."""
+
+    def __enter__(self) -> _Settled:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def notify_all(self) -> None:
+        return None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return True
+
+
+_SETTLED = _Settled()
+
+
+class _ResolvedFuture(pykka.ThreadingFuture[Any]):
+    # pykka's map()/filter()/join() build new futures with ``self.__class__()``: without a
+    # value this is an ordinary ThreadingFuture.
+    def __init__(self, *value: Any) -> None:
+        if not value:
+            super().__init__()
+            return
+        pykka.Future.__init__(self)
+        # A ThreadingFuture creates a threading.Condition (a few µs) that a future resolved
+        # on creation never uses; the cache-hit path is hot enough for that to matter.
+        self._condition = _SETTLED  # type: ignore[assignment]
+        self._result = None
+        self.set(value[0])
+
+
+def resolved_future(value: Any) -> pykka.ThreadingFuture[Any]:
+    """An already-resolved ``pykka.ThreadingFuture`` holding ``value``, cheap to make."""
+    return _ResolvedFuture(value)

@@ -104,3 +104,18 @@ def test_mailbox_only_systems_publish_nothing(
     token = system.proxy.get_token().get(timeout=5)
     assert system.proxy.get_token().get(timeout=5) == token
     assert system.metrics().hits == 1
+
+
+def test_a_resolved_future_behaves_like_a_pykka_future() -> None:
+    import queue
+
+    from actors._waiters import resolved_future
+
+    future = resolved_future("t-abc")
+    assert isinstance(future, pykka.ThreadingFuture)
+    assert future.get(timeout=0) == "t-abc"
+    assert future.get() == "t-abc"
+    assert future.map(str.upper).get(timeout=1) == "T-ABC"
+    assert future.join(resolved_future("t-def")).get(timeout=1) == ["t-abc", "t-def"]
+    with pytest.raises(queue.Full):
+        future.set("again")
