@@ -27,6 +27,17 @@ class PublishedToken(NamedTuple):
     refreshing: bool  # a refresh is under way: a hit now is a stale-while-revalidate hit
 
 
+class _ThreadStats:
+    """One reader thread's counters: only that thread writes them, so no lock is needed."""
+
+    __slots__ = ("hits", "latency", "stale")
+
+    def __init__(self) -> None:
+        self.hits: Counter[tuple[str, str]] = Counter()
+        self.stale = 0
+        self.latency = LatencyHistogram()
+
+
 class ReadSnapshot:
     """Written by the TokenActor, read by any thread."""
 
@@ -34,11 +45,11 @@ class ReadSnapshot:
         self.entries: dict[TokenKey, PublishedToken] = {}
         # Written by readers (last write wins), read by the actor for idle eviction.
         self.reads: dict[TokenKey, float] = {}
-        # ``+= 1`` on shared ints can lose counts between threads; a tiny lock cannot.
-        self._lock = threading.Lock()
-        self._hits: Counter[tuple[str, str]] = Counter()
-        self._stale = 0
-        self._latency = LatencyHistogram()
+        # Hit counters are per thread: a shared lock on every hit made callers queue behind
+        # each other (a convoy under the GIL), and ``+= 1`` on shared ints loses counts.
+        self._local = threading.local()
+        self._all_stats: list[_ThreadStats] = []
+        self._register = threading.Lock()
 
     def lookup(self, key: TokenKey, started: float, clock: Clock) -> str | None:
         """The token if it may be served now (counting the hit and its latency), else None.
@@ -49,10 +60,15 @@ class ReadSnapshot:
         if published is None or started >= published.serve_until:
             return None
         self.reads[key] = started
-        with self._lock:
-            self._hits[key.app_id, key.kind] += 1
-            self._stale += published.refreshing
-            self._latency.record(clock.now() - started)
+        try:
+            stats: _ThreadStats = self._local.stats
+        except AttributeError:
+            stats = self._local.stats = _ThreadStats()
+            with self._register:  # once per thread
+                self._all_stats.append(stats)
+        stats.hits[key.app_id, key.kind] += 1
+        stats.stale += published.refreshing
+        stats.latency.record(clock.now() - started)
         return published.token
 
     def publish(
@@ -67,14 +83,25 @@ class ReadSnapshot:
         self.entries.pop(key, None)
         self.reads.pop(key, None)
 
+    def _stats(self) -> list[_ThreadStats]:
+        with self._register:
+            return list(self._all_stats)
+
+    # Readers may be counting while these sum up: each copy (dict(), list()) is a single C-level
+    # operation under the GIL, so a sum is a consistent lower bound, never a torn value.
+
     def hits(self) -> dict[tuple[str, str], int]:
         """Hits answered from the snapshot so far, per (app_id, kind)."""
-        with self._lock:
-            return dict(self._hits)
+        total: Counter[tuple[str, str]] = Counter()
+        for stats in self._stats():
+            total.update(dict(stats.hits))
+        return dict(total)
 
     def stale_hits(self) -> int:
-        return self._stale
+        return sum(stats.stale for stats in self._stats())
 
     def latency(self) -> LatencyHistogram:
-        with self._lock:
-            return self._latency.copy()
+        merged = LatencyHistogram()
+        for stats in self._stats():
+            merged = merged.merged(stats.latency)
+        return merged

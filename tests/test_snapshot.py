@@ -119,3 +119,27 @@ def test_a_resolved_future_behaves_like_a_pykka_future() -> None:
     assert future.join(resolved_future("t-def")).get(timeout=1) == ["t-abc", "t-def"]
     with pytest.raises(queue.Full):
         future.set("again")
+
+
+def test_hits_from_many_threads_are_all_counted(
+    make_system: SystemFactory, vapp: actors.AppConfig
+) -> None:
+    import threading
+
+    system = make_system(vapp)
+    system.proxy.get_token().get(timeout=5)
+    barrier = threading.Barrier(8)
+
+    def reader() -> None:
+        barrier.wait()
+        for _ in range(1000):
+            system.proxy.get_token().get(timeout=5)
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    metrics = system.metrics()
+    assert (metrics.hits, metrics.misses) == (8000, 1)
+    assert metrics.get_latency.count == 8001
