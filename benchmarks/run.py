@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from
 from benchmarks import report
 from benchmarks.baselines import lark_oapi_available
 from benchmarks.model import ScenarioResult, Sizes
-from benchmarks.scenarios import SCENARIOS, Context
+from benchmarks.scenario_common import Context
+from benchmarks.scenarios import SCENARIOS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -1,4 +1,4 @@
-"""Scenario 5's measurements, each run in a fresh interpreter by ``scenarios.scale``.
+"""Scenario 5's measurements, each run in a fresh interpreter by ``scenario_scale.scale``.
 
 A fresh process keeps one measurement from another's leftovers: the resident set size of a
 process that already ran other scenarios grows less than it should (freed memory gets reused),
