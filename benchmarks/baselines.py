@@ -164,8 +164,8 @@ class _DictCache:
         return token
 
 
-class MutexBaseline:
-    """One global lock held across the HTTP fetch; a miss fetches inside it."""
+class _LockedBaseline:
+    """What both seed designs share: a dict cache, a fetcher, and one lock."""
 
     def __init__(
         self,
@@ -184,43 +184,27 @@ class MutexBaseline:
         )
         self._lock = threading.Lock()
 
-    def get(self, tenant_key: str | None = None) -> str:
-        with self._lock:
-            return self._cache.get_or_fetch(tenant_key)
-
     def close(self) -> None:
         self._fetcher.close()
 
 
-class DoubleCheckedBaseline:
-    """Lock-free read path; a miss takes the write lock, re-checks, and fetches holding it."""
+class MutexBaseline(_LockedBaseline):
+    """One global lock held across the HTTP fetch; a miss fetches inside it."""
 
-    def __init__(
-        self,
-        app: AppConfig,
-        *,
-        app_ticket: str | None = None,
-        safety_margin: float = 180.0,
-        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
-        session: requests.Session | None = None,
-    ) -> None:
-        self._fetcher = FeishuFetcher(app, app_ticket=app_ticket, timeout=timeout, session=session)
-        self._cache = _DictCache(
-            self._fetcher,
-            safety_margin=safety_margin,
-            marketplace=app.app_type is AppType.MARKETPLACE,
-        )
-        self._write_lock = threading.Lock()
+    def get(self, tenant_key: str | None = None) -> str:
+        with self._lock:
+            return self._cache.get_or_fetch(tenant_key)
+
+
+class DoubleCheckedBaseline(_LockedBaseline):
+    """Lock-free read path; a miss takes the write lock, re-checks, and fetches holding it."""
 
     def get(self, tenant_key: str | None = None) -> str:
         token = self._cache.lookup(tenant_key)  # first check: no lock
         if token is not None:
             return token
-        with self._write_lock:
+        with self._lock:  # the write lock
             return self._cache.get_or_fetch(tenant_key)  # second check, then fetch holding it
-
-    def close(self) -> None:
-        self._fetcher.close()
 
 
 class Oracle:
