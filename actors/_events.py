@@ -15,7 +15,8 @@ from typing import Any
 import pykka
 from loguru import logger
 
-from actors._config import TokenKind
+from actors._config import TokenKey, TokenKind
+from actors._mask import plain_traceback
 
 __all__ = ["EventHub", "RefreshEvent", "RefreshFailed", "Subscriber", "TokenRefreshed"]
 
@@ -30,6 +31,10 @@ class TokenRefreshed:
     expires_at: float
     cause: str
 
+    @classmethod
+    def of(cls, key: TokenKey, expires_at: float, cause: str) -> TokenRefreshed:
+        return cls(key.app_id, key.kind, key.tenant_key, expires_at, cause)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RefreshFailed:
@@ -40,6 +45,10 @@ class RefreshFailed:
     tenant_key: str | None
     error: Exception
     will_retry: bool
+
+    @classmethod
+    def of(cls, key: TokenKey, error: Exception, *, will_retry: bool) -> RefreshFailed:
+        return cls(key.app_id, key.kind, key.tenant_key, error, will_retry)
 
 
 RefreshEvent = TokenRefreshed | RefreshFailed
@@ -104,15 +113,16 @@ class EventHub:
             thread = self._thread
         if thread is not None:
             self._queue.put(None)
-            thread.join(timeout)
+            if thread is not threading.current_thread():  # stop() called from a subscriber
+                thread.join(timeout)
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             callback, event = item
             try:
                 callback(event)
-            except Exception:  # a subscriber's bug must not stop the others
-                logger.exception("event subscriber {!r} raised", callback)
+            except Exception as exc:  # a subscriber's bug must not stop the others
+                logger.error("event subscriber {!r} raised:\n{}", callback, plain_traceback(exc))
             finally:
                 with self._idle:
                     self._pending -= 1

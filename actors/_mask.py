@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["mask_secret", "mask_token"]
+import traceback
+
+__all__ = ["mask_secret", "mask_token", "plain_traceback"]
 
 _VISIBLE = 2
 
@@ -22,3 +24,9 @@ def mask_token(token: str | None) -> str:
 def mask_secret(secret: str | None) -> str:
     """Secrets never show, not even in part."""
     return "<unset>" if not secret else "***"
+
+
+def plain_traceback(error: BaseException) -> str:
+    """The traceback without frame locals: loguru's ``logger.exception`` with ``diagnose=True``
+    (its default sink) prints every local variable, tokens included."""
+    return "".join(traceback.format_exception(error)).rstrip()

@@ -67,13 +67,13 @@ class Get:
 @dataclasses.dataclass(frozen=True, slots=True)
 class SetTicket:
     app_id: str
-    ticket: str
+    ticket: str = dataclasses.field(repr=False)
     waiter: Waiter | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Invalidate:
-    token: str
+    token: str = dataclasses.field(repr=False)
     waiter: Waiter
 
 

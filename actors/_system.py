@@ -260,16 +260,19 @@ class TokenSystem:
         def left() -> float:
             return max(0.01, deadline - time.monotonic())
 
-        for ref in (self._ref, self._scheduler):
-            try:
-                ref.stop(block=True, timeout=left())
-            except pykka.Timeout:
-                logger.warning("{} did not stop within {:g}s", ref, timeout)
-        self._pool.shutdown(left())
-        self._events.close(left())
-        self._pending.fail_all()
-        if self._owns_session:
-            self._session.close()
+        try:
+            for ref in (self._ref, self._scheduler):
+                try:
+                    ref.stop(block=True, timeout=left())
+                except pykka.Timeout:
+                    logger.warning("{} did not stop within {:g}s", ref, timeout)
+            self._pool.shutdown(left())
+            self._events.close(left())
+        finally:
+            # Whatever went wrong above, every future a caller holds gets its answer.
+            self._pending.fail_all()
+            if self._owns_session:
+                self._session.close()
         logger.debug("TokenSystem stopped")
 
     def __enter__(self) -> Self:

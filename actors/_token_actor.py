@@ -8,7 +8,6 @@ one upstream request.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import random
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from actors import _messages as m
 from actors._client import APP_TOKEN_INVALID_CODES, FeishuAuthClient, Grant
 from actors._clock import Clock
 from actors._config import AppConfig, AppType, RefreshPolicy, TokenKey, TokenKind, resolve_key
+from actors._entry import Entry
 from actors._errors import (
     AppTicketError,
     AuthError,
@@ -29,7 +29,7 @@ from actors._errors import (
     UpstreamError,
 )
 from actors._events import EventHub, RefreshFailed, TokenRefreshed
-from actors._mask import mask_token
+from actors._mask import mask_token, plain_traceback
 from actors._metrics import MetricsRecorder, TokenMetrics
 from actors._scheduler import Cancel, Schedule
 from actors._snapshot import ReadSnapshot
@@ -40,21 +40,6 @@ from actors._workers import WorkerPool
 __all__ = ["TokenActor"]
 
 _log = logger.bind(component="TokenActor")
-
-
-@dataclasses.dataclass(slots=True, eq=False)
-class _Entry:
-    key: TokenKey
-    app: AppConfig
-    token: str | None = None
-    expires_at: float = 0.0
-    waiters: list[Waiter] = dataclasses.field(default_factory=list)
-    busy: bool = False  # a refresh is under way: queued, in flight, backing off or awaiting input
-    cause: str = "miss"
-    attempts: int = 0
-    last_read: float = 0.0
-    prewarm_timer: int | None = None
-    retry_timer: int | None = None
 
 
 class TokenActor(pykka.ThreadingActor):
@@ -89,7 +74,7 @@ class TokenActor(pykka.ThreadingActor):
         self._scheduler = scheduler
         self._events = events
         self._rng = random.Random(policy.seed)
-        self._entries: dict[TokenKey, _Entry] = {}
+        self._entries: dict[TokenKey, Entry] = {}
         self._by_token: dict[str, TokenKey] = {}
         self._timer_ids = itertools.count(1)
         self._tickets: dict[str, str] = {}
@@ -104,7 +89,9 @@ class TokenActor(pykka.ThreadingActor):
         except Exception as exc:
             # An exception escaping a tell() handler would kill the actor and strand every
             # waiter; fail the one request that caused it and keep serving the rest.
-            _log.exception("TokenActor failed to handle {}", type(message).__name__)
+            _log.error(
+                "TokenActor failed to handle {}:\n{}", type(message).__name__, plain_traceback(exc)
+            )
             waiter = getattr(message, "waiter", None)
             if waiter is not None:
                 waiter.fail(exc)
@@ -162,13 +149,20 @@ class TokenActor(pykka.ThreadingActor):
         error = SystemStoppedError()
         for entry in self._entries.values():
             waiters, entry.waiters = entry.waiters, []
-            for waiter in waiters:
-                waiter.fail(error)
+            self._answer(waiters, error=error)
         self._upstream.clear()
 
     # --- gets ----------------------------------------------------------------------------------
 
     def _on_get_token(self, message: m.GetToken) -> None:
+        if not isinstance(message.reply_to, pykka.ActorRef):
+            # Nobody can be told about this mistake but the log: GetToken needs the asker's
+            # ActorRef (self.actor_ref), not the actor object.
+            _log.error(
+                "GetToken ignored: reply_to must be a pykka.ActorRef, got {}",
+                type(message.reply_to).__name__,
+            )
+            return
         waiter = ReplyWaiter(self._clock.now(), message.reply_to, message.tag)
         try:
             key = resolve_key(self._apps, message.kind, message.tenant_key, message.app_id)
@@ -181,7 +175,7 @@ class TokenActor(pykka.ThreadingActor):
         now = self._clock.now()
         entry = self._entries.get(key)
         if entry is None:
-            entry = self._entries[key] = _Entry(key, self._apps[key.app_id])
+            entry = self._entries[key] = Entry(key, self._apps[key.app_id])
         entry.last_read = now
         metrics = self.metrics
         if entry.token is not None and now < entry.expires_at - self._policy.safety_margin:
@@ -203,14 +197,28 @@ class TokenActor(pykka.ThreadingActor):
             self.metrics.get_latency.record(now - waiter.started)
         waiter.resolve(token)
 
+    def _answer(
+        self, waiters: list[Waiter], *, token: str | None = None, error: Exception | None = None
+    ) -> None:
+        """Answer every waiter; one that raises must not leave the others unanswered."""
+        now = self._clock.now()
+        for waiter in waiters:
+            try:
+                if token is not None:
+                    self._resolve(waiter, token, now)
+                else:
+                    waiter.fail(error or SystemStoppedError())
+            except Exception as exc:
+                _log.error("a waiter could not be answered:\n{}", plain_traceback(exc))
+
     # --- refresh cycle: start -> attempt -> (queue) -> worker -> FetchDone -> grant | error -----
 
-    def _publish(self, entry: _Entry) -> None:
+    def _publish(self, entry: Entry) -> None:
         if self._reads is not None:
             serve_until = entry.expires_at - self._policy.safety_margin
             self._reads.publish(entry.key, entry.token, serve_until, refreshing=entry.busy)
 
-    def _start_refresh(self, entry: _Entry, cause: str) -> None:
+    def _start_refresh(self, entry: Entry, cause: str) -> None:
         entry.busy = True
         self._publish(entry)
         entry.cause = cause
@@ -218,7 +226,7 @@ class TokenActor(pykka.ThreadingActor):
         self.metrics.fetches_by_cause[cause] += 1
         self._attempt(entry)
 
-    def _attempt(self, entry: _Entry) -> None:
+    def _attempt(self, entry: Entry) -> None:
         app = entry.app
         if app.app_type is AppType.SELF_BUILT:
             self._enqueue(entry, {})
@@ -227,6 +235,7 @@ class TokenActor(pykka.ThreadingActor):
             if ticket is None:
                 self._await_ticket(entry)
             else:
+                entry.ticket_used = ticket
                 self._enqueue(entry, {"app_ticket": ticket})
         else:
             # Marketplace tenant tokens take two steps; the app token comes from this same
@@ -240,7 +249,7 @@ class TokenActor(pykka.ThreadingActor):
                 ),
             )
 
-    def _enqueue(self, entry: _Entry, request: dict[str, str]) -> None:
+    def _enqueue(self, entry: Entry, request: dict[str, str]) -> None:
         # Keys with callers waiting go first; prewarms follow in order of their hard deadline.
         deadline = float("-inf") if entry.waiters else entry.expires_at - self._policy.safety_margin
         self._refused(self._upstream.enqueue(entry.key, entry.app, request, deadline))
@@ -250,19 +259,32 @@ class TokenActor(pykka.ThreadingActor):
             self._finish_failure(self._entries[key], SystemStoppedError())
 
     def _on_fetch_done(self, done: m.FetchDone) -> None:
-        entry = self._entries[done.key]
+        try:
+            self._fetch_result(self._entries[done.key], done)
+        finally:  # the slot is free whatever happened to the result
+            self._refused(self._upstream.finished())
+
+    def _fetch_result(self, entry: Entry, done: m.FetchDone) -> None:
         self.metrics.fetch_latency.record(done.latency)
-        key = done.key
-        if isinstance(done.result, Grant):
+        key, result = done.key, done.result
+        margin = self._policy.safety_margin
+        if (
+            isinstance(result, Grant)
+            and done.started_at + result.expire - margin <= self._clock.now()
+        ):
+            # Never servable: caching it would only schedule an immediate refresh, again and
+            # again. Treat it as a failed attempt (retried with backoff, then reported).
+            detail = f"token expires within the safety margin ({result.expire:g}s left)"
+            result = UpstreamError(0, None, 1, detail=detail)
+        if isinstance(result, Grant):
             self.metrics.count(key.app_id, key.kind, "fetch_success")
-            self._on_grant(entry, done.result, done.started_at)
+            self._on_grant(entry, result, done.started_at)
         else:
             self.metrics.count(key.app_id, key.kind, "fetch_failure")
-            self.metrics.failures_by_error[type(done.result).__name__] += 1
-            self._on_error(entry, done.result)
-        self._refused(self._upstream.finished())
+            self.metrics.failures_by_error[type(result).__name__] += 1
+            self._on_error(entry, result)
 
-    def _on_grant(self, entry: _Entry, grant: Grant, started_at: float) -> None:
+    def _on_grant(self, entry: Entry, grant: Grant, started_at: float) -> None:
         now = self._clock.now()
         same = grant.token == entry.token
         if same:
@@ -280,30 +302,14 @@ class TokenActor(pykka.ThreadingActor):
         _log.bind(key=entry.key.describe(), cause=entry.cause, same_token=same).info(
             "token refreshed: {} expires in {:.0f}s", mask_token(grant.token), grant.expire
         )
-        self._events.publish(
-            TokenRefreshed(
-                entry.key.app_id,
-                entry.key.kind,
-                entry.key.tenant_key,
-                entry.expires_at,
-                entry.cause,
-            )
-        )
+        self._events.publish(TokenRefreshed.of(entry.key, entry.expires_at, entry.cause))
         waiters, entry.waiters = entry.waiters, []
-        if now >= entry.expires_at - self._policy.safety_margin:
-            error = UpstreamError(
-                0, None, 1, detail=f"token expires within the safety margin ({grant.expire:g}s)"
-            )
-            for waiter in waiters:
-                waiter.fail(error)
-            return
-        for waiter in waiters:
-            self._resolve(waiter, grant.token, now)
+        self._answer(waiters, token=grant.token)
 
-    def _schedule_prewarm(self, entry: _Entry, now: float) -> None:
+    def _schedule_prewarm(self, entry: Entry, now: float) -> None:
         self._set_prewarm(entry, self._policy.prewarm_due(entry.expires_at, now, self._rng))
 
-    def _set_prewarm(self, entry: _Entry, due: float | None) -> None:
+    def _set_prewarm(self, entry: Entry, due: float | None) -> None:
         """Replace the key's prewarm timer (None: just cancel it), so at most one is pending."""
         if entry.prewarm_timer is not None:
             self._scheduler.tell(Cancel(entry.prewarm_timer))
@@ -311,12 +317,19 @@ class TokenActor(pykka.ThreadingActor):
         if due is not None:
             entry.prewarm_timer = self._schedule(due, lambda tid: m.Prewarm(entry.key, tid))
 
-    def _on_error(self, entry: _Entry, error: Exception) -> None:
+    def _on_error(self, entry: Entry, error: Exception) -> None:
         key = entry.key
         if isinstance(error, AppTicketError) and key.kind is TokenKind.APP:
-            self._tickets.pop(key.app_id, None)  # 10012: the ticket is stale, ask for a new one
+            entry.attempts += 1
+            if entry.attempts >= self._policy.max_attempts:  # every ticket we got was refused
+                self._finish_failure(entry, error)
+                return
             self._publish_failure(entry, error, will_retry=True)
-            self._await_ticket(entry)
+            if self._tickets.get(key.app_id) == entry.ticket_used:
+                self._tickets.pop(key.app_id)  # 10012: this ticket is stale, ask for a new one
+                self._await_ticket(entry)
+            else:  # a newer ticket arrived while the request was out: use it at once
+                self._attempt(entry)
             return
         if not isinstance(error, UpstreamError):
             self._finish_failure(entry, error)
@@ -344,13 +357,12 @@ class TokenActor(pykka.ThreadingActor):
             entry.retry_timer = None
             self._attempt(entry)
 
-    def _finish_failure(self, entry: _Entry, error: Exception) -> None:
+    def _finish_failure(self, entry: Entry, error: Exception) -> None:
         entry.busy = False
         entry.attempts = 0
         self._publish(entry)
         waiters, entry.waiters = entry.waiters, []
-        for waiter in waiters:
-            waiter.fail(error)
+        self._answer(waiters, error=error)
         self._publish_failure(entry, error, will_retry=False)
         _log.bind(key=entry.key.describe(), cause=entry.cause).warning(
             "token refresh failed: {}", error
@@ -361,9 +373,8 @@ class TokenActor(pykka.ThreadingActor):
             # Stale-while-revalidate: keep serving the valid token and try again later.
             self._set_prewarm(entry, min(now + self._policy.retry_cap, now + (hard - now) / 2))
 
-    def _publish_failure(self, entry: _Entry, error: Exception, *, will_retry: bool) -> None:
-        key = entry.key
-        self._events.publish(RefreshFailed(key.app_id, key.kind, key.tenant_key, error, will_retry))
+    def _publish_failure(self, entry: Entry, error: Exception, *, will_retry: bool) -> None:
+        self._events.publish(RefreshFailed.of(entry.key, error, will_retry=will_retry))
 
     # --- prewarm, idle eviction, invalidation ----------------------------------------------------
 
@@ -399,7 +410,7 @@ class TokenActor(pykka.ThreadingActor):
             self._start_refresh(entry, "invalidate")
         return True
 
-    def _drop_token(self, entry: _Entry | None) -> None:
+    def _drop_token(self, entry: Entry | None) -> None:
         if entry is None or entry.token is None:
             return
         self._by_token.pop(entry.token, None)
@@ -410,7 +421,7 @@ class TokenActor(pykka.ThreadingActor):
 
     # --- app_ticket ----------------------------------------------------------------------------
 
-    def _await_ticket(self, entry: _Entry) -> None:
+    def _await_ticket(self, entry: Entry) -> None:
         app = entry.app
         if app.app_id in self._awaiting_ticket:
             return

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from loguru import logger
 
+from actors._mask import plain_traceback
+
 __all__ = ["WorkerPool"]
 
 Job = Callable[[], None]
@@ -70,7 +72,8 @@ class WorkerPool:
             self._jobs.put(None)
         deadline = time.monotonic() + timeout
         for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread is not threading.current_thread():  # stop() called from a job
+                thread.join(max(0.0, deadline - time.monotonic()))
         alive = [t.name for t in threads if t.is_alive()]
         if alive:
             logger.warning("worker threads still in an upstream call after stop(): {}", alive)
@@ -83,8 +86,8 @@ class WorkerPool:
                 return
             try:
                 job()
-            except Exception:  # a job reports its own errors; this is a last-resort guard
-                logger.exception("worker job failed")
+            except Exception as exc:  # a job reports its own errors; this is a last resort
+                logger.error("worker job failed:\n{}", plain_traceback(exc))
             finally:
                 with self._lock:
                     self._busy -= 1

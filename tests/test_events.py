@@ -92,3 +92,23 @@ def test_subscribe_rejects_what_it_cannot_deliver_to(
     system = make_system(app)
     with pytest.raises(TypeError, match="callable or a pykka ActorRef"):
         system.subscribe("dashboard")  # type: ignore[arg-type]
+
+
+def test_stop_called_from_a_subscriber_still_resolves_everything(
+    make_system: SystemFactory, app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    from .conftest import our_threads
+
+    system = make_system(app)
+    stopped = threading.Event()
+
+    def stop_on_first_event(event: object) -> None:
+        system.stop()
+        stopped.set()
+
+    system.subscribe(stop_on_first_event)
+    assert system.proxy.get_token().get(timeout=5)
+    assert stopped.wait(5)
+    with pytest.raises(actors.SystemStoppedError):
+        system.proxy.get_token().get(timeout=5)
+    assert not [t for t in our_threads() if t.startswith(("TokenActor", "actors-fetch"))]

@@ -148,3 +148,18 @@ def test_the_library_logs_nothing_unless_enabled(
     finally:
         logger.remove(sink)
     assert lines == []
+
+
+def test_plain_tracebacks_leave_out_frame_locals() -> None:
+    from actors._mask import plain_traceback
+
+    def fail() -> None:
+        token = "t-0123456789abcdef0123456789abcdef"
+        raise RuntimeError(f"boom near a {len(token)}-char token")
+
+    try:
+        fail()
+    except RuntimeError as exc:
+        text = plain_traceback(exc)
+    assert "RuntimeError: boom" in text
+    assert "0123456789abcdef" not in text

@@ -331,3 +331,49 @@ def test_set_app_ticket_validates_its_arguments(
     with pytest.raises(ValueError, match="non-empty"):
         system.proxy.set_app_ticket("", app_id=MARKET_ID).get(timeout=5)
     assert system.proxy.set_app_ticket("ticket", app_id=MARKET_ID).get(timeout=5) is None
+
+
+def test_a_get_token_with_a_bad_reply_to_does_not_strand_the_other_callers(
+    make_system: SystemFactory, app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    system = make_system(app, max_concurrent_fetches=1)
+    gate = server.hold("tenant")
+    first = system.proxy.get_token()
+    assert gate.wait_for_waiting(1)
+    # The actor object instead of its ref: a plausible embedding mistake.
+    system.actor_ref.tell(actors.GetToken(reply_to=object(), tag="oops"))  # type: ignore[arg-type]
+    second = system.proxy.get_token()
+    gate.release()
+    assert first.get(timeout=5) == second.get(timeout=5)
+    other = system.proxy.get_token(actors.TokenKind.APP)  # the only fetch slot is free again
+    assert other.get(timeout=5).startswith("a-")
+
+
+def test_a_late_ticket_rejection_uses_the_ticket_that_arrived_meanwhile(
+    make_system: SystemFactory, market_app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    system = make_system(market_app)
+    system.proxy.set_app_ticket(server.issue_ticket(MARKET_ID)).get(timeout=5)
+    gate = server.hold("app")
+    future = system.proxy.get_token(APP)
+    assert gate.wait_for_waiting(1)
+    # Feishu's hourly push replaces the ticket while the request with the old one is out.
+    system.proxy.set_app_ticket(server.issue_ticket(MARKET_ID)).get(timeout=5)
+    gate.release()
+    assert server.valid_token(future.get(timeout=5))
+    assert server.count("resend") == 0  # the new ticket was used, not thrown away
+    assert server.count("app") == 2
+
+
+def test_tickets_that_keep_being_rejected_end_in_app_ticket_error(
+    make_system: SystemFactory, market_app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    system = make_system(market_app, max_attempts=3)
+
+    def push_a_bad_ticket(app_id: str, ticket: str) -> None:
+        system.proxy.set_app_ticket("not-the-ticket", app_id=app_id)
+
+    server.on_ticket_resend = push_a_bad_ticket
+    with pytest.raises(actors.AppTicketError, match="rejected"):
+        system.proxy.get_token(APP).get(timeout=5)
+    assert server.count("app") == 3

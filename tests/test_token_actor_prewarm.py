@@ -198,3 +198,21 @@ def test_every_get_resolves_when_the_upstream_is_down(
             future.get(timeout=0)
     with pytest.raises(pykka.Timeout):
         system.proxy.get_token().get(timeout=0)  # a new get starts a new cycle, not a cached error
+
+
+def test_a_token_that_expires_within_the_margin_is_retried_not_cached_or_looped(
+    make_system: SystemFactory,
+    vapp: actors.AppConfig,
+    vserver: FakeFeishu,
+    clock: actors.ManualClock,
+) -> None:
+    system = make_system(vapp, safety_margin=180.0, max_attempts=3, retry_base=1.0)
+    vserver.script("tenant", *[Reply.ok(f"t-short{i}", 100) for i in range(10)])
+    future = system.proxy.get_token()
+    for _ in range(60):
+        system.settle()
+        clock.advance(1)
+    with pytest.raises(actors.UpstreamError, match="safety margin"):
+        future.get(timeout=0)
+    assert vserver.count("tenant") == 3  # max_attempts, then nothing: no refresh loop
+    assert system.metrics().keys_cached == 0
