@@ -20,6 +20,7 @@ from actors._events import EventHub, Subscriber
 from actors._metrics import TokenMetrics
 from actors._scheduler import NextDue, SchedulerActor, Tick
 from actors._snapshot import ReadSnapshot
+from actors._sockets import AbortableAdapter
 from actors._token_actor import TokenActor
 from actors._waiters import FutureWaiter, PendingFutures, resolved_future
 from actors._workers import WorkerPool
@@ -148,7 +149,14 @@ class TokenSystem:
         self._policy = policy
         self._clock: Clock = clock
         self._owns_session = session is None
-        self._session = requests.Session() if session is None else session
+        self._adapter: AbortableAdapter | None = None
+        if session is None:
+            session = requests.Session()
+            # stop() shuts these sockets down, so no worker stays blocked in a read.
+            self._adapter = AbortableAdapter(pool_maxsize=policy.max_concurrent_fetches + 1)
+            session.mount("https://", self._adapter)
+            session.mount("http://", self._adapter)
+        self._session = session
         self._pending = PendingFutures()
         self._events = EventHub()
         # One worker more than the fetch cap, so an app_ticket resend never queues behind fetches.
@@ -266,6 +274,8 @@ class TokenSystem:
                     ref.stop(block=True, timeout=left())
                 except pykka.Timeout:
                     logger.warning("{} did not stop within {:g}s", ref, timeout)
+            if self._adapter is not None:
+                self._adapter.abort()
             self._pool.shutdown(left())
             self._events.close(left())
         finally:

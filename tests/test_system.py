@@ -163,3 +163,35 @@ def test_plain_tracebacks_leave_out_frame_locals() -> None:
         text = plain_traceback(exc)
     assert "RuntimeError: boom" in text
     assert "0123456789abcdef" not in text
+
+
+def test_stop_interrupts_a_worker_blocked_in_an_upstream_read(
+    app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    before = set(our_threads())
+    system = actors.TokenSystem.start(app)  # its own session: stop() may shut its sockets
+    gate = server.hold("tenant")  # never released before stop(): the read would block 10 s
+    pending = system.proxy.get_token()
+    assert gate.wait_for_waiting(1)
+    system.stop(timeout=5.0)
+    with pytest.raises(actors.SystemStoppedError):
+        pending.get(timeout=0)
+    assert set(our_threads()) <= before
+
+
+def test_an_injected_session_is_used_and_left_open(
+    app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    import requests
+
+    session = requests.Session()
+    adapters_before = dict(session.adapters)
+    with actors.TokenSystem.start(app, session=session) as system:
+        assert server.valid_token(system.proxy.get_token().get(timeout=5))
+    assert dict(session.adapters) == adapters_before  # not re-mounted by the library
+    response = session.post(
+        server.base_url + "/open-apis/auth/v3/tenant_access_token/internal",
+        json={"app_id": app.app_id, "app_secret": app.app_secret},
+        timeout=5,
+    )
+    assert response.json()["code"] == 0  # still usable: stop() closes only its own session
