@@ -245,16 +245,17 @@ def test_serve_metrics_serves_parseable_metrics_until_ctrl_c_then_exits_130(
     def scrape_then_interrupt() -> None:
         # Once the address is printed, main() waits for Ctrl-C (or the 30 s duration); without
         # it, main() has already failed and a signal would hit the test itself.
-        url = stdout.lines.get(timeout=10).split()[3]
         try:
-            scraped.append(requests.get(url, timeout=5).text)
+            # Generous: this only bounds a hang (a loaded CI machine starts slowly).
+            url = stdout.lines.get(timeout=60).split()[3]
+            scraped.append(requests.get(url, timeout=30).text)
         finally:
             # Ctrl-C, delivered to the main thread, where main() is waiting.
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
     scraper = threading.Thread(target=scrape_then_interrupt)
     scraper.start()
-    code = main(["serve-metrics", "--port", "0", "--interval", "0.01", "--duration", "30"])
+    code = main(["serve-metrics", "--port", "0", "--interval", "0.01", "--duration", "120"])
     scraper.join()
     assert code == 130
     assert capsys.readouterr().err == ""
