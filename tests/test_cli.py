@@ -253,10 +253,16 @@ def test_serve_metrics_serves_parseable_metrics_until_ctrl_c_then_exits_130(
             # Ctrl-C, delivered to the main thread, where main() is waiting.
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
-    scraper = threading.Thread(target=scrape_then_interrupt)
-    scraper.start()
-    code = main(["serve-metrics", "--port", "0", "--interval", "0.01", "--duration", "120"])
-    scraper.join()
+    # A process started in the background by a non-interactive shell inherits SIGINT as
+    # ignored, and Python then leaves it ignored: install Python's own handler for this test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        scraper = threading.Thread(target=scrape_then_interrupt)
+        scraper.start()
+        code = main(["serve-metrics", "--port", "0", "--interval", "0.01", "--duration", "120"])
+        scraper.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert code == 130
     assert capsys.readouterr().err == ""
     names = {family.name for family in text_string_to_metric_families(scraped[0])}
