@@ -49,22 +49,6 @@ def test_a_fast_hit_is_an_already_resolved_future_counted_as_a_hit(
     assert metrics.by_app_kind[APP_ID, "tenant"].hits == 1
 
 
-def test_fast_reads_never_serve_past_the_margin_even_before_the_actor_notices(
-    make_system: SystemFactory,
-    vapp: actors.AppConfig,
-    vserver: FakeFeishu,
-    clock: actors.ManualClock,
-) -> None:
-    system = make_system(vapp, safety_margin=180.0)
-    old = system.proxy.get_token().get(timeout=5)
-    clock.advance(7200 - 180)  # no settle: the prewarm timer has not run
-    future = system.proxy.get_token()
-    with pytest.raises(pykka.Timeout):
-        future.get(timeout=0)  # went to the actor, which must fetch
-    system.settle()
-    assert future.get(timeout=5) != old
-
-
 def test_fast_hits_during_a_failing_refresh_count_as_stale_served(
     make_system: SystemFactory,
     vapp: actors.AppConfig,
