@@ -247,16 +247,12 @@ def _port(text: str) -> int:
 
 
 def _outage(text: str) -> tuple[float, float]:
-    start, _, end = text.partition(":")
+    from actors.sim import parse_outage  # noqa: PLC0415 - only the simulate command needs it
+
     try:
-        window = (float(start), float(end))
-    except ValueError:
-        msg = f"outage must look like START_HOUR:END_HOUR, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    if not 0 <= window[0] < window[1]:
-        msg = f"outage must start at hour >= 0 and end after it starts, got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return window
+        return parse_outage(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # --- logging -------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import pykka
 from loguru import logger
@@ -19,7 +19,9 @@ from actors._errors import TokenError
 from actors._events import RefreshEvent, TokenRefreshed
 from actors._mask import mask_token
 from actors._system import TokenSystem
-from actors.testing import FakeFeishu, Reply
+
+if TYPE_CHECKING:  # test support is imported only by the commands that run the fake server
+    from actors.testing import FakeFeishu
 
 __all__ = [
     "CommandError",
@@ -72,6 +74,8 @@ def _workload_app(
     if app is not None:
         yield app, None
         return
+    from actors.testing import FakeFeishu  # noqa: PLC0415 - only without real credentials
+
     with FakeFeishu(latency=latency, token_lifetime=token_lifetime) as server:
         server.add_app(_DEMO_ID, _DEMO_SECRET)
         yield AppConfig(_DEMO_ID, _DEMO_SECRET, base_url=server.base_url), server
@@ -269,6 +273,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     tenants = [f"tenant-{i:03d}" for i in range(args.tenants)]
     # A short backoff, so the scripted transient failure below retries at once.
     policy = RefreshPolicy(retry_base=0.05, retry_cap=0.2, seed=1)
+    from actors.testing import FakeFeishu, Reply  # noqa: PLC0415 - test support, on demand
+
     with FakeFeishu(latency=args.latency) as server:
         server.add_app(_DEMO_ID, _DEMO_SECRET)
         server.add_app(_MARKET_ID, _MARKET_SECRET, marketplace=True)

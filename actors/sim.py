@@ -14,9 +14,11 @@ validity any served token had left.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pykka
 import requests
@@ -26,9 +28,11 @@ from actors._config import AppConfig, AppType, RefreshPolicy
 from actors._errors import TokenError
 from actors._metrics import TokenMetrics
 from actors._system import TokenSystem
-from actors.testing import FakeFeishu
 
-__all__ = ["SimulationConfig", "SimulationReport", "run_simulation"]
+if TYPE_CHECKING:  # test support is imported only when a simulation runs
+    from actors.testing import FakeFeishu
+
+__all__ = ["SimulationConfig", "SimulationReport", "parse_outage", "run_simulation"]
 
 _APP_ID = "cli_simulated"
 _SECRET = "simulated-secret"
@@ -125,10 +129,26 @@ class SimulationReport:
         )
 
 
+def parse_outage(text: str) -> tuple[float, float]:
+    """``"3:3.5"`` -> ``(3.0, 3.5)``: an outage from hour 3 to hour 3.5 of the run."""
+    start, _, end = text.partition(":")
+    try:
+        window = (float(start), float(end))
+    except ValueError:
+        msg = f"outage must look like START_HOUR:END_HOUR, got {text!r}"
+        raise ValueError(msg) from None
+    if not (math.isfinite(window[1]) and 0 <= window[0] < window[1]):
+        msg = f"outage must start at hour >= 0 and end after it starts, got {text!r}"
+        raise ValueError(msg)
+    return window
+
+
 def run_simulation(
     config: SimulationConfig, *, progress: Callable[[float], None] | None = None
 ) -> SimulationReport:
     """Run ``config`` to completion; ``progress`` is called with the fraction done (0.0-1.0)."""
+    from actors.testing import FakeFeishu  # noqa: PLC0415 - test support, only when running
+
     started = time.perf_counter()
     rng = random.Random(config.seed)
     clock = ManualClock(start=0.0)
