@@ -14,7 +14,6 @@ from actors._config import LARK as LARK
 from actors._config import AppConfig as AppConfig
 from actors._config import AppType as AppType
 from actors._config import RefreshPolicy as RefreshPolicy
-from actors._config import TokenKey as TokenKey
 from actors._config import TokenKind as TokenKind
 from actors._errors import AppTicketError as AppTicketError
 from actors._errors import AuthError as AuthError
@@ -24,13 +23,14 @@ from actors._errors import TokenError as TokenError
 from actors._errors import UpstreamError as UpstreamError
 from actors._events import RefreshFailed as RefreshFailed
 from actors._events import TokenRefreshed as TokenRefreshed
-from actors._messages import GetToken as GetToken
-from actors._messages import TokenReply as TokenReply
 from actors._metrics import KindMetrics as KindMetrics
 from actors._metrics import LatencySummary as LatencySummary
 from actors._metrics import TokenMetrics as TokenMetrics
-from actors._scheduler import SchedulerActor as SchedulerActor
-from actors._system import TokenProxy as TokenProxy
+from actors._reply import GetToken as GetToken
+from actors._reply import TokenReply as TokenReply
+from actors._source import Grant as Grant
+from actors._source import TokenRequest as TokenRequest
+from actors._source import TokenSource as TokenSource
 from actors._system import TokenSystem as TokenSystem
 from actors._token_actor import TokenActor as TokenActor
 
@@ -43,23 +43,23 @@ __all__ = [
     "AuthError",
     "Clock",
     "GetToken",
+    "Grant",
     "KindMetrics",
     "LatencySummary",
     "ManualClock",
     "RateLimitedError",
     "RefreshFailed",
     "RefreshPolicy",
-    "SchedulerActor",
     "SystemClock",
     "SystemStoppedError",
     "TokenActor",
     "TokenError",
-    "TokenKey",
     "TokenKind",
     "TokenMetrics",
-    "TokenProxy",
     "TokenRefreshed",
     "TokenReply",
+    "TokenRequest",
+    "TokenSource",
     "TokenSystem",
     "UpstreamError",
 ]

@@ -40,7 +40,9 @@ class SystemClock:
 
     def wait(self, event: threading.Event, deadline: float | None) -> bool:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return event.wait(timeout)
+        # A far deadline overflows the platform's timed wait (OverflowError); waking once an
+        # hour costs nothing, and the caller simply waits again.
+        return event.wait(None if timeout is None else min(timeout, _LONGEST_WAIT))
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         del callback
@@ -98,6 +100,9 @@ class ManualClock:
 
     def __repr__(self) -> str:
         return f"ManualClock(now={self._now!r})"
+
+
+_LONGEST_WAIT = 3600.0
 
 
 def _noop() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import random
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -115,12 +116,24 @@ class RefreshPolicy:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("safety_margin", "retry_base", "retry_cap", "ticket_wait", "idle_ttl"):
+        # NaN passes every comparison test the wrong way (nan < 0 is False) and infinity makes
+        # timers that never fire or overflow: each number must be finite before any range check.
+        for name in (
+            "safety_margin",
+            "prewarm_lead",
+            "jitter",
+            "retry_base",
+            "retry_cap",
+            "ticket_wait",
+            "idle_ttl",
+        ):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or value < 0:
-                msg = f"RefreshPolicy.{name} must be a number >= 0, got {value!r}"
+            if not _finite(value) or value < 0:
+                msg = f"RefreshPolicy.{name} must be a finite number >= 0, got {value!r}"
                 raise ValueError(msg)
-        if self.report_interval is not None and not self.report_interval > 0:
+        if self.report_interval is not None and not (
+            _finite(self.report_interval) and self.report_interval > 0
+        ):
             msg = f"RefreshPolicy.report_interval must be > 0 or None, got {self.report_interval!r}"
             raise ValueError(msg)
         if not 0 < self.prewarm_lead < FEISHU_REFRESH_WINDOW:
@@ -148,7 +161,7 @@ class RefreshPolicy:
         if (
             not isinstance(timeout, tuple)
             or len(timeout) != 2
-            or not all(isinstance(t, int | float) and t > 0 for t in timeout)
+            or not all(_finite(t) and t > 0 for t in timeout)
         ):
             msg = f"RefreshPolicy.request_timeout must be (connect, read) > 0, got {timeout!r}"
             raise ValueError(msg)
@@ -169,6 +182,10 @@ class RefreshPolicy:
         """Delay before retry number ``attempt`` (1-based): full jitter, honouring retry_after."""
         delay = rng.uniform(0, min(self.retry_cap, self.retry_base * 2 ** (attempt - 1)))
         return delay if retry_after is None else max(delay, retry_after)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def resolve_key(

@@ -10,7 +10,10 @@ and then sends the actor a ``Tick``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -18,8 +21,18 @@ from loguru import logger
 from sortedcontainers import SortedList
 
 from actors._clock import Clock
+from actors._mask import plain_traceback
 
-__all__ = ["Cancel", "DeadlineIndex", "Schedule", "SchedulerActor", "Tick"]
+__all__ = [
+    "Cancel",
+    "DeadlineIndex",
+    "NextDue",
+    "Schedule",
+    "SchedulerActor",
+    "Tick",
+    "TicksSent",
+    "Timers",
+]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,6 +60,11 @@ class NextDue:
     """Asked: the earliest due time, or None."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TicksSent:
+    """Asked: how many Ticks the timer driver has sent so far."""
+
+
 class DeadlineIndex:
     """Timers ordered by due time; ties fire in scheduling order (ids increase)."""
 
@@ -60,6 +78,9 @@ class DeadlineIndex:
     def schedule(
         self, timer_id: int, due: float, target: pykka.ActorRef[Any], message: Any
     ) -> None:
+        if not math.isfinite(due):  # a NaN would corrupt the order, infinity never fires
+            msg = f"a timer's due time must be a finite number, got {due!r}"
+            raise ValueError(msg)
         self.cancel(timer_id)
         self._entries[timer_id] = (due, target, message)
         self._order.add((due, timer_id))
@@ -107,6 +128,15 @@ class SchedulerActor(pykka.ThreadingActor):
         self._driver.stop()
 
     def on_receive(self, message: Any) -> Any:
+        try:
+            return self._handle(message)
+        except Exception as exc:  # an exception escaping here would stop every timer for good
+            logger.error(
+                "scheduler could not handle {}:\n{}", type(message).__name__, plain_traceback(exc)
+            )
+            return None
+
+    def _handle(self, message: Any) -> Any:
         if isinstance(message, Schedule):
             self._index.schedule(message.timer_id, message.due, message.target, message.message)
         elif isinstance(message, Cancel):
@@ -115,6 +145,8 @@ class SchedulerActor(pykka.ThreadingActor):
             return self._fire()
         elif isinstance(message, NextDue):
             return self._index.next_due()
+        elif isinstance(message, TicksSent):
+            return self._driver.ticks
         self._driver.rearm(self._index.next_due())
         return None
 
@@ -125,7 +157,7 @@ class SchedulerActor(pykka.ThreadingActor):
                 target.tell(message)
             except pykka.ActorDeadError:  # the target stopped first; its timers died with it
                 pass
-        self._driver.rearm(self._index.next_due())
+        self._driver.rearm(self._index.next_due(), ticked=True)
         return len(fired)
 
     @property
@@ -133,16 +165,47 @@ class SchedulerActor(pykka.ThreadingActor):
         return len(self._index)
 
 
+class Timers:
+    """An actor's handle on the scheduler: timers whose message comes back to that actor."""
+
+    def __init__(
+        self, scheduler: pykka.ActorRef[Any], target: Callable[[], pykka.ActorRef[Any]]
+    ) -> None:
+        self._scheduler = scheduler
+        self._target = target  # the owner's ref exists only once the owner has started
+        self._ids = itertools.count(1)
+
+    def at(self, due: float, make: Callable[[int], Any]) -> int:
+        """Deliver ``make(timer_id)`` to the owner at ``due``; returns the timer id."""
+        if not math.isfinite(due):
+            msg = f"a timer's due time must be a finite number, got {due!r}"
+            raise ValueError(msg)
+        timer_id = next(self._ids)
+        self._scheduler.tell(Schedule(timer_id, due, self._target(), make(timer_id)))
+        return timer_id
+
+    def cancel(self, timer_id: int | None) -> None:
+        if timer_id is not None:
+            self._scheduler.tell(Cancel(timer_id))
+
+
 class _TimerDriver:
-    """One thread that sleeps until the earliest deadline and then tells the actor to Tick."""
+    """One thread that sleeps until the earliest deadline and then tells the actor to Tick.
+
+    At most one Tick is outstanding: until the actor has handled it (and rearmed the driver),
+    the deadline the driver last saw is still in the index, and without that rule the driver
+    would send Tick after Tick while the actor waits for the GIL.
+    """
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._wake = threading.Event()
         self._next_due: float | None = None
+        self._ticking = False  # a Tick was sent and the actor has not handled it yet
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._unsubscribe = clock.subscribe(self._wake.set)
+        self.ticks = 0  # Ticks sent, for tests and diagnostics
 
     def start(self, ref: pykka.ActorRef[Any]) -> None:
         self._thread = threading.Thread(
@@ -150,8 +213,11 @@ class _TimerDriver:
         )
         self._thread.start()
 
-    def rearm(self, next_due: float | None) -> None:
-        if next_due != self._next_due:
+    def rearm(self, next_due: float | None, *, ticked: bool = False) -> None:
+        """The earliest deadline changed, or (``ticked``) the actor handled a Tick."""
+        if ticked:
+            self._ticking = False
+        if ticked or next_due != self._next_due:
             self._next_due = next_due
             self._wake.set()
 
@@ -165,16 +231,31 @@ class _TimerDriver:
 
     def _run(self, ref: pykka.ActorRef[Any]) -> None:
         while not self._stopped:
-            # Clear before reading next_due: a rearm() racing with this loop then sets the event
-            # again and the wait below returns at once instead of sleeping past the new deadline.
-            self._wake.clear()
-            due = self._next_due
-            self._clock.wait(self._wake, due)
-            if self._stopped:
-                return
-            if due is not None and self._clock.now() >= due:
-                try:
-                    ref.tell(Tick())
-                except pykka.ActorDeadError:
+            try:
+                if not self._step(ref):
                     return
+            except Exception as exc:
+                # Every timer of the system depends on this thread: log and keep going.
+                logger.error("timer driver error (it keeps running):\n{}", plain_traceback(exc))
+                self._wake.wait(_ERROR_PAUSE)
         logger.trace("timer driver stopped")
+
+    def _step(self, ref: pykka.ActorRef[Any]) -> bool:
+        # Clear before reading next_due: a rearm() racing with this loop then sets the event
+        # again and the wait below returns at once instead of sleeping past the new deadline.
+        self._wake.clear()
+        due = None if self._ticking else self._next_due
+        self._clock.wait(self._wake, due)
+        if self._stopped:
+            return False
+        if due is not None and not self._ticking and self._clock.now() >= due:
+            self._ticking = True
+            self.ticks += 1
+            try:
+                ref.tell(Tick())
+            except pykka.ActorDeadError:
+                return False
+        return True
+
+
+_ERROR_PAUSE = 0.05  # seconds between retries after an unexpected error, so it cannot spin

@@ -17,12 +17,14 @@ from actors._clock import Clock, SystemClock
 from actors._config import AppConfig, AppType, RefreshPolicy, TokenKey, TokenKind, resolve_key
 from actors._errors import SystemStoppedError
 from actors._events import EventHub, Subscriber
+from actors._futures import resolved_future
 from actors._metrics import TokenMetrics
 from actors._scheduler import NextDue, SchedulerActor, Tick
 from actors._snapshot import ReadSnapshot
 from actors._sockets import AbortableAdapter
+from actors._source import TokenSource
 from actors._token_actor import TokenActor
-from actors._waiters import FutureWaiter, PendingFutures, resolved_future
+from actors._waiters import FutureWaiter, PendingFutures
 from actors._workers import WorkerPool
 
 __all__ = ["TokenProxy", "TokenSystem"]
@@ -48,7 +50,6 @@ class TokenProxy:
         self._pending = pending
         self._snapshot = snapshot
         self._keys: dict[tuple[Any, str | None, str | None], TokenKey] = {}
-        self._stopped = False
 
     def get_token(
         self,
@@ -72,7 +73,7 @@ class TokenProxy:
                 failed.fail(exc)
                 return failed.future
             self._keys[kind, tenant_key, app_id] = key
-        if self._snapshot is not None and not self._stopped:
+        if self._snapshot is not None and not self._pending.closed:
             token = self._snapshot.lookup(key, now, self._clock)
             if token is not None:
                 return resolved_future(token)
@@ -110,7 +111,7 @@ class TokenProxy:
         return waiter.future
 
     def _send(self, message: Any, waiter: FutureWaiter) -> None:
-        if self._stopped:
+        if self._pending.closed:
             waiter.fail(SystemStoppedError())
             return
         try:
@@ -134,6 +135,7 @@ class TokenSystem:
         policy: RefreshPolicy | None = None,
         clock: Clock | None = None,
         session: requests.Session | None = None,
+        source: TokenSource | None = None,
         fast_reads: bool = True,
     ) -> None:
         apps = _apps_by_id(app_or_apps)
@@ -148,15 +150,16 @@ class TokenSystem:
         self._apps = apps
         self._policy = policy
         self._clock: Clock = clock
-        self._owns_session = session is None
+        if source is not None and not isinstance(source, TokenSource):
+            msg = f"source must be an actors.TokenSource (fetch, resend_ticket), got {source!r}"
+            raise ValueError(msg)
+        if source is not None and session is not None:
+            msg = "give either session= (for the built-in Feishu client) or source=, not both"
+            raise ValueError(msg)
         self._adapter: AbortableAdapter | None = None
-        if session is None:
-            session = requests.Session()
-            # stop() shuts these sockets down, so no worker stays blocked in a read.
-            self._adapter = AbortableAdapter(pool_maxsize=policy.max_concurrent_fetches + 1)
-            session.mount("https://", self._adapter)
-            session.mount("http://", self._adapter)
-        self._session = session
+        self._owned_session: requests.Session | None = None
+        if source is None:
+            source = self._feishu_client(session, policy)
         self._pending = PendingFutures()
         self._events = EventHub()
         # One worker more than the fetch cap, so an app_ticket resend never queues behind fetches.
@@ -169,7 +172,7 @@ class TokenSystem:
                 apps=apps,
                 policy=policy,
                 clock=clock,
-                client=FeishuAuthClient(self._session, timeout=policy.request_timeout),
+                source=source,
                 pool=self._pool,
                 scheduler=self._scheduler,
                 events=self._events,
@@ -181,6 +184,17 @@ class TokenSystem:
         self._proxy = TokenProxy(self._ref, apps, clock, self._pending, snapshot)
         logger.bind(apps=list(apps)).debug("TokenSystem started")
 
+    def _feishu_client(
+        self, session: requests.Session | None, policy: RefreshPolicy
+    ) -> FeishuAuthClient:
+        if session is None:
+            session = self._owned_session = requests.Session()
+            # stop() shuts these sockets down, so no worker stays blocked in a read.
+            self._adapter = AbortableAdapter(pool_maxsize=policy.max_concurrent_fetches + 1)
+            session.mount("https://", self._adapter)
+            session.mount("http://", self._adapter)
+        return FeishuAuthClient(session, timeout=policy.request_timeout)
+
     @classmethod
     def start(
         cls,
@@ -189,14 +203,24 @@ class TokenSystem:
         policy: RefreshPolicy | None = None,
         clock: Clock | None = None,
         session: requests.Session | None = None,
+        source: TokenSource | None = None,
         fast_reads: bool = True,
     ) -> Self:
         """Start the actors for one app or several; ValueError names a bad argument.
 
+        ``session`` is the ``requests.Session`` the built-in Feishu client uses; ``source``
+        replaces that client with any :class:`TokenSource` (a fake in tests, a shared store).
         ``fast_reads=False`` sends every get through the TokenActor's mailbox (pure message
         path); the default answers servable cached tokens from the actor's published snapshot.
         """
-        return cls(app_or_apps, policy=policy, clock=clock, session=session, fast_reads=fast_reads)
+        return cls(
+            app_or_apps,
+            policy=policy,
+            clock=clock,
+            session=session,
+            source=source,
+            fast_reads=fast_reads,
+        )
 
     # --- public surface --------------------------------------------------------------------------
 
@@ -262,7 +286,7 @@ class TokenSystem:
         if self._stopped:
             return
         self._stopped = True
-        self._proxy._stopped = True
+        self._pending.close()
         deadline = time.monotonic() + timeout
 
         def left() -> float:
@@ -281,8 +305,8 @@ class TokenSystem:
         finally:
             # Whatever went wrong above, every future a caller holds gets its answer.
             self._pending.fail_all()
-            if self._owns_session:
-                self._session.close()
+            if self._owned_session is not None:
+                self._owned_session.close()
         logger.debug("TokenSystem stopped")
 
     def __enter__(self) -> Self:

@@ -14,10 +14,10 @@ import pykka
 from sortedcontainers import SortedList
 
 from actors import _messages as m
-from actors._client import FeishuAuthClient, Grant
 from actors._clock import Clock
 from actors._config import AppConfig, TokenKey
 from actors._errors import TokenError, UpstreamError
+from actors._source import Grant, TokenRequest, TokenSource
 from actors._workers import WorkerPool
 
 __all__ = ["Upstream"]
@@ -32,18 +32,18 @@ class Upstream:
     def __init__(
         self,
         *,
-        client: FeishuAuthClient,
+        source: TokenSource,
         pool: WorkerPool,
         clock: Clock,
         cap: int,
         ref: Callable[[], pykka.ActorRef[Any]],
     ) -> None:
-        self._client = client
+        self._source = source
         self._pool = pool
         self._clock = clock
         self._cap = cap
         self._ref = ref  # the actor's ref exists only once the actor has started
-        self._queue: SortedList = SortedList()  # (deadline, seq, key, app, request)
+        self._queue: SortedList = SortedList()  # (deadline, seq, request)
         self._seq = itertools.count()
         self.in_flight = 0
 
@@ -51,11 +51,9 @@ class Upstream:
     def queued(self) -> int:
         return len(self._queue)
 
-    def enqueue(
-        self, key: TokenKey, app: AppConfig, request: dict[str, str], deadline: float
-    ) -> list[TokenKey]:
+    def enqueue(self, request: TokenRequest, deadline: float) -> list[TokenKey]:
         """Queue one fetch; returns the keys that could not start because the pool is closed."""
-        self._queue.add((deadline, next(self._seq), key, app, request))
+        self._queue.add((deadline, next(self._seq), request))
         return self.start_queued()
 
     def finished(self) -> list[TokenKey]:
@@ -66,11 +64,11 @@ class Upstream:
     def start_queued(self) -> list[TokenKey]:
         refused = []
         while self.in_flight < self._cap and self._queue:
-            _, _, key, app, request = self._queue.pop(0)
+            _, _, request = self._queue.pop(0)
             try:
-                self._pool.submit(self._fetch_job(key, app, request))
+                self._pool.submit(self._fetch_job(request))
             except RuntimeError:  # the pool shut down: the system is stopping
-                refused.append(key)
+                refused.append(request.key)
                 continue
             self.in_flight += 1
         return refused
@@ -80,12 +78,12 @@ class Upstream:
 
     def resend_ticket(self, app: AppConfig) -> bool:
         """Ask Feishu to push the app_ticket again (outside the cap); False if stopping."""
-        client, ref = self._client, self._ref()
+        source, ref = self._source, self._ref()
 
         def job() -> None:
             error: Exception | None = None
             try:
-                client.resend_ticket(app)
+                source.resend_ticket(app)
             except Exception as exc:  # reported back as a message
                 error = exc
             tell(ref, m.ResendDone(app.app_id, error))
@@ -96,14 +94,18 @@ class Upstream:
             return False
         return True
 
-    def _fetch_job(self, key: TokenKey, app: AppConfig, request: dict[str, str]) -> Any:
-        client, clock, ref = self._client, self._clock, self._ref()
+    def _fetch_job(self, request: TokenRequest) -> Any:
+        source, clock, ref = self._source, self._clock, self._ref()
+        key = request.key
 
         def job() -> None:
             started = clock.now()
             result: Grant | Exception
             try:
-                result = client.fetch(app, key.kind, tenant_key=key.tenant_key, **request)
+                result = source.fetch(request)
+                if not isinstance(result, Grant):
+                    detail = f"the token source returned {type(result).__name__}, not a Grant"
+                    result = UpstreamError(None, None, 1, detail=detail)
             except TokenError as exc:
                 result = exc
             except Exception as exc:  # any surprise is one failed attempt

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import pykka
 
 from actors._errors import SystemStoppedError
-from actors._messages import TokenReply
+from actors._reply import TokenReply
 
 __all__ = [
     "Continuation",
@@ -20,7 +20,6 @@ __all__ = [
     "PendingFutures",
     "ReplyWaiter",
     "Waiter",
-    "resolved_future",
 ]
 
 
@@ -117,6 +116,12 @@ class PendingFutures:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: set[FutureWaiter] = set()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once the system stopped: new requests fail at once instead of being sent."""
+        return self._closed
 
     def add(self, waiter: FutureWaiter) -> None:
         with self._lock:
@@ -126,49 +131,12 @@ class PendingFutures:
         with self._lock:
             self._waiters.discard(waiter)
 
+    def close(self) -> None:
+        self._closed = True
+
     def fail_all(self) -> int:
         with self._lock:
             waiters, self._waiters = self._waiters, set()
         for waiter in waiters:
             set_future_exception(waiter.future, SystemStoppedError())
         return len(waiters)
-
-
-class _Settled:
-    """Stands in for the Condition of a future that is resolved before anyone can see it: with
-    the result already set, ThreadingFuture never waits or notifies, so no lock is needed."""
-
-    def __enter__(self) -> _Settled:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
-
-    def notify_all(self) -> None:
-        return None
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return True
-
-
-_SETTLED = _Settled()
-
-
-class _ResolvedFuture(pykka.ThreadingFuture[Any]):
-    # pykka's map()/filter()/join() build new futures with ``self.__class__()``: without a
-    # value this is an ordinary ThreadingFuture.
-    def __init__(self, *value: Any) -> None:
-        if not value:
-            super().__init__()
-            return
-        pykka.Future.__init__(self)
-        # A ThreadingFuture creates a threading.Condition (a few µs) that a future resolved
-        # on creation never uses; the cache-hit path is hot enough for that to matter.
-        self._condition = _SETTLED  # type: ignore[assignment]
-        self._result = None
-        self.set(value[0])
-
-
-def resolved_future(value: Any) -> pykka.ThreadingFuture[Any]:
-    """An already-resolved ``pykka.ThreadingFuture`` holding ``value``, cheap to make."""
-    return _ResolvedFuture(value)

@@ -30,6 +30,17 @@ import pykka
 import requests
 
 from actors import AppConfig, AppType
+from actors._config import TokenKind
+from actors._feishu import (
+    CODE_FIELD,
+    CONTENT_TYPE,
+    EXPIRE_FIELD,
+    MSG_FIELD,
+    TOKEN_INVALID_CODES,
+    Rule,
+    endpoint_for,
+    rule_for,
+)
 
 __all__ = [
     "DoubleCheckedBaseline",
@@ -44,15 +55,7 @@ __all__ = [
     "lark_oapi_peer",
 ]
 
-_PATHS = {
-    (False, "app"): "/open-apis/auth/v3/app_access_token/internal",
-    (True, "app"): "/open-apis/auth/v3/app_access_token",
-    (False, "tenant"): "/open-apis/auth/v3/tenant_access_token/internal",
-    (True, "tenant"): "/open-apis/auth/v3/tenant_access_token",
-}
-_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
-# A marketplace tenant request rejected because the app token it carried is no longer valid.
-_APP_TOKEN_INVALID = frozenset({99991663, 99991664, 99991671})
+_HEADERS = {"Content-Type": CONTENT_TYPE}
 DEFAULT_TIMEOUT = (3.05, 10.0)  # the project's RefreshPolicy.request_timeout default
 
 
@@ -82,31 +85,29 @@ class FeishuFetcher:
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
     ) -> None:
         self._app = app
-        self._marketplace = app.app_type is AppType.MARKETPLACE
         self._ticket = app_ticket
         self._session = session if session is not None else requests.Session()
         self._timeout = timeout
 
     def app_token(self) -> tuple[str, float]:
-        body = {"app_id": self._app.app_id, "app_secret": self._app.app_secret}
-        if self._marketplace:
-            body["app_ticket"] = self._ticket or ""
-        return self._post("app", body)
+        return self._post(TokenKind.APP, app_ticket=self._ticket or "")
 
     def tenant_token(self, tenant_key: str | None, app_token: str | None) -> tuple[str, float]:
-        if self._marketplace:
-            body = {"app_access_token": app_token or "", "tenant_key": tenant_key or ""}
-        else:
-            body = {"app_id": self._app.app_id, "app_secret": self._app.app_secret}
-        return self._post("tenant", body)
+        return self._post(
+            TokenKind.TENANT, app_access_token=app_token or "", tenant_key=tenant_key or ""
+        )
 
-    def _post(self, kind: str, body: dict[str, str]) -> tuple[str, float]:
-        url = self._app.base_url + _PATHS[self._marketplace, kind]
+    def _post(self, kind: TokenKind, **values: str) -> tuple[str, float]:
+        endpoint = endpoint_for(self._app.app_type, kind)
+        values.update(app_id=self._app.app_id, app_secret=self._app.app_secret)
+        # The table says which of the values this endpoint takes.
+        body = {name: values[name] for name in endpoint.request_fields}
+        url = self._app.base_url + endpoint.path
         response = self._session.post(url, json=body, headers=_HEADERS, timeout=self._timeout)
         data = response.json()
-        if data.get("code") != 0:
-            raise FeishuError(kind, data.get("code"), data.get("msg"))
-        return str(data[f"{kind}_access_token"]), float(data["expire"])
+        if rule_for(data.get(CODE_FIELD)) is not Rule.OK:
+            raise FeishuError(kind, data.get(CODE_FIELD), data.get(MSG_FIELD))
+        return str(data[endpoint.token_field]), float(data[EXPIRE_FIELD])
 
     def close(self) -> None:
         self._session.close()
@@ -142,7 +143,7 @@ class _DictCache:
         try:
             token, expire = self._fetcher.tenant_token(tenant_key, app_token)
         except FeishuError as exc:
-            if not self._marketplace or exc.code not in _APP_TOKEN_INVALID:
+            if not self._marketplace or exc.code not in TOKEN_INVALID_CODES:
                 raise
             # The app token expired on the way (FEISHU.md: drop it, refetch once).
             self._app_token = None
@@ -294,7 +295,7 @@ def _cheapest_resolved_future() -> Callable[[str], pykka.Future[str]]:
     """The project's own constructor of already-resolved futures if it has one (it skips the
     ``threading.Condition`` a ThreadingFuture creates), else a plain ThreadingFuture."""
     try:
-        from actors._waiters import resolved_future
+        from actors._futures import resolved_future
     except ImportError:
         return _plain_resolved_future
     return cast("Callable[[str], pykka.Future[str]]", resolved_future)

@@ -1,11 +1,19 @@
-"""What a scenario produces: tables, goals and notes, serialised to JSON as they are."""
+"""What a scenario is and what it produces.
+
+A scenario (one module, ``benchmarks/scenario_<name>.py``) builds one :class:`Scenario`: its run
+function, its sizes for a full and a quick run, and the function that renders its section of
+RESULTS.md. The registry (``benchmarks/scenarios.py``) lists them. A run produces a
+:class:`ScenarioResult` (tables, goals and notes), serialised to JSON as it is.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["Goal", "ScenarioResult", "Sizes", "Table"]
+__all__ = ["Goal", "Scenario", "ScenarioResult", "Section", "Table"]
 
 
 @dataclasses.dataclass
@@ -48,88 +56,33 @@ class ScenarioResult:
         kept = {k: v for k, v in data.items() if k in fields}
         return cls(tables=tables, goals=goals, **kept)
 
-    def table(self, title_prefix: str) -> Table | None:
-        for table in self.tables:
-            if table.title.startswith(title_prefix):
-                return table
-        return None
+
+class Section(Protocol):
+    """Renders a scenario's section from its result alone: the Markdown body under its heading
+    in RESULTS.md, or (``console=True``) the summary printed after it ran."""
+
+    def __call__(self, result: ScenarioResult, *, console: bool = False) -> list[str]: ...
+
+
+SizesT = TypeVar("SizesT")
 
 
 @dataclasses.dataclass(frozen=True)
-class Sizes:
-    """Every size and duration of a run; ``quick()`` is the smoke-test variant."""
+class Scenario(Generic[SizesT]):
+    """One scenario, as the registry lists it. ``SizesT`` is the scenario's own (frozen) sizes
+    type: every size and duration it uses, in a ``full`` and a ``quick`` (smoke run) instance."""
 
-    quick: bool = False
-    # 1. hit path
-    hit_threads: tuple[int, ...] = (1, 4, 16, 64)
-    hit_warmup_s: float = 0.1
-    hit_measure_s: float = 0.9
-    hit_reps: int = 3  # interleaved rounds per cell, pooled
-    # 2. multi-tenant churn (and 4. slow tenant, which reuses its workload)
-    churn_tenants: int = 48
-    churn_callers: int = 16
-    churn_think_s: float = 0.001
-    churn_latency_s: float = 0.150
-    churn_lifetime_s: float = 4.0
-    churn_window_s: float = 1.0
-    churn_margin_s: float = 0.1
-    churn_lead_s: float = 0.6
-    churn_warmup_s: float = 1.5
-    churn_measure_s: float = 4.0  # >= churn_lifetime_s: every key refreshes inside the window
-    # 3. expiry storm
-    storm_callers: int = 64
-    storm_latency_s: float = 0.150
-    storm_lifetime_s: float = 2.0
-    storm_window_s: float = 1.0
-    storm_margin_s: float = 0.3
-    storm_lead_s: float = 0.8
-    # 4. slow tenant
-    slow_latency_s: float = 2.0
-    slow_measure_s: float = 4.0
-    # 5. scale
-    scale_keys: tuple[int, ...] = (10_000, 100_000)
-    index_sizes: tuple[int, ...] = (1_000, 10_000, 100_000)
-    index_ops: int = 50_000
-    scale_fake_keys: int = 5_000  # prewarm through FakeFeishu's in-process adapter (0: skip)
-    # 6. the official SDK
-    sdk_callers: int = 64
-    sdk_latency_s: float = 0.150
-    sdk_measure_s: float = 0.6
+    name: str  # the results file (<name>.json) and --only NAME
+    run: Callable[[SizesT], ScenarioResult]  # measures; never asserts a time
+    full: SizesT
+    quick: SizesT
+    section: Section
+    # Writes the scenario's other files (a plot...) into the results directory after a run
+    # that measured it; returns a line to print (a file it could not write), or None.
+    write_files: Callable[[ScenarioResult, Path], str | None] | None = None
+    # Started in a background thread at the beginning of a quick run (whose numbers mean
+    # nothing), to overlap a slow import with the scenarios before this one.
+    preload: Callable[[], object] | None = None
 
-    @classmethod
-    def full(cls) -> Sizes:
-        return cls()
-
-    @classmethod
-    def quick_run(cls) -> Sizes:
-        return cls(
-            quick=True,
-            hit_threads=(1, 16),
-            hit_reps=1,
-            hit_warmup_s=0.02,
-            hit_measure_s=0.08,
-            churn_tenants=6,
-            churn_callers=4,
-            churn_latency_s=0.02,
-            churn_lifetime_s=1.0,
-            churn_window_s=1.0,
-            churn_margin_s=0.1,
-            churn_lead_s=0.3,
-            churn_warmup_s=0.2,
-            churn_measure_s=0.3,
-            storm_callers=16,
-            storm_latency_s=0.02,
-            storm_lifetime_s=1.0,
-            storm_window_s=1.0,
-            storm_margin_s=0.5,
-            storm_lead_s=0.7,
-            slow_latency_s=0.2,
-            slow_measure_s=0.4,
-            scale_keys=(300, 1_000),
-            index_sizes=(1_000, 10_000),
-            index_ops=5_000,
-            scale_fake_keys=300,
-            sdk_callers=16,
-            sdk_latency_s=0.02,
-            sdk_measure_s=0.08,
-        )
+    def measure(self, *, quick: bool) -> ScenarioResult:
+        return self.run(self.quick if quick else self.full)

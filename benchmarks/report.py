@@ -1,9 +1,9 @@
-"""Results on disk: one JSON file per scenario, RESULTS.md (Markdown tables) and the CDF plot."""
+"""Results on disk: one JSON file per scenario and RESULTS.md, assembled from the scenarios'
+own sections in registry order (each scenario also writes its other files, such as a plot)."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import subprocess
@@ -11,102 +11,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.model import ScenarioResult, Table
+from benchmarks.model import ScenarioResult
+from benchmarks.scenarios import SCENARIOS
 
 __all__ = [
     "environment",
+    "latest_run",
     "load_results",
-    "plot_cdf",
     "render_markdown",
-    "render_table",
     "write_json",
     "write_markdown",
 ]
-
-ORDER = ["hit_path", "churn", "expiry_storm", "slow_tenant", "scale", "sdk_peer"]
-PLOT_NAME = "latency_cdf.png"
-
-_HEADERS = {
-    "system": "system",
-    "throughput": "gets/s",
-    "p50_ms": "p50 ms",
-    "p99_ms": "p99 ms",
-    "max_ms": "max ms",
-    "vs_mutex_x": "× mutex",
-    "vs_oracle_x": "× oracle",
-    "vs_lark_oapi_x": "× lark-oapi",
-    "upstream": "upstream requests",
-    "peak_concurrent": "peak concurrent requests",
-    "slow_p50_ms": "slow tenant p50 ms",
-    "slow_p99_ms": "slow tenant p99 ms",
-    "slow_max_ms": "slow tenant max ms",
-    "actors_vs_mutex_x": "actors ÷ mutex",
-    "actors_vs_future_floor_x": "actors ÷ future floor",
-    "mailbox_vs_mutex_x": "mailbox-only ÷ mutex",
-    "mailbox_vs_pykka_ask_x": "mailbox-only ÷ pykka ask",
-    "actors_vs_mailbox_x": "actors ÷ mailbox-only",
-    "schedule_ns": "schedule ns/op",
-    "cancel_ns": "cancel ns/op",
-    "vs_smallest_x": "cost ÷ smallest",
-    "sortedlist_ns": "bare SortedList add+remove ns",
-    "sortedlist_vs_smallest_x": "SortedList ÷ smallest",
-    "log_n_ratio_x": "log n ÷ log smallest",
-    "tracemalloc_bytes_per_key": "bytes/key (tracemalloc)",
-    "rss_bytes_per_key": "bytes/key (RSS)",
-    "populate_s": "cache fill s",
-    "prewarm_s": "prewarm all s",
-    "prewarm_keys_per_s": "prewarms/s",
-    "prewarm_us_per_key": "µs/key",
-}
-_INTS = {
-    "threads",
-    "gets",
-    "callers",
-    "upstream",
-    "peak_concurrent",
-    "errors",
-    "keys",
-    "timers",
-    "prewarms",
-}
-
-
-def _fmt(column: str, value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, str):
-        return value
-    if column in _INTS:
-        return f"{int(value):,}"
-    x = float(value)
-    if column.endswith("_x"):
-        if x >= 100:
-            return f"{x:,.0f}×"
-        return f"{x:.1f}×" if x >= 10 else f"{x:.2f}×"
-    if column.endswith("_ms"):
-        if x >= 100:
-            return f"{x:,.0f}"
-        if x >= 10:
-            return f"{x:.1f}"
-        if x >= 1:
-            return f"{x:.2f}"
-        return f"{x:.3f}"
-    if column.endswith("_s") and not column.endswith("per_s"):
-        return f"{x:.2f}"
-    return f"{x:,.0f}"
-
-
-def render_table(table: Table) -> str:
-    heads = [_HEADERS.get(c, c.replace("_", " ")) for c in table.columns]
-    right = [c != "system" for c in table.columns]
-    lines = [
-        "| " + " | ".join(heads) + " |",
-        "|" + "|".join("---:" if r else "---" for r in right) + "|",
-    ]
-    for row in table.rows:
-        cells = [_fmt(c, row.get(c)) for c in table.columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def environment() -> dict[str, Any]:
@@ -153,26 +68,42 @@ def write_json(result: ScenarioResult, out: Path, run: dict[str, Any]) -> Path:
 
 
 def load_results(out: Path) -> tuple[dict[str, ScenarioResult], dict[str, dict[str, Any]]]:
-    """Every scenario result found in ``out``, with the run metadata it was written with."""
+    """Every registered scenario's result found in ``out``, with the run metadata it was
+    written with (for RESULTS.md only: no scenario reads these)."""
     results: dict[str, ScenarioResult] = {}
     runs: dict[str, dict[str, Any]] = {}
-    for name in ORDER:
-        path = out / f"{name}.json"
+    for scenario in SCENARIOS:
+        path = out / f"{scenario.name}.json"
         if not path.exists():
             continue
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            runs[name] = data.pop("run", {})
-            results[name] = ScenarioResult.from_json(data)
+            runs[scenario.name] = data.pop("run", {})
+            results[scenario.name] = ScenarioResult.from_json(data)
         except (ValueError, TypeError, KeyError):
             continue
     return results, runs
 
 
+def latest_run(
+    results: dict[str, ScenarioResult], runs: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The metadata of the most recent run among ``runs`` (to render RESULTS.md from the JSON
+    files alone); its total time is that of its scenarios when the files do not say."""
+    if not runs:
+        return {}
+    newest: dict[str, Any] = max(runs.values(), key=lambda run: str(run.get("started_at", "")))
+    latest = dict(newest)
+    if "elapsed_s" not in latest:
+        mine = [name for name, run in runs.items() if run.get("run_id") == latest.get("run_id")]
+        latest["elapsed_s"] = sum(results[name].elapsed_s for name in mine)
+    return latest
+
+
 def _goal_rows(results: dict[str, ScenarioResult]) -> list[str]:
     lines = ["| scenario | goal | target | measured | met |", "|---|---|---|---|---|"]
-    for name in ORDER:
-        result = results.get(name)
+    for scenario in SCENARIOS:
+        result = results.get(scenario.name)
         if result is None:
             continue
         for goal in result.goals:
@@ -217,24 +148,15 @@ def render_markdown(
         *_goal_rows(results),
         "",
     ]
-    for name in ORDER:
-        result = results.get(name)
+    for scenario in SCENARIOS:
+        result = results.get(scenario.name)
         if result is None:
             continue
-        run = runs.get(name, {})
+        run = runs.get(scenario.name, {})
         lines += [f"## {result.title}", ""]
         if run.get("run_id") != current.get("run_id"):
             lines += [f"*From an earlier run ({run.get('started_at', '?')}).*", ""]
-        lines += [result.method, ""]
-        for table in result.tables:
-            lines += [f"**{table.title}**", "", render_table(table), ""]
-        if name == "churn":
-            lines += [f"![latency CDF per system, scenario 2]({PLOT_NAME})", ""]
-        for note in result.notes:
-            lines.append(f"- {note}")
-        if result.notes:
-            lines.append("")
-        lines += [f"*Scenario wall time: {result.elapsed_s:.1f} s.*", ""]
+        lines += scenario.section(result)
     return "\n".join(lines)
 
 
@@ -247,45 +169,3 @@ def write_markdown(
     path = out / "RESULTS.md"
     path.write_text(render_markdown(results, runs, current), encoding="utf-8")
     return path
-
-
-def plot_cdf(result: ScenarioResult, path: Path) -> bool:
-    """Latency CDF (and tail) per system for scenario 2; False if matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    cdf: dict[str, list[list[float]]] = result.extra.get("cdf_ms", {})
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for system, points in cdf.items():
-        if not points:
-            continue
-        xs = [max(p[0], 1e-4) for p in points]
-        ys = [p[1] for p in points]
-        left.step(xs, ys, where="post", label=system)
-        tail = [(x, 1.0 - y) for x, y in zip(xs, ys, strict=True) if y < 1.0]
-        right.step([t[0] for t in tail], [t[1] for t in tail], where="post", label=system)
-    for axis in (left, right):
-        axis.set_xscale("log")
-        axis.set_xlabel("get latency (ms, log scale)")
-        axis.grid(True, which="both", alpha=0.3)
-    left.set_ylabel("fraction of gets ≤ latency")
-    left.set_title("Scenario 2: latency CDF")
-    right.set_yscale("log")
-    right.set_ylabel("fraction of gets > latency")
-    right.set_title("Tail (1 − CDF)")
-    right.set_ylim(1e-4, 1.0)
-    left.legend(loc="lower right", fontsize="small")
-    params = result.params
-    fig.suptitle(
-        f"{params.get('tenants')} tenants, {params.get('callers')} callers, "
-        f"{params.get('upstream_latency_s', 0) * 1e3:g} ms upstream, "
-        f"{params.get('token_lifetime_s')} s tokens"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True

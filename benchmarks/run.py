@@ -3,10 +3,12 @@
     python benchmarks/run.py                  # every scenario, full sizes (under 5 minutes)
     python benchmarks/run.py --only churn     # one scenario (repeatable)
     python benchmarks/run.py --quick          # smoke run of every scenario at tiny sizes
+    python benchmarks/run.py --render         # rewrite RESULTS.md from the JSON files alone
 
-``--quick`` writes to a fresh temporary directory unless ``--out`` is given, so a smoke run
-never overwrites the published results. Exit status 1 if any scenario raised; missed goals are
-results, not failures.
+The scenarios, their sizes and their report sections are in the registry
+(``benchmarks/scenarios.py``). ``--quick`` writes to a fresh temporary directory unless ``--out``
+is given, so a smoke run never overwrites the published results. Exit status 1 if any scenario
+raised; missed goals are results, not failures.
 """
 
 from __future__ import annotations
@@ -20,19 +22,19 @@ import time
 import traceback
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from a checkout
 
 from benchmarks import report
-from benchmarks.baselines import lark_oapi_available
-from benchmarks.model import ScenarioResult, Sizes
-from benchmarks.scenario_common import Context
-from benchmarks.scenarios import SCENARIOS
+from benchmarks.model import ScenarioResult
+from benchmarks.scenarios import SCENARIOS, by_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    names = list(by_name())
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--quick", action="store_true", help="every scenario at tiny sizes (a smoke run, < 30 s)"
@@ -40,9 +42,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=list(SCENARIOS),
+        choices=names,
         metavar="NAME",
-        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}",
+        help=f"run only this scenario (repeatable): {', '.join(names)}",
+    )
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="run nothing: rewrite RESULTS.md in the output directory from its JSON files",
     )
     parser.add_argument(
         "--out",
@@ -56,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _out_dir(args: argparse.Namespace) -> Path:
     if args.out is not None:
         out: Path = args.out
-    elif args.quick:
+    elif args.quick and not args.render:
         out = Path(tempfile.mkdtemp(prefix="lark-token-actors-bench-"))
     else:
         out = RESULTS
@@ -77,50 +84,60 @@ def _note_errors(result: ScenarioResult) -> None:
                 )
 
 
+def render(out: Path) -> int:
+    results, runs = report.load_results(out)
+    if not results:
+        print(f"no results in {out}", file=sys.stderr)
+        return 1
+    path = report.write_markdown(out, results, runs, report.latest_run(results, runs))
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sizes = Sizes.quick_run() if args.quick else Sizes.full()
     out = _out_dir(args)
-    names = args.only or list(SCENARIOS)
-    if sizes.quick and "sdk_peer" in names:
-        # Importing lark-oapi takes ~5 s here; in a smoke run, overlap it with the scenarios
-        # before (their numbers mean nothing anyway). A full run imports it when it gets there.
-        threading.Thread(target=lark_oapi_available, name="bench-import", daemon=True).start()
+    if args.render:
+        return render(out)
+    chosen = set(args.only or by_name())
+    scenarios = [scenario for scenario in SCENARIOS if scenario.name in chosen]
+    if args.quick:
+        for scenario in scenarios:
+            if scenario.preload is not None:
+                threading.Thread(target=scenario.preload, name="bench-preload", daemon=True).start()
 
-    earlier, runs = report.load_results(out)
-    ctx = Context(earlier)
+    results, runs = report.load_results(out)  # for RESULTS.md: the sections not run now
     started = time.perf_counter()
-    run = {
+    run: dict[str, Any] = {
         "run_id": uuid.uuid4().hex[:12],
         "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "quick": sizes.quick,
+        "quick": args.quick,
         "environment": report.environment(),
     }
+    measured: list[ScenarioResult] = []
     failed: list[str] = []
-    for name in names:
-        print(f"== {name}", flush=True)
+    for scenario in scenarios:
+        print(f"== {scenario.name}", flush=True)
         t0 = time.perf_counter()
         try:
-            result = SCENARIOS[name](sizes, ctx)
+            result = scenario.measure(quick=args.quick)
         except Exception:
             traceback.print_exc()
-            failed.append(name)
+            failed.append(scenario.name)
             continue
         result.elapsed_s = time.perf_counter() - t0
         _note_errors(result)
-        ctx.current[name] = result
-        runs[name] = run
+        measured.append(result)
+        results[scenario.name], runs[scenario.name] = result, run
         report.write_json(result, out, run)
-        for table in result.tables:
-            print(f"{table.title}\n{report.render_table(table)}\n", flush=True)
-        for goal in result.goals:
-            print(f"goal: {goal.goal}: {goal.target}; measured {goal.measured}; met: {goal.met}")
-        print(f"({result.elapsed_s:.1f} s)\n", flush=True)
+        print("\n".join(scenario.section(result, console=True)), flush=True)
 
     run["elapsed_s"] = time.perf_counter() - started
-    results = {**earlier, **ctx.current}
-    if "churn" in ctx.current and not report.plot_cdf(ctx.current["churn"], out / report.PLOT_NAME):
-        print("matplotlib is not installed: no CDF plot (pip install matplotlib)")
+    for scenario in scenarios:
+        if scenario.write_files is not None and scenario.name in {r.name for r in measured}:
+            message = scenario.write_files(results[scenario.name], out)
+            if message:
+                print(message)
     report.write_markdown(out, results, runs, run)
     print(f"results in {out} ({run['elapsed_s']:.1f} s in total)")
     if failed:

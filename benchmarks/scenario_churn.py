@@ -2,93 +2,86 @@
 
 from __future__ import annotations
 
-import actors
-from benchmarks.harness import CallerRun, cdf_points, merge_runs, run_callers
-from benchmarks.model import Goal, ScenarioResult, Sizes, Table
+import dataclasses
+from pathlib import Path
+
+from benchmarks import render
+from benchmarks.harness import CallerRun, cdf_points, merge_runs
+from benchmarks.model import Goal, Scenario, ScenarioResult, Table
 from benchmarks.scenario_common import (
-    Context,
+    TENANTS_FULL,
+    TENANTS_QUICK,
+    TenantWorkload,
     caller_row,
     find_row,
     fmt_ms,
     fmt_x,
-    metrics_line,
-    random_tenants,
     ratio,
-    upstream_between,
+    run_tenants,
 )
-from benchmarks.systems import (
-    ACTORS,
-    ACTORS_MAILBOX,
-    DOUBLE_CHECKED,
-    FUTURE_FLOOR,
-    MUTEX,
-    ORACLE,
-    build,
-    upstream,
-)
+from benchmarks.systems import ACTORS, ACTORS_MAILBOX, DOUBLE_CHECKED, FUTURE_FLOOR, MUTEX, ORACLE
 
-__all__ = ["churn", "churn_policy", "tenant_names"]
+__all__ = ["SCENARIO", "ChurnSizes"]
 
 
-def churn_policy(sizes: Sizes) -> actors.RefreshPolicy:
-    return actors.RefreshPolicy(
-        safety_margin=sizes.churn_margin_s,
-        prewarm_lead=sizes.churn_lead_s,
-        jitter=0.1,
-        retry_base=0.05,
-        retry_cap=0.5,
-        seed=1,
-    )
+@dataclasses.dataclass(frozen=True)
+class ChurnSizes:
+    workload: TenantWorkload
+    measure_s: float  # >= a token lifetime: every key expires or is refreshed inside the window
 
 
-def tenant_names(n: int) -> list[str]:
-    return [f"tenant-{i:03d}" for i in range(n)]
+FULL = ChurnSizes(TENANTS_FULL, measure_s=4.0)
+QUICK = ChurnSizes(TENANTS_QUICK, measure_s=0.3)
+
+PLOT_NAME = "latency_cdf.png"
 
 
-def churn(sizes: Sizes, ctx: Context) -> ScenarioResult:
+def churn(sizes: ChurnSizes) -> ScenarioResult:
     systems = [ORACLE, FUTURE_FLOOR, MUTEX, DOUBLE_CHECKED, ACTORS, ACTORS_MAILBOX]
-    policy = churn_policy(sizes)
-    tenants = tenant_names(sizes.churn_tenants)
+    work = sizes.workload
+    policy = work.policy()
+    tenants = work.tenant_keys
     result = ScenarioResult(
         name="churn",
         title="2. Multi-tenant churn",
         method=(
             f"One marketplace app with {len(tenants)} tenants on a fake server whose tokens live "
-            f"{sizes.churn_lifetime_s:g} s (a new one is issued in the last "
-            f"{sizes.churn_window_s:g} s) and whose every request takes "
-            f"{sizes.churn_latency_s * 1e3:g} ms. {sizes.churn_callers} callers each loop: get "
-            f"the token of a uniformly random tenant, then `time.sleep({sizes.churn_think_s:g})` "
+            f"{work.lifetime_s:g} s (a new one is issued in the last "
+            f"{work.window_s:g} s) and whose every request takes "
+            f"{work.latency_s * 1e3:g} ms. {work.callers} callers each loop: get "
+            f"the token of a uniformly random tenant, then `time.sleep({work.think_s:g})` "
             f"(the business call). Each system runs against a fresh server: "
-            f"{sizes.churn_warmup_s:g} s warm-up (cold caches fill), then "
-            f"{sizes.churn_measure_s:g} s measured"
+            f"{work.warmup_s:g} s warm-up (cold caches fill), then "
+            f"{sizes.measure_s:g} s measured"
             + (
                 " (at least one token lifetime, so every key expires or is refreshed inside it)"
-                if sizes.churn_measure_s >= sizes.churn_lifetime_s
+                if sizes.measure_s >= work.lifetime_s
                 else ""
             )
             + "; the oracle runs first and last, pooled. "
             "Every system serves a token only while "
-            f"`now < expires_at - {sizes.churn_margin_s:g} s`; ours prewarms "
-            f"{sizes.churn_lead_s:g} s (±10 %) before expiry, at most "
+            f"`now < expires_at - {work.margin_s:g} s`; ours prewarms "
+            f"{work.lead_s:g} s (±10 %) before expiry, at most "
             f"{policy.max_concurrent_fetches} fetches in flight. The baselines have no prewarm "
             "(the seed's designs have none). Upstream counts the app + tenant token requests that "
             "arrived during the measured window. Scaled to Feishu's real 2 h tokens, this refresh "
-            f"rate equals about {len(tenants) * 7200 / sizes.churn_lifetime_s:,.0f} tenants."
+            f"rate equals about {len(tenants) * 7200 / work.lifetime_s:,.0f} tenants."
         ),
         params={
             "tenants": len(tenants),
-            "callers": sizes.churn_callers,
-            "think_s": sizes.churn_think_s,
-            "upstream_latency_s": sizes.churn_latency_s,
-            "token_lifetime_s": sizes.churn_lifetime_s,
-            "refresh_window_s": sizes.churn_window_s,
+            "callers": work.callers,
+            "think_s": work.think_s,
+            "upstream_latency_s": work.latency_s,
+            "token_lifetime_s": work.lifetime_s,
+            "refresh_window_s": work.window_s,
             "safety_margin_s": policy.safety_margin,
             "prewarm_lead_s": policy.prewarm_lead,
             "max_concurrent_fetches": policy.max_concurrent_fetches,
-            "warmup_s": sizes.churn_warmup_s,
-            "measure_s": sizes.churn_measure_s,
+            "warmup_s": work.warmup_s,
+            "measure_s": sizes.measure_s,
         },
     )
+
     table = Table(
         "Churn",
         [
@@ -108,36 +101,18 @@ def churn(sizes: Sizes, ctx: Context) -> ScenarioResult:
     control = f"{ACTORS} (control: tokens never expire)"
     # The oracle runs first and last (pooled), so that a drift of this machine's speed during
     # the scenario does not favour or penalise the systems measured in between.
-    plan = [(name, sizes.churn_lifetime_s) for name in systems]
-    plan += [(control, 7200.0), (ORACLE, sizes.churn_lifetime_s)]
+    plan = [(name, work.lifetime_s) for name in systems]
+    plan += [(control, 7200.0), (ORACLE, work.lifetime_s)]
     runs: dict[str, list[CallerRun]] = {}
     upstream_counts: dict[str, int] = {}
     lines: dict[str, str] = {}
     for label, lifetime in plan:
         name = ACTORS if label == control else label
-        with upstream(
-            marketplace=True,
-            latency=sizes.churn_latency_s,
-            token_lifetime=lifetime,
-            refresh_window=min(sizes.churn_window_s, lifetime / 4),
-        ) as up:
-            source = build(name, up, policy)
-            try:
-                run = run_callers(
-                    sizes.churn_callers,
-                    random_tenants(source, tenants, seed=2),
-                    warmup_s=sizes.churn_warmup_s,
-                    measure_s=sizes.churn_measure_s,
-                    think_s=sizes.churn_think_s,
-                )
-                line = metrics_line(source)
-            finally:
-                source.close()
-            count = upstream_between(up.server, run.window_start, run.window_end)
-        runs.setdefault(label, []).append(run)
-        upstream_counts[label] = upstream_counts.get(label, 0) + count
-        if line:
-            lines[label] = line
+        measured = run_tenants(name, work, seed=2, measure_s=sizes.measure_s, lifetime_s=lifetime)
+        runs.setdefault(label, []).append(measured.run)
+        upstream_counts[label] = upstream_counts.get(label, 0) + measured.upstream
+        if measured.metrics:
+            lines[label] = measured.metrics
     for label, line in lines.items():
         result.notes.append(f"`{label}` metrics over the whole run (warm-up included): {line}.")
     for label in [*systems, control]:
@@ -152,7 +127,7 @@ def churn(sizes: Sizes, ctx: Context) -> ScenarioResult:
         "In the metrics, `coalesced` gets waited for a refresh already in flight and `stale "
         "served` gets were answered while one was. Every key is fetched at start, so the "
         f"prewarms of all {len(tenants)} keys come due within ±10 % of "
-        f"{sizes.churn_lead_s:g} s of each other; with {policy.max_concurrent_fetches} fetches "
+        f"{work.lead_s:g} s of each other; with {policy.max_concurrent_fetches} fetches "
         "in flight the last ones can finish after their key stopped being servable, and gets "
         "arriving in between wait."
     )
@@ -163,6 +138,12 @@ def churn(sizes: Sizes, ctx: Context) -> ScenarioResult:
         "`actors` and the oracle is the cost of the refresh traffic itself; the control "
         "shows the rest (this machine's run-to-run noise is about ±10 %)."
     )
+    if sizes.measure_s < work.lifetime_s:
+        result.notes.append(
+            f"The {sizes.measure_s:g} s window is shorter than one {work.lifetime_s:g} s token "
+            "lifetime (a quick run's size), so few keys expire inside it: the churn ratios (to "
+            "the mutex baseline, to the oracle) and this scenario's goals mean nothing here."
+        )
 
     ours, mutex, oracle = find_row(table, ACTORS), find_row(table, MUTEX), find_row(table, ORACLE)
     if ours and mutex and oracle:
@@ -202,3 +183,53 @@ def _add_ratios(table: Table) -> None:
             row["vs_mutex_x"] = ratio(row["throughput"], mutex["throughput"] if mutex else None)
         if "vs_oracle_x" in table.columns:
             row["vs_oracle_x"] = ratio(row["throughput"], oracle["throughput"] if oracle else None)
+
+
+def section(result: ScenarioResult, *, console: bool = False) -> list[str]:
+    figure = f"![latency CDF per system, scenario 2]({PLOT_NAME})"
+    return render.section(result, console=console, figures=[figure])
+
+
+def plot_cdf(result: ScenarioResult, out: Path) -> str | None:
+    """Latency CDF (and tail) per system, written to ``out/latency_cdf.png``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no CDF plot (pip install matplotlib)"
+    cdf: dict[str, list[list[float]]] = result.extra.get("cdf_ms", {})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for system, points in cdf.items():
+        if not points:
+            continue
+        xs = [max(p[0], 1e-4) for p in points]
+        ys = [p[1] for p in points]
+        left.step(xs, ys, where="post", label=system)
+        tail = [(x, 1.0 - y) for x, y in zip(xs, ys, strict=True) if y < 1.0]
+        right.step([t[0] for t in tail], [t[1] for t in tail], where="post", label=system)
+    for axis in (left, right):
+        axis.set_xscale("log")
+        axis.set_xlabel("get latency (ms, log scale)")
+        axis.grid(True, which="both", alpha=0.3)
+    left.set_ylabel("fraction of gets ≤ latency")
+    left.set_title("Scenario 2: latency CDF")
+    right.set_yscale("log")
+    right.set_ylabel("fraction of gets > latency")
+    right.set_title("Tail (1 − CDF)")
+    right.set_ylim(1e-4, 1.0)
+    left.legend(loc="lower right", fontsize="small")
+    params = result.params
+    fig.suptitle(
+        f"{params.get('tenants')} tenants, {params.get('callers')} callers, "
+        f"{params.get('upstream_latency_s', 0) * 1e3:g} ms upstream, "
+        f"{params.get('token_lifetime_s')} s tokens"
+    )
+    fig.tight_layout()
+    fig.savefig(out / PLOT_NAME, dpi=110)
+    plt.close(fig)
+    return None
+
+
+SCENARIO = Scenario("churn", churn, full=FULL, quick=QUICK, section=section, write_files=plot_cdf)

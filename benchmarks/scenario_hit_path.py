@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import actors
-from benchmarks.model import Goal, ScenarioResult, Sizes, Table
-from benchmarks.scenario_common import Context, find_row, fmt_x, ratio, warm_hits
+from benchmarks import render
+from benchmarks.model import Goal, Scenario, ScenarioResult, Table
+from benchmarks.scenario_common import HitLoop, find_row, fmt_x, ratio, warm_hits
 from benchmarks.systems import (
     ACTORS,
     ACTORS_MAILBOX,
@@ -15,21 +18,38 @@ from benchmarks.systems import (
     PYKKA_ASK,
 )
 
-__all__ = ["hit_path"]
+__all__ = ["SCENARIO", "HitPathSizes"]
 
 
-def hit_path(sizes: Sizes, ctx: Context) -> ScenarioResult:
+@dataclasses.dataclass(frozen=True)
+class HitPathSizes:
+    loop: HitLoop
+
+
+FULL = HitPathSizes(HitLoop(threads=(1, 4, 16, 64), warmup_s=0.1, measure_s=0.9, reps=3))
+QUICK = HitPathSizes(HitLoop(threads=(1, 16), warmup_s=0.02, measure_s=0.08, reps=1))
+
+HEADERS = {
+    "actors_vs_mutex_x": "actors ÷ mutex",
+    "actors_vs_future_floor_x": "actors ÷ future floor",
+    "mailbox_vs_mutex_x": "mailbox-only ÷ mutex",
+    "mailbox_vs_pykka_ask_x": "mailbox-only ÷ pykka ask",
+    "actors_vs_mailbox_x": "actors ÷ mailbox-only",
+}
+
+
+def hit_path(sizes: HitPathSizes) -> ScenarioResult:
     systems = [ORACLE, FUTURE_FLOOR, MUTEX, DOUBLE_CHECKED, ACTORS, ACTORS_MAILBOX, PYKKA_ASK]
     policy = actors.RefreshPolicy()
+    loop = sizes.loop
     result = ScenarioResult(
         name="hit_path",
         title="1. Hit path",
         method=(
             "One warm key (a self-built app's tenant token, 2 h lifetime: nothing expires), "
-            f"{'/'.join(map(str, sizes.hit_threads))} caller threads calling `get` in a tight "
-            "loop, "
-            f"{sizes.hit_measure_s:g} s per cell in {sizes.hit_reps} interleaved rounds (each "
-            f"after {sizes.hit_warmup_s:g} s of warm-up) whose results are pooled; every get is "
+            f"{loop.threads_label} caller threads calling `get` in a tight loop, "
+            f"{loop.measure_s:g} s per cell in {loop.reps} interleaved rounds (each "
+            f"after {loop.warmup_s:g} s of warm-up) whose results are pooled; every get is "
             "timed. `actors` is `system.proxy.get_token().get()` with fast reads (the default), "
             "`actors (mailbox only)` the same with `fast_reads=False`; `pykka ask (floor)` is a "
             "bare `ActorRef.ask` to an actor returning a constant; `dict + resolved future (floor)`"
@@ -39,16 +59,16 @@ def hit_path(sizes: Sizes, ctx: Context) -> ScenarioResult:
             "`oracle` returns a constant (the harness's own floor)."
         ),
         params={
-            "threads": list(sizes.hit_threads),
-            "warmup_s": sizes.hit_warmup_s,
-            "measure_s": sizes.hit_measure_s,
+            "threads": list(loop.threads),
+            "warmup_s": loop.warmup_s,
+            "measure_s": loop.measure_s,
         },
     )
     table = Table(
         "Hit path: one warm key",
         ["system", "threads", "throughput", "p50_ms", "p99_ms", "max_ms", "vs_mutex_x", "upstream"],
     )
-    table.rows += warm_hits(systems, policy, sizes.hit_threads, sizes.hit_measure_s, sizes)
+    table.rows += warm_hits(systems, policy, loop)
     for row in table.rows:
         mutex = find_row(table, MUTEX, threads=row["threads"])
         row["vs_mutex_x"] = ratio(row["throughput"], mutex["throughput"] if mutex else None)
@@ -65,7 +85,7 @@ def hit_path(sizes: Sizes, ctx: Context) -> ScenarioResult:
             "actors_vs_mailbox_x",
         ],
     )
-    for threads in sizes.hit_threads:
+    for threads in loop.threads:
 
         def thr(system: str, n: int = threads) -> float | None:
             row = find_row(table, system, threads=n)
@@ -85,7 +105,7 @@ def hit_path(sizes: Sizes, ctx: Context) -> ScenarioResult:
 
     def series(column: str) -> str:
         values = [fmt_x(row[column]) for row in ratios.rows]
-        return " / ".join(values) + f" at {'/'.join(map(str, sizes.hit_threads))} threads"
+        return " / ".join(values) + f" at {loop.threads_label} threads"
 
     result.goals += [
         Goal(
@@ -108,3 +128,10 @@ def hit_path(sizes: Sizes, ctx: Context) -> ScenarioResult:
         ),
     ]
     return result
+
+
+def section(result: ScenarioResult, *, console: bool = False) -> list[str]:
+    return render.section(result, console=console, headers=HEADERS)
+
+
+SCENARIO = Scenario("hit_path", hit_path, full=FULL, quick=QUICK, section=section)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -14,11 +15,48 @@ from typing import Any, cast
 from sortedcontainers import SortedList
 
 from actors._scheduler import DeadlineIndex
-from benchmarks.model import Goal, ScenarioResult, Sizes, Table
-from benchmarks.scenario_common import Context, fmt_x
+from benchmarks import render
+from benchmarks.model import Goal, Scenario, ScenarioResult, Table
+from benchmarks.scenario_common import fmt_x
 from benchmarks.systems import ACTORS, MUTEX
 
-__all__ = ["scale"]
+__all__ = ["SCENARIO", "ScaleSizes"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleSizes:
+    keys: tuple[int, ...]  # cache fill and prewarm against the stub (memory: the smallest)
+    index_sizes: tuple[int, ...]  # timers in the DeadlineIndex
+    index_ops: int  # schedules (and as many cancels) per index size
+    fake_keys: int  # prewarm through FakeFeishu's in-process adapter (0: skip)
+    one_process: bool  # every measurement in one fresh interpreter (not one each)
+
+
+FULL = ScaleSizes(
+    keys=(10_000, 100_000),
+    index_sizes=(1_000, 10_000, 100_000),
+    index_ops=50_000,
+    fake_keys=5_000,
+    one_process=False,
+)
+QUICK = ScaleSizes(
+    keys=(300, 1_000), index_sizes=(1_000, 10_000), index_ops=5_000, fake_keys=300, one_process=True
+)
+
+HEADERS = {
+    "schedule_ns": "schedule ns/op",
+    "cancel_ns": "cancel ns/op",
+    "vs_smallest_x": "cost ÷ smallest",
+    "sortedlist_ns": "bare SortedList add+remove ns",
+    "sortedlist_vs_smallest_x": "SortedList ÷ smallest",
+    "log_n_ratio_x": "log n ÷ log smallest",
+    "rss_bytes_per_key": "bytes/key (RSS)",
+    "populate_s": "cache fill s",
+    "prewarm_s": "prewarm all s",
+    "prewarm_keys_per_s": "prewarms/s",
+    "prewarm_us_per_key": "µs/key",
+}
+INTS = frozenset({"keys", "timers", "prewarms"})
 
 
 class _IndexBench:
@@ -108,7 +146,7 @@ def _in_children(tasks: list[tuple[str, int]], *, together: bool) -> list[dict[s
     return rows
 
 
-def _index_table(sizes: Sizes) -> tuple[Table, Goal]:
+def _index_table(sizes: ScaleSizes) -> tuple[Table, Goal]:
     table = Table(
         "Expiry index (DeadlineIndex)",
         [
@@ -149,8 +187,8 @@ def _index_table(sizes: Sizes) -> tuple[Table, Goal]:
     return table, goal
 
 
-def scale(sizes: Sizes, ctx: Context) -> ScenarioResult:
-    traced = min(sizes.scale_keys)
+def scale(sizes: ScaleSizes) -> ScenarioResult:
+    traced = min(sizes.keys)
     result = ScenarioResult(
         name="scale",
         title="5. Scale",
@@ -172,21 +210,21 @@ def scale(sizes: Sizes, ctx: Context) -> ScenarioResult:
             "(due, id) pairs added to and removed from a bare `sortedcontainers.SortedList`."
         ),
         params={
-            "keys": list(sizes.scale_keys),
+            "keys": list(sizes.keys),
             "tracemalloc_keys": traced,
             "index_sizes": list(sizes.index_sizes),
             "index_ops": sizes.index_ops,
-            "fake_prewarm_keys": sizes.scale_fake_keys,
+            "fake_prewarm_keys": sizes.fake_keys,
         },
     )
     index, index_goal = _index_table(sizes)
     result.tables.append(index)
 
     tasks = [("memory", traced), ("baseline-memory", traced)]
-    tasks += [("stub", n) for n in sizes.scale_keys]
-    if sizes.scale_fake_keys:
-        tasks.append(("fake", sizes.scale_fake_keys))
-    rows = _in_children(tasks, together=sizes.quick)
+    tasks += [("stub", n) for n in sizes.keys]
+    if sizes.fake_keys:
+        tasks.append(("fake", sizes.fake_keys))
+    rows = _in_children(tasks, together=sizes.one_process)
     memory = Table("Memory per cached key (tracemalloc)", ["system", "keys", "bytes_per_key"])
     memory.rows.append({"system": ACTORS, **rows[0]})
     memory.rows.append({"system": f"{MUTEX} (plain dict)", **rows[1]})
@@ -205,10 +243,10 @@ def scale(sizes: Sizes, ctx: Context) -> ScenarioResult:
             "upstream",
         ],
     )
-    keys_table.rows += rows[2 : 2 + len(sizes.scale_keys)]
+    keys_table.rows += rows[2 : 2 + len(sizes.keys)]
     result.tables.append(keys_table)
 
-    if sizes.scale_fake_keys:
+    if sizes.fake_keys:
         fake = Table(
             "Cache fill and prewarm through FakeFeishu (in-process requests adapter)",
             [c for c in keys_table.columns if c != "rss_bytes_per_key"],
@@ -247,3 +285,10 @@ def scale(sizes: Sizes, ctx: Context) -> ScenarioResult:
             )
         )
     return result
+
+
+def section(result: ScenarioResult, *, console: bool = False) -> list[str]:
+    return render.section(result, console=console, headers=HEADERS, ints=INTS)
+
+
+SCENARIO = Scenario("scale", scale, full=FULL, quick=QUICK, section=section)

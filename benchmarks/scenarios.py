@@ -1,27 +1,36 @@
-"""The six scenarios of issue 5, by name, in running order. Each returns a
-:class:`ScenarioResult`; none asserts a time. One module per scenario: ``scenario_<name>.py``."""
+"""The registry: the scenarios of issue 5, in running (and report) order.
+
+A scenario is one module, ``scenario_<name>.py``, that defines a :class:`~benchmarks.model.Scenario`
+named ``SCENARIO``: its run function, its sizes (``full`` and ``quick``) and its report section.
+It measures everything it compares with in its own run and reads no other scenario's results.
+Adding one: write the module, add its line below.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
-from benchmarks.model import ScenarioResult, Sizes
-from benchmarks.scenario_churn import churn
-from benchmarks.scenario_common import Context
-from benchmarks.scenario_expiry_storm import expiry_storm
-from benchmarks.scenario_hit_path import hit_path
-from benchmarks.scenario_scale import scale
-from benchmarks.scenario_sdk_peer import sdk_peer
-from benchmarks.scenario_slow_tenant import slow_tenant
+from benchmarks import (
+    scenario_churn,
+    scenario_expiry_storm,
+    scenario_hit_path,
+    scenario_scale,
+    scenario_sdk_peer,
+    scenario_slow_tenant,
+)
+from benchmarks.model import Scenario
 
-__all__ = ["SCENARIOS"]
+__all__ = ["SCENARIOS", "by_name"]
+
+SCENARIOS: list[Scenario[Any]] = [
+    scenario_hit_path.SCENARIO,
+    scenario_churn.SCENARIO,
+    scenario_expiry_storm.SCENARIO,
+    scenario_slow_tenant.SCENARIO,
+    scenario_scale.SCENARIO,
+    scenario_sdk_peer.SCENARIO,
+]
 
 
-SCENARIOS: dict[str, Callable[[Sizes, Context], ScenarioResult]] = {
-    "hit_path": hit_path,
-    "churn": churn,
-    "expiry_storm": expiry_storm,
-    "slow_tenant": slow_tenant,
-    "scale": scale,
-    "sdk_peer": sdk_peer,
-}
+def by_name() -> dict[str, Scenario[Any]]:
+    return {scenario.name: scenario for scenario in SCENARIOS}

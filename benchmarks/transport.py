@@ -18,7 +18,17 @@ from typing import Any
 import requests
 from requests.structures import CaseInsensitiveDict
 
+from actors._config import TokenKind
+from actors._feishu import CODE_FIELD, CODES, CONTENT_TYPE, ENDPOINTS, EXPIRE_FIELD, MSG_FIELD, Rule
+
 __all__ = ["MintingSession", "rss_bytes"]
+
+_OK = next(row.code for row in CODES.values() if row.rule is Rule.OK)
+# Any POST that is not for a tenant token (both app endpoints, in practice) gets an app token.
+_TENANT_PATHS = tuple(e.path for e in ENDPOINTS if e.kind is TokenKind.TENANT)
+_TOKEN_FIELDS = {
+    e.kind: e.token_field for e in ENDPOINTS if e.kind is not None and e.token_field is not None
+}
 
 
 class MintingSession(requests.Session):
@@ -36,19 +46,19 @@ class MintingSession(requests.Session):
         self, url: str | bytes, data: Any = None, json: Any = None, **kwargs: Any
     ) -> requests.Response:
         path = url.decode() if isinstance(url, bytes) else url
-        kind = "tenant" if "/tenant_access_token" in path else "app"
+        kind = TokenKind.TENANT if path.endswith(_TENANT_PATHS) else TokenKind.APP
         with self._lock:
             self.posts += 1
             serial = next(self._serial)
         body = {
-            "code": 0,
-            "msg": "ok",
-            f"{kind}_access_token": f"{kind[0]}-{serial:040x}",
-            "expire": self._lifetime,
+            CODE_FIELD: _OK,
+            MSG_FIELD: "ok",
+            _TOKEN_FIELDS[kind]: f"{kind[0]}-{serial:040x}",
+            EXPIRE_FIELD: self._lifetime,
         }
         response = requests.Response()
         response.status_code = 200
-        response.headers = CaseInsensitiveDict({"Content-Type": "application/json"})
+        response.headers = CaseInsensitiveDict({"Content-Type": CONTENT_TYPE})
         response._content = _dumps(body)
         response.encoding = "utf-8"
         response.url = path

@@ -96,10 +96,25 @@ def test_an_exhausted_token_invalid_answer_still_drops_the_app_token() -> None:
 
 
 def test_backoff_honours_the_rate_limit_reset() -> None:
-    error = actors.RateLimitedError(99991400, 429, 1, retry_after=20.0)
+    error = actors.RateLimitedError(99991400, 429, 1, retry_after=5.0)
     decision = decide(error, attempt(), POLICY, random.Random(1))
     assert isinstance(decision, Retry)
-    assert decision.delay >= 20.0
+    assert decision.delay >= 5.0
+
+
+@pytest.mark.parametrize("reset", [1e10, 86400.0, float("inf")])
+def test_a_huge_rate_limit_reset_waits_no_longer_than_the_documented_ceiling(reset: float) -> None:
+    error = actors.RateLimitedError(99991400, 429, 1, retry_after=reset)
+    decision = decide(error, attempt(), POLICY, random.Random(1))
+    assert isinstance(decision, Retry)
+    assert decision.delay == feishu.MAX_RETRY_AFTER
+
+
+@pytest.mark.parametrize("expire", [float("nan"), float("inf"), -1.0, 0.0, 1e10, 86401.0])
+def test_a_grant_with_an_unusable_lifetime_is_a_failed_attempt(expire: float) -> None:
+    decision = decide(actors.Grant("t-x", expire), attempt(), POLICY, random.Random(1))
+    assert isinstance(decision, Retry)
+    assert "unusable token lifetime" in str(decision.error)
 
 
 def test_backoff_is_full_jitter_under_the_cap() -> None:

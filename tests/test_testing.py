@@ -1,4 +1,5 @@
-"""Tests of the embedded fake Feishu server, driven over real HTTP with ``requests``."""
+"""Tests of the test support: the embedded fake Feishu server, driven over real HTTP with
+``requests``, and the function-backed token source."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import pytest
 import requests
 
 from actors._clock import ManualClock
-from actors.testing import FakeFeishu, RecordedRequest, Reply
+from actors._config import AppConfig, AppType, TokenKind
+from actors._errors import AuthError
+from actors._source import Grant, TokenRequest, TokenSource
+from actors.testing import FakeFeishu, FunctionSource, RecordedRequest, Reply
 
 AUTH = "/open-apis/auth/v3/"
 APP_INTERNAL = AUTH + "app_access_token/internal"
@@ -391,3 +395,95 @@ def test_max_in_flight_per_key_counts_concurrent_requests_for_one_key(
     assert server.max_in_flight_per_key == 2
     server.reset_stats()
     assert server.max_in_flight_per_key == 0
+
+
+# FunctionSource
+
+SELF_APP = AppConfig(SELF["app_id"], SELF["app_secret"])
+STORE_APP = AppConfig(STORE["app_id"], STORE["app_secret"], app_type=AppType.MARKETPLACE)
+
+
+def tenant_request(tenant_key: str | None = None) -> TokenRequest:
+    app = STORE_APP if tenant_key is not None else SELF_APP
+    return TokenRequest(app=app, kind=TokenKind.TENANT, tenant_key=tenant_key, app_token="a-x")
+
+
+def test_function_source_is_a_token_source() -> None:
+    source: TokenSource = FunctionSource.constant()
+
+    assert isinstance(source, TokenSource)
+
+
+def test_function_source_grants_what_the_function_returns_and_records_the_request() -> None:
+    source = FunctionSource(lambda req: Grant(f"t-{req.tenant_key}", 3600.0))
+    request = tenant_request("tk1")
+
+    grant = source.fetch(request)
+
+    assert (grant.token, grant.expire) == ("t-tk1", 3600.0)
+    assert source.requests == [request]
+    assert source.requests[0].key.tenant_key == "tk1"
+
+
+def test_function_source_raises_an_exception_the_function_returns() -> None:
+    source = FunctionSource(lambda req: AuthError(10014, "app secret invalid"))
+
+    with pytest.raises(AuthError) as raised:
+        source.fetch(tenant_request())
+
+    assert raised.value.code == 10014
+    assert len(source.requests) == 1
+
+
+def test_function_source_records_a_request_before_the_function_answers_it() -> None:
+    seen_by_the_function: list[list[TokenRequest]] = []
+
+    def fetch(request: TokenRequest) -> Grant:
+        seen_by_the_function.append(source.requests)
+        return Grant("t-x", 60.0)
+
+    source = FunctionSource(fetch)
+    request = tenant_request()
+    source.fetch(request)
+
+    assert seen_by_the_function == [[request]]
+
+
+def test_constant_function_source_grants_the_same_token_to_every_request() -> None:
+    source = FunctionSource.constant(token="t-same", expire=100.0)
+
+    grants = {source.fetch(tenant_request(key)) for key in (None, "tk1", "tk2")}
+
+    assert grants == {Grant("t-same", 100.0)}
+    assert FunctionSource.constant().fetch(tenant_request()) == Grant("t-fake", 7200.0)
+
+
+def test_function_source_records_resends_and_passes_them_to_the_resend_function() -> None:
+    pushed: list[AppConfig] = []
+    source = FunctionSource(lambda req: Grant("t", 1.0), resend=pushed.append)
+
+    source.resend_ticket(STORE_APP)
+    source.resend_ticket(STORE_APP)
+
+    assert source.resends == [STORE["app_id"], STORE["app_id"]]
+    assert pushed == [STORE_APP, STORE_APP]
+    assert source.requests == []
+
+
+def test_function_source_without_a_resend_function_only_records_the_resend() -> None:
+    source = FunctionSource.constant()
+
+    source.resend_ticket(STORE_APP)
+
+    assert source.resends == [STORE["app_id"]]
+
+
+def test_function_source_records_every_request_of_concurrent_workers(
+    pool: ThreadPoolExecutor,
+) -> None:
+    source = FunctionSource.constant()
+    keys = [f"tk{i}" for i in range(200)]
+
+    list(pool.map(lambda key: source.fetch(tenant_request(key)), keys))
+
+    assert sorted(r.tenant_key or "" for r in source.requests) == sorted(keys)

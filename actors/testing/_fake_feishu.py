@@ -11,59 +11,30 @@ from __future__ import annotations
 
 import json
 import random
-import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Self, TypeAlias, cast
 
+import actors.testing._protocol as wire
 from actors._clock import Clock, SystemClock
-from actors.testing._replies import Gate, Match, RecordedRequest, Reply, matches
+from actors._config import AppType, TokenKind
+from actors._feishu import Endpoint
+from actors.testing._ledger import App, Ledger
+from actors.testing._replies import Exchange, Gate, Match, RecordedRequest, Reply, matches
+from actors.testing._traffic import Traffic
 from actors.testing._transports import InProcessAdapter, LoopbackServer
 
-__all__ = ["Exchange", "FakeFeishu"]
+__all__ = ["FakeFeishu"]
 
-_PREFIX = "/open-apis/auth/v3/"
-# path -> (kind, is the marketplace variant)
-_ROUTES: dict[str, tuple[str, bool]] = {
-    _PREFIX + "app_access_token/internal": ("app", False),
-    _PREFIX + "tenant_access_token/internal": ("tenant", False),
-    _PREFIX + "app_access_token": ("app", True),
-    _PREFIX + "tenant_access_token": ("tenant", True),
-    _PREFIX + "app_ticket/resend": ("resend", True),
-}
-_KINDS = frozenset({"app", "tenant", "resend", "any"})
-# Pruning expired tokens on every mint would make long simulations quadratic.
-_PRUNE_EVERY = 1024
 
+def _route_kind(endpoint: Endpoint) -> str:
+    """The kind a request to ``endpoint`` is recorded and scripted under."""
+    return endpoint.kind.value if endpoint.kind is not None else "resend"
+
+
+_KINDS = frozenset({"any", *(_route_kind(e) for e in wire.ROUTES.values())})
 _Body: TypeAlias = dict[str, object]
-
-
-@dataclass
-class _App:
-    secret: str = field(repr=False)
-    marketplace: bool
-    ticket: str | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class _Issued:
-    token: str
-    app_id: str
-    kind: str
-    tenant_key: str | None
-    expires_at: float
-
-
-@dataclass(frozen=True)
-class Exchange:
-    """How one request is answered: the reply, the request kind, an action to run after the
-    answer is sent (the app_ticket push), and whether the connection should close."""
-
-    reply: Reply
-    kind: str
-    after: Callable[[], None] | None
-    close: bool
 
 
 @dataclass(frozen=True)
@@ -94,22 +65,13 @@ class FakeFeishu:
         latency: float = 0.0,
     ) -> None:
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._lifetime = token_lifetime
-        self._window = refresh_window
+        self._ledger = Ledger(self._clock, lifetime=token_lifetime, window=refresh_window)
         self._latency = _non_negative(latency)
         self._tenant_latency: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._apps: dict[str, _App] = {}
-        self._current: dict[tuple[str, str, str | None], _Issued] = {}
-        self._issued: dict[str, _Issued] = {}
-        self._mints = 0
         self._scripts: list[tuple[Match, Reply]] = []
         self._gates: list[Gate] = []
-        self._requests: list[RecordedRequest] = []
-        self._in_flight = 0
-        self._max_in_flight = 0
-        self._key_in_flight: dict[Match, int] = {}
-        self._max_key_in_flight = 0
+        self._traffic = Traffic()
         self._failure_rate = 0.0
         self._outage = False
         self._rng = random.Random(0)
@@ -174,12 +136,12 @@ class FakeFeishu:
     def add_app(self, app_id: str, app_secret: str, *, marketplace: bool = False) -> None:
         """Register (or replace) an app with its secret; marketplace apps start without a ticket."""
         with self._lock:
-            self._apps[app_id] = _App(app_secret, marketplace)
+            self._ledger.apps[app_id] = App(app_secret, marketplace)
 
     def issue_ticket(self, app_id: str) -> str:
         """Mint a new current app_ticket for a marketplace app and return it; older ones die."""
         with self._lock:
-            return self._mint_ticket(app_id)
+            return self._ledger.mint_ticket(app_id)
 
     def set_latency(self, seconds: float, *, tenant_key: str | None = None) -> None:
         """Set the global latency, or the latency of tenant token requests for ``tenant_key``."""
@@ -206,7 +168,7 @@ class FakeFeishu:
     def expires_at(self, token: str) -> float | None:
         """When the server stops accepting ``token`` (clock time), or None if it never issued it."""
         with self._lock:
-            issued = self._issued.get(token)
+            issued = self._ledger.find(token)
             return issued.expires_at if issued is not None else None
 
     def script(
@@ -217,8 +179,7 @@ class FakeFeishu:
         A reply is taken when a request is answered (after holds and latency), so a script
         added while a request is held still applies to it.
         """
-        if kind not in _KINDS:
-            raise ValueError(f"FakeFeishu.script: kind must be one of {sorted(_KINDS)}: {kind!r}")
+        _check_kind("script", kind)
         match = (kind, app_id, tenant_key)
         with self._lock:
             self._scripts.extend((match, reply) for reply in replies)
@@ -227,8 +188,7 @@ class FakeFeishu:
         self, kind: str = "any", *, app_id: str | None = None, tenant_key: str | None = None
     ) -> Gate:
         """Block every matching request before it is answered, until the gate is released."""
-        if kind not in _KINDS:
-            raise ValueError(f"FakeFeishu.hold: kind must be one of {sorted(_KINDS)}: {kind!r}")
+        _check_kind("hold", kind)
         gate = Gate(kind, app_id, tenant_key)
         with self._lock:
             if self._stopping.is_set():
@@ -241,15 +201,13 @@ class FakeFeishu:
     def rotate(self, app_id: str | None = None) -> None:
         """Revoke every token of ``app_id`` (or of all apps); the next request mints anew."""
         with self._lock:
-            kept = {k: v for k, v in self._issued.items() if app_id not in (None, v.app_id)}
-            self._issued = kept
-            self._current = {k: v for k, v in self._current.items() if v.token in kept}
+            self._ledger.rotate(app_id)
 
     @property
     def requests(self) -> list[RecordedRequest]:
         """A copy of every recorded request, in arrival order."""
         with self._lock:
-            return list(self._requests)
+            return list(self._traffic.requests)
 
     def count(
         self, kind: str | None = None, *, app_id: str | None = None, tenant_key: str | None = None
@@ -257,55 +215,47 @@ class FakeFeishu:
         """How many recorded requests match (``None`` or ``"any"`` kind: every kind)."""
         match = (kind or "any", app_id, tenant_key)
         with self._lock:
-            return sum(1 for req in self._requests if matches(match, req))
+            return self._traffic.count(match)
 
     @property
     def in_flight(self) -> int:
         """Requests arrived but not yet answered."""
         with self._lock:
-            return self._in_flight
+            return self._traffic.in_flight
 
     @property
     def max_in_flight(self) -> int:
         """The peak of :attr:`in_flight` since start or :meth:`reset_stats`."""
         with self._lock:
-            return self._max_in_flight
+            return self._traffic.max_in_flight
 
     @property
     def max_in_flight_per_key(self) -> int:
         """The peak number of concurrent requests for one (kind, app_id, tenant_key)."""
         with self._lock:
-            return self._max_key_in_flight
+            return self._traffic.max_per_key
 
     def reset_stats(self) -> None:
         """Forget the recorded requests and the concurrency peaks."""
         with self._lock:
-            self._requests.clear()
-            self._max_in_flight = self._in_flight
-            self._max_key_in_flight = max(self._key_in_flight.values(), default=0)
+            self._traffic.reset()
 
     def valid_token(self, token: str) -> bool:
         """Whether the server would accept ``token`` now: issued, not rotated, not expired."""
         with self._lock:
-            issued = self._issued.get(token)
-            return issued is not None and issued.expires_at > self._clock.now()
+            return self._ledger.alive(token) is not None
 
     def handle(self, path: str, raw: bytes) -> Exchange:
         """Answer one request; both transports (loopback HTTP, in-process) come through here."""
         body = _parse(raw)
         path = path.partition("?")[0]
-        route = _ROUTES.get(path)
+        route = wire.ROUTES.get(path)
         with self._lock:
             req = self._identify(path, route, body)
-            self._requests.append(req)
-            self._in_flight += 1
-            self._max_in_flight = max(self._max_in_flight, self._in_flight)
-            key: Match = (req.kind, req.app_id, req.tenant_key)
-            per_key = self._key_in_flight[key] = self._key_in_flight.get(key, 0) + 1
-            self._max_key_in_flight = max(self._max_key_in_flight, per_key)
+            self._traffic.arrive(req)
             gates = [g for g in self._gates if matches(g.match, req)]
             latency = self._latency
-            if req.kind == "tenant" and req.tenant_key in self._tenant_latency:
+            if req.kind == TokenKind.TENANT and req.tenant_key in self._tenant_latency:
                 latency = self._tenant_latency[req.tenant_key]
         try:
             for gate in gates:
@@ -317,99 +267,82 @@ class FakeFeishu:
         finally:
             # Counted down before writing, so a client holding its answer sees it settled.
             with self._lock:
-                self._in_flight -= 1
-                self._key_in_flight[key] -= 1
-                if not self._key_in_flight[key]:
-                    del self._key_in_flight[key]
+                self._traffic.leave(req)
         return Exchange(answer.reply, req.kind, answer.after, self._stopping.is_set())
 
-    def _identify(
-        self, path: str, route: tuple[str, bool] | None, body: _Body | None
-    ) -> RecordedRequest:
-        kind = route[0] if route else "unknown"
-        app_id = _str(body, "app_id")
+    def _identify(self, path: str, route: Endpoint | None, body: _Body | None) -> RecordedRequest:
+        kind = _route_kind(route) if route is not None else "unknown"
+        app_id = _str(body, wire.APP_ID)
         tenant_key = None
-        if route == ("tenant", True):
-            tenant_key = _str(body, "tenant_key")
-            issued = self._issued.get(_str(body, "app_access_token") or "")
+        if route is wire.MARKETPLACE_TENANT:
+            tenant_key = _str(body, wire.TENANT_KEY)
+            issued = self._ledger.find(_str(body, wire.APP_TOKEN) or "")
             app_id = issued.app_id if issued is not None else None
         return RecordedRequest(path, kind, app_id, tenant_key, self._clock.now())
 
-    def _answer(
-        self, route: tuple[str, bool] | None, body: _Body | None, req: RecordedRequest
-    ) -> _Answer:
+    def _answer(self, route: Endpoint | None, body: _Body | None, req: RecordedRequest) -> _Answer:
         for i, (match, reply) in enumerate(self._scripts):
             if matches(match, req):
                 del self._scripts[i]
                 if reply.token is not None and reply.expire is not None and req.app_id:
-                    expires_at = self._clock.now() + reply.expire
-                    issued = _Issued(reply.token, req.app_id, req.kind, req.tenant_key, expires_at)
-                    self._issued[reply.token] = issued
+                    self._ledger.record(
+                        reply.token, req.app_id, req.kind, req.tenant_key, reply.expire
+                    )
                 return _Answer(reply)
-        if req.kind in ("app", "tenant") and (
+        if req.kind in (TokenKind.APP, TokenKind.TENANT) and (
             self._outage or (self._failure_rate and self._rng.random() < self._failure_rate)
         ):
             return _Answer(Reply.http(503, "<html><body>503 Service Unavailable</body></html>"))
         if body is None:
-            return _Answer(Reply.code(9499, "Bad Request: body is not a JSON object", status=400))
+            msg = "Bad Request: body is not a JSON object"
+            return _Answer(Reply.code(wire.BAD_BODY, msg, status=400))
         if route is None:
-            return _Answer(Reply.code(404, "404 page not found", status=404))
-        if route == ("tenant", True):
+            return _Answer(Reply.code(wire.NOT_FOUND, "404 page not found", status=404))
+        if route is wire.MARKETPLACE_TENANT:
             return self._marketplace_tenant(body)
         app_id = req.app_id or ""
         error = self._check_app(app_id, route, body)
         if error is not None:
             return _Answer(error)
-        return self._resend(app_id) if route[0] == "resend" else self._grant(app_id, route[0], None)
+        if route.kind is None:
+            return self._resend(app_id)
+        return _Answer(Reply.ok(*self._ledger.grant(app_id, route.kind, None)))
 
-    def _check_app(self, app_id: str, route: tuple[str, bool], body: _Body) -> Reply | None:
-        app = self._apps.get(app_id)
-        if app is None or app.marketplace != route[1]:
-            return Reply.code(10003, "invalid param", status=400)
-        if _str(body, "app_secret") != app.secret:
-            return Reply.code(10014, "app secret invalid", status=400)
-        if route == ("app", True) and (not app.ticket or _str(body, "app_ticket") != app.ticket):
-            return Reply.code(10012, "app_ticket is invalid")
+    def _check_app(self, app_id: str, route: Endpoint, body: _Body) -> Reply | None:
+        app = self._ledger.apps.get(app_id)
+        if app is None or app.marketplace != (route.app_type is AppType.MARKETPLACE):
+            return Reply.code(wire.UNKNOWN_APP, "invalid param", status=400)
+        if _str(body, wire.APP_SECRET) != app.secret:
+            return Reply.code(wire.BAD_SECRET, "app secret invalid", status=400)
+        if wire.APP_TICKET in route.request_fields and (
+            not app.ticket or _str(body, wire.APP_TICKET) != app.ticket
+        ):
+            return Reply.code(wire.TICKET_INVALID, "app_ticket is invalid")
         return None
 
     def _resend(self, app_id: str) -> _Answer:
         callback = self.on_ticket_resend
         if callback is None:
-            return _Answer(Reply.code(0, "ok"))
-        ticket = self._mint_ticket(app_id)
-        return _Answer(Reply.code(0, "ok"), lambda: callback(app_id, ticket))
+            return _Answer(Reply.code(wire.OK, "ok"))
+        ticket = self._ledger.mint_ticket(app_id)
+        return _Answer(Reply.code(wire.OK, "ok"), lambda: callback(app_id, ticket))
 
     def _marketplace_tenant(self, body: _Body) -> _Answer:
-        app_token = self._issued.get(_str(body, "app_access_token") or "")
-        if app_token is None or app_token.kind != "app" or not self._alive(app_token):
-            return _Answer(Reply.code(99991664, "app access token invalid"))
-        tenant_key = _str(body, "tenant_key")
+        app_token = self._ledger.alive(_str(body, wire.APP_TOKEN) or "")
+        if app_token is None or app_token.kind != TokenKind.APP:
+            return _Answer(Reply.code(wire.APP_TOKEN_INVALID, "app access token invalid"))
+        tenant_key = _str(body, wire.TENANT_KEY)
         if not tenant_key:
-            return _Answer(Reply.code(10003, "invalid param: tenant_key", status=400))
-        return self._grant(app_token.app_id, "tenant", tenant_key)
+            msg = f"invalid param: {wire.TENANT_KEY}"
+            return _Answer(Reply.code(wire.UNKNOWN_APP, msg, status=400))
+        return _Answer(
+            Reply.ok(*self._ledger.grant(app_token.app_id, TokenKind.TENANT, tenant_key))
+        )
 
-    def _grant(self, app_id: str, kind: str, tenant_key: str | None) -> _Answer:
-        now = self._clock.now()
-        current = self._current.get((app_id, kind, tenant_key))
-        if current is None or int(current.expires_at - now) < self._window:
-            token = f"{kind[0]}-{secrets.token_hex(16)}"
-            current = _Issued(token, app_id, kind, tenant_key, now + self._lifetime)
-            self._current[(app_id, kind, tenant_key)] = current
-            self._issued[token] = current
-            self._mints += 1
-            if self._mints % _PRUNE_EVERY == 0:
-                self._issued = {k: v for k, v in self._issued.items() if self._alive(v)}
-        return _Answer(Reply.ok(current.token, int(current.expires_at - now)))
 
-    def _alive(self, issued: _Issued) -> bool:
-        return issued.expires_at > self._clock.now()
-
-    def _mint_ticket(self, app_id: str) -> str:
-        app = self._apps.get(app_id)
-        if app is None or not app.marketplace:
-            raise ValueError(f"FakeFeishu: {app_id!r} is not a registered marketplace app")
-        app.ticket = f"tk-{secrets.token_hex(16)}"
-        return app.ticket
+def _check_kind(method: str, kind: str) -> None:
+    if kind not in _KINDS:
+        raise ValueError(f"FakeFeishu.{method}: kind must be one of {sorted(_KINDS)}: {kind!r}")
 
 
 def _parse(raw: bytes) -> _Body | None:

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Gate", "RecordedRequest", "Reply", "dump_json", "matches", "render_body"]
+from actors._feishu import (
+    CODE_FIELD,
+    CONTENT_TYPE,
+    EXPIRE_FIELD,
+    MSG_FIELD,
+    RATE_LIMIT_RESET_HEADER,
+)
+from actors.testing._protocol import OK, RATE_LIMITED, token_field
 
-_JSON = "application/json; charset=utf-8"
+__all__ = ["Exchange", "Gate", "RecordedRequest", "Reply", "dump_json", "matches", "render_body"]
+
 _BAD_GATEWAY = "<html><body>502 Bad Gateway</body></html>"
 
 Match = tuple[str, str | None, str | None]  # (kind or "any", app_id or None, tenant_key or None)
@@ -35,7 +44,7 @@ class Reply:
 
     status: int = 200
     body: bytes = b""
-    content_type: str = _JSON
+    content_type: str = CONTENT_TYPE
     headers: tuple[tuple[str, str], ...] = ()
     drop: bool = False
     token: str | None = None
@@ -52,13 +61,15 @@ class Reply:
     ) -> Reply:
         """A JSON ``{"code": code, "msg": msg}`` body with the given HTTP status and headers."""
         extra = tuple((headers or {}).items())
-        return cls(status, dump_json({"code": code, "msg": msg}), headers=extra)
+        return cls(status, dump_json({CODE_FIELD: code, MSG_FIELD: msg}), headers=extra)
 
     @classmethod
     def rate_limited(cls, reset: float = 1.0) -> Reply:
         """HTTP 429, code 99991400, and ``x-ogw-ratelimit-reset`` set to ``reset`` seconds."""
-        headers = {"x-ogw-ratelimit-reset": str(reset)}
-        return cls.code(99991400, "request trigger frequency limit", status=429, headers=headers)
+        headers = {RATE_LIMIT_RESET_HEADER: str(reset)}
+        return cls.code(
+            RATE_LIMITED, "request trigger frequency limit", status=429, headers=headers
+        )
 
     @classmethod
     def http(
@@ -70,7 +81,9 @@ class Reply:
     @classmethod
     def truncated(cls) -> Reply:
         """HTTP 200 with JSON cut off mid-key, as when an upstream connection breaks."""
-        return cls(200, b'{"code": 0, "msg": "ok", "tenant_access_tok')
+        field = token_field("tenant")
+        whole = json.dumps({CODE_FIELD: OK, MSG_FIELD: "ok", field: "t-cut"})
+        return cls(200, whole[: whole.index(field) + len(field) - 2].encode())
 
     @classmethod
     def disconnect(cls) -> Reply:
@@ -84,6 +97,18 @@ class Reply:
         The server then accepts the token (:meth:`FakeFeishu.valid_token`) for ``expire`` s.
         """
         return cls(token=token, expire=expire)
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """How the server answers one request, handed to the transport that carries it: the reply,
+    the request kind (a token reply names its field by it), an action to run once the answer is
+    sent (the app_ticket push), and whether the connection should close."""
+
+    reply: Reply
+    kind: str
+    after: Callable[[], None] | None
+    close: bool
 
 
 class Gate:
@@ -146,5 +171,11 @@ def render_body(reply: Reply, kind: str) -> bytes:
     """The bytes of ``reply`` for a request of ``kind`` (a token reply names its field by kind)."""
     if reply.token is None:
         return reply.body
-    name = "app_access_token" if kind == "app" else "tenant_access_token"
-    return dump_json({"code": 0, "msg": "ok", name: reply.token, "expire": reply.expire})
+    return dump_json(
+        {
+            CODE_FIELD: OK,
+            MSG_FIELD: "ok",
+            token_field(kind): reply.token,
+            EXPIRE_FIELD: reply.expire,
+        }
+    )

@@ -7,18 +7,23 @@ import socket
 import threading
 from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import requests
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
-from actors.testing._replies import render_body
+from actors.testing._replies import Exchange, render_body
 
-if TYPE_CHECKING:
-    from actors.testing._fake_feishu import Exchange, FakeFeishu
+__all__ = ["Handler", "InProcessAdapter", "LoopbackServer"]
 
-__all__ = ["InProcessAdapter", "LoopbackServer"]
+
+class Handler(Protocol):
+    """What a transport needs from the server behind it (a FakeFeishu): one answer per request."""
+
+    def handle(self, path: str, raw: bytes) -> Exchange:
+        """Answer a POST of ``raw`` to ``path``, blocking for any hold or latency."""
+        ...
 
 
 def _after(exchange: Exchange) -> None:
@@ -34,7 +39,7 @@ class LoopbackServer(ThreadingHTTPServer):
     # kernel drop SYNs and add whole-second retransmit delays.
     request_queue_size = 512
 
-    def __init__(self, fake: FakeFeishu) -> None:
+    def __init__(self, fake: Handler) -> None:
         self.fake = fake
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
@@ -118,7 +123,7 @@ class InProcessAdapter(BaseAdapter):
     Long simulations use it. Timeouts are not enforced: there is no socket to time out.
     """
 
-    def __init__(self, fake: FakeFeishu) -> None:
+    def __init__(self, fake: Handler) -> None:
         super().__init__()
         self._fake = fake
 

@@ -1,0 +1,178 @@
+"""The Feishu/Lark auth v3 wire protocol in one table (``FEISHU.md``).
+
+Paths, request fields, response fields, and what each response code means for a token manager.
+The client (``_client``), the outcome decision (``_outcomes``), the embedded fake server
+(``actors.testing``) and the benchmarks' baselines all read it from here: a new code or endpoint
+is one row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from actors._config import AppType, TokenKind
+
+__all__ = [
+    "AUTH_PREFIX",
+    "CODES",
+    "CODE_FIELD",
+    "CONTENT_TYPE",
+    "ENDPOINTS",
+    "EXPIRE_FIELD",
+    "MAX_EXPIRE",
+    "MAX_RETRY_AFTER",
+    "MSG_FIELD",
+    "RATE_LIMIT_RESET_HEADER",
+    "RESEND",
+    "TOKEN_INVALID_CODES",
+    "CodeRule",
+    "Endpoint",
+    "Rule",
+    "endpoint_for",
+    "rule_for",
+    "usable_expire",
+]
+
+AUTH_PREFIX = "/open-apis/auth/v3/"
+CONTENT_TYPE = "application/json; charset=utf-8"
+RATE_LIMIT_RESET_HEADER = "x-ogw-ratelimit-reset"  # seconds until the rate limit resets
+
+# Response fields: flat JSON, no "data" wrapper.
+CODE_FIELD = "code"
+MSG_FIELD = "msg"
+EXPIRE_FIELD = "expire"  # the token's *remaining* lifetime in seconds
+
+
+# Tokens live at most two hours; an answer claiming more than a day is nonsense (or an attack:
+# a huge or infinite expire once overflowed the timer thread), never a token to cache.
+MAX_EXPIRE = 86400.0
+
+
+def usable_expire(value: object) -> bool:
+    """Whether ``value`` is a lifetime a token may have: a finite number in (0, MAX_EXPIRE]."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 < value <= MAX_EXPIRE
+    )
+
+
+# The longest a rate limit's reset header is honoured: a gateway asking for hours (or sending
+# nonsense) must not park a key's callers, or overflow a timer, for longer than this.
+MAX_RETRY_AFTER = 300.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One auth endpoint: all are POST with a JSON body and no auth header."""
+
+    path: str
+    app_type: AppType
+    kind: TokenKind | None  # None: app_ticket/resend, which answers no token
+    request_fields: tuple[str, ...]
+
+    @property
+    def token_field(self) -> str | None:
+        """The response field holding the token (``app_access_token`` / ``tenant_access_token``)."""
+        return None if self.kind is None else f"{self.kind.value}_access_token"
+
+
+_SECRET_FIELDS = ("app_id", "app_secret")
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        AUTH_PREFIX + "app_access_token/internal", AppType.SELF_BUILT, TokenKind.APP, _SECRET_FIELDS
+    ),
+    Endpoint(
+        AUTH_PREFIX + "tenant_access_token/internal",
+        AppType.SELF_BUILT,
+        TokenKind.TENANT,
+        _SECRET_FIELDS,
+    ),
+    Endpoint(
+        AUTH_PREFIX + "app_access_token",
+        AppType.MARKETPLACE,
+        TokenKind.APP,
+        (*_SECRET_FIELDS, "app_ticket"),
+    ),
+    # The marketplace tenant token is the second step: it carries the app token, not the secret.
+    Endpoint(
+        AUTH_PREFIX + "tenant_access_token",
+        AppType.MARKETPLACE,
+        TokenKind.TENANT,
+        ("app_access_token", "tenant_key"),
+    ),
+)
+# Makes Feishu push the app_ticket event again; the ticket never comes back in this answer.
+RESEND = Endpoint(AUTH_PREFIX + "app_ticket/resend", AppType.MARKETPLACE, None, _SECRET_FIELDS)
+
+_BY_TYPE_AND_KIND = {(e.app_type, e.kind): e for e in ENDPOINTS}
+
+
+def endpoint_for(app_type: AppType, kind: TokenKind) -> Endpoint:
+    return _BY_TYPE_AND_KIND[(app_type, kind)]
+
+
+class Rule(enum.StrEnum):
+    """What a token manager does with a response code."""
+
+    OK = "ok"  # cache the token
+    PERMANENT = "permanent"  # AuthError: fail every waiter at once, no retry
+    TICKET_INVALID = "ticket_invalid"  # AppTicketError: drop the ticket, resend, wait for a new one
+    RATE_LIMITED = "rate_limited"  # RateLimitedError: back off at least x-ogw-ratelimit-reset
+    # On the marketplace tenant endpoint: the app token it carried is stale, so drop the cached
+    # app token and retry. On business APIs: invalidate exactly the token sent, refetch once.
+    TOKEN_INVALID = "token_invalid"
+    CALLER_BUG = "caller_bug"  # business APIs only: no token sent; refetching cannot help
+    SCOPE = "scope"  # business APIs only: a permission problem, not a token problem
+    TRANSIENT = "transient"  # UpstreamError: retry with backoff
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CodeRule:
+    code: int
+    rule: Rule
+    meaning: str
+
+
+CODES: Mapping[int, CodeRule] = MappingProxyType(
+    {
+        row.code: row
+        for row in (
+            CodeRule(0, Rule.OK, "ok"),
+            CodeRule(10003, Rule.PERMANENT, "invalid param: wrong app_id or unpublished app"),
+            CodeRule(10014, Rule.PERMANENT, "app secret invalid"),
+            CodeRule(99991543, Rule.PERMANENT, "app_id or app_secret incorrect"),
+            CodeRule(10012, Rule.TICKET_INVALID, "app_ticket invalid"),
+            CodeRule(99991400, Rule.RATE_LIMITED, "frequency limit"),
+            CodeRule(99991663, Rule.TOKEN_INVALID, "tenant access token invalid"),
+            CodeRule(99991664, Rule.TOKEN_INVALID, "app access token invalid"),
+            CodeRule(99991671, Rule.TOKEN_INVALID, "access token invalid (format)"),
+            CodeRule(99991661, Rule.CALLER_BUG, "access token missing"),
+            CodeRule(99991672, Rule.SCOPE, "missing scope"),
+            CodeRule(99991679, Rule.SCOPE, "user did not grant the scope"),
+        )
+    }
+)
+
+TOKEN_INVALID_CODES = frozenset(c for c, row in CODES.items() if row.rule is Rule.TOKEN_INVALID)
+
+
+def rule_for(code: int | None, status: int | None = None) -> Rule:
+    """The rule for a response. HTTP 429 is rate limiting whatever the code; unknown codes are
+    transient: a retry costs little, a wrongly permanent verdict fails every waiter at once."""
+    row = CODES.get(code) if code is not None else None
+    if row is not None and row.rule in _BEFORE_STATUS:
+        return row.rule
+    if status == 429:
+        return Rule.RATE_LIMITED
+    return row.rule if row is not None else Rule.TRANSIENT
+
+
+# Codes whose meaning wins over an HTTP 429 status.
+_BEFORE_STATUS = frozenset({Rule.OK, Rule.PERMANENT, Rule.TICKET_INVALID, Rule.RATE_LIMITED})

@@ -1,0 +1,286 @@
+"""The refresh cycle of the TokenActor's keys: start -> attempt -> (queue) -> worker ->
+FetchDone -> decide -> store | retry | reticket | fail; plus prewarm timers, idle eviction,
+invalidation and the app_ticket waits of marketplace apps.
+
+Runs on the TokenActor's thread only (the actor calls it from its message handlers), so it needs
+no locks. It never blocks: upstream calls go to ``Upstream``'s workers, delays are ``Timers``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+
+from loguru import logger
+
+from actors import _messages as m
+from actors import _outcomes as outcomes
+from actors._cache import Entry, RefreshState, TokenCache
+from actors._clock import Clock
+from actors._config import AppConfig, AppType, RefreshPolicy, TokenKey, TokenKind
+from actors._errors import AppTicketError, AuthError, SystemStoppedError
+from actors._events import EventHub, RefreshFailed, TokenRefreshed
+from actors._mask import mask_token, plain_traceback
+from actors._metrics import MetricsRecorder
+from actors._scheduler import Timers
+from actors._source import TokenRequest
+from actors._tickets import TicketBook
+from actors._upstream import Upstream
+from actors._waiters import Continuation, Waiter
+
+__all__ = ["Refresher"]
+
+_log = logger.bind(component="TokenActor")
+
+
+class Refresher:
+    """Refreshes the cache's entries; the TokenActor routes its timer and fetch messages here."""
+
+    def __init__(
+        self,
+        *,
+        apps: Mapping[str, AppConfig],
+        policy: RefreshPolicy,
+        clock: Clock,
+        cache: TokenCache,
+        upstream: Upstream,
+        timers: Timers,
+        events: EventHub,
+        metrics: MetricsRecorder,
+        get: Callable[[TokenKey, Waiter], None],
+    ) -> None:
+        self._apps = apps
+        self._policy = policy
+        self._clock = clock
+        self._cache = cache
+        self._upstream = upstream
+        self._timers = timers
+        self._tickets = TicketBook(timers, wait=policy.ticket_wait)
+        self._events = events
+        self.metrics = metrics
+        self._get = get  # the marketplace tenant flow gets its app token like any caller
+        self._rng = random.Random(policy.seed)
+
+    def answer(
+        self, waiters: list[Waiter], *, token: str | None = None, error: Exception | None = None
+    ) -> None:
+        """Answer every waiter; one that raises must not leave the others unanswered."""
+        now = self._clock.now()
+        for waiter in waiters:
+            try:
+                if token is not None:
+                    if waiter.counted:
+                        self.metrics.get_latency.record(now - waiter.started)
+                    waiter.resolve(token)
+                else:
+                    waiter.fail(error or SystemStoppedError())
+            except Exception as exc:
+                _log.error("a waiter could not be answered:\n{}", plain_traceback(exc))
+
+    # --- refresh cycle: start -> attempt -> (queue) -> worker -> FetchDone -> decide -----------
+
+    def start(self, entry: Entry, cause: str) -> None:
+        entry.begin(cause)
+        self.metrics.fetches_by_cause[cause] += 1
+        self._attempt(entry)
+
+    def _attempt(self, entry: Entry) -> None:
+        app = entry.app
+        if app.app_type is AppType.SELF_BUILT:
+            self._enqueue(entry, TokenRequest(app=app, kind=entry.key.kind))
+        elif entry.key.kind is TokenKind.APP:
+            ticket = entry.ticket_used = self._tickets.ticket(app.app_id)
+            if ticket is None:
+                self._await_ticket(entry)
+            else:
+                self._enqueue(entry, TokenRequest(app=app, kind=TokenKind.APP, app_ticket=ticket))
+        else:
+            # Marketplace tenant tokens take two steps; the app token comes from this same
+            # cache (a hit, or one shared fetch for every tenant of the app).
+            entry.enter(RefreshState.AWAITING_APP_TOKEN)
+            self._get(
+                app.key(TokenKind.APP),
+                Continuation(
+                    self._clock.now(),
+                    on_token=lambda token: self._enqueue(
+                        entry,
+                        TokenRequest(
+                            app=app,
+                            kind=TokenKind.TENANT,
+                            tenant_key=entry.key.tenant_key,
+                            app_token=token,
+                        ),
+                    ),
+                    on_error=lambda error: self._finish_failure(entry, error),
+                ),
+            )
+
+    def _enqueue(self, entry: Entry, request: TokenRequest) -> None:
+        entry.enter(RefreshState.FETCHING)
+        # Keys with callers waiting go first; prewarms follow in order of their hard deadline.
+        deadline = float("-inf") if entry.waiters else entry.expires_at - self._policy.safety_margin
+        self._refused(self._upstream.enqueue(request, deadline))
+
+    def _refused(self, keys: list[TokenKey]) -> None:
+        for key in keys:
+            entry = self._cache.get(key)
+            if entry is not None:
+                self._finish_failure(entry, SystemStoppedError())
+
+    def on_fetch_done(self, done: m.FetchDone) -> None:
+        try:
+            entry = self._cache.get(done.key)
+            if entry is not None and entry.state is RefreshState.FETCHING:
+                self._fetch_result(entry, done)
+        finally:  # the slot is free whatever happened to the result
+            self._refused(self._upstream.finished())
+
+    def _fetch_result(self, entry: Entry, done: m.FetchDone) -> None:
+        self.metrics.fetch_latency.record(done.latency)
+        entry.attempts += 1
+        key = entry.key
+        fact = outcomes.Attempt(
+            kind=key.kind,
+            attempts=entry.attempts,
+            started_at=done.started_at,
+            now=self._clock.now(),
+            ticket_current=self._tickets.ticket(key.app_id) == entry.ticket_used,
+        )
+        decision = outcomes.decide(done.result, fact, self._policy, self._rng)
+        if isinstance(decision, outcomes.Accept):
+            self.metrics.count(key.app_id, key.kind, "fetch_success")
+            self._store(entry, decision.grant.token, done.started_at + decision.grant.expire)
+            return
+        self.metrics.count(key.app_id, key.kind, "fetch_failure")
+        self.metrics.failures_by_error[type(decision.error).__name__] += 1
+        match decision:
+            case outcomes.Retry(error, delay, drop_app_token):
+                self._drop_app_token(entry, drop_app_token)
+                self.metrics.retries += 1
+                _log.bind(key=key.describe(), attempt=entry.attempts).info(
+                    "token fetch failed ({}), retrying in {:.2f}s", error, delay
+                )
+                self._events.publish(RefreshFailed.of(key, error, will_retry=True))
+                entry.enter(RefreshState.RETRY_SCHEDULED)
+                entry.retry_timer = self._timers.at(
+                    self._clock.now() + delay, lambda tid: m.RetryDue(key, tid)
+                )
+            case outcomes.Reticket(error, stale):
+                self._events.publish(RefreshFailed.of(key, error, will_retry=True))
+                if stale:  # 10012 for our newest ticket: drop it and ask for a new one
+                    self._tickets.discard(key.app_id, entry.ticket_used)
+                self._attempt(entry)  # with a newer ticket, or waiting for one
+            case outcomes.Fail(error, drop_app_token):
+                self._drop_app_token(entry, drop_app_token)
+                self._finish_failure(entry, error)
+
+    def _store(self, entry: Entry, token: str, expires_at: float) -> None:
+        same = entry.store(token, expires_at)
+        self.metrics.same_token_refreshes += same
+        now = self._clock.now()
+        self._set_prewarm(entry, self._policy.prewarm_due(expires_at, now, self._rng))
+        _log.bind(key=entry.key.describe(), cause=entry.cause, same_token=same).info(
+            "token refreshed: {} expires in {:.0f}s", mask_token(token), expires_at - now
+        )
+        self._events.publish(TokenRefreshed.of(entry.key, expires_at, entry.cause))
+        self.answer(entry.take_waiters(), token=token)
+
+    def _set_prewarm(self, entry: Entry, due: float | None) -> None:
+        """Replace the key's prewarm timer (None: just cancel it), so at most one is pending."""
+        self._timers.cancel(entry.prewarm_timer)
+        entry.prewarm_timer = None
+        if due is not None:
+            entry.prewarm_timer = self._timers.at(due, lambda tid: m.Prewarm(entry.key, tid))
+
+    def on_retry_due(self, key: TokenKey, timer_id: int) -> None:
+        entry = self._cache.get(key)
+        if entry is not None and entry.retry_timer == timer_id:
+            entry.retry_timer = None
+            self._attempt(entry)
+
+    def _finish_failure(self, entry: Entry, error: Exception) -> None:
+        entry.end_refresh()
+        self.answer(entry.take_waiters(), error=error)
+        self._events.publish(RefreshFailed.of(entry.key, error, will_retry=False))
+        _log.bind(key=entry.key.describe(), cause=entry.cause).warning(
+            "token refresh failed: {}", error
+        )
+        now = self._clock.now()
+        hard = entry.expires_at - self._policy.safety_margin
+        if entry.token is not None and now < hard and not isinstance(error, SystemStoppedError):
+            # Stale-while-revalidate: keep serving the valid token and try again later.
+            self._set_prewarm(entry, min(now + self._policy.retry_cap, now + (hard - now) / 2))
+
+    # --- prewarm, idle eviction, invalidation ----------------------------------------------------
+
+    def on_prewarm(self, key: TokenKey, timer_id: int) -> None:
+        entry = self._cache.get(key)
+        if entry is None or entry.prewarm_timer != timer_id:
+            return
+        entry.prewarm_timer = None
+        if entry.busy:
+            return
+        if self._clock.now() - self._cache.last_read(entry) > self._policy.idle_ttl:
+            # Nobody has read this key for a long time: stop refreshing it forever.
+            self._cache.remove(entry)
+            self.metrics.idle_evictions += 1
+            return
+        self.metrics.prewarms += 1
+        self.start(entry, "prewarm")
+
+    def invalidate(self, token: str) -> bool:
+        entry = self._cache.holding(token)
+        if entry is None:
+            return False  # an older token, or one this system never issued: nothing to drop
+        self._drop(entry)
+        self.metrics.invalidations += 1
+        if not entry.busy:
+            self.start(entry, "invalidate")
+        return True
+
+    def _drop(self, entry: Entry) -> None:
+        entry.drop_token()
+        self._set_prewarm(entry, None)
+
+    def _drop_app_token(self, entry: Entry, drop: bool) -> None:
+        """A marketplace tenant request was refused for its app token: stop serving that one."""
+        app_entry = self._cache.get(entry.app.key(TokenKind.APP)) if drop else None
+        if app_entry is not None:
+            self._drop(app_entry)
+
+    # --- app_ticket ----------------------------------------------------------------------------
+
+    def _await_ticket(self, entry: Entry) -> None:
+        entry.enter(RefreshState.AWAITING_TICKET)
+        app = entry.app
+        if not self._tickets.start_wait(app.app_id, self._clock.now()):
+            return  # already asked; the pushed ticket or the deadline ends this wait too
+        self.metrics.ticket_resends += 1
+        if not self._upstream.resend_ticket(app):
+            self._finish_failure(entry, SystemStoppedError())
+
+    def on_resend_done(self, app_id: str, error: Exception | None) -> None:
+        if error is None:
+            return
+        _log.bind(app_id=app_id).warning("app_ticket resend failed: {}", error)
+        if isinstance(error, AuthError) and self._tickets.abandon(app_id):
+            # Wrong credentials: no ticket will ever come, so do not make callers wait for it.
+            self._fail_app_token_wait(app_id, error)
+
+    def on_set_ticket(self, app_id: str, ticket: str) -> None:
+        if self._tickets.store(app_id, ticket):
+            entry = self._app_token_entry(app_id)
+            if entry is not None and entry.state is RefreshState.AWAITING_TICKET:
+                self._attempt(entry)
+
+    def _fail_app_token_wait(self, app_id: str, error: Exception) -> None:
+        entry = self._app_token_entry(app_id)
+        if entry is not None and entry.state is RefreshState.AWAITING_TICKET:
+            self._finish_failure(entry, error)
+
+    def _app_token_entry(self, app_id: str) -> Entry | None:
+        return self._cache.get(self._apps[app_id].key(TokenKind.APP))
+
+    def on_ticket_deadline(self, app_id: str, timer_id: int) -> None:
+        if self._tickets.deadline_passed(app_id, timer_id):
+            self._fail_app_token_wait(app_id, AppTicketError(app_id, self._tickets.describe_wait()))

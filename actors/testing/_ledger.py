@@ -1,0 +1,91 @@
+"""What the fake server knows: the registered apps with their app_tickets, and every token it
+has issued, under the 30-minute same-token rule with expiry on the server's clock."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from actors._clock import Clock
+
+__all__ = ["App", "Issued", "Ledger"]
+
+# Pruning expired tokens on every mint would make long simulations quadratic.
+_PRUNE_EVERY = 1024
+
+
+@dataclass
+class App:
+    secret: str = field(repr=False)
+    marketplace: bool
+    ticket: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Issued:
+    token: str
+    app_id: str
+    kind: str
+    tenant_key: str | None
+    expires_at: float
+
+
+class Ledger:
+    """Apps, tickets and issued tokens. Not thread-safe: the server calls it under its lock."""
+
+    def __init__(self, clock: Clock, *, lifetime: float, window: float) -> None:
+        self._clock = clock
+        self._lifetime = lifetime
+        self._window = window
+        self.apps: dict[str, App] = {}
+        self._current: dict[tuple[str, str, str | None], Issued] = {}
+        self._issued: dict[str, Issued] = {}
+        self._mints = 0
+
+    def mint_ticket(self, app_id: str) -> str:
+        """A new current app_ticket for a marketplace app; older ones die."""
+        app = self.apps.get(app_id)
+        if app is None or not app.marketplace:
+            raise ValueError(f"FakeFeishu: {app_id!r} is not a registered marketplace app")
+        app.ticket = f"tk-{secrets.token_hex(16)}"
+        return app.ticket
+
+    def grant(self, app_id: str, kind: str, tenant_key: str | None) -> tuple[str, int]:
+        """The token for this key and its whole seconds left: the current one while at least the
+        refresh window remains, else a new one (the old one stays valid until it expires)."""
+        now = self._clock.now()
+        current = self._current.get((app_id, kind, tenant_key))
+        if current is None or int(current.expires_at - now) < self._window:
+            token = f"{kind[0]}-{secrets.token_hex(16)}"
+            current = Issued(token, app_id, kind, tenant_key, now + self._lifetime)
+            self._current[(app_id, kind, tenant_key)] = current
+            self._issued[token] = current
+            self._mints += 1
+            if self._mints % _PRUNE_EVERY == 0:
+                self._issued = {k: v for k, v in self._issued.items() if self._alive(v)}
+        return current.token, int(current.expires_at - now)
+
+    def record(
+        self, token: str, app_id: str, kind: str, tenant_key: str | None, expire: float
+    ) -> None:
+        """Accept a token the server did not mint (a scripted one) for ``expire`` seconds."""
+        expires_at = self._clock.now() + expire
+        self._issued[token] = Issued(token, app_id, kind, tenant_key, expires_at)
+
+    def find(self, token: str) -> Issued | None:
+        """The record of ``token`` if it was issued and not rotated away, expired or not."""
+        return self._issued.get(token)
+
+    def alive(self, token: str) -> Issued | None:
+        """The record of ``token`` if the server accepts it now."""
+        issued = self._issued.get(token)
+        return issued if issued is not None and self._alive(issued) else None
+
+    def rotate(self, app_id: str | None) -> None:
+        """Forget every token of ``app_id`` (or of all apps)."""
+        kept = {k: v for k, v in self._issued.items() if app_id not in (None, v.app_id)}
+        self._issued = kept
+        self._current = {k: v for k, v in self._current.items() if v.token in kept}
+
+    def _alive(self, issued: Issued) -> bool:
+        return issued.expires_at > self._clock.now()
