@@ -10,6 +10,7 @@ import requests
 
 import actors
 from actors._client import FeishuAuthClient
+from actors._source import TokenRequest
 from actors.testing import FakeFeishu, Reply
 
 from .conftest import SECRET
@@ -26,8 +27,8 @@ def client() -> FeishuAuthClient:
 def test_self_built_tenant_and_app_tokens_are_granted(
     client: FeishuAuthClient, app: actors.AppConfig
 ) -> None:
-    tenant = client.fetch(app, TENANT)
-    app_token = client.fetch(app, APP)
+    tenant = client.fetch(TokenRequest(app=app, kind=TENANT))
+    app_token = client.fetch(TokenRequest(app=app, kind=APP))
     assert tenant.token.startswith("t-")
     assert app_token.token.startswith("a-")
     assert 0 < tenant.expire <= 7200
@@ -36,7 +37,7 @@ def test_self_built_tenant_and_app_tokens_are_granted(
 def test_grant_repr_does_not_show_the_token(
     client: FeishuAuthClient, app: actors.AppConfig
 ) -> None:
-    grant = client.fetch(app, TENANT)
+    grant = client.fetch(TokenRequest(app=app, kind=TENANT))
     assert grant.token not in repr(grant)
 
 
@@ -46,7 +47,7 @@ def test_permanent_codes_raise_auth_error(
 ) -> None:
     server.script("tenant", Reply.code(code, "bad credentials", status=400))
     with pytest.raises(actors.AuthError) as info:
-        client.fetch(app, TENANT)
+        client.fetch(TokenRequest(app=app, kind=TENANT))
     assert info.value.code == code
 
 
@@ -54,7 +55,7 @@ def test_wrong_secret_is_an_auth_error_that_does_not_echo_the_secret(server: Fak
     wrong = actors.AppConfig("cli_test", "wrong-secret-123", base_url=server.base_url)
     client = FeishuAuthClient(requests.Session(), timeout=(1.0, 2.0))
     with pytest.raises(actors.AuthError) as info:
-        client.fetch(wrong, TENANT)
+        client.fetch(TokenRequest(app=wrong, kind=TENANT))
     assert info.value.code == 10014
     assert "wrong-secret-123" not in str(info.value)
 
@@ -64,7 +65,7 @@ def test_rate_limit_carries_the_reset_header(
 ) -> None:
     server.script("tenant", Reply.rate_limited(reset=7))
     with pytest.raises(actors.RateLimitedError) as info:
-        client.fetch(app, TENANT)
+        client.fetch(TokenRequest(app=app, kind=TENANT))
     assert info.value.retry_after == 7.0
     assert info.value.status == 429
 
@@ -83,7 +84,7 @@ def test_gateway_pages_truncated_json_and_unknown_codes_are_transient(
 ) -> None:
     server.script("tenant", reply)
     with pytest.raises(actors.UpstreamError) as info:
-        client.fetch(app, TENANT)
+        client.fetch(TokenRequest(app=app, kind=TENANT))
     assert type(info.value) is actors.UpstreamError
     assert info.value.status == status
     assert info.value.attempts == 1
@@ -94,7 +95,7 @@ def test_a_success_body_without_a_token_is_transient(
 ) -> None:
     server.script("tenant", Reply.code(0, "ok"))
     with pytest.raises(actors.UpstreamError, match="without a usable"):
-        client.fetch(app, TENANT)
+        client.fetch(TokenRequest(app=app, kind=TENANT))
 
 
 def test_a_dropped_connection_is_transient(
@@ -102,7 +103,7 @@ def test_a_dropped_connection_is_transient(
 ) -> None:
     server.script("tenant", Reply.disconnect())
     with pytest.raises(actors.UpstreamError):
-        client.fetch(app, TENANT)
+        client.fetch(TokenRequest(app=app, kind=TENANT))
 
 
 def test_connection_refused_is_transient(client: FeishuAuthClient) -> None:
@@ -111,7 +112,7 @@ def test_connection_refused_is_transient(client: FeishuAuthClient) -> None:
         port = sock.getsockname()[1]
     app = actors.AppConfig("cli_test", SECRET, base_url=f"http://127.0.0.1:{port}")
     with pytest.raises(actors.UpstreamError) as info:
-        client.fetch(app, TENANT)
+        client.fetch(TokenRequest(app=app, kind=TENANT))
     assert info.value.status is None
 
 
@@ -120,7 +121,7 @@ def test_read_timeout_is_transient(app: actors.AppConfig, server: FakeFeishu) ->
     client = FeishuAuthClient(requests.Session(), timeout=(1.0, 0.2))
     try:
         with pytest.raises(actors.UpstreamError, match="timed out"):
-            client.fetch(app, TENANT)
+            client.fetch(TokenRequest(app=app, kind=TENANT))
     finally:
         gate.release()
 
@@ -129,7 +130,7 @@ def test_marketplace_app_token_without_ticket_never_calls_feishu(
     client: FeishuAuthClient, market_app: actors.AppConfig, server: FakeFeishu
 ) -> None:
     with pytest.raises(actors.AppTicketError):
-        client.fetch(market_app, APP, app_ticket=None)
+        client.fetch(TokenRequest(app=market_app, kind=APP, app_ticket=None))
     assert server.count() == 0
 
 
@@ -137,10 +138,12 @@ def test_marketplace_two_step_flow_and_stale_ticket(
     client: FeishuAuthClient, market_app: actors.AppConfig, server: FakeFeishu
 ) -> None:
     with pytest.raises(actors.AppTicketError, match="rejected"):
-        client.fetch(market_app, APP, app_ticket="stale-ticket")
+        client.fetch(TokenRequest(app=market_app, kind=APP, app_ticket="stale-ticket"))
     ticket = server.issue_ticket(market_app.app_id)
-    app_token = client.fetch(market_app, APP, app_ticket=ticket)
-    tenant = client.fetch(market_app, TENANT, app_token=app_token.token, tenant_key="tk1")
+    app_token = client.fetch(TokenRequest(app=market_app, kind=APP, app_ticket=ticket))
+    tenant = client.fetch(
+        TokenRequest(app=market_app, kind=TENANT, app_token=app_token.token, tenant_key="tk1")
+    )
     assert tenant.token.startswith("t-")
 
 
@@ -154,8 +157,8 @@ def test_every_call_has_a_connect_and_read_timeout(app: actors.AppConfig) -> Non
 
     client = FeishuAuthClient(RecordingSession(), timeout=(3.05, 10.0))
     for call in (
-        lambda: client.fetch(app, TENANT),
-        lambda: client.fetch(app, APP),
+        lambda: client.fetch(TokenRequest(app=app, kind=TENANT)),
+        lambda: client.fetch(TokenRequest(app=app, kind=APP)),
         lambda: client.resend_ticket(app),
     ):
         with pytest.raises(actors.UpstreamError):
