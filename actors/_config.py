@@ -197,6 +197,12 @@ def resolve_key(
     except ValueError:
         msg = f"kind must be TokenKind.TENANT or TokenKind.APP, got {kind!r}"
         raise ValueError(msg) from None
+    if app_id is not None and not isinstance(app_id, str):
+        msg = f"app_id must be a string or None, got {type(app_id).__name__}"
+        raise ValueError(msg)
+    if tenant_key is not None and not isinstance(tenant_key, str):
+        msg = f"tenant_key must be a string or None, got {type(tenant_key).__name__}"
+        raise ValueError(msg)
     if app_id is None:
         if len(apps) != 1:
             msg = f"app_id is required: this system serves {len(apps)} apps ({', '.join(apps)})"

@@ -150,6 +150,7 @@ class TokenMetrics:
     queued: int = 0
     mailbox_depth: int = 0
     keys_cached: int = 0
+    keys_tracked: int = 0  # keys the TokenActor holds state for, with or without a token
     soonest_expiry_in: float | None = None
     get_latency: LatencySummary = dataclasses.field(default_factory=LatencySummary)
     fetch_latency: LatencySummary = dataclasses.field(default_factory=LatencySummary)
@@ -229,6 +230,7 @@ class MetricsRecorder:
         queued: int,
         mailbox_depth: int,
         keys_cached: int,
+        keys_tracked: int,
         soonest_expiry_in: float | None,
         fast_hits: Mapping[tuple[str, str], int],
         fast_stale: int,
@@ -261,6 +263,7 @@ class MetricsRecorder:
             queued=queued,
             mailbox_depth=mailbox_depth,
             keys_cached=keys_cached,
+            keys_tracked=keys_tracked,
             soonest_expiry_in=soonest_expiry_in,
             get_latency=(
                 self.get_latency if fast_latency is None else self.get_latency.merged(fast_latency)

@@ -207,9 +207,15 @@ class Refresher:
         )
         now = self._clock.now()
         hard = entry.expires_at - self._policy.safety_margin
-        if entry.token is not None and now < hard and not isinstance(error, SystemStoppedError):
-            # Stale-while-revalidate: keep serving the valid token and try again later.
-            self._set_prewarm(entry, min(now + self._policy.retry_cap, now + (hard - now) / 2))
+        if entry.token is not None and now < hard:
+            if not isinstance(error, SystemStoppedError):
+                # Stale-while-revalidate: keep serving the valid token and try again later.
+                self._set_prewarm(entry, min(now + self._policy.retry_cap, now + (hard - now) / 2))
+        elif not entry.busy and not entry.waiters:
+            # Nothing servable and nobody waiting: keep no state for the key (a flood of gets
+            # for bogus tenant keys must not pile up entries). The next get starts afresh.
+            self._set_prewarm(entry, None)
+            self._cache.remove(entry)
 
     # --- prewarm, idle eviction, invalidation ----------------------------------------------------
 

@@ -1,123 +1,34 @@
-"""TokenSystem: starts, wires and stops the actors; TokenProxy: the caller-side handle."""
+"""TokenSystem: starts, wires and stops the actors and their threads."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Self, cast
 
 import pykka
 import requests
 from loguru import logger
 
+from actors import _fork
 from actors import _messages as m
 from actors._client import FeishuAuthClient
 from actors._clock import Clock, SystemClock
-from actors._config import AppConfig, AppType, RefreshPolicy, TokenKey, TokenKind, resolve_key
+from actors._config import AppConfig, RefreshPolicy
 from actors._errors import SystemStoppedError
 from actors._events import EventHub, Subscriber
-from actors._futures import resolved_future
 from actors._metrics import TokenMetrics
+from actors._proxy import TokenProxy
 from actors._scheduler import NextDue, SchedulerActor, Tick
 from actors._snapshot import ReadSnapshot
 from actors._sockets import AbortableAdapter
 from actors._source import TokenSource
 from actors._token_actor import TokenActor
-from actors._waiters import FutureWaiter, PendingFutures
+from actors._waiters import PendingFutures
 from actors._workers import WorkerPool
 
-__all__ = ["TokenProxy", "TokenSystem"]
-
-
-class TokenProxy:
-    """``system.proxy``: every method sends one message and returns a ``pykka.Future``.
-
-    Arguments are validated here; a bad one gives a future that raises ``ValueError``.
-    """
-
-    def __init__(
-        self,
-        ref: pykka.ActorRef[TokenActor],
-        apps: dict[str, AppConfig],
-        clock: Clock,
-        pending: PendingFutures,
-        snapshot: ReadSnapshot | None,
-    ) -> None:
-        self._ref = ref
-        self._apps = apps
-        self._clock = clock
-        self._pending = pending
-        self._snapshot = snapshot
-        self._keys: dict[tuple[Any, str | None, str | None], TokenKey] = {}
-
-    def get_token(
-        self,
-        kind: TokenKind = TokenKind.TENANT,
-        *,
-        tenant_key: str | None = None,
-        app_id: str | None = None,
-    ) -> pykka.Future[str]:
-        """A future of the token of ``kind`` (a miss fetches; concurrent misses share one fetch).
-
-        With fast reads on (the default), a servable cached token comes back as an
-        already-resolved future without a mailbox round trip.
-        """
-        now = self._clock.now()
-        key = self._keys.get((kind, tenant_key, app_id))
-        if key is None:
-            try:
-                key = resolve_key(self._apps, kind, tenant_key, app_id)
-            except ValueError as exc:
-                failed = FutureWaiter(now, self._pending)
-                failed.fail(exc)
-                return failed.future
-            self._keys[kind, tenant_key, app_id] = key
-        if self._snapshot is not None and not self._pending.closed:
-            token = self._snapshot.lookup(key, now, self._clock)
-            if token is not None:
-                return resolved_future(token)
-        waiter = FutureWaiter(now, self._pending)
-        self._send(m.Get(key, waiter), waiter)
-        return waiter.future
-
-    def set_app_ticket(self, ticket: str, *, app_id: str | None = None) -> pykka.Future[None]:
-        """Hand over the app_ticket Feishu pushed (marketplace apps); waiting gets resume."""
-        waiter = FutureWaiter(self._clock.now(), self._pending)
-        try:
-            app = self._apps[resolve_key(self._apps, TokenKind.APP, None, app_id).app_id]
-            if app.app_type is not AppType.MARKETPLACE:
-                msg = f"app {app.app_id} is self-built: it has no app_ticket"
-                raise ValueError(msg)
-            if not isinstance(ticket, str) or not ticket.strip():
-                msg = "app_ticket must be a non-empty string"
-                raise ValueError(msg)
-        except ValueError as exc:
-            waiter.fail(exc)
-        else:
-            self._send(m.SetTicket(app.app_id, ticket, waiter), waiter)
-        return waiter.future
-
-    def invalidate(self, token: str) -> pykka.Future[bool]:
-        """Drop ``token`` if it is still the cached one and fetch a fresh one; True if dropped."""
-        waiter = FutureWaiter(self._clock.now(), self._pending)
-        self._send(m.Invalidate(token, waiter), waiter)
-        return waiter.future
-
-    def metrics(self) -> pykka.Future[TokenMetrics]:
-        """A future of a frozen snapshot of the counters."""
-        waiter = FutureWaiter(self._clock.now(), self._pending)
-        self._send(m.Snapshot(waiter), waiter)
-        return waiter.future
-
-    def _send(self, message: Any, waiter: FutureWaiter) -> None:
-        if self._pending.closed:
-            waiter.fail(SystemStoppedError())
-            return
-        try:
-            self._ref.tell(message)
-        except pykka.ActorDeadError:
-            waiter.fail(SystemStoppedError())
+__all__ = ["TokenSystem"]
 
 
 class TokenSystem:
@@ -153,6 +64,9 @@ class TokenSystem:
         if source is not None and not isinstance(source, TokenSource):
             msg = f"source must be an actors.TokenSource (fetch, resend_ticket), got {source!r}"
             raise ValueError(msg)
+        if session is not None and not isinstance(session, requests.Session):
+            msg = f"session must be a requests.Session, got {type(session).__name__}"
+            raise ValueError(msg)
         if source is not None and session is not None:
             msg = "give either session= (for the built-in Feishu client) or source=, not both"
             raise ValueError(msg)
@@ -165,6 +79,7 @@ class TokenSystem:
         # One worker more than the fetch cap, so an app_ticket resend never queues behind fetches.
         self._pool = WorkerPool(policy.max_concurrent_fetches + 1)
         self._stopped = False
+        self._generation = _fork.current()
         snapshot = ReadSnapshot() if fast_reads else None
         self._scheduler: pykka.ActorRef[SchedulerActor] = SchedulerActor.start(clock)
         try:
@@ -267,6 +182,14 @@ class TokenSystem:
                 raise TimeoutError(msg)
             return remaining
 
+        if self._stopped or self._generation != _fork.current():
+            raise SystemStoppedError() if self._stopped else _fork.forked_error()
+        try:
+            self._settle(left)
+        except pykka.ActorDeadError:  # stopped while settling
+            raise SystemStoppedError() from None
+
+    def _settle(self, left: Callable[[], float]) -> None:
         while True:
             fired = self._scheduler.ask(Tick(), timeout=left())
             busy = self._ref.ask(m.Probe(), timeout=left())
@@ -287,6 +210,11 @@ class TokenSystem:
             return
         self._stopped = True
         self._pending.close()
+        if self._generation != _fork.current():
+            # A forked child has none of the parent's threads to stop (and must not touch the
+            # parent's sockets): answering what is pending here is all there is to do.
+            self._pending.fail_all()
+            return
         deadline = time.monotonic() + timeout
 
         def left() -> float:
@@ -326,7 +254,13 @@ class TokenSystem:
 
 
 def _apps_by_id(app_or_apps: AppConfig | Iterable[AppConfig]) -> dict[str, AppConfig]:
-    apps = [app_or_apps] if isinstance(app_or_apps, AppConfig) else list(app_or_apps)
+    if isinstance(app_or_apps, AppConfig):
+        apps = [app_or_apps]
+    elif isinstance(app_or_apps, Iterable) and not isinstance(app_or_apps, str | bytes):
+        apps = list(app_or_apps)
+    else:
+        msg = f"TokenSystem.start needs an AppConfig or a list of them, got {app_or_apps!r}"
+        raise ValueError(msg)
     if not apps:
         msg = "TokenSystem.start needs at least one AppConfig"
         raise ValueError(msg)

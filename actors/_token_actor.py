@@ -203,5 +203,6 @@ class TokenActor(pykka.ThreadingActor):
             fast_stale=reads.stale_hits() if reads is not None else 0,
             fast_latency=reads.latency() if reads is not None else None,
             keys_cached=len(expiries),
+            keys_tracked=len(self._cache),
             soonest_expiry_in=min(expiries) if expiries else None,
         )
