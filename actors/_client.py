@@ -5,23 +5,53 @@ Every call has a ``(connect, read)`` timeout, the JSON body is parsed whatever t
 protocol table of ``actors._feishu``, into a :class:`Grant` or one of the typed errors of
 ``actors._errors``. One call is one attempt: retries are the TokenActor's business, so the errors
 raised here carry ``attempts=1``.
+
+Hardening against an upstream (or a gateway in front of it) that misbehaves:
+
+- *Deadline.* Socket timeouts bound each read, not the answer: a server sending one byte every
+  0.3 s never trips a 10 s read timeout. So every attempt also has an overall deadline of
+  ``connect + read`` timeout, after which it is an :class:`UpstreamError` and the worker is free.
+  The body is read in small pieces with the deadline checked between them, and capped at
+  ``_MAX_BODY`` (a token answer is about 200 bytes). On the session a TokenSystem creates itself
+  (an :class:`~actors._sockets.AbortableAdapter`), a watchdog also shuts the attempt's socket
+  down when the deadline passes, which bounds a dripped status line and headers as well.
+  **Limit:** with a session passed in by the application, the connect and the status line and
+  headers are bounded only by urllib3's per-operation timeouts (a server dripping its headers can
+  hold that worker); the body still ends at the deadline, give or take one read timeout.
+- *HTTP 429* is rate limiting whatever the body (a gateway's HTML page too): its
+  ``x-ogw-ratelimit-reset`` header is honoured, capped at ``MAX_RETRY_AFTER``.
+- *Upstream text* (``msg``, the content type) goes into errors, and so into logs, only through
+  :func:`actors._mask.redact`: a proxy echoing the request must not leak the app_secret, the
+  app_ticket, the app token or any token-shaped string.
+- *Lifetimes* that are not finite numbers in ``(0, MAX_EXPIRE]`` (``1e10``, ``NaN``, ``1e400``
+  which JSON reads as infinity, zero, negative) are a failed attempt, never a token.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import requests
+import urllib3
 
 from actors import _feishu as feishu
 from actors._config import AppConfig
 from actors._errors import AppTicketError, AuthError, RateLimitedError, UpstreamError
+from actors._mask import redact
+from actors._sockets import Deadline, attempt_deadline
 from actors._source import Grant, TokenRequest
 
 __all__ = ["FeishuAuthClient"]
 
 _HEADERS = {"Content-Type": feishu.CONTENT_TYPE}
+# Request fields whose values must never come back out in an error or a log line.
+_SECRET_FIELDS = ("app_secret", "app_ticket", "app_access_token")
+_MAX_BODY = 64 * 1024  # a token answer is ~200 bytes; anything this large is not one
+_READ_SIZE = 4096
+_MAX_MSG = 200
 
 
 class FeishuAuthClient:
@@ -55,29 +85,90 @@ class FeishuAuthClient:
         self._post(app, feishu.RESEND.path, {k: body[k] for k in feishu.RESEND.request_fields})
 
     def _post(self, app: AppConfig, path: str, body: dict[str, str]) -> dict[str, Any]:
-        try:
-            response = self._session.post(
-                app.base_url + path, json=body, headers=_HEADERS, timeout=self._timeout
-            )
-        except requests.Timeout as exc:
-            raise UpstreamError(None, None, 1, detail=f"timed out ({type(exc).__name__})") from None
-        except requests.RequestException as exc:
-            raise UpstreamError(None, None, 1, detail=f"{type(exc).__name__}") from None
-        return _classify(app, response)
+        secrets = [body.get(name) for name in _SECRET_FIELDS]
+        with attempt_deadline(sum(self._timeout)) as deadline:
+            try:
+                response = self._session.post(
+                    app.base_url + path,
+                    json=body,
+                    headers=_HEADERS,
+                    timeout=self._timeout,
+                    stream=True,
+                )
+            except requests.RequestException as exc:
+                raise _failed(exc, deadline, None) from None
+            try:
+                content = _read_body(response, deadline)
+            finally:
+                response.close()
+        return _classify(app, response.status_code, response.headers, content, secrets)
 
 
-def _classify(app: AppConfig, response: requests.Response) -> dict[str, Any]:
-    """The one response handler: success body, or the typed error its code stands for."""
+def _read_body(response: requests.Response, deadline: Deadline) -> bytes:
+    """The whole body, read a piece at a time (``read1`` returns as soon as any bytes arrive)
+    with the deadline checked between pieces; too large or too late is an UpstreamError."""
     status = response.status_code
+    raw = response.raw
+    pieces: list[bytes] = []
+    size = 0
+    while True:
+        if deadline.passed:
+            raise _past_deadline(deadline, status)
+        try:
+            if not hasattr(raw, "read1"):  # an adapter answering without a stream (a test double)
+                return _within_cap(response.content, len(response.content), status)
+            piece = raw.read1(_READ_SIZE, decode_content=True)
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+            raise _failed(exc, deadline, status) from None
+        if not piece:
+            return b"".join(pieces)
+        size += len(piece)
+        pieces.append(_within_cap(piece, size, status))
+
+
+def _within_cap(piece: bytes, size: int, status: int) -> bytes:
+    """``piece``, unless the body has grown to ``size`` bytes, more than any token answer."""
+    if size > _MAX_BODY:
+        detail = f"answer larger than {_MAX_BODY // 1024} KiB: not a token answer"
+        raise UpstreamError(None, status, 1, detail=detail)
+    return piece
+
+
+def _failed(exc: Exception, deadline: Deadline, status: int | None) -> UpstreamError:
+    """A transport error of one attempt: the deadline, a timeout, or the error's type name."""
+    if deadline.passed:
+        return _past_deadline(deadline, status)
+    timeouts = (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
+    if isinstance(exc, timeouts):
+        return UpstreamError(None, status, 1, detail=f"timed out ({type(exc).__name__})")
+    return UpstreamError(None, status, 1, detail=type(exc).__name__)
+
+
+def _past_deadline(deadline: Deadline, status: int | None) -> UpstreamError:
+    detail = f"no complete answer before the {deadline.seconds:g}s deadline (connect + read)"
+    return UpstreamError(None, status, 1, detail=detail)
+
+
+def _classify(
+    app: AppConfig,
+    status: int,
+    headers: Mapping[str, str],
+    content: bytes,
+    secrets: list[str | None],
+) -> dict[str, Any]:
+    """The one response handler: success body, or the typed error its code stands for."""
     try:
-        data = response.json()
-    except ValueError:
+        data = json.loads(content)
+    except (ValueError, RecursionError):  # not JSON (or nested beyond reason)
         data = None
     if not isinstance(data, dict) or not isinstance(data.get(feishu.CODE_FIELD), int):
-        kind = response.headers.get("Content-Type", "unknown content").split(";")[0]
-        raise UpstreamError(None, status, 1, detail=f"non-JSON or malformed body ({kind})")
+        if status == 429:  # a gateway's page, not Feishu's JSON: rate limiting all the same
+            raise _rate_limited(None, status, headers)
+        kind = redact(headers.get("Content-Type", "unknown content").split(";")[0], secrets)
+        raise UpstreamError(None, status, 1, detail=f"non-JSON or malformed body ({kind[:60]})")
     code: int = data[feishu.CODE_FIELD]
-    msg = str(data.get(feishu.MSG_FIELD, ""))[:200]
+    # Redacted before it is cut short: a cut must not leave half a secret behind.
+    msg = redact(str(data.get(feishu.MSG_FIELD, "")), secrets)[:_MAX_MSG]
     rule = feishu.rule_for(code, status)
     if rule is feishu.Rule.OK:
         return data
@@ -86,11 +177,15 @@ def _classify(app: AppConfig, response: requests.Response) -> dict[str, Any]:
     if rule is feishu.Rule.TICKET_INVALID:
         raise AppTicketError(app.app_id, f"Feishu rejected the app_ticket (code {code})")
     if rule is feishu.Rule.RATE_LIMITED:
-        reset = _reset_seconds(response.headers.get(feishu.RATE_LIMIT_RESET_HEADER))
-        raise RateLimitedError(code, status, 1, retry_after=reset)
+        raise _rate_limited(code, status, headers)
     # Everything else (token-invalid codes, unknown codes) is one transient failed attempt; the
     # outcome decision reads the code to see whether it also means "drop the app token".
     raise UpstreamError(code, status, 1, detail=msg)
+
+
+def _rate_limited(code: int | None, status: int, headers: Mapping[str, str]) -> RateLimitedError:
+    reset = _reset_seconds(headers.get(feishu.RATE_LIMIT_RESET_HEADER))
+    return RateLimitedError(code, status, 1, retry_after=reset)
 
 
 def _grant(data: dict[str, Any], field: str) -> Grant:

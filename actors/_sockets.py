@@ -1,48 +1,249 @@
-"""An HTTPAdapter whose sockets ``stop()`` can shut down, so no worker outlives the system.
+"""Sockets that another thread can shut down: ``stop()`` all of them, a deadline one attempt's.
 
-A worker blocked in an HTTP read cannot be interrupted from another thread, and closing a
+A worker blocked in an HTTP call cannot be interrupted from another thread, and closing a
 ``requests.Session`` only closes idle pooled connections. The adapter below records every socket
-its connections open; shutting them down makes a blocked read return at once with an error,
-which ends the worker's attempt. Used on the session a TokenSystem creates itself; a session
-passed in by the application is left as it is (its calls still end within ``request_timeout``).
+its connections create, before it connects, so shutting it down makes a blocked connect, TLS
+handshake, write or read fail at once:
+
+- :meth:`AbortableAdapter.abort` (called by ``TokenSystem.stop()``) shuts down all of them;
+- an attempt made inside :func:`attempt_deadline` has the sockets it uses shut down by the
+  adapter's watchdog thread once the deadline passes. Socket timeouts bound each read, not the
+  whole answer: a server that drips its status line and headers a byte at a time never trips
+  them, and only this ends such an attempt.
+
+Used on the session a TokenSystem creates itself. A session passed in by the application is
+left as it is: its calls end within urllib3's timeouts, and the client checks the deadline
+between the reads of a body (see ``actors._client``).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import socket
+import sys
 import threading
+import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
 
-__all__ = ["AbortableAdapter"]
+__all__ = ["AbortableAdapter", "Deadline", "attempt_deadline", "current_deadline"]
+
+_local = threading.local()
+
+
+class Deadline:
+    """The overall deadline of one upstream attempt: connect, send, status line, headers, body."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._fired = False
+        self._done = False
+        self._watchdogs: list[_Watchdog] = []
+
+    @property
+    def passed(self) -> bool:
+        """Whether the deadline has passed (a watchdog may have shut its sockets down)."""
+        return self._fired or time.monotonic() >= self.at
+
+    @property
+    def done(self) -> bool:
+        """The attempt ended: nothing is left to shut down."""
+        return self._done
+
+    def watch(self, sock: socket.socket, watchdog: _Watchdog) -> None:
+        """Have ``watchdog`` shut ``sock`` down when the deadline passes."""
+        with self._lock:
+            if self._done:
+                return
+            fired = self._fired
+            first = not fired and watchdog not in self._watchdogs
+            if not fired:
+                self._sockets.append(sock)
+            if first:
+                self._watchdogs.append(watchdog)
+        # Outside the lock: the watchdog calls fire() under its own.
+        if fired:
+            _shutdown(sock)  # the deadline passed already: the attempt must not go on
+        elif first:
+            watchdog.add(self)
+
+    def fire(self) -> None:
+        """Called by a watchdog once the deadline has passed: shut the sockets down."""
+        with self._lock:
+            if self._done or self._fired:
+                return
+            self._fired = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _shutdown(sock)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._done = True
+            self._sockets = []
+            watchdogs = list(self._watchdogs)
+        for watchdog in watchdogs:
+            watchdog.wake()
+
+
+def current_deadline() -> Deadline | None:
+    """The deadline of the attempt running on this thread, if any."""
+    deadline: Deadline | None = getattr(_local, "deadline", None)
+    return deadline
+
+
+@contextmanager
+def attempt_deadline(seconds: float) -> Iterator[Deadline]:
+    """Run one upstream attempt on this thread under an overall deadline of ``seconds``.
+
+    Sockets an :class:`AbortableAdapter` uses inside the block are shut down when it passes;
+    with other adapters the caller checks :attr:`Deadline.passed` itself.
+    """
+    deadline = Deadline(seconds)
+    outer = current_deadline()
+    _local.deadline = deadline
+    try:
+        yield deadline
+    finally:
+        _local.deadline = outer
+        deadline.finish()
+
+
+class _Watchdog:
+    """One thread, started on demand and gone when idle, that fires the deadlines it is given."""
+
+    def __init__(self, name: str = "actors-watchdog") -> None:
+        self._name = name
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._seq = itertools.count()
+        self._running = False
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    def add(self, deadline: Deadline) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            heapq.heappush(self._heap, (deadline.at, next(self._seq), deadline))
+            if self._running:
+                self._cond.notify()
+                return
+            self._running = True
+            thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+        thread.start()
+
+    def wake(self) -> None:
+        """A deadline finished: let the thread drop it (and end, if nothing else is due)."""
+        with self._cond:
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                due = self._next_due()
+                if due is None:
+                    self._running = False
+                    return
+            due.fire()  # outside the lock: fire() takes the deadline's own lock
+
+    def _next_due(self) -> Deadline | None:
+        """Wait (under the lock) for the next deadline to pass; None when idle or closed."""
+        while not self._closed:
+            while self._heap and self._heap[0][2].done:
+                heapq.heappop(self._heap)
+            if not self._heap:
+                return None
+            wait = self._heap[0][0] - time.monotonic()
+            if wait <= 0:
+                return heapq.heappop(self._heap)[2]
+            self._cond.wait(wait)
+        return None
+
+    def close(self, timeout: float) -> None:
+        """Stop watching; the thread has ended when this returns (unless ``timeout`` ran out)."""
+        with self._cond:
+            self._closed = True
+            self._heap = []
+            self._cond.notify_all()
+            threads = list(self._threads)
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
 
 
 class AbortableAdapter(HTTPAdapter):
-    """``requests`` adapter that can shut down every socket it opened (:meth:`abort`)."""
+    """``requests`` adapter that can shut down every socket it opened (:meth:`abort`), and
+    whose attempts end at their :func:`attempt_deadline`."""
 
     def __init__(self, **kwargs: Any) -> None:
         self._lock = threading.Lock()
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         self._aborted = False
+        self._opened = 0
+        self._watchdog = _Watchdog()
         super().__init__(**kwargs)
+
+    @property
+    def sockets_opened(self) -> int:
+        """How many sockets this adapter's connections created (one per new connection)."""
+        with self._lock:
+            return self._opened
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        track = self._track
+        adapter = self
 
         class TrackedHTTP(HTTPConnection):
-            def connect(self) -> None:
-                super().connect()
-                track(self.sock)
+            def _new_conn(self) -> socket.socket:
+                return _new_conn(self, adapter)
+
+            def request(self, *args: Any, **kwargs: Any) -> None:
+                adapter.watch(self.sock)  # a kept-alive connection: this attempt's socket now
+                super().request(*args, **kwargs)
 
         class TrackedHTTPS(HTTPSConnection):
+            _handshake: socket.socket | None = None
+
+            def _new_conn(self) -> socket.socket:
+                sock = _new_conn(self, adapter)
+                # The TLS handshake detaches ``sock`` into an SSLSocket that is not known until
+                # connect() returns; a duplicate of the descriptor keeps the handshake abortable.
+                try:
+                    self._handshake = sock.dup()
+                    adapter.track(self._handshake)
+                except OSError as exc:
+                    sock.close()
+                    msg = f"Failed to establish a new connection: {exc}"
+                    raise NewConnectionError(self, msg) from exc
+                return sock
+
             def connect(self) -> None:
-                super().connect()
-                track(self.sock)
+                try:
+                    super().connect()
+                finally:
+                    if self._handshake is not None:
+                        self._handshake.close()
+                        self._handshake = None
+                adapter.track(self.sock)
+
+            def request(self, *args: Any, **kwargs: Any) -> None:
+                adapter.watch(self.sock)
+                super().request(*args, **kwargs)
 
         class TrackedHTTPPool(HTTPConnectionPool):
             ConnectionCls = TrackedHTTP
@@ -55,26 +256,95 @@ class AbortableAdapter(HTTPAdapter):
             "https": TrackedHTTPSPool,
         }
 
-    def _track(self, sock: socket.socket | None) -> None:
+    def track(self, sock: socket.socket | None, *, new: bool = False) -> None:
+        """Record ``sock`` for :meth:`abort` and the current attempt's deadline; after abort()
+        it is shut down at once and ConnectionAbortedError says why."""
         if sock is None:
             return
         with self._lock:
-            if not self._aborted:
+            aborted = self._aborted
+            if not aborted:
                 self._sockets.add(sock)
-                return
-        _shutdown(sock)  # opened after abort(): close it before it is used
+                self._opened += 1 if new else 0
+        if aborted:
+            _shutdown(sock)
+            raise ConnectionAbortedError("the TokenSystem is stopping")
+        self.watch(sock)
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """Shut ``sock`` down when the deadline of the attempt on this thread passes."""
+        deadline = current_deadline()
+        if sock is not None and deadline is not None:
+            deadline.watch(sock, self._watchdog)
+
+    def check_open(self) -> None:
+        """ConnectionAbortedError once :meth:`abort` has been called, TimeoutError once the
+        deadline of the attempt on this thread has passed."""
+        with self._lock:
+            if self._aborted:
+                raise ConnectionAbortedError("the TokenSystem is stopping")
+        deadline = current_deadline()
+        if deadline is not None and deadline.passed:
+            raise TimeoutError("the attempt's deadline passed")
 
     def abort(self) -> None:
-        """Shut down every socket: blocked reads and writes fail at once."""
+        """Shut down every socket: blocked connects, reads and writes fail at once."""
         with self._lock:
             self._aborted = True
             sockets = list(self._sockets)
         for sock in sockets:
             _shutdown(sock)
+        self._watchdog.close(timeout=1.0)
+
+
+def _new_conn(conn: HTTPConnection, adapter: AbortableAdapter) -> socket.socket:
+    """urllib3's ``HTTPConnection._new_conn``, with the socket tracked before it connects."""
+    try:
+        sock = _create_connection(conn, adapter)
+    except socket.gaierror as exc:
+        raise NameResolutionError(conn.host, conn, exc) from exc
+    except TimeoutError as exc:
+        msg = f"Connection to {conn.host} timed out. (connect timeout={conn.timeout})"
+        raise ConnectTimeoutError(conn, msg) from exc
+    except OSError as exc:
+        raise NewConnectionError(conn, f"Failed to establish a new connection: {exc}") from exc
+    sys.audit("http.client.connect", conn, conn.host, conn.port)
+    return sock
+
+
+def _create_connection(conn: HTTPConnection, adapter: AbortableAdapter) -> socket.socket:
+    """``urllib3.util.connection.create_connection`` with :meth:`AbortableAdapter.track` between
+    creating the socket and connecting it: a connect that hangs (a full backlog, a black hole)
+    can be aborted too."""
+    host = conn._dns_host.strip("[]")
+    error: OSError | None = None
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host, conn.port, allowed_gai_family(), socket.SOCK_STREAM
+    ):
+        sock = socket.socket(family, kind, proto)
+        try:
+            for option in conn.socket_options or ():
+                sock.setsockopt(*option)
+            if conn.timeout is None or isinstance(conn.timeout, int | float):
+                sock.settimeout(conn.timeout)  # else urllib3's "default": the global default
+            if conn.source_address:
+                sock.bind(conn.source_address)
+            adapter.track(sock, new=True)
+            sock.connect(address)
+            # abort() or the deadline may have shut the socket down just before the connect
+            # began: a timed connect then returns at once as if connected, and the first send
+            # would wait out the timeout for a handshake that is still under way.
+            adapter.check_open()
+        except OSError as exc:
+            error = exc
+            sock.close()
+            continue
+        return sock
+    raise error if error is not None else OSError("getaddrinfo returned an empty list")
 
 
 def _shutdown(sock: socket.socket) -> None:
     try:
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:  # already closed
+    except OSError:  # already closed, or not connected yet (a connect then fails at once)
         pass

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
+import time
 from typing import Any
 
 import pytest
 import requests
 
 import actors
+from actors import _feishu as feishu
 from actors._client import FeishuAuthClient
+from actors._sockets import AbortableAdapter
 from actors._source import TokenRequest
 from actors.testing import FakeFeishu, Reply
 
-from .conftest import SECRET
+from .conftest import MARKET_SECRET, SECRET, SystemFactory, drive
 
 TENANT = actors.TokenKind.TENANT
 APP = actors.TokenKind.APP
@@ -164,3 +168,199 @@ def test_every_call_has_a_connect_and_read_timeout(app: actors.AppConfig) -> Non
         with pytest.raises(actors.UpstreamError):
             call()
     assert [kw["timeout"] for kw in seen] == [(3.05, 10.0)] * 3
+
+
+# --- hardening: every attempt ends by its deadline, whatever the upstream sends ----------------
+
+TOKEN = "t-g1044ghJRUIJJ5ELM2ZXFEGDTGVJP3JQQ2YA4WNB"  # token-shaped, as Feishu spells them
+
+
+def test_a_drip_fed_body_fails_at_the_attempts_deadline(
+    app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    # Each byte arrives well within the read timeout, so only an overall deadline ends this:
+    # the whole body would take about 4 s, the deadline (connect + read) is 2 s.
+    server.script("tenant", Reply.drip(Reply.ok(TOKEN, 7200), interval=0.05))
+    client = FeishuAuthClient(requests.Session(), timeout=(1.0, 1.0))
+    with pytest.raises(actors.UpstreamError, match="deadline") as info:
+        client.fetch(TokenRequest(app=app, kind=TENANT))
+    assert info.value.status == 200
+    assert TOKEN not in str(info.value)
+
+
+def test_a_drip_fed_key_frees_its_fetch_slot_at_the_deadline(
+    make_system: SystemFactory, app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    # One fetch slot: the app token's fetch queues behind the dripping tenant token's.
+    system = make_system(app, max_attempts=1, max_concurrent_fetches=1, request_timeout=(0.5, 0.5))
+    server.script("tenant", Reply.drip(Reply.ok(TOKEN, 7200), interval=0.05))
+    dripping = system.proxy.get_token()
+    queued = system.proxy.get_token(actors.TokenKind.APP)
+    with pytest.raises(actors.UpstreamError, match="deadline"):
+        dripping.get(timeout=10)
+    assert queued.get(timeout=10).startswith("a-")
+
+
+def test_drip_fed_headers_fail_at_the_deadline_with_a_session_of_our_own(
+    app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    # The status line and headers (padded to ~400 bytes) would take about 20 s; the deadline is
+    # 1 s. Only the adapter's watchdog, which shuts the socket down, can end a header read.
+    padded = dataclasses.replace(Reply.ok(TOKEN, 7200), headers=(("x-padding", "p" * 300),))
+    server.script("tenant", Reply.drip(padded, interval=0.05, head=True))
+    session = requests.Session()
+    session.mount("http://", AbortableAdapter())
+    client = FeishuAuthClient(session, timeout=(0.5, 0.5))
+    started = time.monotonic()
+    with pytest.raises(actors.UpstreamError, match="deadline"):
+        client.fetch(TokenRequest(app=app, kind=TENANT))
+    assert time.monotonic() - started < 10.0  # wide margin: the headers alone take 20 s
+
+
+def test_an_oversized_body_is_transient(
+    client: FeishuAuthClient, app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    server.script("tenant", Reply.http(200, "x" * 200_000))
+    with pytest.raises(actors.UpstreamError, match="larger than"):
+        client.fetch(TokenRequest(app=app, kind=TENANT))
+
+
+def test_a_connection_reset_mid_body_is_transient(
+    client: FeishuAuthClient, app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    server.script("tenant", Reply.reset_mid_body())
+    with pytest.raises(actors.UpstreamError) as info:
+        client.fetch(TokenRequest(app=app, kind=TENANT))
+    assert type(info.value) is actors.UpstreamError
+
+
+def test_connections_are_reused_after_a_fully_read_answer(
+    app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    session = requests.Session()
+    adapter = AbortableAdapter()
+    session.mount("http://", adapter)
+    client = FeishuAuthClient(session, timeout=(1.0, 2.0))
+    for _ in range(3):
+        client.fetch(TokenRequest(app=app, kind=TENANT))
+    assert adapter.sockets_opened == 1
+
+
+def test_an_html_429_is_rate_limiting_with_the_reset_header(
+    client: FeishuAuthClient, app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    server.script("tenant", Reply.gateway_rate_limited(reset=3))
+    with pytest.raises(actors.RateLimitedError) as info:
+        client.fetch(TokenRequest(app=app, kind=TENANT))
+    assert info.value.retry_after == 3.0
+    assert info.value.status == 429
+
+
+def test_a_huge_rate_limit_reset_is_capped(
+    client: FeishuAuthClient, app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    server.script("tenant", Reply.rate_limited(reset=10_000_000_000))
+    with pytest.raises(actors.RateLimitedError) as info:
+        client.fetch(TokenRequest(app=app, kind=TENANT))
+    assert info.value.retry_after == feishu.MAX_RETRY_AFTER
+
+
+def _echo(secret: str, extra: str = "") -> str:
+    # What a proxy echoing the request body back might say.
+    return f'bad request {{"app_id":"cli_test","app_secret":"{secret}"{extra}}} seen {TOKEN}'
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (Reply.code(10014, _echo(SECRET), status=400), actors.AuthError),
+        (Reply.code(1234, _echo(SECRET), status=500), actors.UpstreamError),
+    ],
+)
+def test_upstream_text_never_carries_the_secret_or_a_token(
+    client: FeishuAuthClient,
+    app: actors.AppConfig,
+    server: FakeFeishu,
+    reply: Reply,
+    error: type[Exception],
+) -> None:
+    server.script("tenant", reply)
+    with pytest.raises(error) as info:
+        client.fetch(TokenRequest(app=app, kind=TENANT))
+    text = f"{info.value} {info.value!r} {vars(info.value)}"
+    assert SECRET not in text and TOKEN not in text
+    assert "bad request" in text  # the rest of the message is kept
+
+
+def test_upstream_text_never_carries_the_requests_ticket_or_app_token(
+    client: FeishuAuthClient, market_app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    ticket, app_token = "tk-0123456789abcdef0123", "a-short7"
+    server.script("app", Reply.code(1234, f"echo {ticket} {MARKET_SECRET}", status=500))
+    server.script("tenant", Reply.code(1234, f"echo app_access_token={app_token}", status=500))
+    with pytest.raises(actors.UpstreamError) as app_info:
+        client.fetch(TokenRequest(app=market_app, kind=APP, app_ticket=ticket))
+    with pytest.raises(actors.UpstreamError) as tenant_info:
+        client.fetch(
+            TokenRequest(app=market_app, kind=TENANT, app_token=app_token, tenant_key="tk1")
+        )
+    assert ticket not in str(app_info.value) and MARKET_SECRET not in str(app_info.value)
+    assert app_token not in str(tenant_info.value)
+
+
+@pytest.mark.parametrize(
+    "expire", [1e10, float("nan"), float("inf"), float("-inf"), -5, 0], ids=repr
+)
+def test_an_unusable_expire_is_a_failed_attempt_never_a_token(
+    client: FeishuAuthClient, app: actors.AppConfig, server: FakeFeishu, expire: float
+) -> None:
+    server.script("tenant", Reply.ok(TOKEN, expire))
+    with pytest.raises(actors.UpstreamError, match="usable") as info:
+        client.fetch(TokenRequest(app=app, kind=TENANT))
+    assert TOKEN not in str(info.value)
+
+
+def test_an_expire_that_json_reads_as_infinity_is_a_failed_attempt(
+    client: FeishuAuthClient, app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    body = f'{{"code":0,"msg":"ok","tenant_access_token":"{TOKEN}","expire":1e400}}'
+    server.script("tenant", Reply.raw(body))
+    with pytest.raises(actors.UpstreamError, match="usable"):
+        client.fetch(TokenRequest(app=app, kind=TENANT))
+
+
+@pytest.mark.parametrize("expire", [1e10, float("inf"), float("nan")], ids=repr)
+def test_an_unusable_expire_fails_the_get_and_the_system_recovers(
+    make_system: SystemFactory,
+    clock: actors.ManualClock,
+    app: actors.AppConfig,
+    server: FakeFeishu,
+    expire: float,
+) -> None:
+    system = make_system(app, max_attempts=3)
+    server.script("tenant", *[Reply.ok(TOKEN, expire)] * 3)
+    with pytest.raises(actors.UpstreamError) as info:
+        drive(system, clock, system.proxy.get_token())
+    assert info.value.attempts == 3
+    server.script("tenant", Reply.ok("t-fine-token", 7200))
+    assert drive(system, clock, system.proxy.get_token()) == "t-fine-token"
+
+
+def test_an_adapter_answering_without_a_stream_is_read_too(app: actors.AppConfig) -> None:
+    class Canned(requests.adapters.BaseAdapter):
+        def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+            response = requests.Response()
+            response.status_code = 200
+            response._content = (
+                b'{"code":0,"msg":"ok","tenant_access_token":"t-canned","expire":60}'
+            )
+            response.request = request
+            return response
+
+        def close(self) -> None:
+            return
+
+    session = requests.Session()
+    session.mount("http://", Canned())
+    grant = FeishuAuthClient(session, timeout=(1.0, 2.0)).fetch(TokenRequest(app=app, kind=TENANT))
+    assert (grant.token, grant.expire) == ("t-canned", 60)

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -395,6 +398,133 @@ def test_max_in_flight_per_key_counts_concurrent_requests_for_one_key(
     assert server.max_in_flight_per_key == 2
     server.reset_stats()
     assert server.max_in_flight_per_key == 0
+
+
+# Fault replies (for the client's fault matrix)
+
+
+def raw_exchange(server: FakeFeishu, path: str, body: bytes) -> socket.socket:
+    """A connection that has sent one POST; the caller reads the answer as it arrives."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=TIMEOUT)
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def test_drip_reply_sends_the_body_a_byte_at_a_time(server: FakeFeishu) -> None:
+    server.script("tenant", Reply.drip(Reply.ok("t-dripped", 7000), interval=0.02))
+
+    with requests.post(
+        server.base_url + TENANT_INTERNAL, json=SELF, timeout=TIMEOUT, stream=True
+    ) as reply:
+        assert reply.status_code == 200  # the status line and headers came at once
+        first = reply.raw.read1(1024)
+        rest = reply.raw.read()
+
+    body = json.loads(first + rest)
+    assert len(first) < len(first + rest)  # not all at once: each byte waits its interval
+    assert (body["tenant_access_token"], body["expire"]) == ("t-dripped", 7000)
+
+
+def test_drip_reply_can_drip_the_status_line_and_headers_too(server: FakeFeishu) -> None:
+    server.script("tenant", Reply.drip(Reply.http(502), interval=0.05, head=True))
+
+    with raw_exchange(server, TENANT_INTERNAL, b"{}") as sock:
+        first = sock.recv(1024)
+        assert 0 < len(first) < len(b"HTTP/1.1 502 Bad Gateway\r\n")
+    reply = post(server, TENANT_INTERNAL, SELF)  # the script is used up: normal answers again
+    assert reply.json()["code"] == 0
+
+
+def test_a_drip_ends_when_the_server_stops(server: FakeFeishu) -> None:
+    server.script("tenant", Reply.drip(Reply.http(502), interval=60.0, head=True))
+    with raw_exchange(server, TENANT_INTERNAL, b"{}") as sock:
+        assert sock.recv(1) == b"H"
+        server.stop()
+        assert sock.recv(1024) == b""  # closed within the timeout, not after 60 s a byte
+
+
+def test_reset_mid_body_breaks_the_read_after_part_of_the_body(server: FakeFeishu) -> None:
+    server.script("tenant", Reply.reset_mid_body(after=5))
+
+    with requests.post(
+        server.base_url + TENANT_INTERNAL, json=SELF, timeout=TIMEOUT, stream=True
+    ) as reply:
+        assert reply.status_code == 200
+        assert int(reply.headers["Content-Length"]) > 5
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            reply.content  # noqa: B018  # reading the body is the point
+    assert post(server, TENANT_INTERNAL, SELF).json()["code"] == 0
+
+
+def test_gateway_rate_limited_reply_is_an_html_429_with_the_reset_header(
+    server: FakeFeishu,
+) -> None:
+    server.script("tenant", Reply.gateway_rate_limited(reset=3))
+
+    reply = post(server, TENANT_INTERNAL, SELF)
+
+    assert reply.status_code == 429
+    assert reply.headers["x-ogw-ratelimit-reset"] == "3"
+    assert reply.headers["Content-Type"] == "text/html"
+    with pytest.raises(requests.JSONDecodeError):
+        reply.json()
+
+
+def test_http_reply_takes_headers(server: FakeFeishu) -> None:
+    server.script("tenant", Reply.http(503, "down", headers={"Retry-After": "9"}))
+    reply = post(server, TENANT_INTERNAL, SELF)
+    assert (reply.status_code, reply.text, reply.headers["Retry-After"]) == (503, "down", "9")
+
+
+def test_raw_reply_sends_exactly_its_body(server: FakeFeishu) -> None:
+    body = '{"code":0,"msg":"ok","tenant_access_token":"t-x","expire":1e400}'
+    server.script("tenant", Reply.raw(body))
+
+    reply = post(server, TENANT_INTERNAL, SELF)
+
+    assert reply.text == body
+    assert reply.headers["Content-Type"].startswith("application/json")
+    assert reply.json()["expire"] == math.inf
+
+
+@pytest.mark.parametrize(
+    ("expire", "spelled"),
+    [(float("nan"), "NaN"), (float("inf"), "Infinity"), (1e10, "10000000000.0"), (-5, "-5")],
+)
+def test_ok_reply_writes_any_expire_as_pythons_json_does(
+    server: FakeFeishu, expire: float, spelled: str
+) -> None:
+    server.script("tenant", Reply.ok("t-odd", expire))
+
+    reply = post(server, TENANT_INTERNAL, SELF)
+
+    assert reply.text.endswith(f'"expire":{spelled}}}')
+
+
+def test_fault_replies_refuse_nonsense() -> None:
+    with pytest.raises(ValueError, match="interval"):
+        Reply.drip(Reply.http(502), interval=0)
+    with pytest.raises(ValueError, match="after"):
+        Reply.reset_mid_body(after=-1)
+
+
+def test_the_in_process_adapter_serves_drips_at_once_and_raises_for_resets(
+    server: FakeFeishu,
+) -> None:
+    session = requests.Session()
+    session.mount(server.base_url, server.adapter())
+    url = server.base_url + TENANT_INTERNAL
+    server.script(
+        "tenant", Reply.drip(Reply.ok("t-at-once", 7000), interval=60.0), Reply.reset_mid_body()
+    )
+
+    with session.post(url, json=SELF, stream=True) as reply:  # streamed like a socket's
+        assert json.loads(reply.raw.read1(4096))["tenant_access_token"] == "t-at-once"
+    with pytest.raises(requests.ConnectionError, match="reset"):
+        session.post(url, json=SELF)
+    assert session.post(url, json=SELF).json()["code"] == 0
 
 
 # FunctionSource

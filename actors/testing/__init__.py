@@ -4,6 +4,29 @@
 30-minute same-token rule, error codes) with expiry on an injectable clock; tests steer it with
 scripted :class:`Reply` objects, :class:`Gate` holds, latency and failure knobs.
 :class:`FunctionSource` skips HTTP altogether: a function answers each token request.
+
+The faults a misbehaving upstream or gateway can produce, for a client's fault matrix
+(``server.script(kind, reply, ...)``; details in :class:`Reply`):
+
+- an error code, any HTTP status: ``Reply.code(10014, "...", status=400)``;
+- rate limiting: ``Reply.rate_limited(reset=3)`` (JSON 99991400) or
+  ``Reply.gateway_rate_limited(reset=3)`` (an HTML 429 page with ``x-ogw-ratelimit-reset``);
+  ``reset=10_000_000_000`` for an absurd reset;
+- a non-JSON gateway page: ``Reply.http(502)`` (any status, body and headers);
+- an unusable lifetime: ``Reply.ok(token, expire)`` with ``1e10``, ``float("nan")``,
+  ``float("inf")``, ``0`` or a negative number (non-finite ones written ``NaN`` / ``Infinity``,
+  as Python's json writes and reads them), or ``Reply.raw('{..."expire":1e400}')`` for a body
+  spelled exactly;
+- broken answers: ``Reply.truncated()`` (cut JSON, complete framing),
+  ``Reply.reset_mid_body()`` (headers and part of the body, then a TCP reset),
+  ``Reply.disconnect()`` (closed without an answer);
+- slow answers: ``Reply.drip(reply, interval=0.3)`` (the body one byte per interval;
+  ``head=True`` drips the status line and headers too);
+- a hang: ``gate = server.hold("tenant")`` blocks matching requests until ``gate.release()``
+  or ``server.stop()``.
+
+Drips and resets need the loopback socket; :meth:`FakeFeishu.adapter` (in-process) answers a
+drip at once and raises ``requests.ConnectionError`` for a reset.
 """
 
 from actors.testing._fake_feishu import FakeFeishu as FakeFeishu

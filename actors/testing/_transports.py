@@ -1,9 +1,16 @@
 """The two ways requests reach a FakeFeishu: a real HTTP/1.1 server on loopback, and an
-in-process ``requests`` adapter that skips the socket but not the server's request handling."""
+in-process ``requests`` adapter that skips the socket but not the server's request handling.
+
+The loopback server writes every reply itself (status line, headers, body), so it can also
+write them wrong on purpose: byte by byte (:meth:`Reply.drip`) or cut off by a reset
+(:meth:`Reply.reset_mid_body`).
+"""
 
 from __future__ import annotations
 
+import io
 import socket
+import struct
 import threading
 from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,8 +19,9 @@ from typing import Any, Protocol, cast
 import requests
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
+from urllib3 import HTTPResponse
 
-from actors.testing._replies import Exchange, render_body
+from actors.testing._replies import Exchange, Reply, render_body
 
 __all__ = ["Handler", "InProcessAdapter", "LoopbackServer"]
 
@@ -43,6 +51,8 @@ class LoopbackServer(ThreadingHTTPServer):
         self.fake = fake
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
+        self._resets: set[socket.socket] = set()
+        self.closing = threading.Event()  # set when the server stops: dripping answers end
         super().__init__(("127.0.0.1", 0), _Handler)
 
     def handle_error(self, request: object, client_address: object) -> None:
@@ -58,12 +68,29 @@ class LoopbackServer(ThreadingHTTPServer):
 
     def close_connections(self) -> None:
         """Wake idle keep-alive handlers (blocked reading the next request) with EOF, while
-        still letting an answer in progress be written."""
+        still letting an answer in progress be written; dripping answers stop."""
+        self.closing.set()
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
             with suppress(OSError):
                 conn.shutdown(socket.SHUT_RD)
+
+    def reset_on_close(self, conn: socket.socket) -> None:
+        """Close ``conn`` with a reset (RST) instead of an orderly FIN once its handler ends."""
+        with suppress(OSError):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with self._lock:
+            self._resets.add(conn)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._lock:
+            reset = request in self._resets
+            self._resets.discard(request)
+        if reset:  # no SHUT_WR first: that would send a FIN ahead of the reset
+            self.close_request(request)
+        else:
+            super().shutdown_request(request)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -97,19 +124,39 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         body = render_body(reply, exchange.kind)
+        cut = reply.cut_after is not None
+        # Written by hand rather than with send_response(): a dripping reply sends even the
+        # status line byte by byte.
+        head = [f"HTTP/1.1 {reply.status} {self.responses.get(reply.status, ('',))[0]}"]
+        head += [f"Content-Type: {reply.content_type}", f"Content-Length: {len(body)}"]
+        head += [f"{name}: {value}" for name, value in reply.headers]
+        if exchange.close or cut:
+            head.append("Connection: close")
+            self.close_connection = True
+        raw_head = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        if reply.cut_after is not None:
+            body = body[: min(reply.cut_after, max(len(body) - 1, 0))]
+            self._server().reset_on_close(self.connection)
         try:
-            self.send_response(reply.status)
-            self.send_header("Content-Type", reply.content_type)
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in reply.headers:
-                self.send_header(name, value)
-            if exchange.close:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
-            self.wfile.flush()
+            if reply.drip_interval > 0 and not reply.drip_head:
+                self._send(raw_head, 0.0)
+                self._send(body, reply.drip_interval)
+            else:  # one flush when not dripping (see wbufsize above)
+                self._send(raw_head + body, reply.drip_interval)
         except OSError:
             self.close_connection = True
+
+    def _send(self, data: bytes, interval: float) -> None:
+        if interval <= 0:
+            self.wfile.write(data)
+            self.wfile.flush()
+            return
+        closing = self._server().closing
+        for i in range(len(data)):
+            if i and closing.wait(interval):
+                raise OSError("FakeFeishu stopped while dripping a reply")
+            self.wfile.write(data[i : i + 1])
+            self.wfile.flush()
 
     def log_message(self, format: str, *args: object) -> None:
         return
@@ -120,7 +167,8 @@ class InProcessAdapter(BaseAdapter):
 
     The same recording, holds, latency, scripts and token rules apply; only the HTTP wire (about
     2 ms of CPU per request through ``requests`` and ``http.server`` in one process) is skipped.
-    Long simulations use it. Timeouts are not enforced: there is no socket to time out.
+    Long simulations use it. Timeouts are not enforced: there is no socket to time out, and a
+    dripping reply arrives at once.
     """
 
     def __init__(self, fake: Handler) -> None:
@@ -134,13 +182,20 @@ class InProcessAdapter(BaseAdapter):
         raw = body.encode() if isinstance(body, str) else body
         exchange = self._fake.handle(request.path_url, raw)
         reply = exchange.reply
-        if reply.drop:
-            raise requests.ConnectionError("FakeFeishu dropped the connection", request=request)
+        if reply.drop or reply.cut_after is not None:
+            what = "dropped the connection" if reply.drop else "reset the connection mid-body"
+            raise requests.ConnectionError(f"FakeFeishu {what}", request=request)
+        data = render_body(reply, exchange.kind)
         response = requests.Response()
         response.status_code = reply.status
-        response.headers = CaseInsensitiveDict({"Content-Type": reply.content_type})
-        response.headers.update(dict(reply.headers))
-        response._content = render_body(reply, exchange.kind)
+        response.headers = CaseInsensitiveDict(_headers(reply, len(data)))
+        # A stream like the one a socket gives, so streaming readers work here too.
+        response.raw = HTTPResponse(
+            body=io.BytesIO(data),
+            headers=dict(response.headers),
+            status=reply.status,
+            preload_content=False,
+        )
         response.url = request.url or ""
         response.request = request
         response.encoding = "utf-8"
@@ -149,3 +204,11 @@ class InProcessAdapter(BaseAdapter):
 
     def close(self) -> None:
         return
+
+
+def _headers(reply: Reply, length: int) -> dict[str, str]:
+    return {
+        "Content-Type": reply.content_type,
+        "Content-Length": str(length),
+        **dict(reply.headers),
+    }

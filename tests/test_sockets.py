@@ -1,0 +1,216 @@
+"""The abortable adapter: stop() reaches sockets that are still connecting or in their TLS
+handshake, and an attempt's deadline shuts its socket down."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+import requests
+
+import actors
+from actors._sockets import AbortableAdapter, attempt_deadline, current_deadline
+
+from .conftest import APP_ID, SECRET, our_threads
+
+Address = tuple[str, int]
+
+# --- connects that hang, observed through the interpreter's audit events ----------------------
+
+_connecting: dict[Address, threading.Event] = {}
+_hooked = False
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if event == "socket.connect" and _connecting:
+        waiter = _connecting.get(args[1])
+        if waiter is not None:
+            waiter.set()
+
+
+def connect_started(address: Address) -> threading.Event:
+    """Set when any socket of this process starts connecting to ``address`` (the
+    ``socket.connect`` audit event fires just before the connect call)."""
+    global _hooked  # noqa: PLW0603  # audit hooks cannot be removed: install one, once
+    if not _hooked:
+        sys.addaudithook(_audit)
+        _hooked = True
+    return _connecting.setdefault(address, threading.Event())
+
+
+@pytest.fixture
+def black_hole() -> Iterator[Address]:
+    """A loopback address whose connects hang: a listener with a backlog of 0, its accept queue
+    filled by connections nobody accepts, so the kernel drops new SYNs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    address: Address = listener.getsockname()
+    fillers: list[socket.socket] = []
+    try:
+        while True:
+            probe = socket.socket()
+            probe.settimeout(0.5)  # a probe, not a wait: a full queue never answers it
+            try:
+                probe.connect(address)
+            except TimeoutError:
+                probe.close()
+                break
+            fillers.append(probe)
+            if len(fillers) > 64:
+                pytest.skip("this kernel accepts connections beyond the listen backlog")
+        yield address
+    finally:
+        _connecting.pop(address, None)
+        for sock in fillers:
+            sock.close()
+        listener.close()
+
+
+def in_thread(call: Any) -> Future[Any]:
+    """Run ``call`` on a daemon thread (it may block long after a failed test)."""
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="test-caller", daemon=True).start()
+    return future
+
+
+def tracked_session() -> tuple[requests.Session, AbortableAdapter]:
+    adapter = AbortableAdapter()
+    session = requests.Session()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session, adapter
+
+
+# --- abort() -------------------------------------------------------------------------------------
+
+
+def test_abort_ends_a_connect_that_hangs(black_hole: Address) -> None:
+    started = connect_started(black_hole)
+    session, adapter = tracked_session()
+    url = f"http://127.0.0.1:{black_hole[1]}/"
+    call = in_thread(lambda: session.post(url, timeout=(10.0, 10.0)))
+    assert started.wait(5)
+    adapter.abort()
+    # The connect would otherwise hang for its 10 s timeout.
+    with pytest.raises(requests.ConnectionError):
+        call.result(timeout=3)
+
+
+def test_stop_aborts_a_fetch_whose_connect_hangs(black_hole: Address) -> None:
+    before = set(our_threads())
+    started = connect_started(black_hole)
+    app = actors.AppConfig(APP_ID, SECRET, base_url=f"http://127.0.0.1:{black_hole[1]}")
+    policy = actors.RefreshPolicy(request_timeout=(10.0, 10.0))
+    system = actors.TokenSystem.start(app, policy=policy)
+    pending = system.proxy.get_token()
+    assert started.wait(5)
+    stopping = time.monotonic()
+    system.stop(timeout=5.0)
+    assert time.monotonic() - stopping < 3.0  # wide margin: the connect would block 10 s
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("actors-fetch")]
+    assert set(our_threads()) <= before
+    with pytest.raises(actors.SystemStoppedError):
+        pending.get(timeout=0)
+
+
+def test_abort_ends_a_tls_handshake_that_hangs() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(5)
+        session, adapter = tracked_session()
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}/"
+        call = in_thread(lambda: session.post(url, timeout=(10.0, 10.0), verify=False))
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            assert conn.recv(1)  # the ClientHello: the client now waits for an answer
+            adapter.abort()
+            with pytest.raises(requests.ConnectionError):
+                call.result(timeout=3)
+
+
+def test_a_connection_opened_after_abort_fails_at_once() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        session, adapter = tracked_session()
+        adapter.abort()
+        with pytest.raises(requests.ConnectionError, match="stopping"):
+            session.post(f"http://127.0.0.1:{listener.getsockname()[1]}/", timeout=(5, 5))
+
+
+# --- deadlines -----------------------------------------------------------------------------------
+
+
+def watchdogs() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "actors-watchdog"}
+
+
+def test_the_watchdog_shuts_a_socket_down_when_its_deadline_passes() -> None:
+    before = watchdogs()
+    adapter = AbortableAdapter()
+    left, right = socket.socketpair()
+    with left, right:
+        left.settimeout(5)  # only a safety net: the shutdown ends the read
+        with attempt_deadline(0.2) as deadline:
+            adapter.watch(left)
+            ours = watchdogs() - before
+            assert left.recv(1) == b""  # EOF: shut down by the watchdog, not timed out
+            assert deadline.passed
+    assert len(ours) == 1
+    for thread in ours:  # nothing left to watch: the thread ends by itself
+        thread.join(5)
+        assert not thread.is_alive()
+
+
+def test_a_socket_used_after_its_attempts_deadline_passed_is_shut_down_at_once() -> None:
+    adapter = AbortableAdapter()
+    left, right = socket.socketpair()
+    with left, right:
+        left.settimeout(5)
+        adapter.watch(left)  # outside any attempt: nothing happens
+        right.send(b"x")
+        assert left.recv(1) == b"x"
+        with attempt_deadline(60.0) as deadline:
+            deadline.fire()  # as the watchdog does when the deadline passes
+            adapter.watch(left)
+            assert left.recv(1) == b""
+
+
+def test_attempt_deadlines_nest_and_are_per_thread() -> None:
+    assert current_deadline() is None
+    with attempt_deadline(5.0) as outer:
+        elsewhere = in_thread(current_deadline)
+        with attempt_deadline(1.0) as inner:
+            assert current_deadline() is inner
+        assert current_deadline() is outer
+        assert elsewhere.result(timeout=5) is None
+    assert current_deadline() is None
+    assert outer.done and inner.done and not outer.passed
+
+
+def test_abort_ends_the_watchdog_thread() -> None:
+    before = watchdogs()
+    adapter = AbortableAdapter()
+    left, right = socket.socketpair()
+    with left, right, attempt_deadline(60.0):
+        adapter.watch(left)
+        ours = watchdogs() - before
+        assert len(ours) == 1
+        adapter.abort()
+        assert not any(thread.is_alive() for thread in ours)
