@@ -122,7 +122,9 @@ class TokenCache:
         self._by_token: dict[str, TokenKey] = {}
 
     def __iter__(self) -> Iterator[Entry]:
-        return iter(self._entries.values())
+        # A copy: answering an entry's waiters can end another entry's refresh, which may
+        # remove that entry (a marketplace tenant whose app-token step failed).
+        return iter(list(self._entries.values()))
 
     def __len__(self) -> int:
         return len(self._entries)

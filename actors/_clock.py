@@ -82,9 +82,11 @@ class ManualClock:
             listener()
 
     def wait(self, event: threading.Event, deadline: float | None) -> bool:
-        # Virtual deadlines are reached through advance(), which calls the subscribers; the
-        # waiting thread itself only needs to be woken by its event.
-        del deadline
+        # Virtual deadlines are reached through advance(), which calls the subscribers and so
+        # sets the event. A deadline already reached returns at once: the advance that reached
+        # it may have happened before the waiter cleared its event.
+        if deadline is not None and self._now >= deadline:
+            return True
         return event.wait()
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:

@@ -39,17 +39,17 @@ class WorkerPool:
                 msg = "worker pool is shut down"
                 raise RuntimeError(msg)
             self._busy += 1
-            thread = None
             # Every unfinished job gets a thread of its own, up to size: a job never waits
             # behind another while the pool has room.
             if self._busy > len(self._threads) and len(self._threads) < self._size:
                 thread = threading.Thread(
                     target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True
                 )
+                # Started under the lock: shutdown() must never see (and join) a thread that is
+                # in the list but not started yet.
+                thread.start()
                 self._threads.append(thread)
         self._jobs.put(job)
-        if thread is not None:
-            thread.start()
 
     @property
     def busy(self) -> int:

@@ -115,3 +115,9 @@ def vserver(clock: actors.ManualClock) -> Iterator[FakeFeishu]:
         fake.add_app(APP_ID, SECRET)
         fake.add_app(MARKET_ID, MARKET_SECRET, marketplace=True)
         yield fake
+
+
+@pytest.fixture
+def vapp(vserver: FakeFeishu) -> actors.AppConfig:
+    """The self-built test app on ``vserver`` (token lifetimes on the manual clock)."""
+    return actors.AppConfig(APP_ID, SECRET, base_url=vserver.base_url)

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import threading
+from typing import TYPE_CHECKING
+
 import pykka
 import pytest
+from loguru import logger
 
 import actors
-from actors._config import TokenKind
+from actors._config import TokenKey, TokenKind
 from actors._snapshot import ReadSnapshot
 from actors.testing import FakeFeishu, Reply
 
-from .conftest import APP_ID, SECRET, SystemFactory
+from .conftest import APP_ID, SystemFactory
 
-KEY = actors.TokenKey("https://x", "cli", TokenKind.TENANT)
+if TYPE_CHECKING:
+    import loguru
+
+KEY = TokenKey("https://x", "cli", TokenKind.TENANT)
 
 
 def test_lookup_serves_only_until_the_safety_margin_and_counts_hits() -> None:
@@ -32,17 +39,13 @@ def test_lookup_serves_only_until_the_safety_margin_and_counts_hits() -> None:
     assert snapshot.latency().count == 2
 
 
-@pytest.fixture
-def vapp(vserver: FakeFeishu) -> actors.AppConfig:
-    return actors.AppConfig(APP_ID, SECRET, base_url=vserver.base_url)
-
-
 def test_a_fast_hit_is_an_already_resolved_future_counted_as_a_hit(
     make_system: SystemFactory, vapp: actors.AppConfig
 ) -> None:
     system = make_system(vapp)
     token = system.proxy.get_token().get(timeout=5)
     future = system.proxy.get_token()
+    assert isinstance(future, pykka.Future)
     assert future.get(timeout=0) == token  # no mailbox round trip to wait for
     metrics = system.metrics()
     assert (metrics.hits, metrics.misses) == (1, 1)
@@ -81,35 +84,66 @@ def test_keys_read_only_through_the_snapshot_are_not_evicted_as_idle(
     assert metrics.misses == 1
 
 
-def test_mailbox_only_systems_publish_nothing(
-    make_system: SystemFactory, vapp: actors.AppConfig
+class ActorHold:
+    """A loguru sink that parks the TokenActor's thread on its next TRACE record (the actor
+    traces every get that misses) until :meth:`release`: the actor is busy, its mailbox waits."""
+
+    def __init__(self) -> None:
+        self.holding = threading.Event()
+        self._released = threading.Event()
+        self._armed = True
+
+    def __call__(self, message: loguru.Message) -> None:
+        record = message.record
+        if (
+            self._armed
+            and record["level"].name == "TRACE"
+            and record["thread"].name.startswith("TokenActor")
+        ):
+            self._armed = False
+            self.holding.set()
+            self._released.wait(timeout=30)  # only bounds a hang if the test fails first
+
+    def release(self) -> None:
+        self._released.set()
+
+
+@pytest.mark.parametrize(
+    ("fast_reads", "answered_while_busy"),
+    [(True, True), (False, False)],
+    ids=["fast-reads", "mailbox-only"],
+)
+def test_only_fast_reads_answer_a_hit_while_the_actor_is_busy(
+    make_system: SystemFactory, vapp: actors.AppConfig, fast_reads: bool, answered_while_busy: bool
 ) -> None:
-    system = make_system(vapp, fast_reads=False)
+    system = make_system(vapp, fast_reads=fast_reads)
     token = system.proxy.get_token().get(timeout=5)
-    assert system.proxy.get_token().get(timeout=5) == token
-    assert system.metrics().hits == 1
-
-
-def test_a_resolved_future_behaves_like_a_pykka_future() -> None:
-    import queue
-
-    from actors._waiters import resolved_future
-
-    future = resolved_future("t-abc")
-    assert isinstance(future, pykka.ThreadingFuture)
-    assert future.get(timeout=0) == "t-abc"
-    assert future.get() == "t-abc"
-    assert future.map(str.upper).get(timeout=1) == "T-ABC"
-    assert future.join(resolved_future("t-def")).get(timeout=1) == ["t-abc", "t-def"]
-    with pytest.raises(queue.Full):
-        future.set("again")
+    hold = ActorHold()
+    sink = logger.add(hold, level="TRACE", filter="actors")
+    logger.enable("actors")
+    try:
+        system.proxy.get_token(actors.TokenKind.APP)  # a miss: the actor traces it and is held
+        assert hold.holding.wait(5)
+        hit = system.proxy.get_token()  # the tenant token is cached and valid
+        try:
+            hit.get(timeout=0)
+        except pykka.Timeout:
+            answered = False  # queued behind the held actor: no snapshot answered it
+        else:
+            answered = True
+        assert answered is answered_while_busy
+    finally:
+        hold.release()
+        logger.disable("actors")
+        logger.remove(sink)
+    assert hit.get(timeout=5) == token
+    metrics = system.metrics()
+    assert (metrics.misses, metrics.hits) == (2, 1)
 
 
 def test_hits_from_many_threads_are_all_counted(
     make_system: SystemFactory, vapp: actors.AppConfig
 ) -> None:
-    import threading
-
     system = make_system(vapp)
     system.proxy.get_token().get(timeout=5)
     barrier = threading.Barrier(8)

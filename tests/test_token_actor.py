@@ -1,10 +1,12 @@
-"""The TokenActor: single flight, non-blocking mailbox, retries, permanent errors, marketplace
-apps, compare-and-invalidate and the reply-message API."""
+"""The TokenActor: retries, argument errors, marketplace apps and the reply-message API.
+
+What every read path must do (single flight, hits, permanent errors, invalidation, stop, the
+safety margin, a mailbox that never waits for a fetch) is in test_read_paths.py, run once per path.
+"""
 
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import pykka
@@ -17,97 +19,6 @@ from .conftest import MARKET_ID, SECRET, SystemFactory, drive, forward_tickets
 
 TENANT = actors.TokenKind.TENANT
 APP = actors.TokenKind.APP
-
-
-def test_a_miss_fetches_and_a_second_get_hits(
-    make_system: SystemFactory, app: actors.AppConfig, server: FakeFeishu
-) -> None:
-    system = make_system(app)
-    first = system.proxy.get_token().get(timeout=5)
-    second = system.proxy.get_token().get(timeout=5)
-    assert first == second
-    assert server.valid_token(first)
-    assert server.count("tenant") == 1
-    metrics = system.metrics()
-    assert (metrics.misses, metrics.hits, metrics.coalesced) == (1, 1, 0)
-
-
-@pytest.mark.parametrize("fast_reads", [True, False], ids=["snapshot", "mailbox"])
-def test_fifty_threads_missing_one_key_cause_exactly_one_upstream_request(
-    make_system: SystemFactory, app: actors.AppConfig, server: FakeFeishu, fast_reads: bool
-) -> None:
-    system = make_system(app, fast_reads=fast_reads)
-    gate = server.hold("tenant")
-    barrier = threading.Barrier(50)
-    futures: list[pykka.Future[str]] = []
-    lock = threading.Lock()
-
-    def caller() -> None:
-        barrier.wait()
-        future = system.proxy.get_token()
-        with lock:
-            futures.append(future)
-
-    threads = [threading.Thread(target=caller) for _ in range(50)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert gate.wait_for_waiting(1)
-    # Every get is in the mailbox ahead of this snapshot, and the fetch is still held.
-    metrics = system.metrics()
-    assert (metrics.misses, metrics.coalesced, metrics.hits) == (1, 49, 0)
-    gate.release()
-    tokens = {future.get(timeout=5) for future in futures}
-    assert len(tokens) == 1
-    assert server.count("tenant") == 1
-
-
-@pytest.mark.parametrize("fast_reads", [True, False], ids=["snapshot", "mailbox"])
-def test_a_cached_key_is_answered_while_another_keys_fetch_hangs(
-    make_system: SystemFactory, server: FakeFeishu, fast_reads: bool
-) -> None:
-    apps = [
-        actors.AppConfig("cli_test", SECRET, base_url=server.base_url),
-        actors.AppConfig("cli_slow", "slow-secret", base_url=server.base_url),
-    ]
-    server.add_app("cli_slow", "slow-secret")
-    system = make_system(apps, fast_reads=fast_reads)
-    cached = system.proxy.get_token(app_id="cli_test").get(timeout=5)
-    gate = server.hold("tenant", app_id="cli_slow")
-    slow = system.proxy.get_token(app_id="cli_slow")
-    assert gate.wait_for_waiting(1)
-    started = time.perf_counter()
-    assert system.proxy.get_token(app_id="cli_test").get(timeout=5) == cached
-    elapsed = time.perf_counter() - started
-    assert elapsed < 0.1  # the slow fetch is held indefinitely; only a blocked mailbox waits
-    with pytest.raises(pykka.Timeout):
-        slow.get(timeout=0)
-    gate.release()
-    assert slow.get(timeout=5).startswith("t-")
-
-
-def test_wrong_secret_fails_every_waiter_with_auth_error_after_one_request(
-    make_system: SystemFactory, server: FakeFeishu
-) -> None:
-    wrong = actors.AppConfig("cli_test", "wrong-secret", base_url=server.base_url)
-    system = make_system(wrong)
-    gate = server.hold("tenant")
-    futures = [system.proxy.get_token() for _ in range(5)]
-    assert gate.wait_for_waiting(1)
-    gate.release()
-    for future in futures:
-        with pytest.raises(actors.AuthError) as info:
-            future.get(timeout=5)
-        assert info.value.code == 10014
-        assert "wrong-secret" not in str(info.value)
-    system.settle()
-    assert server.count("tenant") == 1
-    assert system.metrics().retries == 0
-    # Not cached: the next get tries again.
-    with pytest.raises(actors.AuthError):
-        system.proxy.get_token().get(timeout=5)
-    assert server.count("tenant") == 2
 
 
 @pytest.mark.parametrize(
@@ -206,26 +117,6 @@ def test_unknown_app_and_tenant_key_on_self_built_app_fail_through_the_future(
         system.proxy.get_token(app_id="cli_nope").get(timeout=5)
     with pytest.raises(ValueError, match="tenant_key"):
         system.proxy.get_token(tenant_key="tk").get(timeout=5)
-
-
-def test_compare_and_invalidate_drops_only_the_current_token(
-    make_system: SystemFactory, app: actors.AppConfig, server: FakeFeishu
-) -> None:
-    system = make_system(app)
-    old = system.proxy.get_token().get(timeout=5)
-    server.rotate()  # the server revokes it; a business API would now answer 99991663
-    assert system.proxy.invalidate(old).get(timeout=5) is True
-    system.settle()
-    new = system.proxy.get_token().get(timeout=5)
-    assert new != old
-    assert server.valid_token(new)
-    assert server.count("tenant") == 2
-    # A second caller holding the old token invalidates too late: a no-op, no extra fetch.
-    assert system.proxy.invalidate(old).get(timeout=5) is False
-    assert system.proxy.invalidate("t-never-issued").get(timeout=5) is False
-    system.settle()
-    assert server.count("tenant") == 2
-    assert system.metrics().invalidations == 1
 
 
 def test_another_actor_gets_tokens_as_reply_messages(

@@ -12,12 +12,7 @@ import pytest
 import actors
 from actors.testing import FakeFeishu, Reply
 
-from .conftest import APP_ID, MARKET_ID, MARKET_SECRET, SECRET, SystemFactory
-
-
-@pytest.fixture
-def vapp(vserver: FakeFeishu) -> actors.AppConfig:
-    return actors.AppConfig(APP_ID, SECRET, base_url=vserver.base_url)
+from .conftest import MARKET_ID, MARKET_SECRET, SystemFactory
 
 
 def start_marketplace(
@@ -55,31 +50,6 @@ def test_a_day_of_gets_costs_one_fetch_per_token_lifetime_and_no_caller_waits(
     assert metrics.coalesced == 0
     assert metrics.hits == 24 * 60
     assert metrics.prewarms == upstream
-
-
-@pytest.mark.parametrize("fast_reads", [True, False], ids=["snapshot", "mailbox"])
-def test_a_token_is_never_served_past_its_safety_margin_even_if_the_timer_is_late(
-    make_system: SystemFactory,
-    vapp: actors.AppConfig,
-    vserver: FakeFeishu,
-    clock: actors.ManualClock,
-    fast_reads: bool,
-) -> None:
-    system = make_system(vapp, safety_margin=180.0, fast_reads=fast_reads)
-    first = system.proxy.get_token().get(timeout=5)
-    system.settle()
-    gate = vserver.hold("tenant")
-    # Jump straight past the margin without giving the prewarm timer a chance to run first.
-    clock.advance(7200 - 180)
-    future = system.proxy.get_token()
-    assert gate.wait_for_waiting(1)  # a refresh is out, and held
-    with pytest.raises(pykka.Timeout):
-        future.get(timeout=0)  # not answered with the cached token: it waits for the refresh
-    gate.release()
-    system.settle()
-    second = future.get(timeout=5)
-    assert second != first
-    assert vserver.valid_token(second)
 
 
 def test_a_failing_prewarm_keeps_serving_the_valid_token_and_later_succeeds(

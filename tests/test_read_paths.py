@@ -1,0 +1,418 @@
+"""One behaviour suite, run through every way a caller can read a token.
+
+As pykka runs its test suite once per runtime (and cachetools' ``CacheTestMixin`` once per cache),
+every test here takes the ``path`` fixture and runs once per read path:
+
+- ``fast``: ``system.proxy.get_token()`` with fast reads on (the default): a hit is answered
+  from the TokenActor's published snapshot, everything else goes through the mailbox;
+- ``mailbox``: ``fast_reads=False``: every get is a message to the TokenActor;
+- ``embedded``: another pykka actor tells ``system.actor_ref`` an ``actors.GetToken`` and
+  receives an ``actors.TokenReply``.
+
+A new read path is one adapter class (see :class:`ReadPath`) added to ``READ_PATHS``.
+Only the public API (``actors.*``, ``actors.testing``) is used; time is a ManualClock, waits are
+gates, events and ``system.settle()``: nothing sleeps and nothing measures wall time.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Protocol
+
+import pykka
+import pytest
+
+import actors
+from actors.testing import FakeFeishu, Reply
+
+from .conftest import APP_ID, SECRET, SystemFactory
+
+TENANT = actors.TokenKind.TENANT
+APP = actors.TokenKind.APP
+WAIT = 5.0  # real seconds; only bounds a hang
+
+
+class Pending(Protocol):
+    """A get in progress, whatever the read path: ``concurrent.futures.Future`` fits as it is."""
+
+    def result(self, timeout: float | None = None) -> str:
+        """The token, or raise the get's error (TimeoutError-like if ``timeout`` runs out)."""
+        ...
+
+    def done(self) -> bool: ...
+
+
+class ReadPath(Protocol):
+    """One way of reading tokens from a system.
+
+    ``get()`` returns only once the request has reached the system (answered, or queued in the
+    TokenActor's mailbox), so anything the test sends the system afterwards is handled after it.
+    ``stopped_error`` is what a get started after ``system.stop()`` fails with.
+    """
+
+    id: ClassVar[str]
+    fast_reads: ClassVar[bool]
+    stopped_error: ClassVar[type[Exception]]
+
+    def get(
+        self,
+        system: actors.TokenSystem,
+        kind: actors.TokenKind = TENANT,
+        *,
+        tenant_key: str | None = None,
+        app_id: str | None = None,
+    ) -> Pending: ...
+
+    def close(self) -> None: ...
+
+
+class _PykkaPending:
+    """A ``pykka.Future`` seen through the :class:`Pending` interface."""
+
+    def __init__(self, future: pykka.Future[str]) -> None:
+        self._future = future
+
+    def result(self, timeout: float | None = None) -> str:
+        return self._future.get(timeout=timeout)
+
+    def done(self) -> bool:
+        try:
+            self._future.get(timeout=0)
+        except pykka.Timeout:
+            return False
+        except Exception:  # resolved with an error: done all the same
+            return True
+        return True
+
+
+class FastReads:
+    id: ClassVar[str] = "fast"
+    fast_reads: ClassVar[bool] = True
+    stopped_error: ClassVar[type[Exception]] = actors.SystemStoppedError
+
+    def get(
+        self,
+        system: actors.TokenSystem,
+        kind: actors.TokenKind = TENANT,
+        *,
+        tenant_key: str | None = None,
+        app_id: str | None = None,
+    ) -> Pending:
+        return _PykkaPending(system.proxy.get_token(kind, tenant_key=tenant_key, app_id=app_id))
+
+    def close(self) -> None:
+        return None
+
+
+class MailboxOnly(FastReads):
+    id: ClassVar[str] = "mailbox"
+    fast_reads: ClassVar[bool] = False
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ask:
+    """To the embedding actor: ask ``target`` for a token; resolve ``future`` with the reply."""
+
+    target: pykka.ActorRef[Any]
+    request: dict[str, Any]
+    future: concurrent.futures.Future[str]
+
+
+class _Embedder(pykka.ThreadingActor):
+    """An application actor that gets tokens without blocking its own mailbox."""
+
+    def __init__(self, strays: list[actors.TokenReply]) -> None:
+        super().__init__()
+        self._waiting: dict[int, concurrent.futures.Future[str]] = {}
+        self._tags = itertools.count()
+        self._strays = strays
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, _Ask):
+            tag = next(self._tags)
+            self._waiting[tag] = message.future
+            try:
+                message.target.tell(
+                    actors.GetToken(reply_to=self.actor_ref, tag=tag, **message.request)
+                )
+            except pykka.ActorDeadError as exc:  # what pykka does with a tell to a stopped actor
+                del self._waiting[tag]
+                message.future.set_exception(exc)
+        elif isinstance(message, actors.TokenReply):
+            future = self._waiting.pop(message.tag, None)
+            if future is None:  # a second answer to one GetToken, or one nobody asked for
+                self._strays.append(message)
+            elif message.error is not None:
+                future.set_exception(message.error)
+            else:
+                assert message.token is not None, message
+                future.set_result(message.token)
+
+
+class EmbeddingActor:
+    """Gets through an application actor: ``GetToken(reply_to=its_ref)`` in, ``TokenReply`` out.
+
+    pykka refuses a ``tell`` to a stopped actor with ``ActorDeadError``: after ``stop()`` the
+    TokenActor never sees the message, so that is what an embedding actor gets.
+    """
+
+    id: ClassVar[str] = "embedded"
+    fast_reads: ClassVar[bool] = True  # irrelevant to this path: GetToken is always a message
+    stopped_error: ClassVar[type[Exception]] = pykka.ActorDeadError
+
+    def __init__(self) -> None:
+        self.strays: list[actors.TokenReply] = []
+        self._ref: pykka.ActorRef[_Embedder] = _Embedder.start(self.strays)
+
+    def get(
+        self,
+        system: actors.TokenSystem,
+        kind: actors.TokenKind = TENANT,
+        *,
+        tenant_key: str | None = None,
+        app_id: str | None = None,
+    ) -> Pending:
+        future: concurrent.futures.Future[str] = concurrent.futures.Future()
+        request = {"kind": kind, "tenant_key": tenant_key, "app_id": app_id}
+        # ask(), not tell(): once it returns, the GetToken is in the TokenActor's mailbox.
+        self._ref.ask(_Ask(system.actor_ref, request, future), timeout=WAIT)
+        return future
+
+    def close(self) -> None:
+        self._ref.stop()
+        assert self.strays == [], "every GetToken is answered exactly once"
+
+
+# A new read path: its adapter class here, and every test below runs through it too.
+READ_PATHS: list[type[ReadPath]] = [FastReads, MailboxOnly, EmbeddingActor]
+
+
+@pytest.fixture(params=READ_PATHS, ids=[read_path.id for read_path in READ_PATHS])
+def path(request: pytest.FixtureRequest) -> Iterator[ReadPath]:
+    read_path: ReadPath = request.param()
+    yield read_path
+    read_path.close()
+
+
+Start = Callable[..., actors.TokenSystem]
+
+
+@pytest.fixture
+def start(make_system: SystemFactory, vapp: actors.AppConfig, path: ReadPath) -> Start:
+    """Start a system set up for ``path`` (default app: ``vapp``, on the manual clock)."""
+
+    def start_(
+        app: actors.AppConfig | list[actors.AppConfig] | None = None, **policy: Any
+    ) -> actors.TokenSystem:
+        return make_system(app or vapp, fast_reads=path.fast_reads, **policy)
+
+    return start_
+
+
+def gets_counted(system: actors.TokenSystem) -> tuple[int, int, int]:
+    """(misses, coalesced, hits); a metrics() call is also a mailbox round trip."""
+    m = system.metrics()
+    return m.misses, m.coalesced, m.hits
+
+
+# --- the behaviours ---------------------------------------------------------------------------
+
+
+def test_a_miss_fetches_exactly_once_and_returns_the_token(
+    path: ReadPath, start: Start, vserver: FakeFeishu
+) -> None:
+    system = start()
+    token = path.get(system).result(WAIT)
+    assert vserver.valid_token(token)
+    system.settle()
+    assert vserver.count("tenant") == 1
+    assert gets_counted(system) == (1, 0, 0)
+
+
+def test_a_hit_is_served_from_the_cache_without_an_upstream_request(
+    path: ReadPath, start: Start, vserver: FakeFeishu
+) -> None:
+    system = start()
+    token = path.get(system).result(WAIT)
+    assert path.get(system).result(WAIT) == token
+    system.settle()
+    assert vserver.count("tenant") == 1
+    assert gets_counted(system) == (1, 0, 1)
+
+
+def test_concurrent_misses_of_one_key_share_one_upstream_request(
+    path: ReadPath, start: Start, vserver: FakeFeishu
+) -> None:
+    system = start()
+    gate = vserver.hold("tenant")
+    callers = 50
+    barrier = threading.Barrier(callers)
+    pending: list[Pending] = []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        barrier.wait()
+        got = path.get(system)
+        with lock:
+            pending.append(got)
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert gate.wait_for_waiting(1)
+    # Every get reached the system before this, and the one fetch is still held.
+    assert gets_counted(system) == (1, callers - 1, 0)
+    assert not any(p.done() for p in pending)
+    gate.release()
+    tokens = {p.result(WAIT) for p in pending}
+    assert len(tokens) == 1
+    assert vserver.valid_token(tokens.pop())
+    assert vserver.count("tenant") == 1
+
+
+def test_a_permanent_error_reaches_every_waiter_and_is_not_cached(
+    path: ReadPath, start: Start, vserver: FakeFeishu
+) -> None:
+    system = start(actors.AppConfig(APP_ID, "wrong-secret", base_url=vserver.base_url))
+    gate = vserver.hold("tenant")
+    pending = [path.get(system) for _ in range(5)]
+    assert gate.wait_for_waiting(1)
+    assert gets_counted(system) == (1, 4, 0)  # all five wait on the one request
+    gate.release()
+    for waiter in pending:
+        with pytest.raises(actors.AuthError) as info:
+            waiter.result(WAIT)
+        assert info.value.code == 10014
+        assert "wrong-secret" not in str(info.value)
+    system.settle()
+    assert vserver.count("tenant") == 1
+    assert system.metrics().retries == 0  # permanent: never retried
+    # Not cached: the next get asks again.
+    with pytest.raises(actors.AuthError):
+        path.get(system).result(WAIT)
+    assert vserver.count("tenant") == 2
+
+
+def test_invalidate_drops_exactly_that_token_and_the_next_get_returns_a_new_one(
+    path: ReadPath, start: Start, vserver: FakeFeishu
+) -> None:
+    system = start()
+    old = path.get(system).result(WAIT)
+    app_token = path.get(system, APP).result(WAIT)
+    # A business API answered 99991663 with `old`; Feishu has a new token for the next request.
+    vserver.script("tenant", Reply.ok("t-fresh", 7200))
+    assert system.proxy.invalidate(old).get(timeout=WAIT) is True
+    system.settle()
+    assert path.get(system).result(WAIT) == "t-fresh"
+    assert path.get(system, APP).result(WAIT) == app_token  # the other key is untouched
+    assert vserver.count("tenant") == 2
+    assert vserver.count("app") == 1
+    metrics = system.metrics()
+    assert metrics.invalidations == 1
+    assert metrics.fetches_by_cause == {"miss": 2, "invalidate": 1}
+
+
+def test_invalidating_an_older_token_is_a_no_op(
+    path: ReadPath, start: Start, vserver: FakeFeishu
+) -> None:
+    system = start()
+    old = path.get(system).result(WAIT)
+    vserver.script("tenant", Reply.ok("t-fresh", 7200))
+    assert system.proxy.invalidate(old).get(timeout=WAIT) is True
+    system.settle()
+    assert path.get(system).result(WAIT) == "t-fresh"
+    # A second caller that held the old token invalidates too late: nothing is dropped.
+    assert system.proxy.invalidate(old).get(timeout=WAIT) is False
+    assert system.proxy.invalidate("t-never-issued").get(timeout=WAIT) is False
+    system.settle()
+    assert path.get(system).result(WAIT) == "t-fresh"
+    assert vserver.count("tenant") == 2
+    assert system.metrics().invalidations == 1
+
+
+def test_stop_fails_a_pending_get_and_every_later_get(
+    path: ReadPath, start: Start, vserver: FakeFeishu
+) -> None:
+    system = start()
+    path.get(system).result(WAIT)  # cached: a fast read could answer it, but must not
+    gate = vserver.hold("app")
+    pending = path.get(system, APP)
+    assert gate.wait_for_waiting(1)
+    assert not pending.done()
+    system.stop()
+    with pytest.raises(actors.SystemStoppedError):
+        pending.result(WAIT)
+    with pytest.raises(path.stopped_error):
+        path.get(system).result(WAIT)
+    with pytest.raises(path.stopped_error):
+        path.get(system, APP).result(WAIT)
+
+
+def test_a_token_is_not_served_once_the_clock_passes_its_safety_margin(
+    path: ReadPath, start: Start, vserver: FakeFeishu, clock: actors.ManualClock
+) -> None:
+    system = start(safety_margin=180.0)
+    first = path.get(system).result(WAIT)
+    system.settle()
+    gate = vserver.hold("tenant")
+    # Straight to expires_at - safety_margin, without giving the prewarm timer a turn first:
+    # validity is checked when the get is read, whatever the timers did.
+    clock.advance(7200 - 180)
+    pending = path.get(system)
+    assert gate.wait_for_waiting(1)  # a fetch is out, and held
+    assert not pending.done()  # it waits for that fetch rather than take the old token
+    gate.release()
+    second = pending.result(WAIT)
+    assert second != first
+    assert vserver.valid_token(second)
+
+
+def test_a_cached_key_is_answered_while_another_keys_fetch_is_held(
+    path: ReadPath, start: Start, vserver: FakeFeishu
+) -> None:
+    vserver.add_app("cli_slow", "slow-secret")
+    system = start(
+        [
+            actors.AppConfig(APP_ID, SECRET, base_url=vserver.base_url),
+            actors.AppConfig("cli_slow", "slow-secret", base_url=vserver.base_url),
+        ]
+    )
+    cached = path.get(system, app_id=APP_ID).result(WAIT)
+    gate = vserver.hold("tenant", app_id="cli_slow")
+    slow = path.get(system, app_id="cli_slow")
+    assert gate.wait_for_waiting(1)
+    # Answered while the other key's fetch is held (indefinitely: only a release ends it).
+    assert path.get(system, app_id=APP_ID).result(WAIT) == cached
+    assert gate.waiting == 1
+    assert not slow.done()
+    gate.release()
+    assert vserver.valid_token(slow.result(WAIT))
+
+
+def test_metrics_count_each_get_exactly_once(
+    path: ReadPath, start: Start, vserver: FakeFeishu
+) -> None:
+    system = start()
+    gate = vserver.hold("tenant")
+    waiting = [path.get(system) for _ in range(3)]
+    assert gate.wait_for_waiting(1)
+    assert gets_counted(system) == (1, 2, 0)
+    gate.release()
+    token = waiting[0].result(WAIT)
+    assert all(p.result(WAIT) == token for p in waiting)
+    for _ in range(4):
+        assert path.get(system).result(WAIT) == token
+    m = system.metrics()
+    assert (m.misses, m.coalesced, m.hits) == (1, 2, 4)
+    assert m.gets == 7
+    assert m.by_app_kind[APP_ID, "tenant"] == actors.KindMetrics(
+        hits=4, misses=1, coalesced=2, fetch_success=1
+    )
+    assert m.get_latency.count == 7
+    assert m.hit_rate == pytest.approx(4 / 7)
