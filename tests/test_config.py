@@ -65,6 +65,18 @@ def test_keys_differ_by_domain_app_kind_and_tenant() -> None:
         ({"request_timeout": (1.0,)}, "request_timeout"),
         ({"request_timeout": (0, 5)}, "request_timeout"),
         ({"retry_base": -1}, "retry_base"),
+        # NaN slips through every range check and infinity makes timers that never fire.
+        ({"retry_cap": float("nan")}, "retry_cap"),
+        ({"safety_margin": float("nan")}, "safety_margin"),
+        ({"retry_base": float("inf")}, "retry_base"),
+        ({"ticket_wait": float("inf")}, "ticket_wait"),
+        ({"idle_ttl": float("nan")}, "idle_ttl"),
+        ({"jitter": float("nan")}, "jitter"),
+        ({"prewarm_lead": float("nan")}, "prewarm_lead"),
+        ({"report_interval": float("inf")}, "report_interval"),
+        ({"request_timeout": (float("inf"), float("inf"))}, "request_timeout"),
+        ({"request_timeout": (3.0, float("nan"))}, "request_timeout"),
+        ({"request_timeout": (-1.0, 5.0)}, "request_timeout"),
     ],
 )
 def test_invalid_policy_raises_value_error_naming_the_field(

@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import actors
-from actors._scheduler import Cancel, DeadlineIndex, NextDue, Schedule, SchedulerActor, Tick
+from actors._scheduler import (
+    Cancel,
+    DeadlineIndex,
+    NextDue,
+    Schedule,
+    SchedulerActor,
+    Tick,
+    TicksSent,
+)
 
 REF: Any = object()  # the index only stores targets; it never calls them
 
@@ -130,3 +138,66 @@ def test_stopping_the_scheduler_stops_its_driver_thread() -> None:
     scheduler = SchedulerActor.start(actors.SystemClock())
     scheduler.stop()
     assert not [t for t in threading.enumerate() if t.name == "actors-timer-driver"]
+
+
+def test_the_system_clock_driver_sends_about_one_tick_per_timer() -> None:
+    # The driver used to re-send Ticks for a deadline the actor had not removed yet: 54,629 Ticks
+    # for 44 timers in 6 s. At most one Tick is outstanding now.
+    clock = actors.SystemClock()
+    deliveries = Deliveries()
+    scheduler = SchedulerActor.start(clock)
+    recorder = Recorder.start(deliveries)
+    try:
+        now = clock.now()
+        for i in range(40):
+            scheduler.tell(Schedule(i, now + 0.005 * i, recorder, i))
+        assert deliveries.wait_for(40)
+        ticks: int = scheduler.ask(TicksSent())
+        assert sorted(deliveries.got) == list(range(40))
+        assert ticks <= 40 + 2  # one per deadline at most, give or take a race with a rearm
+    finally:
+        scheduler.stop()
+        recorder.stop()
+
+
+def test_a_non_finite_due_time_is_refused_and_the_timers_keep_firing() -> None:
+    clock = actors.SystemClock()
+    deliveries = Deliveries()
+    scheduler = SchedulerActor.start(clock)
+    recorder = Recorder.start(deliveries)
+    try:
+        scheduler.tell(Schedule(1, float("nan"), recorder, "nan"))
+        scheduler.tell(Schedule(2, float("inf"), recorder, "inf"))
+        scheduler.tell(Schedule(3, clock.now(), recorder, "now"))
+        assert deliveries.wait_for(1)
+        assert deliveries.got == ["now"]
+        assert scheduler.is_alive()
+        assert scheduler.ask(NextDue()) is None  # neither bad timer was stored
+    finally:
+        scheduler.stop()
+        recorder.stop()
+
+
+def test_a_far_deadline_does_not_kill_the_timer_thread() -> None:
+    # 1e10 s ahead overflowed the platform's timed wait and killed the driver for good.
+    clock = actors.SystemClock()
+    deliveries = Deliveries()
+    scheduler = SchedulerActor.start(clock)
+    recorder = Recorder.start(deliveries)
+    try:
+        scheduler.tell(Schedule(1, clock.now() + 1e10, recorder, "far"))
+        assert scheduler.ask(NextDue()) is not None
+        scheduler.tell(Schedule(2, clock.now(), recorder, "now"))
+        assert deliveries.wait_for(1)
+        assert deliveries.got == ["now"]
+        assert [t for t in threading.enumerate() if t.name == "actors-timer-driver"]
+    finally:
+        scheduler.stop()
+        recorder.stop()
+
+
+def test_manual_clock_wait_returns_at_once_for_a_deadline_already_reached() -> None:
+    clock = actors.ManualClock(start=10.0)
+    never_set = threading.Event()
+    assert clock.wait(never_set, 5.0)
+    assert clock.wait(never_set, 10.0)
