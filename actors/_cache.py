@@ -153,9 +153,8 @@ class TokenCache:
 
     def last_read(self, entry: Entry) -> float:
         """When the key was last read, by the mailbox path or a fast read."""
-        if self._snapshot is None:
-            return entry.last_read
-        return max(entry.last_read, self._snapshot.reads.get(entry.key, entry.last_read))
+        fast = self._snapshot.last_read(entry.key) if self._snapshot is not None else None
+        return entry.last_read if fast is None else max(entry.last_read, fast)
 
     def reindex(self, entry: Entry, token: str | None) -> None:
         if entry.token is not None and entry.token != token:

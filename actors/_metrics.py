@@ -33,11 +33,12 @@ class LatencyHistogram:
             return 0
         return min(_BUCKETS - 1, 1 + int(math.log(seconds / _MIN_SECONDS) / math.log(_GROWTH)))
 
-    def record(self, seconds: float) -> None:
+    def record(self, seconds: float, *, weight: int = 1) -> None:
+        """Record one latency; a sample standing for ``weight`` events counts that many."""
         seconds = max(0.0, seconds)
-        self._counts[self._bucket(seconds)] += 1
-        self.count += 1
-        self.total += seconds
+        self._counts[self._bucket(seconds)] += weight
+        self.count += weight
+        self.total += seconds * weight
         self.max = max(self.max, seconds)
 
     def percentile(self, q: float) -> float:

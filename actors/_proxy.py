@@ -8,6 +8,7 @@ one used in a process forked after it started, gives one that raises ``SystemSto
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,12 +16,11 @@ import pykka
 
 from actors import _fork
 from actors import _messages as m
-from actors._clock import Clock
+from actors._clock import Clock, SystemClock
 from actors._config import AppConfig, AppType, TokenKey, TokenKind, resolve_key
 from actors._errors import SystemStoppedError
-from actors._futures import resolved_future
 from actors._metrics import TokenMetrics
-from actors._snapshot import ReadSnapshot
+from actors._snapshot import SAMPLE_MASK, Cell, ReadSnapshot
 from actors._waiters import FutureWaiter, PendingFutures
 
 __all__ = ["TokenProxy"]
@@ -44,9 +44,12 @@ class TokenProxy:
         self._ref = ref
         self._apps = apps
         self._clock = clock
+        # The hit path calls the clock on every get: skip the wrapper for real time.
+        self._now: Callable[[], float] = time.monotonic if type(clock) is SystemClock else clock.now
         self._pending = pending
         self._snapshot = snapshot
-        self._keys: dict[tuple[Any, Any, Any], TokenKey] = {}
+        self._keys: dict[tuple[Any, Any, Any], TokenKey] = {}  # validated arguments
+        self._cells: dict[tuple[Any, Any, Any], Cell] = {}  # arguments -> the key's cell
         self._generation = _fork.current()
 
     def get_token(
@@ -61,25 +64,44 @@ class TokenProxy:
         With fast reads on (the default), a servable cached token comes back as an
         already-resolved future without a mailbox round trip.
         """
-        now = self._clock.now()
+        # The hit path, inlined: ReadSnapshot.lookup does the same steps for a key.
+        now = self._now()
         try:
-            key = self._keys.get((kind, tenant_key, app_id))
-        except TypeError:  # an unhashable argument: resolve_key says which one is wrong
+            cell = self._cells.get((kind, tenant_key, app_id))
+        except TypeError:  # an unhashable argument: the slow path says which one is wrong
+            cell = None
+        if cell is not None:
+            published = cell.published
+            if published is not None and now < published.serve_until:
+                cell.last_read = now
+                if published.refreshing:
+                    next(cell.stale)
+                if not next(cell.hits) & SAMPLE_MASK:
+                    self._snapshot.sample(self._now() - now)  # type: ignore[union-attr]
+                return published.future
+        return self._get(kind, tenant_key, app_id, now)
+
+    def _get(self, kind: Any, tenant_key: Any, app_id: Any, now: float) -> pykka.Future[str]:
+        args = (kind, tenant_key, app_id)
+        try:
+            key = self._keys.get(args)
+        except TypeError:
             key = None
         if key is None:
             try:
                 key = resolve_key(self._apps, kind, tenant_key, app_id)
             except ValueError as exc:
                 return _failed(exc)
-            if len(self._keys) >= _KEY_MEMO_SIZE:
-                self._keys.clear()
-            self._keys[kind, tenant_key, app_id] = key
+            _remember(self._keys, args, key)
         if self._generation != _fork.current():
             return self._in_forked_child(key, now)
-        if self._snapshot is not None and not self._pending.closed:
-            token = self._snapshot.lookup(key, now, self._clock)
-            if token is not None:
-                return resolved_future(token)
+        if self._snapshot is not None:
+            cell = self._snapshot.cells.get(key)
+            if cell is not None:
+                _remember(self._cells, args, cell)
+                published = self._snapshot.lookup(key, now, self._now)
+                if published is not None:
+                    return published.future
         return self._ask(lambda waiter: m.Get(key, waiter))
 
     def set_app_ticket(self, ticket: str, *, app_id: str | None = None) -> pykka.Future[None]:
@@ -119,12 +141,16 @@ class TokenProxy:
         return waiter.future
 
     def _in_forked_child(self, key: TokenKey, now: float) -> pykka.Future[str]:
-        # The copied snapshot is read without its counters: their locks may have been held by a
-        # parent thread at the moment of the fork, and would stay locked here forever.
-        published = self._snapshot.entries.get(key) if self._snapshot is not None else None
-        if published is not None and now < published.serve_until:
-            return resolved_future(published.token)
-        return _failed(_fork.forked_error())
+        published = self._snapshot.lookup(key, now, self._now) if self._snapshot else None
+        return published.future if published is not None else _failed(_fork.forked_error())
+
+
+def _remember(
+    memo: dict[tuple[Any, Any, Any], Any], args: tuple[Any, Any, Any], value: Any
+) -> None:
+    if len(memo) >= _KEY_MEMO_SIZE:
+        memo.clear()  # bounded: a flood of distinct tenant keys must not grow it forever
+    memo[args] = value
 
 
 def _failed(error: Exception) -> pykka.Future[Any]:

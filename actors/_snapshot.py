@@ -1,107 +1,157 @@
 """The read snapshot: cache hits answered without a mailbox round trip.
 
 The TokenActor stays the only writer of the cache. After every change it publishes an immutable
-``PublishedToken`` per key into a plain dict; callers read it with one ``dict.get`` (atomic under
-the GIL) and, while the token is still servable, get an already-resolved future. Everything
-else (misses, expired entries, refresh decisions) still goes through the actor's mailbox.
-The snapshot carries ``serve_until`` (``expires_at - safety_margin``), so validity is checked at
-read time against the clock, exactly as the actor would.
+:class:`Published` record into the key's :class:`Cell`: the token, ``serve_until``
+(``expires_at - safety_margin``, so validity is still checked at read time against the clock,
+exactly as the actor would), whether a refresh is under way, and one already-resolved future
+shared by every hit on that token. A hit is then a dict lookup, an attribute read, a comparison
+and two C-level counter increments. Everything else (misses, expired entries, refresh decisions)
+still goes through the actor's mailbox.
+
+Counting stays exact without a lock: ``next(itertools.count)`` is one C call, atomic under the
+GIL, so concurrent readers never lose a count. Hit latency is *sampled* (one hit in
+``SAMPLE_EVERY`` per key is timed, into a per-thread histogram, weighted by ``SAMPLE_EVERY``), so
+hit-latency percentiles come from samples while the counts stay exact.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import Counter
+from collections.abc import Callable
 from typing import NamedTuple
 
-from actors._clock import Clock
+from actors import _fork
 from actors._config import TokenKey
+from actors._futures import ResolvedFuture
 from actors._metrics import LatencyHistogram
 
-__all__ = ["PublishedToken", "ReadSnapshot"]
+__all__ = ["SAMPLE_EVERY", "Cell", "Published", "ReadSnapshot"]
+
+SAMPLE_EVERY = 64  # one hit in this many (per key) is timed
+SAMPLE_MASK = SAMPLE_EVERY - 1
 
 
-class PublishedToken(NamedTuple):
+class Published(NamedTuple):
     token: str
     serve_until: float
     refreshing: bool  # a refresh is under way: a hit now is a stale-while-revalidate hit
+    future: ResolvedFuture[str]  # handed to every hit on this token
 
 
-class _ThreadStats:
-    """One reader thread's counters: only that thread writes them, so no lock is needed."""
+class Cell:
+    """One key's published token and its fast-read counters; readers hold on to cells."""
 
-    __slots__ = ("hits", "latency", "stale")
+    __slots__ = ("hits", "key", "last_read", "published", "stale")
 
-    def __init__(self) -> None:
-        self.hits: Counter[tuple[str, str]] = Counter()
-        self.stale = 0
-        self.latency = LatencyHistogram()
+    def __init__(self, key: TokenKey) -> None:
+        self.key = key
+        self.published: Published | None = None
+        self.hits = itertools.count()
+        self.stale = itertools.count()
+        self.last_read = float("-inf")  # written by readers (last write wins), for idle eviction
+
+
+def _value(counter: itertools.count[int]) -> int:
+    """How many times ``next()`` was called on ``counter``, without calling it (repr: count(N))."""
+    return int(repr(counter)[6:-1])
 
 
 class ReadSnapshot:
     """Written by the TokenActor, read by any thread."""
 
     def __init__(self) -> None:
-        self.entries: dict[TokenKey, PublishedToken] = {}
-        # Written by readers (last write wins), read by the actor for idle eviction.
-        self.reads: dict[TokenKey, float] = {}
-        # Hit counters are per thread: a shared lock on every hit made callers queue behind
-        # each other (a convoy under the GIL), and ``+= 1`` on shared ints loses counts.
+        self.cells: dict[TokenKey, Cell] = {}
+        self._retired_hits: Counter[tuple[str, str]] = Counter()  # of cells withdrawn
+        self._retired_stale = 0
         self._local = threading.local()
-        self._all_stats: list[_ThreadStats] = []
+        self._histograms: list[LatencyHistogram] = []
         self._register = threading.Lock()
+        self._generation = _fork.current()
 
-    def lookup(self, key: TokenKey, started: float, clock: Clock) -> str | None:
-        """The token if it may be served now (counting the hit and its latency), else None.
+    # --- readers ---------------------------------------------------------------------------------
 
-        ``started`` is when the caller's get began, on ``clock``.
+    def lookup(self, key: TokenKey, now: float, clock: Callable[[], float]) -> Published | None:
+        """The key's published token if it may be served at ``now`` (counting the hit).
+
+        ``now`` is when the caller's get began, on ``clock``; a sampled hit is timed from it.
+        (``TokenProxy.get_token`` inlines the same steps for its memoised cells.)
         """
-        published = self.entries.get(key)
-        if published is None or started >= published.serve_until:
+        cell = self.cells.get(key)
+        if cell is None:
             return None
-        self.reads[key] = started
+        published = cell.published
+        if published is None or now >= published.serve_until:
+            return None
+        cell.last_read = now
+        if published.refreshing:
+            next(cell.stale)
+        if not next(cell.hits) & SAMPLE_MASK:
+            self.sample(clock() - now)
+        return published
+
+    def sample(self, seconds: float) -> None:
+        """Record one sampled hit's latency, standing for ``SAMPLE_EVERY`` hits."""
+        if self._generation != _fork.current():
+            return  # a forked child: the registration lock may be held by a parent thread
         try:
-            stats: _ThreadStats = self._local.stats
+            histogram: LatencyHistogram = self._local.histogram
         except AttributeError:
-            stats = self._local.stats = _ThreadStats()
+            histogram = self._local.histogram = LatencyHistogram()
             with self._register:  # once per thread
-                self._all_stats.append(stats)
-        stats.hits[key.app_id, key.kind] += 1
-        stats.stale += published.refreshing
-        stats.latency.record(clock.now() - started)
-        return published.token
+                self._histograms.append(histogram)
+        histogram.record(seconds, weight=SAMPLE_EVERY)
+
+    # --- the TokenActor ------------------------------------------------------------------------
 
     def publish(
         self, key: TokenKey, token: str | None, serve_until: float, *, refreshing: bool
     ) -> None:
+        cell = self.cells.get(key)
         if token is None:
-            self.entries.pop(key, None)
-        else:
-            self.entries[key] = PublishedToken(token, serve_until, refreshing)
+            if cell is not None:
+                cell.published = None
+            return
+        if cell is None:
+            cell = self.cells[key] = Cell(key)
+        old = cell.published
+        future = old.future if old is not None and old.token == token else ResolvedFuture(token)
+        cell.published = Published(token, serve_until, refreshing, future)
 
     def withdraw(self, key: TokenKey) -> None:
-        self.entries.pop(key, None)
-        self.reads.pop(key, None)
+        """The key is gone (idle eviction): forget its cell, keep its counts."""
+        cell = self.cells.pop(key, None)
+        if cell is not None:
+            cell.published = None
+            self._retired_hits[key.app_id, key.kind] += _value(cell.hits)
+            self._retired_stale += _value(cell.stale)
 
-    def _stats(self) -> list[_ThreadStats]:
-        with self._register:
-            return list(self._all_stats)
+    def close(self) -> None:
+        """The system stopped: nothing more is served from here."""
+        for cell in list(self.cells.values()):
+            cell.published = None
 
-    # Readers may be counting while these sum up: each copy (dict(), list()) is a single C-level
-    # operation under the GIL, so a sum is a consistent lower bound, never a torn value.
+    def last_read(self, key: TokenKey) -> float | None:
+        cell = self.cells.get(key)
+        return cell.last_read if cell is not None else None
+
+    # --- metrics: readers may be counting while these add up; every figure is a lower bound -----
 
     def hits(self) -> dict[tuple[str, str], int]:
         """Hits answered from the snapshot so far, per (app_id, kind)."""
-        total: Counter[tuple[str, str]] = Counter()
-        for stats in self._stats():
-            total.update(dict(stats.hits))
-        return dict(total)
+        total = Counter(self._retired_hits)
+        for cell in list(self.cells.values()):
+            total[cell.key.app_id, cell.key.kind] += _value(cell.hits)
+        return {group: n for group, n in total.items() if n}
 
     def stale_hits(self) -> int:
-        return sum(stats.stale for stats in self._stats())
+        return self._retired_stale + sum(_value(c.stale) for c in list(self.cells.values()))
 
     def latency(self) -> LatencyHistogram:
+        with self._register:
+            histograms = list(self._histograms)
         merged = LatencyHistogram()
-        for stats in self._stats():
-            merged = merged.merged(stats.latency)
+        for histogram in histograms:
+            merged = merged.merged(histogram)
         return merged

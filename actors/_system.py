@@ -80,7 +80,7 @@ class TokenSystem:
         self._pool = WorkerPool(policy.max_concurrent_fetches + 1)
         self._stopped = False
         self._generation = _fork.current()
-        snapshot = ReadSnapshot() if fast_reads else None
+        snapshot = self._snapshot = ReadSnapshot() if fast_reads else None
         self._scheduler: pykka.ActorRef[SchedulerActor] = SchedulerActor.start(clock)
         try:
             self._ref: pykka.ActorRef[TokenActor] = TokenActor.start(
@@ -213,6 +213,8 @@ class TokenSystem:
         if self._generation != _fork.current():
             # A forked child has none of the parent's threads to stop (and must not touch the
             # parent's sockets): answering what is pending here is all there is to do.
+            if self._snapshot is not None:
+                self._snapshot.close()
             self._pending.fail_all()
             return
         deadline = time.monotonic() + timeout
@@ -231,7 +233,10 @@ class TokenSystem:
             self._pool.shutdown(left())
             self._events.close(left())
         finally:
-            # Whatever went wrong above, every future a caller holds gets its answer.
+            # Whatever went wrong above, nothing more is served and every future a caller
+            # holds gets its answer.
+            if self._snapshot is not None:
+                self._snapshot.close()
             self._pending.fail_all()
             if self._owned_session is not None:
                 self._owned_session.close()

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import actors
 from actors._cache import RefreshState, TokenCache
-from actors._snapshot import ReadSnapshot
+from actors._snapshot import Published, ReadSnapshot
 
 APP = actors.AppConfig("cli_c", "secret")
 KEY = APP.key(actors.TokenKind.TENANT)
+
+
+def published(snapshot: ReadSnapshot) -> Published | None:
+    cell = snapshot.cells.get(KEY)
+    return cell.published if cell is not None else None
 
 
 def cache() -> tuple[TokenCache, ReadSnapshot]:
@@ -19,7 +24,7 @@ def test_a_new_entry_is_idle_and_publishes_nothing() -> None:
     tokens, snapshot = cache()
     entry = tokens.entry(KEY, APP)
     assert entry.state is RefreshState.IDLE and not entry.busy
-    assert snapshot.entries == {}
+    assert published(snapshot) is None
 
 
 def test_storing_a_token_publishes_it_with_its_serve_until() -> None:
@@ -27,8 +32,9 @@ def test_storing_a_token_publishes_it_with_its_serve_until() -> None:
     entry = tokens.entry(KEY, APP)
     entry.begin("miss")
     assert entry.store("t-1", 1000.0) is False
-    published = snapshot.entries[KEY]
-    assert (published.token, published.serve_until, published.refreshing) == ("t-1", 900.0, False)
+    record = published(snapshot)
+    assert record is not None
+    assert (record.token, record.serve_until, record.refreshing) == ("t-1", 900.0, False)
     assert entry.state is RefreshState.IDLE
 
 
@@ -37,11 +43,11 @@ def test_starting_and_ending_a_refresh_publishes_the_refreshing_flag() -> None:
     entry = tokens.entry(KEY, APP)
     entry.store("t-1", 1000.0)
     entry.begin("prewarm")
-    assert snapshot.entries[KEY].refreshing
+    assert getattr(published(snapshot), "refreshing", None) is True
     entry.enter(RefreshState.RETRY_SCHEDULED)
-    assert snapshot.entries[KEY].refreshing
+    assert getattr(published(snapshot), "refreshing", None) is True
     entry.end_refresh()
-    assert not snapshot.entries[KEY].refreshing
+    assert getattr(published(snapshot), "refreshing", None) is False
     assert entry.attempts == 0
 
 
@@ -51,7 +57,7 @@ def test_dropping_a_token_withdraws_it_from_readers_and_from_the_token_index() -
     entry.store("t-1", 1000.0)
     assert tokens.holding("t-1") is entry
     entry.drop_token()
-    assert KEY not in snapshot.entries
+    assert published(snapshot) is None
     assert tokens.holding("t-1") is None
 
 
@@ -71,7 +77,7 @@ def test_removing_an_entry_forgets_it_everywhere() -> None:
     entry.store("t-1", 1000.0)
     tokens.remove(entry)
     assert tokens.get(KEY) is None
-    assert KEY not in snapshot.entries
+    assert KEY not in snapshot.cells
     assert len(tokens) == 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import pykka
@@ -11,8 +12,7 @@ from loguru import logger
 
 import actors
 from actors._config import TokenKey, TokenKind
-from actors._snapshot import ReadSnapshot
-from actors.testing import FakeFeishu, Reply
+from actors._snapshot import SAMPLE_EVERY, ReadSnapshot
 
 from .conftest import APP_ID, SystemFactory
 
@@ -22,21 +22,74 @@ if TYPE_CHECKING:
 KEY = TokenKey("https://x", "cli", TokenKind.TENANT)
 
 
+def token_at(snapshot: ReadSnapshot, now: float, clock: actors.ManualClock) -> str | None:
+    published = snapshot.lookup(KEY, now, clock.now)
+    return published.token if published is not None else None
+
+
 def test_lookup_serves_only_until_the_safety_margin_and_counts_hits() -> None:
     snapshot = ReadSnapshot()
     clock = actors.ManualClock()
-    assert snapshot.lookup(KEY, 0.0, clock) is None
+    assert token_at(snapshot, 0.0, clock) is None
     snapshot.publish(KEY, "t-abc", 100.0, refreshing=False)
-    assert snapshot.lookup(KEY, 99.9, clock) == "t-abc"
-    assert snapshot.lookup(KEY, 100.0, clock) is None
+    assert token_at(snapshot, 99.9, clock) == "t-abc"
+    assert token_at(snapshot, 100.0, clock) is None
     snapshot.publish(KEY, "t-abc", 100.0, refreshing=True)
-    assert snapshot.lookup(KEY, 50.0, clock) == "t-abc"
+    assert token_at(snapshot, 50.0, clock) == "t-abc"
     assert snapshot.hits() == {("cli", TokenKind.TENANT): 2}
     assert snapshot.stale_hits() == 1
-    assert snapshot.reads[KEY] == 50.0
+    assert snapshot.last_read(KEY) == 50.0
     snapshot.publish(KEY, None, 0.0, refreshing=False)
-    assert snapshot.lookup(KEY, 1.0, clock) is None
-    assert snapshot.latency().count == 2
+    assert token_at(snapshot, 1.0, clock) is None
+    # The first hit of the key was timed, standing for SAMPLE_EVERY hits.
+    assert snapshot.latency().count == SAMPLE_EVERY
+
+
+def test_every_hit_on_one_published_token_shares_one_resolved_future() -> None:
+    snapshot = ReadSnapshot()
+    snapshot.publish(KEY, "t-abc", 100.0, refreshing=False)
+    first = snapshot.lookup(KEY, 1.0, time.monotonic)
+    snapshot.publish(KEY, "t-abc", 100.0, refreshing=True)  # same token, refresh under way
+    second = snapshot.lookup(KEY, 2.0, time.monotonic)
+    assert first is not None and second is not None
+    assert first.future is second.future
+    assert first.future.get(timeout=0) == "t-abc"
+    snapshot.publish(KEY, "t-new", 200.0, refreshing=False)
+    third = snapshot.lookup(KEY, 3.0, time.monotonic)
+    assert third is not None and third.future is not first.future
+    assert third.future.get() == "t-new"
+
+
+def test_hit_counts_are_exact_under_concurrent_readers() -> None:
+    snapshot = ReadSnapshot()
+    snapshot.publish(KEY, "t-abc", 1e18, refreshing=True)
+    per_thread, threads = 20_000, 8
+    barrier = threading.Barrier(threads)
+
+    def reader() -> None:
+        barrier.wait()
+        for i in range(per_thread):
+            snapshot.lookup(KEY, float(i), time.monotonic)
+
+    workers = [threading.Thread(target=reader) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert snapshot.hits() == {("cli", TokenKind.TENANT): per_thread * threads}
+    assert snapshot.stale_hits() == per_thread * threads
+    samples = -(-per_thread * threads // SAMPLE_EVERY)  # one in SAMPLE_EVERY, the first included
+    assert snapshot.latency().count == samples * SAMPLE_EVERY
+
+
+def test_a_withdrawn_key_keeps_its_counts() -> None:
+    snapshot = ReadSnapshot()
+    snapshot.publish(KEY, "t-abc", 100.0, refreshing=False)
+    for now in range(3):
+        snapshot.lookup(KEY, float(now), time.monotonic)
+    snapshot.withdraw(KEY)
+    assert KEY not in snapshot.cells
+    assert snapshot.hits() == {("cli", TokenKind.TENANT): 3}
 
 
 def test_a_fast_hit_is_an_already_resolved_future_counted_as_a_hit(
@@ -50,38 +103,6 @@ def test_a_fast_hit_is_an_already_resolved_future_counted_as_a_hit(
     metrics = system.metrics()
     assert (metrics.hits, metrics.misses) == (1, 1)
     assert metrics.by_app_kind[APP_ID, "tenant"].hits == 1
-
-
-def test_fast_hits_during_a_failing_refresh_count_as_stale_served(
-    make_system: SystemFactory,
-    vapp: actors.AppConfig,
-    vserver: FakeFeishu,
-    clock: actors.ManualClock,
-) -> None:
-    system = make_system(vapp, jitter=0.0, retry_base=10.0)
-    token = system.proxy.get_token().get(timeout=5)
-    vserver.script("tenant", Reply.http(503), Reply.http(503))
-    clock.advance(7200 - 600)
-    system.settle()
-    assert system.proxy.get_token().get(timeout=0) == token
-    assert system.metrics().stale_served == 1
-
-
-def test_keys_read_only_through_the_snapshot_are_not_evicted_as_idle(
-    make_system: SystemFactory,
-    vapp: actors.AppConfig,
-    vserver: FakeFeishu,
-    clock: actors.ManualClock,
-) -> None:
-    system = make_system(vapp, idle_ttl=3600.0)
-    system.proxy.get_token().get(timeout=5)
-    for _ in range(24 * 6):  # a day, one fast read every 10 virtual minutes
-        clock.advance(600)
-        system.settle()
-        system.proxy.get_token().get(timeout=5)
-    metrics = system.metrics()
-    assert metrics.idle_evictions == 0
-    assert metrics.misses == 1
 
 
 class ActorHold:
