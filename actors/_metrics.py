@@ -235,11 +235,16 @@ class MetricsRecorder:
         soonest_expiry_in: float | None,
         fast_hits: Mapping[tuple[str, str], int],
         fast_stale: int,
-        fast_latency: LatencyHistogram | None = None,
+        caller_coalesced: Mapping[tuple[str, str], int],
+        caller_latency: LatencyHistogram,
     ) -> TokenMetrics:
+        """The frozen snapshot: the actor's own counts plus what callers counted themselves
+        (fast-read hits, awaits coalesced on their own event loop, their latencies)."""
         per_kind = Counter(self.per_kind)
         for (app_id, kind), n in fast_hits.items():
             per_kind[app_id, kind, "hits"] += n
+        for (app_id, kind), n in caller_coalesced.items():
+            per_kind[app_id, kind, "coalesced"] += n
         groups = {(app_id, kind) for app_id, kind, _ in per_kind}
         by_app_kind = {
             group: KindMetrics(*(per_kind[(*group, f)] for f in _KIND_FIELDS)) for group in groups
@@ -247,7 +252,7 @@ class MetricsRecorder:
         return TokenMetrics(
             hits=self.hits + sum(fast_hits.values()),
             misses=self.misses,
-            coalesced=self.coalesced,
+            coalesced=self.coalesced + sum(caller_coalesced.values()),
             stale_served=self.stale_served + fast_stale,
             fetch_success=self.fetch_success,
             fetch_failure=self.fetch_failure,
@@ -266,8 +271,6 @@ class MetricsRecorder:
             keys_cached=keys_cached,
             keys_tracked=keys_tracked,
             soonest_expiry_in=soonest_expiry_in,
-            get_latency=(
-                self.get_latency if fast_latency is None else self.get_latency.merged(fast_latency)
-            ).summary(),
+            get_latency=self.get_latency.merged(caller_latency).summary(),
             fetch_latency=self.fetch_latency.summary(),
         )

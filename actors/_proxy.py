@@ -8,6 +8,7 @@ one used in a process forked after it started, gives one that raises ``SystemSto
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,12 +17,13 @@ import pykka
 
 from actors import _fork
 from actors import _messages as m
+from actors._caller_stats import CallerStats
 from actors._clock import Clock, SystemClock
 from actors._config import AppConfig, AppType, TokenKey, TokenKind, resolve_key
 from actors._errors import SystemStoppedError
 from actors._metrics import TokenMetrics
-from actors._snapshot import SAMPLE_MASK, Cell, ReadSnapshot
-from actors._waiters import FutureWaiter, PendingFutures
+from actors._snapshot import SAMPLE_MASK, Cell, Published, ReadSnapshot
+from actors._waiters import AsyncWaiter, FutureWaiter, PendingFutures
 
 __all__ = ["TokenProxy"]
 
@@ -36,10 +38,12 @@ class TokenProxy:
     def __init__(
         self,
         ref: pykka.ActorRef[Any],
+        *,
         apps: dict[str, AppConfig],
         clock: Clock,
         pending: PendingFutures,
         snapshot: ReadSnapshot | None,
+        callers: CallerStats,
     ) -> None:
         self._ref = ref
         self._apps = apps
@@ -51,6 +55,10 @@ class TokenProxy:
         self._keys: dict[tuple[Any, Any, Any], TokenKey] = {}  # validated arguments
         self._cells: dict[tuple[Any, Any, Any], Cell] = {}  # arguments -> the key's cell
         self._generation = _fork.current()
+        self._callers = callers
+        # Misses already on their way to the TokenActor, per event loop and key: later awaits
+        # of the same key on the same loop join them instead of sending a message each.
+        self._awaited: dict[tuple[asyncio.AbstractEventLoop, TokenKey], asyncio.Future[Any]] = {}
 
     def get_token(
         self,
@@ -81,7 +89,103 @@ class TokenProxy:
                 return published.future
         return self._get(kind, tenant_key, app_id, now)
 
+    async def aget_token(
+        self,
+        kind: TokenKind = TokenKind.TENANT,
+        *,
+        tenant_key: str | None = None,
+        app_id: str | None = None,
+    ) -> str:
+        """Await the token of ``kind`` without blocking the event loop.
+
+        A servable cached token is returned at once, on the caller's loop; a miss parks an
+        asyncio future that the TokenActor's side resolves through ``call_soon_threadsafe``.
+        (Awaiting a pykka future, ``await proxy.get_token()``, would block the loop: pykka's
+        ``__await__`` calls the blocking ``get()``.)
+        """
+        now = self._now()
+        try:
+            cell = self._cells.get((kind, tenant_key, app_id))
+        except TypeError:
+            cell = None
+        if cell is not None:
+            published = self._snapshot.hit(cell, now, self._now)  # type: ignore[union-attr]
+            if published is not None:
+                return published.token
+        found = self._prepare(kind, tenant_key, app_id, now)
+        if isinstance(found, Published):
+            return found.token
+        if isinstance(found, Exception):
+            raise found
+        return await self._await_miss(found, now)
+
+    async def _await_miss(self, key: TokenKey, started: float) -> str:
+        # 1,000 handlers missing one key on one loop would otherwise each build a waiter and
+        # send a message in the same loop iteration, stalling the loop for tens of ms.
+        loop = asyncio.get_running_loop()
+        shared = self._awaited.get((loop, key))
+        if shared is None:
+            refusal = self._refusal()
+            if refusal is not None:
+                raise refusal
+            waiter = AsyncWaiter(started, self._pending, loop)
+            shared = self._awaited[loop, key] = waiter.future
+            shared.add_done_callback(lambda _: self._awaited.pop((loop, key), None))
+            self._send(m.Get(key, waiter), waiter)
+        else:
+            self._callers.coalesced(key.app_id, key.kind)
+            shared.add_done_callback(lambda _: self._callers.record(self._now() - started))
+        # Shielded: cancelling this await must not cancel the fetch the others wait for.
+        token: str = await asyncio.shield(shared)
+        return token
+
+    async def aset_app_ticket(self, ticket: str, *, app_id: str | None = None) -> None:
+        """``set_app_ticket`` for coroutines."""
+        app = self._ticket_app(ticket, app_id)
+        await self._aask(lambda waiter: m.SetTicket(app.app_id, ticket, waiter))
+
+    async def ainvalidate(self, token: str) -> bool:
+        """``invalidate`` for coroutines: True if ``token`` was the cached one and is dropped."""
+        _check_token(token)
+        dropped: bool = await self._aask(lambda waiter: m.Invalidate(token, waiter))
+        return dropped
+
+    def set_app_ticket(self, ticket: str, *, app_id: str | None = None) -> pykka.Future[None]:
+        """Hand over the app_ticket Feishu pushed (marketplace apps); waiting gets resume."""
+        try:
+            app = self._ticket_app(ticket, app_id)
+        except ValueError as exc:
+            return _failed(exc)
+        return self._ask(lambda waiter: m.SetTicket(app.app_id, ticket, waiter))
+
+    def invalidate(self, token: str) -> pykka.Future[bool]:
+        """Drop ``token`` if it is still the cached one and fetch a fresh one; True if dropped."""
+        try:
+            _check_token(token)
+        except ValueError as exc:
+            return _failed(exc)
+        return self._ask(lambda waiter: m.Invalidate(token, waiter))
+
+    def metrics(self) -> pykka.Future[TokenMetrics]:
+        """A future of a frozen snapshot of the counters."""
+        return self._ask(m.Snapshot)
+
+    # --- the shared core of the sync and async fronts --------------------------------------------
+
     def _get(self, kind: Any, tenant_key: Any, app_id: Any, now: float) -> pykka.Future[str]:
+        found = self._prepare(kind, tenant_key, app_id, now)
+        if isinstance(found, Published):
+            return found.future
+        if isinstance(found, Exception):
+            return _failed(found)
+        key = found
+        return self._ask(lambda waiter: m.Get(key, waiter))
+
+    def _prepare(
+        self, kind: Any, tenant_key: Any, app_id: Any, now: float
+    ) -> Published | TokenKey | Exception:
+        """A get past the memoised hit path: its key (to ask the actor), a servable published
+        token after all, or the error to report (bad arguments, a forked child's miss)."""
         args = (kind, tenant_key, app_id)
         try:
             key = self._keys.get(args)
@@ -91,58 +195,60 @@ class TokenProxy:
             try:
                 key = resolve_key(self._apps, kind, tenant_key, app_id)
             except ValueError as exc:
-                return _failed(exc)
+                return exc
             _remember(self._keys, args, key)
-        if self._generation != _fork.current():
-            return self._in_forked_child(key, now)
+        forked = self._generation != _fork.current()
         if self._snapshot is not None:
             cell = self._snapshot.cells.get(key)
             if cell is not None:
                 _remember(self._cells, args, cell)
-                published = self._snapshot.lookup(key, now, self._now)
+                published = self._snapshot.hit(cell, now, self._now)
                 if published is not None:
-                    return published.future
-        return self._ask(lambda waiter: m.Get(key, waiter))
+                    return published
+        return _fork.forked_error() if forked else key
 
-    def set_app_ticket(self, ticket: str, *, app_id: str | None = None) -> pykka.Future[None]:
-        """Hand over the app_ticket Feishu pushed (marketplace apps); waiting gets resume."""
-        try:
-            app = self._apps[resolve_key(self._apps, TokenKind.APP, None, app_id).app_id]
-            if app.app_type is not AppType.MARKETPLACE:
-                msg = f"app {app.app_id} is self-built: it has no app_ticket"
-                raise ValueError(msg)
-            if not isinstance(ticket, str) or not ticket.strip():
-                msg = "app_ticket must be a non-empty string"
-                raise ValueError(msg)
-        except ValueError as exc:
-            return _failed(exc)
-        return self._ask(lambda waiter: m.SetTicket(app.app_id, ticket, waiter))
+    def _ticket_app(self, ticket: str, app_id: str | None) -> AppConfig:
+        app = self._apps[resolve_key(self._apps, TokenKind.APP, None, app_id).app_id]
+        if app.app_type is not AppType.MARKETPLACE:
+            msg = f"app {app.app_id} is self-built: it has no app_ticket"
+            raise ValueError(msg)
+        if not isinstance(ticket, str) or not ticket.strip():
+            msg = "app_ticket must be a non-empty string"
+            raise ValueError(msg)
+        return app
 
-    def invalidate(self, token: str) -> pykka.Future[bool]:
-        """Drop ``token`` if it is still the cached one and fetch a fresh one; True if dropped."""
-        if not isinstance(token, str):
-            return _failed(ValueError(f"token must be a string, got {type(token).__name__}"))
-        return self._ask(lambda waiter: m.Invalidate(token, waiter))
-
-    def metrics(self) -> pykka.Future[TokenMetrics]:
-        """A future of a frozen snapshot of the counters."""
-        return self._ask(m.Snapshot)
+    def _refusal(self) -> Exception | None:
+        if self._generation != _fork.current():
+            return _fork.forked_error()
+        return SystemStoppedError() if self._pending.closed else None
 
     def _ask(self, message: Callable[[FutureWaiter], Any]) -> pykka.Future[Any]:
-        if self._generation != _fork.current():
-            return _failed(_fork.forked_error())
-        if self._pending.closed:
-            return _failed(SystemStoppedError())
+        refusal = self._refusal()
+        if refusal is not None:
+            return _failed(refusal)
         waiter = FutureWaiter(self._clock.now(), self._pending)
-        try:
-            self._ref.tell(message(waiter))
-        except pykka.ActorDeadError:
-            waiter.fail(SystemStoppedError())
+        self._send(message(waiter), waiter)
         return waiter.future
 
-    def _in_forked_child(self, key: TokenKey, now: float) -> pykka.Future[str]:
-        published = self._snapshot.lookup(key, now, self._now) if self._snapshot else None
-        return published.future if published is not None else _failed(_fork.forked_error())
+    async def _aask(self, message: Callable[[AsyncWaiter], Any]) -> Any:
+        refusal = self._refusal()
+        if refusal is not None:
+            raise refusal
+        waiter = AsyncWaiter(self._clock.now(), self._pending, asyncio.get_running_loop())
+        self._send(message(waiter), waiter)
+        return await waiter.future
+
+    def _send(self, message: Any, waiter: FutureWaiter | AsyncWaiter) -> None:
+        try:
+            self._ref.tell(message)
+        except pykka.ActorDeadError:
+            waiter.fail(SystemStoppedError())
+
+
+def _check_token(token: object) -> None:
+    if not isinstance(token, str):
+        msg = f"token must be a string, got {type(token).__name__}"
+        raise ValueError(msg)
 
 
 def _remember(

@@ -11,21 +11,19 @@ still goes through the actor's mailbox.
 Counting stays exact without a lock: ``next(itertools.count)`` is one C call, atomic under the
 GIL, so concurrent readers never lose a count. Hit latency is *sampled* (one hit in
 ``SAMPLE_EVERY`` per key is timed, into a per-thread histogram, weighted by ``SAMPLE_EVERY``), so
-hit-latency percentiles come from samples while the counts stay exact.
+hit-latency percentiles come from samples while the counts stay exact (``_caller_stats``).
 """
 
 from __future__ import annotations
 
 import itertools
-import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import NamedTuple
 
-from actors import _fork
+from actors._caller_stats import CallerStats, counted
 from actors._config import TokenKey
 from actors._futures import ResolvedFuture
-from actors._metrics import LatencyHistogram
 
 __all__ = ["SAMPLE_EVERY", "Cell", "Published", "ReadSnapshot"]
 
@@ -53,22 +51,14 @@ class Cell:
         self.last_read = float("-inf")  # written by readers (last write wins), for idle eviction
 
 
-def _value(counter: itertools.count[int]) -> int:
-    """How many times ``next()`` was called on ``counter``, without calling it (repr: count(N))."""
-    return int(repr(counter)[6:-1])
-
-
 class ReadSnapshot:
     """Written by the TokenActor, read by any thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: CallerStats) -> None:
         self.cells: dict[TokenKey, Cell] = {}
         self._retired_hits: Counter[tuple[str, str]] = Counter()  # of cells withdrawn
         self._retired_stale = 0
-        self._local = threading.local()
-        self._histograms: list[LatencyHistogram] = []
-        self._register = threading.Lock()
-        self._generation = _fork.current()
+        self._stats = stats
 
     # --- readers ---------------------------------------------------------------------------------
 
@@ -76,11 +66,13 @@ class ReadSnapshot:
         """The key's published token if it may be served at ``now`` (counting the hit).
 
         ``now`` is when the caller's get began, on ``clock``; a sampled hit is timed from it.
-        (``TokenProxy.get_token`` inlines the same steps for its memoised cells.)
+        (``TokenProxy.get_token`` inlines ``hit`` for its memoised cells: one call less.)
         """
         cell = self.cells.get(key)
-        if cell is None:
-            return None
+        return None if cell is None else self.hit(cell, now, clock)
+
+    def hit(self, cell: Cell, now: float, clock: Callable[[], float]) -> Published | None:
+        """The cell's published token if it may be served at ``now`` (counting the hit)."""
         published = cell.published
         if published is None or now >= published.serve_until:
             return None
@@ -93,15 +85,7 @@ class ReadSnapshot:
 
     def sample(self, seconds: float) -> None:
         """Record one sampled hit's latency, standing for ``SAMPLE_EVERY`` hits."""
-        if self._generation != _fork.current():
-            return  # a forked child: the registration lock may be held by a parent thread
-        try:
-            histogram: LatencyHistogram = self._local.histogram
-        except AttributeError:
-            histogram = self._local.histogram = LatencyHistogram()
-            with self._register:  # once per thread
-                self._histograms.append(histogram)
-        histogram.record(seconds, weight=SAMPLE_EVERY)
+        self._stats.record(seconds, weight=SAMPLE_EVERY)
 
     # --- the TokenActor ------------------------------------------------------------------------
 
@@ -124,8 +108,8 @@ class ReadSnapshot:
         cell = self.cells.pop(key, None)
         if cell is not None:
             cell.published = None
-            self._retired_hits[key.app_id, key.kind] += _value(cell.hits)
-            self._retired_stale += _value(cell.stale)
+            self._retired_hits[key.app_id, key.kind] += counted(cell.hits)
+            self._retired_stale += counted(cell.stale)
 
     def close(self) -> None:
         """The system stopped: nothing more is served from here."""
@@ -142,16 +126,8 @@ class ReadSnapshot:
         """Hits answered from the snapshot so far, per (app_id, kind)."""
         total = Counter(self._retired_hits)
         for cell in list(self.cells.values()):
-            total[cell.key.app_id, cell.key.kind] += _value(cell.hits)
+            total[cell.key.app_id, cell.key.kind] += counted(cell.hits)
         return {group: n for group, n in total.items() if n}
 
     def stale_hits(self) -> int:
-        return self._retired_stale + sum(_value(c.stale) for c in list(self.cells.values()))
-
-    def latency(self) -> LatencyHistogram:
-        with self._register:
-            histograms = list(self._histograms)
-        merged = LatencyHistogram()
-        for histogram in histograms:
-            merged = merged.merged(histogram)
-        return merged
+        return self._retired_stale + sum(counted(c.stale) for c in list(self.cells.values()))

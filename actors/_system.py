@@ -13,6 +13,7 @@ from loguru import logger
 
 from actors import _fork
 from actors import _messages as m
+from actors._caller_stats import CallerStats
 from actors._client import FeishuAuthClient
 from actors._clock import Clock, SystemClock
 from actors._config import AppConfig, RefreshPolicy
@@ -80,7 +81,8 @@ class TokenSystem:
         self._pool = WorkerPool(policy.max_concurrent_fetches + 1)
         self._stopped = False
         self._generation = _fork.current()
-        snapshot = self._snapshot = ReadSnapshot() if fast_reads else None
+        callers = CallerStats()
+        snapshot = self._snapshot = ReadSnapshot(callers) if fast_reads else None
         self._scheduler: pykka.ActorRef[SchedulerActor] = SchedulerActor.start(clock)
         try:
             self._ref: pykka.ActorRef[TokenActor] = TokenActor.start(
@@ -92,11 +94,19 @@ class TokenSystem:
                 scheduler=self._scheduler,
                 events=self._events,
                 snapshot=snapshot,
+                callers=callers,
             )
         except BaseException:
             self._scheduler.stop()
             raise
-        self._proxy = TokenProxy(self._ref, apps, clock, self._pending, snapshot)
+        self._proxy = TokenProxy(
+            self._ref,
+            apps=apps,
+            clock=clock,
+            pending=self._pending,
+            snapshot=snapshot,
+            callers=callers,
+        )
         logger.bind(apps=list(apps)).debug("TokenSystem started")
 
     def _feishu_client(

@@ -17,6 +17,7 @@ from loguru import logger
 
 from actors import _messages as m
 from actors._cache import TokenCache
+from actors._caller_stats import CallerStats
 from actors._clock import Clock
 from actors._config import AppConfig, RefreshPolicy, TokenKey, resolve_key
 from actors._errors import SystemStoppedError
@@ -53,6 +54,7 @@ class TokenActor(pykka.ThreadingActor):
         scheduler: pykka.ActorRef[Any],
         events: EventHub,
         snapshot: ReadSnapshot | None = None,
+        callers: CallerStats | None = None,
     ) -> None:
         super().__init__()
         self._apps = dict(apps)
@@ -64,6 +66,7 @@ class TokenActor(pykka.ThreadingActor):
         self._timers = Timers(scheduler, self._me)
         self._cache = TokenCache(safety_margin=policy.safety_margin, snapshot=snapshot)
         self._snapshot = snapshot
+        self._callers = CallerStats() if callers is None else callers
         self.metrics = MetricsRecorder()
         self._refresher = Refresher(
             apps=self._apps,
@@ -201,7 +204,8 @@ class TokenActor(pykka.ThreadingActor):
             mailbox_depth=self.actor_inbox.qsize(),  # type: ignore[attr-defined]
             fast_hits=reads.hits() if reads is not None else {},
             fast_stale=reads.stale_hits() if reads is not None else 0,
-            fast_latency=reads.latency() if reads is not None else None,
+            caller_coalesced=self._callers.coalesced_counts(),
+            caller_latency=self._callers.latency(),
             keys_cached=len(expiries),
             keys_tracked=len(self._cache),
             soonest_expiry_in=min(expiries) if expiries else None,

@@ -1,9 +1,11 @@
-"""Waiters: whoever is owed a token. A pykka future (app code), a reply message (another actor),
-or a continuation inside the TokenActor (a marketplace tenant fetch waiting for its app token).
+"""Waiters: whoever is owed a token. A pykka future (app code), an asyncio future (a coroutine
+on some event loop), a reply message (another actor), or a continuation inside the TokenActor (a
+marketplace tenant fetch waiting for its app token).
 """
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Callable
@@ -15,6 +17,7 @@ from actors._errors import SystemStoppedError
 from actors._reply import TokenReply
 
 __all__ = [
+    "AsyncWaiter",
     "Continuation",
     "FutureWaiter",
     "PendingFutures",
@@ -59,6 +62,51 @@ class FutureWaiter:
     def fail(self, error: Exception) -> None:
         self._pending.discard(self)
         set_future_exception(self.future, error)
+
+
+class AsyncWaiter:
+    """Resolves an ``asyncio`` future on its own loop, from whichever thread answers.
+
+    No thread is parked per awaiter: the answer is handed to the loop with
+    ``call_soon_threadsafe``. A cancelled awaiter's future is simply skipped when the answer
+    comes, so cancelling one awaiter affects no other.
+    """
+
+    __slots__ = ("_pending", "counted", "future", "loop", "started")
+
+    def __init__(
+        self, started: float, pending: PendingFutures, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.started = started
+        self.counted = True
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self._pending = pending
+        pending.add(self)
+
+    def resolve(self, value: Any) -> None:
+        self._pending.discard(self)
+        self._hand_over(_set_result, value)
+
+    def fail(self, error: Exception) -> None:
+        self._pending.discard(self)
+        self._hand_over(_set_exception, error)
+
+    def _hand_over(self, settle: Callable[[asyncio.Future[Any], Any], None], arg: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(settle, self.future, arg)
+        except RuntimeError:  # the loop is closed: nobody can be awaiting any more
+            pass
+
+
+def _set_result(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():  # cancelled by its awaiter, or already failed by stop()
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[Any], error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 class ReplyWaiter:
@@ -107,7 +155,7 @@ class Continuation:
 
 
 class PendingFutures:
-    """Futures handed to callers and not yet resolved.
+    """Futures handed to callers (pykka or asyncio) and not yet resolved.
 
     pykka drops tell()s still in a mailbox when an actor stops, so stop() sweeps what is left
     here: every future a caller holds resolves, if only with SystemStoppedError.
@@ -115,7 +163,7 @@ class PendingFutures:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiters: set[FutureWaiter] = set()
+        self._waiters: set[FutureWaiter | AsyncWaiter] = set()
         self._closed = False
 
     @property
@@ -123,11 +171,11 @@ class PendingFutures:
         """True once the system stopped: new requests fail at once instead of being sent."""
         return self._closed
 
-    def add(self, waiter: FutureWaiter) -> None:
+    def add(self, waiter: FutureWaiter | AsyncWaiter) -> None:
         with self._lock:
             self._waiters.add(waiter)
 
-    def discard(self, waiter: FutureWaiter) -> None:
+    def discard(self, waiter: FutureWaiter | AsyncWaiter) -> None:
         with self._lock:
             self._waiters.discard(waiter)
 
@@ -138,5 +186,5 @@ class PendingFutures:
         with self._lock:
             waiters, self._waiters = self._waiters, set()
         for waiter in waiters:
-            set_future_exception(waiter.future, SystemStoppedError())
+            waiter.fail(SystemStoppedError())
         return len(waiters)

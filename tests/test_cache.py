@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import actors
 from actors._cache import RefreshState, TokenCache
+from actors._caller_stats import CallerStats
 from actors._snapshot import Published, ReadSnapshot
 
 APP = actors.AppConfig("cli_c", "secret")
@@ -16,7 +17,7 @@ def published(snapshot: ReadSnapshot) -> Published | None:
 
 
 def cache() -> tuple[TokenCache, ReadSnapshot]:
-    snapshot = ReadSnapshot()
+    snapshot = ReadSnapshot(CallerStats())
     return TokenCache(safety_margin=100.0, snapshot=snapshot), snapshot
 
 

@@ -11,6 +11,7 @@ import pytest
 from loguru import logger
 
 import actors
+from actors._caller_stats import CallerStats
 from actors._config import TokenKey, TokenKind
 from actors._snapshot import SAMPLE_EVERY, ReadSnapshot
 
@@ -28,7 +29,8 @@ def token_at(snapshot: ReadSnapshot, now: float, clock: actors.ManualClock) -> s
 
 
 def test_lookup_serves_only_until_the_safety_margin_and_counts_hits() -> None:
-    snapshot = ReadSnapshot()
+    stats = CallerStats()
+    snapshot = ReadSnapshot(stats)
     clock = actors.ManualClock()
     assert token_at(snapshot, 0.0, clock) is None
     snapshot.publish(KEY, "t-abc", 100.0, refreshing=False)
@@ -42,11 +44,11 @@ def test_lookup_serves_only_until_the_safety_margin_and_counts_hits() -> None:
     snapshot.publish(KEY, None, 0.0, refreshing=False)
     assert token_at(snapshot, 1.0, clock) is None
     # The first hit of the key was timed, standing for SAMPLE_EVERY hits.
-    assert snapshot.latency().count == SAMPLE_EVERY
+    assert stats.latency().count == SAMPLE_EVERY
 
 
 def test_every_hit_on_one_published_token_shares_one_resolved_future() -> None:
-    snapshot = ReadSnapshot()
+    snapshot = ReadSnapshot(CallerStats())
     snapshot.publish(KEY, "t-abc", 100.0, refreshing=False)
     first = snapshot.lookup(KEY, 1.0, time.monotonic)
     snapshot.publish(KEY, "t-abc", 100.0, refreshing=True)  # same token, refresh under way
@@ -61,7 +63,8 @@ def test_every_hit_on_one_published_token_shares_one_resolved_future() -> None:
 
 
 def test_hit_counts_are_exact_under_concurrent_readers() -> None:
-    snapshot = ReadSnapshot()
+    stats = CallerStats()
+    snapshot = ReadSnapshot(stats)
     snapshot.publish(KEY, "t-abc", 1e18, refreshing=True)
     per_thread, threads = 20_000, 8
     barrier = threading.Barrier(threads)
@@ -79,11 +82,11 @@ def test_hit_counts_are_exact_under_concurrent_readers() -> None:
     assert snapshot.hits() == {("cli", TokenKind.TENANT): per_thread * threads}
     assert snapshot.stale_hits() == per_thread * threads
     samples = -(-per_thread * threads // SAMPLE_EVERY)  # one in SAMPLE_EVERY, the first included
-    assert snapshot.latency().count == samples * SAMPLE_EVERY
+    assert stats.latency().count == samples * SAMPLE_EVERY
 
 
 def test_a_withdrawn_key_keeps_its_counts() -> None:
-    snapshot = ReadSnapshot()
+    snapshot = ReadSnapshot(CallerStats())
     snapshot.publish(KEY, "t-abc", 100.0, refreshing=False)
     for now in range(3):
         snapshot.lookup(KEY, float(now), time.monotonic)
