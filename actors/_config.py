@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 import math
+import os
 import random
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -85,7 +87,47 @@ class AppConfig:
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             msg = f"AppConfig.base_url must be an http(s) URL, got {self.base_url!r}"
             raise ValueError(msg)
+        if parts.scheme == "http" and not _loopback(parts.hostname):
+            # The token requests carry the app secret: never in clear text beyond this machine.
+            msg = (
+                "AppConfig.base_url must be https:// (plain http:// only on loopback, e.g. "
+                f"http://127.0.0.1:8080), got {self.base_url!r}"
+            )
+            raise ValueError(msg)
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+
+    @classmethod
+    def from_env(
+        cls, prefix: str = "FEISHU_", *, environ: Mapping[str, str] | None = None
+    ) -> AppConfig:
+        """The app in the environment: ``{prefix}APP_ID``, ``{prefix}APP_SECRET``, optional
+        ``{prefix}APP_TYPE`` (``self_built`` or ``marketplace``) and ``{prefix}BASE_URL``.
+
+        A missing or malformed variable raises ``ValueError`` naming it (never its value when
+        it is the secret).
+        """
+        env = os.environ if environ is None else environ
+
+        def read(name: str, *, required: bool) -> str | None:
+            value = env.get(prefix + name, "").strip()
+            if not value and required:
+                msg = f"{prefix}{name} is not set (the app's {name.lower().replace('_', ' ')})"
+                raise ValueError(msg)
+            return value or None
+
+        app_id, secret = read("APP_ID", required=True), read("APP_SECRET", required=True)
+        app_type = read("APP_TYPE", required=False) or AppType.SELF_BUILT.value
+        try:
+            kind = AppType(app_type.lower().replace("-", "_"))
+        except ValueError:
+            msg = f"{prefix}APP_TYPE must be self_built or marketplace, got {app_type!r}"
+            raise ValueError(msg) from None
+        base_url = read("BASE_URL", required=False) or FEISHU
+        try:
+            return cls(app_id or "", secret or "", app_type=kind, base_url=base_url)
+        except ValueError as exc:
+            msg = f"{prefix}BASE_URL: {exc}" if "base_url" in str(exc) else str(exc)
+            raise ValueError(msg) from None
 
     def key(self, kind: TokenKind, tenant_key: str | None = None) -> TokenKey:
         return TokenKey(self.base_url, self.app_id, kind, tenant_key)
@@ -187,6 +229,17 @@ class RefreshPolicy:
         """Delay before retry number ``attempt`` (1-based): full jitter, honouring retry_after."""
         delay = rng.uniform(0, min(self.retry_cap, self.retry_base * 2 ** (attempt - 1)))
         return delay if retry_after is None else max(delay, retry_after)
+
+
+def _loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _finite(value: object) -> bool:

@@ -128,3 +128,65 @@ def test_resolve_key_rules() -> None:
         resolve_key(both, "tenant", None, "cli_mk")
     with pytest.raises(ValueError, match="kind"):
         resolve_key(one, "user", None, None)
+
+
+def test_plain_http_is_refused_except_on_loopback() -> None:
+    with pytest.raises(ValueError, match="https"):
+        actors.AppConfig("cli_x", "s", base_url="http://open.feishu.cn")
+    for url in (
+        "http://127.0.0.1:8080",
+        "http://localhost:1",
+        "http://[::1]:9",
+        "http://127.9.9.9",
+    ):
+        assert actors.AppConfig("cli_x", "s", base_url=url).base_url == url
+
+
+def test_from_env_reads_the_app_and_its_options() -> None:
+    env = {
+        "FEISHU_APP_ID": "cli_env",
+        "FEISHU_APP_SECRET": "env-secret",
+        "FEISHU_APP_TYPE": "marketplace",
+        "FEISHU_BASE_URL": actors.LARK,
+    }
+    app = actors.AppConfig.from_env(environ=env)
+    assert (app.app_id, app.app_secret, app.app_type, app.base_url) == (
+        "cli_env",
+        "env-secret",
+        actors.AppType.MARKETPLACE,
+        actors.LARK,
+    )
+    other = actors.AppConfig.from_env(
+        "LARK_", environ={"LARK_APP_ID": "cli_2", "LARK_APP_SECRET": "s2"}
+    )
+    assert (other.app_type, other.base_url) == (actors.AppType.SELF_BUILT, actors.FEISHU)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"FEISHU_APP_SECRET": "s"}, "FEISHU_APP_ID"),
+        ({"FEISHU_APP_ID": "cli_x", "FEISHU_APP_SECRET": "  "}, "FEISHU_APP_SECRET"),
+        ({"FEISHU_APP_ID": "cli_x", "FEISHU_APP_SECRET": "s", "FEISHU_APP_TYPE": "x"}, "APP_TYPE"),
+        (
+            {"FEISHU_APP_ID": "cli_x", "FEISHU_APP_SECRET": "s", "FEISHU_BASE_URL": "http://a.b"},
+            "FEISHU_BASE_URL",
+        ),
+        (
+            {"FEISHU_APP_ID": "cli_x", "FEISHU_APP_SECRET": "s", "FEISHU_BASE_URL": "nonsense"},
+            "FEISHU_BASE_URL",
+        ),
+    ],
+)
+def test_from_env_names_the_missing_or_malformed_variable(
+    env: dict[str, str], variable: str
+) -> None:
+    with pytest.raises(ValueError, match=variable) as info:
+        actors.AppConfig.from_env(environ=env)
+    assert "s3cr3t" not in str(info.value)
+
+
+def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEISHU_APP_ID", "cli_os")
+    monkeypatch.setenv("FEISHU_APP_SECRET", "os-secret")
+    assert actors.AppConfig.from_env().app_id == "cli_os"
