@@ -6,6 +6,11 @@ scheduler actor prewarms tokens before they expire, and callers get pykka future
 
 from loguru import logger
 
+from actors._auth import TOKEN_INVALID_CODES as TOKEN_INVALID_CODES
+from actors._auth import FeishuAuth as FeishuAuth
+from actors._auth import is_token_invalid as is_token_invalid
+from actors._callbacks import EventError as EventError
+from actors._callbacks import handle_event as handle_event
 from actors._clock import Clock as Clock
 from actors._clock import ManualClock as ManualClock
 from actors._clock import SystemClock as SystemClock
@@ -37,11 +42,15 @@ from actors._token_actor import TokenActor as TokenActor
 __all__ = [
     "FEISHU",
     "LARK",
+    "TOKEN_INVALID_CODES",
     "AppConfig",
     "AppTicketError",
     "AppType",
+    "AsyncFeishuAuth",
     "AuthError",
     "Clock",
+    "EventError",
+    "FeishuAuth",
     "GetToken",
     "Grant",
     "KindMetrics",
@@ -62,9 +71,25 @@ __all__ = [
     "TokenSource",
     "TokenSystem",
     "UpstreamError",
+    "handle_event",
+    "is_token_invalid",
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # httpx is an optional extra: AsyncFeishuAuth (an httpx.Auth) is imported on first use.
+    if name == "AsyncFeishuAuth":
+        try:
+            from actors._httpx_auth import AsyncFeishuAuth  # noqa: PLC0415
+        except ImportError as exc:  # pragma: no cover - depends on the installed extras
+            msg = 'AsyncFeishuAuth needs httpx: pip install "lark-token-actors[httpx]"'
+            raise ImportError(msg) from exc
+        return AsyncFeishuAuth
+    msg = f"module 'actors' has no attribute {name!r}"
+    raise AttributeError(msg)
+
 
 # A library never decides where logs go: the application opts in with logger.enable("actors").
 logger.disable("actors")
