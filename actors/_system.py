@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from types import TracebackType
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType, TracebackType
 from typing import Self, cast
 
 import pykka
@@ -156,6 +156,11 @@ class TokenSystem:
     @property
     def actor_ref(self) -> pykka.ActorRef[TokenActor]:
         return self._ref
+
+    @property
+    def apps(self) -> Mapping[str, AppConfig]:
+        """The apps this system serves, by app_id."""
+        return MappingProxyType(self._apps)
 
     @property
     def clock(self) -> Clock:
