@@ -9,8 +9,9 @@
   double check really does prevent duplicate fetches.
 - :class:`Oracle`: pays nothing for tokens (returns a constant): the physical limit.
 - :class:`PykkaAskFloor`: a trivial pykka actor answering ``ask``: the framework's own floor.
-- :class:`ResolvedFutureFloor`: a dict read returned as an already-resolved pykka future (made
-  the way the project makes them): the floor of any hit path that keeps the futures API.
+- :class:`ResolvedFutureFloor`: a dict read of an already-resolved pykka future kept per cached
+  token (made the way the project makes them): the floor of any hit path that keeps the
+  futures API.
 - :func:`lark_oapi_peer`: the official SDK's ``TokenManager`` (lark-oapi), driven unchanged.
 
 Both lock baselines use one pooled ``requests.Session``, the same endpoints and the same
@@ -302,22 +303,25 @@ def _cheapest_resolved_future() -> Callable[[str], pykka.Future[str]]:
 
 
 class ResolvedFutureFloor:
-    """A lock-free dict read handed back as an already-resolved pykka future.
+    """A lock-free dict read of an already-resolved pykka future, then its ``get``.
 
-    The least a hit can cost while keeping the futures API: the project's fast read path minus
-    its key resolution, clock reads, snapshot lookup and metrics (the future is made the same
-    way). A key seen for the first time is "fetched" for free (the oracle's constant).
+    The least a hit can cost while keeping the futures API: like the project's fast read path,
+    one resolved future is made per cached token (with the project's own constructor) and
+    handed out on every hit, and the entry's validity is checked against the clock; without
+    the project's key resolution, hit counting and sampled timing. A key seen for the first
+    time is "fetched" for free (the oracle's constant).
     """
 
     def __init__(self) -> None:
-        self._tokens: dict[str | None, tuple[str, float]] = {}
+        self._tokens: dict[str | None, tuple[pykka.Future[str], float]] = {}
         self._resolved = _cheapest_resolved_future()
 
     def get(self, tenant_key: str | None = None) -> str:
         cached = self._tokens.get(tenant_key)
         if cached is None or time.monotonic() >= cached[1]:
-            cached = self._tokens[tenant_key] = (Oracle.TOKEN, float("inf"))
-        return str(self._resolved(cached[0]).get(timeout=30.0))
+            cached = (self._resolved(Oracle.TOKEN), float("inf"))
+            self._tokens[tenant_key] = cached
+        return cached[0].get(timeout=30.0)
 
     def close(self) -> None:
         return None

@@ -1,8 +1,8 @@
 """Rendering shared by the scenarios' sections: Markdown tables and the standard section layout.
 
-Column headers and number formats: a column's unit is in its name (``_ms``, ``_s``, ``_x`` for
-ratios); the columns every scenario may use are named here, and a scenario passes the headers
-(and integer columns) of its own.
+Column headers and number formats: a column's unit is in its name (``_us``, ``_ms``, ``_s``,
+``_x`` for ratios); the columns every scenario may use are named here, and a scenario passes the
+headers (and integer columns) of its own.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ def _fmt(column: str, value: Any, ints: Collection[str]) -> str:
         if x >= 100:
             return f"{x:,.0f}×"
         return f"{x:.1f}×" if x >= 10 else f"{x:.2f}×"
+    if column.endswith("_us"):
+        return f"{x:,.0f}" if x >= 100 else (f"{x:.2f}" if x >= 1 else f"{x:.3f}")
     if column.endswith("_ms"):
         if x >= 100:
             return f"{x:,.0f}"

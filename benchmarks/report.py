@@ -50,6 +50,8 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "switch_interval_s": sys.getswitchinterval(),
+        # Other work on the machine when the run started (1, 5, 15 min): the runs are noisier.
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "lark-token-actors": package("lark-token-actors"),
         "pykka": package("pykka"),
         "requests": package("requests"),
@@ -122,9 +124,11 @@ def render_markdown(
         "# Benchmark results",
         "",
         "Written by `python benchmarks/run.py` (`just bench`); the JSON files beside this one hold "
-        "every number. All systems run against the same loopback fake Feishu "
-        "(`actors.testing.FakeFeishu`, real HTTP) in the same process and the same run: compare "
-        "ratios within a table, not absolute times across machines or runs.",
+        "every number. Within a scenario, all systems run against the same loopback fake "
+        "Feishu (`actors.testing.FakeFeishu`, real HTTP) in the same run: in a child process of "
+        "its own in the churn scenario (so that its CPU does not take the callers' GIL), in the "
+        "benchmark's process elsewhere. Compare ratios within a table, not absolute times across "
+        "machines or runs.",
         "",
         f"- run: {current.get('started_at', '?')}"
         + (
@@ -135,7 +139,12 @@ def render_markdown(
         + (f", {current['elapsed_s']:.0f} s in total" if "elapsed_s" in current else ""),
         f"- machine: {env.get('cpus')} CPUs, {env.get('platform')}, "
         f"{env.get('implementation')} {env.get('python')} "
-        f"(GIL switch interval {env.get('switch_interval_s', 0) * 1e3:g} ms)",
+        f"(GIL switch interval {env.get('switch_interval_s', 0) * 1e3:g} ms)"
+        + (
+            f", load average {env['load_average'][0]:.2f} when the run started"
+            if env.get("load_average")
+            else ""
+        ),
         f"- versions: lark-token-actors {env.get('lark-token-actors')} (commit "
         f"{env.get('commit')}), pykka {env.get('pykka')}, requests {env.get('requests')}, "
         f"lark-oapi {env.get('lark-oapi') or 'not installed'}",

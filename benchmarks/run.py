@@ -1,6 +1,6 @@
 """Run the benchmarks of issue 5 and write benchmarks/results/ (JSON, RESULTS.md, the CDF plot).
 
-    python benchmarks/run.py                  # every scenario, full sizes (under 5 minutes)
+    python benchmarks/run.py                  # every scenario, full sizes (about 5 minutes)
     python benchmarks/run.py --only churn     # one scenario (repeatable)
     python benchmarks/run.py --quick          # smoke run of every scenario at tiny sizes
     python benchmarks/run.py --render         # rewrite RESULTS.md from the JSON files alone

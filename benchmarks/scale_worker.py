@@ -32,7 +32,7 @@ __all__ = ["ScaleRun", "main"]
 
 APP_ID = "cli_scale"
 SECRET = "scale-secret"
-STUB_URL = "http://stub.invalid"
+STUB_URL = "https://stub.invalid"  # never connected to: MintingSession answers every POST
 
 
 class ScaleRun:

@@ -56,7 +56,7 @@ def slow_tenant(sizes: SlowTenantSizes) -> ScenarioResult:
         name="slow_tenant",
         title="4. Slow tenant",
         method=(
-            f"Scenario 2's workload ({len(tenants)} tenants, {work.callers} callers, "
+            f"The multi-tenant workload ({len(tenants)} tenants, {work.callers} callers, "
             f"{work.think_s * 1e3:g} ms business call, {work.lifetime_s:g} s tokens, "
             f"{work.latency_s * 1e3:g} ms upstream), except that tenant `{slow}`'s token "
             f"requests take {sizes.slow_latency_s:g} s. {warmup:g} s warm-up, "

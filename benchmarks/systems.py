@@ -1,4 +1,5 @@
-"""The systems under comparison, built against one FakeFeishu each, behind one interface."""
+"""The systems under comparison, built against a fake Feishu (in this process, or in a child
+process: :mod:`benchmarks.server_process`), behind one interface."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import dataclasses
 import itertools
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import requests
 
@@ -20,6 +22,7 @@ from benchmarks.baselines import (
     TokenSource,
     lark_oapi_peer,
 )
+from benchmarks.server_process import ServerProcess
 
 __all__ = [
     "ACTORS",
@@ -31,8 +34,11 @@ __all__ = [
     "ORACLE",
     "PYKKA_ASK",
     "ActorsSource",
+    "AppEndpoint",
+    "RemoteUpstream",
     "Upstream",
     "build",
+    "remote_upstream",
     "upstream",
 ]
 
@@ -47,6 +53,17 @@ FUTURE_FLOOR = "dict + resolved future (floor)"
 
 GET_TIMEOUT = 60.0
 _app_ids = itertools.count(1)
+
+
+class AppEndpoint(Protocol):
+    """What :func:`build` needs: an app registered on a running fake server (its ``base_url``
+    points there) and its current app_ticket (marketplace apps)."""
+
+    @property
+    def app(self) -> actors.AppConfig: ...
+
+    @property
+    def ticket(self) -> str | None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +97,26 @@ def upstream(
         yield Upstream(server, app, ticket)
 
 
+@dataclasses.dataclass(frozen=True)
+class RemoteUpstream:
+    """An app of its own on a fake Feishu running in a child process (:class:`ServerProcess`)."""
+
+    server: ServerProcess
+    app: actors.AppConfig
+    ticket: str | None
+
+
+def remote_upstream(server: ServerProcess, *, marketplace: bool = False) -> RemoteUpstream:
+    """Register a new app (id unique in this process) on ``server``: every run gets fresh
+    caches upstream too, while all of them talk to the same server process."""
+    app_id = f"cli_bench_{next(_app_ids)}"
+    secret = f"secret-{app_id}"
+    ticket = server.add_app(app_id, secret, marketplace=marketplace)
+    app_type = actors.AppType.MARKETPLACE if marketplace else actors.AppType.SELF_BUILT
+    app = actors.AppConfig(app_id, secret, app_type=app_type, base_url=server.base_url)
+    return RemoteUpstream(server, app, ticket)
+
+
 class ActorsSource:
     """The project, used the way application code uses it: ``proxy.get_token(...).get()``."""
 
@@ -110,7 +147,7 @@ class ActorsSource:
         self.system.stop()
 
 
-def build(name: str, up: Upstream, policy: actors.RefreshPolicy) -> TokenSource:
+def build(name: str, up: AppEndpoint, policy: actors.RefreshPolicy) -> TokenSource:
     """Start system ``name`` against ``up``; baselines take the policy's margin and timeouts."""
     factories: dict[str, Callable[[], TokenSource]] = {
         ORACLE: Oracle,
