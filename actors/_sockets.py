@@ -297,6 +297,20 @@ class AbortableAdapter(HTTPAdapter):
         self._watchdog.close(timeout=1.0)
 
 
+    def release(self) -> None:
+        """Close every socket now; only once no thread can still be using one (after the
+        workers are joined): closing a descriptor another thread reads could hand that thread
+        a reused descriptor. urllib3 closes pooled connections only when garbage-collected."""
+        with self._lock:
+            sockets = list(self._sockets)
+            self._sockets.clear()
+        for sock in sockets:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
 def _new_conn(conn: HTTPConnection, adapter: AbortableAdapter) -> socket.socket:
     """urllib3's ``HTTPConnection._new_conn``, with the socket tracked before it connects."""
     try:

@@ -245,7 +245,9 @@ class TokenSystem:
                     logger.warning("{} did not stop within {:g}s", ref, timeout)
             if self._adapter is not None:
                 self._adapter.abort()
-            self._pool.shutdown(left())
+            joined = self._pool.shutdown(left())
+            if joined and self._adapter is not None:
+                self._adapter.release()  # no worker left to use them: free the descriptors
             self._events.close(left())
         finally:
             # Whatever went wrong above, nothing more is served and every future a caller

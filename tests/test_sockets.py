@@ -16,6 +16,7 @@ import requests
 
 import actors
 from actors._sockets import AbortableAdapter, attempt_deadline, current_deadline
+from actors.testing import FakeFeishu
 
 from .conftest import APP_ID, SECRET, our_threads
 
@@ -214,3 +215,23 @@ def test_abort_ends_the_watchdog_thread() -> None:
         assert len(ours) == 1
         adapter.abort()
         assert not any(thread.is_alive() for thread in ours)
+
+
+def test_stop_closes_the_sockets_of_the_systems_own_session(server: FakeFeishu) -> None:
+    # urllib3 2.x closes pooled connections only when they are garbage-collected; a stopped
+    # system must not hold descriptors until then.
+    app = actors.AppConfig(APP_ID, SECRET, base_url=server.base_url)
+    system = actors.TokenSystem.start(app)
+    system.proxy.get_token().get(timeout=5)
+    gate = server.hold("app")  # a fetch still in flight when stop() comes
+    held = system.proxy.get_token(actors.TokenKind.APP)
+    assert gate.wait_for_waiting(1)
+    adapter = system._adapter  # white box: which sockets the system opened
+    assert adapter is not None
+    opened = list(adapter._sockets)
+    assert opened
+    system.stop()
+    gate.release()
+    with pytest.raises(actors.SystemStoppedError):
+        held.get(timeout=5)
+    assert [sock.fileno() for sock in opened] == [-1] * len(opened)
