@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pykka
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -118,20 +121,34 @@ def test_manual_clock_fires_exactly_what_advance_makes_due() -> None:
         recorder.stop()
 
 
-def test_system_clock_driver_fires_without_being_ticked() -> None:
-    clock = actors.SystemClock()
+@dataclasses.dataclass
+class RealTime:
+    """A scheduler on the system clock and a recorder of what it delivers."""
+
+    clock: actors.SystemClock
+    scheduler: pykka.ActorRef[SchedulerActor]
+    recorder: pykka.ActorRef[Recorder]
+    deliveries: Deliveries
+
+    def at(self, timer_id: int, delay: float, message: Any) -> None:
+        self.scheduler.tell(Schedule(timer_id, self.clock.now() + delay, self.recorder, message))
+
+
+@pytest.fixture
+def real_time() -> Iterator[RealTime]:
     deliveries = Deliveries()
-    scheduler = SchedulerActor.start(clock)
-    recorder = Recorder.start(deliveries)
-    try:
-        now = clock.now()
-        scheduler.tell(Schedule(1, now + 0.05, recorder, "later"))
-        scheduler.tell(Schedule(2, now, recorder, "now"))
-        assert deliveries.wait_for(2)  # the driver sleeps until each deadline, then ticks
-        assert deliveries.got == ["now", "later"]
-    finally:
-        scheduler.stop()
-        recorder.stop()
+    clock = actors.SystemClock()
+    running = RealTime(clock, SchedulerActor.start(clock), Recorder.start(deliveries), deliveries)
+    yield running
+    running.scheduler.stop()
+    running.recorder.stop()
+
+
+def test_system_clock_driver_fires_without_being_ticked(real_time: RealTime) -> None:
+    real_time.at(1, 0.05, "later")
+    real_time.at(2, 0.0, "now")
+    assert real_time.deliveries.wait_for(2)  # the driver sleeps until each deadline, then ticks
+    assert real_time.deliveries.got == ["now", "later"]
 
 
 def test_stopping_the_scheduler_stops_its_driver_thread() -> None:
@@ -140,60 +157,35 @@ def test_stopping_the_scheduler_stops_its_driver_thread() -> None:
     assert not [t for t in threading.enumerate() if t.name == "actors-timer-driver"]
 
 
-def test_the_system_clock_driver_sends_about_one_tick_per_timer() -> None:
+def test_the_system_clock_driver_sends_about_one_tick_per_timer(real_time: RealTime) -> None:
     # The driver used to re-send Ticks for a deadline the actor had not removed yet: 54,629 Ticks
     # for 44 timers in 6 s. At most one Tick is outstanding now.
-    clock = actors.SystemClock()
-    deliveries = Deliveries()
-    scheduler = SchedulerActor.start(clock)
-    recorder = Recorder.start(deliveries)
-    try:
-        now = clock.now()
-        for i in range(40):
-            scheduler.tell(Schedule(i, now + 0.005 * i, recorder, i))
-        assert deliveries.wait_for(40)
-        ticks = cast("int", scheduler.ask(TicksSent()))
-        assert sorted(deliveries.got) == list(range(40))
-        assert ticks <= 40 + 2  # one per deadline at most, give or take a race with a rearm
-    finally:
-        scheduler.stop()
-        recorder.stop()
+    for i in range(40):
+        real_time.at(i, 0.005 * i, i)
+    assert real_time.deliveries.wait_for(40)
+    ticks = cast("int", real_time.scheduler.ask(TicksSent()))
+    assert sorted(real_time.deliveries.got) == list(range(40))
+    assert ticks <= 40 + 2  # one per deadline at most, give or take a race with a rearm
 
 
-def test_a_non_finite_due_time_is_refused_and_the_timers_keep_firing() -> None:
-    clock = actors.SystemClock()
-    deliveries = Deliveries()
-    scheduler = SchedulerActor.start(clock)
-    recorder = Recorder.start(deliveries)
-    try:
-        scheduler.tell(Schedule(1, float("nan"), recorder, "nan"))
-        scheduler.tell(Schedule(2, float("inf"), recorder, "inf"))
-        scheduler.tell(Schedule(3, clock.now(), recorder, "now"))
-        assert deliveries.wait_for(1)
-        assert deliveries.got == ["now"]
-        assert scheduler.is_alive()
-        assert scheduler.ask(NextDue()) is None  # neither bad timer was stored
-    finally:
-        scheduler.stop()
-        recorder.stop()
+def test_a_non_finite_due_time_is_refused_and_the_timers_keep_firing(real_time: RealTime) -> None:
+    real_time.scheduler.tell(Schedule(1, float("nan"), real_time.recorder, "nan"))
+    real_time.scheduler.tell(Schedule(2, float("inf"), real_time.recorder, "inf"))
+    real_time.at(3, 0.0, "now")
+    assert real_time.deliveries.wait_for(1)
+    assert real_time.deliveries.got == ["now"]
+    assert real_time.scheduler.is_alive()
+    assert real_time.scheduler.ask(NextDue()) is None  # neither bad timer was stored
 
 
-def test_a_far_deadline_does_not_kill_the_timer_thread() -> None:
+def test_a_far_deadline_does_not_kill_the_timer_thread(real_time: RealTime) -> None:
     # 1e10 s ahead overflowed the platform's timed wait and killed the driver for good.
-    clock = actors.SystemClock()
-    deliveries = Deliveries()
-    scheduler = SchedulerActor.start(clock)
-    recorder = Recorder.start(deliveries)
-    try:
-        scheduler.tell(Schedule(1, clock.now() + 1e10, recorder, "far"))
-        assert scheduler.ask(NextDue()) is not None
-        scheduler.tell(Schedule(2, clock.now(), recorder, "now"))
-        assert deliveries.wait_for(1)
-        assert deliveries.got == ["now"]
-        assert [t for t in threading.enumerate() if t.name == "actors-timer-driver"]
-    finally:
-        scheduler.stop()
-        recorder.stop()
+    real_time.at(1, 1e10, "far")
+    assert real_time.scheduler.ask(NextDue()) is not None
+    real_time.at(2, 0.0, "now")
+    assert real_time.deliveries.wait_for(1)
+    assert real_time.deliveries.got == ["now"]
+    assert [t for t in threading.enumerate() if t.name == "actors-timer-driver"]
 
 
 def test_manual_clock_wait_returns_at_once_for_a_deadline_already_reached() -> None:
