@@ -34,6 +34,7 @@ class Entry:
         "app",
         "attempts",
         "cause",
+        "dropped_token",
         "expires_at",
         "key",
         "last_read",
@@ -50,6 +51,7 @@ class Entry:
         self._cache = cache
         self._state = RefreshState.IDLE
         self.token: str | None = None
+        self.dropped_token: str | None = None  # the last token dropped (invalidated): never again
         self.expires_at = 0.0
         self.waiters: list[Waiter] = []
         self.cause = "miss"
@@ -84,7 +86,7 @@ class Entry:
         """A refresh succeeded: serve ``token`` until ``expires_at``. True if it is the same."""
         same = token == self.token
         self._cache.reindex(self, token)
-        self.token = token
+        self.token, self.dropped_token = token, None
         self.expires_at = expires_at
         self.attempts = 0
         self._state = RefreshState.IDLE
@@ -100,7 +102,7 @@ class Entry:
         if self.token is None:
             return
         self._cache.reindex(self, None)
-        self.token = None
+        self.dropped_token, self.token = self.token, None
         self.expires_at = 0.0
         self._cache.publish(self)
 

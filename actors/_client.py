@@ -79,7 +79,7 @@ class FeishuAuthClient:
         data = self._post(app, endpoint.path, body)
         return _grant(data, endpoint.token_field or "")
 
-    def resend_ticket(self, app: AppConfig) -> None:
+    def resend_ticket(self, app: AppConfig) -> None:  # the ticket comes back as an event
         """Ask Feishu to push the app_ticket event again; the ticket never comes back here."""
         body = {"app_id": app.app_id, "app_secret": app.app_secret}
         self._post(app, feishu.RESEND.path, {k: body[k] for k in feishu.RESEND.request_fields})

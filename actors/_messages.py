@@ -64,6 +64,7 @@ class FetchDone:
 class ResendDone:
     app_id: str
     error: Exception | None
+    ticket: str | None = dataclasses.field(default=None, repr=False)  # the source had one
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

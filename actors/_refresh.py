@@ -87,13 +87,13 @@ class Refresher:
     def _attempt(self, entry: Entry) -> None:
         app = entry.app
         if app.app_type is AppType.SELF_BUILT:
-            self._enqueue(entry, TokenRequest(app=app, kind=entry.key.kind))
+            self._enqueue(entry)
         elif entry.key.kind is TokenKind.APP:
             ticket = entry.ticket_used = self._tickets.ticket(app.app_id)
             if ticket is None:
                 self._await_ticket(entry)
             else:
-                self._enqueue(entry, TokenRequest(app=app, kind=TokenKind.APP, app_ticket=ticket))
+                self._enqueue(entry, app_ticket=ticket)
         else:
             # Marketplace tenant tokens take two steps; the app token comes from this same
             # cache (a hit, or one shared fetch for every tenant of the app).
@@ -102,20 +102,24 @@ class Refresher:
                 app.key(TokenKind.APP),
                 Continuation(
                     self._clock.now(),
-                    on_token=lambda token: self._enqueue(
-                        entry,
-                        TokenRequest(
-                            app=app,
-                            kind=TokenKind.TENANT,
-                            tenant_key=entry.key.tenant_key,
-                            app_token=token,
-                        ),
-                    ),
+                    on_token=lambda token: self._enqueue(entry, app_token=token),
                     on_error=lambda error: self._finish_failure(entry, error),
                 ),
             )
 
-    def _enqueue(self, entry: Entry, request: TokenRequest) -> None:
+    def _enqueue(
+        self, entry: Entry, *, app_ticket: str | None = None, app_token: str | None = None
+    ) -> None:
+        key = entry.key
+        request = TokenRequest(
+            app=entry.app,
+            kind=key.kind,
+            tenant_key=key.tenant_key,
+            app_ticket=app_ticket,
+            app_token=app_token,
+            cause=entry.cause,
+            replaces=entry.token if entry.token is not None else entry.dropped_token,
+        )
         entry.enter(RefreshState.FETCHING)
         # Keys with callers waiting go first; prewarms follow in order of their hard deadline.
         deadline = float("-inf") if entry.waiters else entry.expires_at - self._policy.safety_margin
@@ -265,7 +269,10 @@ class Refresher:
         if not self._upstream.resend_ticket(app):
             self._finish_failure(entry, SystemStoppedError())
 
-    def on_resend_done(self, app_id: str, error: Exception | None) -> None:
+    def on_resend_done(self, app_id: str, error: Exception | None, ticket: str | None) -> None:
+        if ticket is not None:  # the source had one already (a shared store): no need to wait
+            self.on_set_ticket(app_id, ticket)
+            return
         if error is None:
             return
         _log.bind(app_id=app_id).warning("app_ticket resend failed: {}", error)

@@ -32,6 +32,10 @@ class TokenRequest:
     tenant_key: str | None = None
     app_ticket: str | None = dataclasses.field(default=None, repr=False)
     app_token: str | None = dataclasses.field(default=None, repr=False)
+    cause: str = "miss"  # miss | prewarm | invalidate: why the cache wants a token
+    # The token the cache holds now (a prewarm) or has just dropped (an invalidation): a shared
+    # store must not hand it back as the answer.
+    replaces: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def key(self) -> TokenKey:
@@ -48,6 +52,8 @@ class TokenSource(Protocol):
         """One attempt at the token ``request`` names."""
         ...
 
-    def resend_ticket(self, app: AppConfig) -> None:
-        """Ask Feishu to push ``app``'s app_ticket again (marketplace apps)."""
+    def resend_ticket(self, app: AppConfig) -> str | None:
+        """Ask Feishu to push ``app``'s app_ticket again (marketplace apps); the pushed ticket
+        arrives through ``set_app_ticket``. A source that already has a ticket (a shared store)
+        returns it instead; otherwise None."""
         ...

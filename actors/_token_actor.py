@@ -117,8 +117,8 @@ class TokenActor(pykka.ThreadingActor):
                     waiter.resolve(None)
             case m.TicketDeadline(app_id, timer_id):
                 self._refresher.on_ticket_deadline(app_id, timer_id)
-            case m.ResendDone(app_id, error):
-                self._refresher.on_resend_done(app_id, error)
+            case m.ResendDone(app_id, error, ticket):
+                self._refresher.on_resend_done(app_id, error, ticket)
             case m.Invalidate(token, waiter):
                 waiter.resolve(self._refresher.invalidate(token))
             case m.Snapshot(waiter):

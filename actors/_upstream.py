@@ -82,11 +82,14 @@ class Upstream:
 
         def job() -> None:
             error: Exception | None = None
+            ticket: str | None = None
             try:
-                source.resend_ticket(app)
+                ticket = source.resend_ticket(app)
             except Exception as exc:  # reported back as a message
                 error = exc
-            tell(ref, m.ResendDone(app.app_id, error))
+            if ticket is not None and not (isinstance(ticket, str) and ticket.strip()):
+                ticket = None  # a source's nonsense is no ticket; the wait's deadline still runs
+            tell(ref, m.ResendDone(app.app_id, error, ticket))
 
         try:
             self._pool.submit(job)

@@ -98,3 +98,29 @@ def test_source_and_session_together_are_refused() -> None:
 def test_something_that_is_not_a_source_is_refused() -> None:
     with pytest.raises(ValueError, match="TokenSource"):
         actors.TokenSystem.start(APP, source=object())  # type: ignore[arg-type]
+
+
+def test_requests_say_why_and_which_token_they_replace() -> None:
+    counter = itertools.count(1)
+    source = FunctionSource(lambda _r: actors.Grant(f"t-{next(counter)}", 7200.0))
+    clock = actors.ManualClock()
+    with actors.TokenSystem.start(APP, source=source, clock=clock) as system:
+        first = system.proxy.get_token().get(timeout=5)
+        clock.advance(7200 - 500)  # inside the prewarm window
+        system.settle()
+        second = system.proxy.get_token().get(timeout=5)
+        assert system.proxy.invalidate(second).get(timeout=5)
+        system.settle()
+    miss, prewarm, invalidate = source.requests
+    assert (miss.cause, miss.replaces) == ("miss", None)
+    assert (prewarm.cause, prewarm.replaces) == ("prewarm", first)
+    assert (invalidate.cause, invalidate.replaces) == ("invalidate", second)
+
+
+def test_a_ticket_the_source_already_has_is_used_without_waiting_for_a_push() -> None:
+    source = FunctionSource(
+        lambda r: actors.Grant(f"a-{r.app_ticket}", 7200.0), resend=lambda _a: "shared"
+    )
+    with actors.TokenSystem.start(MARKET, source=source, clock=actors.ManualClock()) as system:
+        assert system.proxy.get_token(actors.TokenKind.APP).get(timeout=5) == "a-shared"
+    assert source.resends == [MARKET.app_id]

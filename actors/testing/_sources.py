@@ -34,7 +34,7 @@ class FunctionSource:
         self,
         fetch: Callable[[TokenRequest], Grant | Exception],
         *,
-        resend: Callable[[AppConfig], None] | None = None,
+        resend: Callable[[AppConfig], str | None] | None = None,
     ) -> None:
         self._fetch = fetch
         self._resend = resend
@@ -69,9 +69,9 @@ class FunctionSource:
             raise outcome
         return outcome
 
-    def resend_ticket(self, app: AppConfig) -> None:
-        """Record the resend, then call the ``resend`` function if there is one."""
+    def resend_ticket(self, app: AppConfig) -> str | None:
+        """Record the resend, then call the ``resend`` function if there is one: a ticket it
+        returns is handed to the system at once, as a shared store would."""
         with self._lock:
             self._resends.append(app.app_id)
-        if self._resend is not None:
-            self._resend(app)
+        return self._resend(app) if self._resend is not None else None
