@@ -296,7 +296,6 @@ class AbortableAdapter(HTTPAdapter):
             _shutdown(sock)
         self._watchdog.close(timeout=1.0)
 
-
     def release(self) -> None:
         """Close every socket now; only once no thread can still be using one (after the
         workers are joined): closing a descriptor another thread reads could hand that thread
