@@ -134,8 +134,11 @@ def _build_parser() -> _Parser:
         "simulate",
         help="many tenants over virtual hours against the fake server, in seconds",
         description="Simulate a marketplace app with many tenants over virtual hours on a "
-        "manual clock: upstream calls per hour, peak concurrent fetches, callers that waited, "
-        "hit rate and the least validity left on a served token.",
+        "manual clock: upstream calls per hour, peak concurrent fetches, callers that waited "
+        "and how long (in virtual seconds), hit rate and the least validity left on a served "
+        "token; with --plot, the same hour by hour in a PNG. Exits 1 if an invariant broke "
+        "(a get never answered, a token served within the safety margin, two fetches of one "
+        "key at once, more than the cap in flight).",
     )
     simulate.add_argument("--tenants", type=_positive_int, default=1000, help="default: 1000")
     simulate.add_argument("--hours", type=_positive_float, default=24.0, help="default: 24")
@@ -161,6 +164,12 @@ def _build_parser() -> _Parser:
     )
     simulate.add_argument("--max-concurrent-fetches", type=_positive_int, default=8)
     simulate.add_argument("--seed", type=int, default=1, help="default: 1")
+    simulate.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="also draw the run hour by hour into this PNG file: upstream calls, fetches in "
+        'flight, validity left on served tokens (needs matplotlib: the "plot" extra)',
+    )
     simulate.set_defaults(run=cmds.cmd_simulate)
 
     report = commands.add_parser(

@@ -256,6 +256,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    plot: str | None = args.plot
+    if plot is not None:
+        _check_plot_target(plot)  # before the run, not after minutes of it
     bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     try:
         report = run_simulation(config, progress=bar)
@@ -265,7 +268,29 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(report.render())
     print()
     print(report.metrics.report())
+    if plot is not None:
+        try:
+            report.plot(plot)
+        except OSError as exc:
+            msg = f"cannot write the plot to {plot}: {exc.strerror or exc}"
+            raise CommandError(msg) from None
+        print()
+        print(f"plot written to {plot}")
+    if report.violations:
+        raise CommandError(f"simulation invariants broken: {'; '.join(report.violations)}")
     return 0
+
+
+def _check_plot_target(path: str) -> None:
+    from actors._sim_plot import require_matplotlib  # noqa: PLC0415 - only with --plot
+
+    try:
+        require_matplotlib()
+    except ImportError as exc:
+        raise UsageError(f"--plot: {exc}") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"--plot: no such directory: {folder}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
     python demos/simulate.py                      # 1,000 tenants x 24 virtual hours
     python demos/simulate.py --tenants 200 --hours 6 --failure-rate 0.05 --outage 3:3.5
+    python demos/simulate.py --plot day.png       # and the day hour by hour (needs matplotlib)
 
 Public API only (``actors.sim``); ``python -m actors simulate`` has more knobs and a progress bar.
 """
@@ -9,6 +10,7 @@ Public API only (``actors.sim``); ``python -m actors simulate`` has more knobs a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -30,7 +32,10 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=24.0)
     parser.add_argument("--failure-rate", type=float, default=0.0)
     parser.add_argument("--outage", type=outage, action="append", default=[])
+    parser.add_argument("--plot", metavar="PNG", help="draw the run hour by hour into this PNG")
     args = parser.parse_args()
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        parser.error('--plot needs matplotlib: pip install "lark-token-actors[plot]"')
     try:
         config = SimulationConfig(
             tenants=args.tenants,
@@ -44,6 +49,9 @@ def main() -> None:
     print(report.render())
     print()
     print(report.metrics.report())
+    if args.plot:
+        report.plot(args.plot)
+        print(f"\nplot written to {args.plot}")
 
 
 if __name__ == "__main__":

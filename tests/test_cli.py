@@ -187,6 +187,8 @@ def test_simulate_prints_the_simulation_report_and_the_metrics(
     assert main(["simulate", "--tenants", "10", "--hours", "1"]) == 0
     captured = capsys.readouterr()
     assert "simulated 10 tenants x 1 virtual hours" in captured.out
+    assert "wait for an answer" in captured.out  # and what it measures:
+    assert "virtual seconds from a get to its answer" in captured.out
     assert "performance report" in captured.out
     assert captured.err == ""  # no progress bar when stderr is not a terminal
 

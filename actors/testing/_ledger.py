@@ -10,8 +10,9 @@ from actors._clock import Clock
 
 __all__ = ["App", "Issued", "Ledger"]
 
-# Pruning expired tokens on every mint would make long simulations quadratic.
-_PRUNE_EVERY = 1024
+# Expired tokens are pruned once the record has doubled since the last prune (and holds at least
+# this many): pruning on every mint, or every N mints, would make long simulations quadratic.
+_PRUNE_AT_LEAST = 1024
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Ledger:
         self.apps: dict[str, App] = {}
         self._current: dict[tuple[str, str, str | None], Issued] = {}
         self._issued: dict[str, Issued] = {}
-        self._mints = 0
+        self._prune_at = _PRUNE_AT_LEAST
 
     def mint_ticket(self, app_id: str) -> str:
         """A new current app_ticket for a marketplace app; older ones die."""
@@ -60,9 +61,9 @@ class Ledger:
             current = Issued(token, app_id, kind, tenant_key, now + self._lifetime)
             self._current[(app_id, kind, tenant_key)] = current
             self._issued[token] = current
-            self._mints += 1
-            if self._mints % _PRUNE_EVERY == 0:
-                self._issued = {k: v for k, v in self._issued.items() if self._alive(v)}
+            if len(self._issued) >= self._prune_at:
+                self._issued = {k: v for k, v in self._issued.items() if v.expires_at > now}
+                self._prune_at = max(_PRUNE_AT_LEAST, 2 * len(self._issued))
         return current.token, int(current.expires_at - now)
 
     def record(
