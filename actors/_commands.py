@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import threading
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, TextIO
 import pykka
 from loguru import logger
 
-from actors._config import FEISHU, AppConfig, AppType, RefreshPolicy, TokenKind
+from actors._config import AppConfig, AppType, RefreshPolicy, TokenKind
 from actors._errors import TokenError
 from actors._events import RefreshEvent, TokenRefreshed
 from actors._mask import mask_token
@@ -47,22 +48,21 @@ class CommandError(Exception):
     """The command could not do its job (Feishu refused, the port is taken): exit 1."""
 
 
-def _env_app(*, required: bool, app_type: AppType = AppType.SELF_BUILT) -> AppConfig | None:
-    """The app in the environment; None if neither variable is set and ``required`` is false."""
-    app_id = os.environ.get(ENV_ID, "").strip()
-    secret = os.environ.get(ENV_SECRET, "").strip()
-    if not app_id and not secret and not required:
+def _env_app(*, required: bool, app_type: AppType | None = None) -> AppConfig | None:
+    """The app in the environment (``AppConfig.from_env``); None if neither credential is set
+    and ``required`` is false. ``app_type`` (the --app-type option) wins over FEISHU_APP_TYPE."""
+    missing = [name for name in (ENV_ID, ENV_SECRET) if not os.environ.get(name, "").strip()]
+    if len(missing) == 2 and not required:
         return None
-    missing = [name for name, value in ((ENV_ID, app_id), (ENV_SECRET, secret)) if not value]
     if missing:
         msg = f"set {' and '.join(missing)} in the environment (the app's credentials)"
         raise UsageError(msg)
-    base_url = os.environ.get(ENV_URL, "").strip() or FEISHU
     try:
-        return AppConfig(app_id, secret, app_type=app_type, base_url=base_url)
+        app = AppConfig.from_env()
     except ValueError as exc:
-        msg = f"bad credentials in the environment: {exc}"
+        msg = f"bad app settings in the environment: {exc}"
         raise UsageError(msg) from None
+    return app if app_type is None else dataclasses.replace(app, app_type=app_type)
 
 
 @contextlib.contextmanager
