@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -31,7 +31,15 @@ _TIMESTAMP, _NONCE, _SIGNATURE = (
     "x-lark-signature",
 )
 
-Headers = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
+
+class HeaderItems(Protocol):
+    """Anything with ``items()`` of (name, value) pairs: ``http.server``'s ``self.headers`` (an
+    ``email.message.Message``, which is not a ``Mapping``), werkzeug's ``Headers``, ..."""
+
+    def items(self) -> Iterable[tuple[Any, Any]]: ...
+
+
+Headers = Mapping[str, str] | HeaderItems | Iterable[tuple[str | bytes, str | bytes]]
 
 
 class EventError(ValueError):
@@ -50,11 +58,14 @@ def handle_event(
     """Check and route one event callback; returns the JSON object to answer with.
 
     ``body`` is the request's raw bytes (or str, or the already parsed dict: then the signature
-    cannot be checked). With ``headers`` and ``encrypt_key`` the signature is checked (header
-    names case-insensitive, as ASGI servers lower-case them); with ``verification_token`` the
-    payload's token is compared in constant time. ``url_verification`` is answered with
-    ``{"challenge": ...}``; an ``app_ticket`` event goes to ``system.proxy.set_app_ticket`` and
-    the answer is ``{}``, as for every other event (which this function does not handle).
+    cannot be checked). With ``encrypt_key`` an event in clear JSON is refused (Feishu then
+    encrypts every callback) and, given ``headers`` too, the signature is checked (header names
+    case-insensitive, as ASGI servers lower-case them; any object with ``items()`` will do, such
+    as ``http.server``'s ``self.headers``); with ``verification_token`` the payload's token is
+    compared in constant time.
+    ``url_verification`` is answered with ``{"challenge": ...}``; an ``app_ticket`` event goes
+    to ``system.proxy.set_app_ticket`` and the answer is ``{}``, as for every other event (which
+    this function does not handle).
     """
     raw, outer = _parse_outer(body)
     encrypted = "encrypt" in outer
@@ -68,6 +79,10 @@ def handle_event(
     if kind != "url_verification" and headers is not None and encrypt_key:
         # Feishu signs event deliveries (not the URL check) once an Encrypt Key is configured.
         _verify_signature(raw, _lower(headers), encrypt_key)
+    if encrypt_key and not encrypted:
+        # Once an Encrypt Key is configured Feishu encrypts every callback, the URL check too:
+        # a clear one comes from someone without the key (unsigned, if no headers were given).
+        raise EventError("the event is not encrypted, but an encrypt_key is configured")
     if verification_token is not None:
         _verify_token(payload, verification_token)
     if kind == "url_verification":
@@ -155,7 +170,9 @@ def _verify_signature(raw: bytes | None, headers: dict[str, str], encrypt_key: s
 
 
 def _lower(headers: Headers) -> dict[str, str]:
-    items = headers.items() if isinstance(headers, Mapping) else headers
+    # Duck-typed, not isinstance(Mapping): http.server's headers are a Message, whose iteration
+    # yields bare names (unpacking those into pairs once broke every stdlib event endpoint).
+    items = headers.items() if hasattr(headers, "items") else headers
     lowered = {}
     for name, value in items:
         key = name.decode("latin-1") if isinstance(name, bytes) else str(name)

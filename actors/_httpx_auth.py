@@ -28,7 +28,9 @@ class AsyncFeishuAuth(httpx.Auth):
             response = await client.get(url)
     """
 
-    requires_response_body = True  # the invalid-token code is in the body
+    # The flows below read a JSON answer's body themselves (httpx's own flows, which honour
+    # ``requires_response_body``, are overridden): only a JSON answer can carry the code, and a
+    # download streamed with ``client.stream()`` must not be read into memory here.
 
     def __init__(
         self,
@@ -52,6 +54,8 @@ class AsyncFeishuAuth(httpx.Auth):
         token = await proxy.aget_token(self._kind, tenant_key=self._tenant_key, app_id=self._app_id)
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
+        if _json_answer(response):
+            await response.aread()
         if _token_invalid(response):
             await proxy.ainvalidate(token)
             token = await proxy.aget_token(
@@ -65,6 +69,8 @@ class AsyncFeishuAuth(httpx.Auth):
         token = self._get()
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
+        if _json_answer(response):
+            response.read()
         if _token_invalid(response):
             proxy.invalidate(token).get(timeout=self._timeout)
             request.headers["Authorization"] = f"Bearer {self._get()}"
@@ -78,9 +84,15 @@ class AsyncFeishuAuth(httpx.Auth):
         return token
 
 
+def _json_answer(response: httpx.Response) -> bool:
+    return "json" in response.headers.get("Content-Type", "").lower()
+
+
 def _token_invalid(response: httpx.Response) -> bool:
+    if not _json_answer(response):
+        return False  # not JSON (a gateway's HTML page, a download): returned untouched
     try:
         body = response.json()
-    except ValueError:  # not JSON (a gateway's HTML page): returned untouched
+    except ValueError:  # JSON in name only: returned untouched
         return False
     return is_token_invalid(response_code(body))

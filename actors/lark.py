@@ -30,12 +30,33 @@ __all__ = ["acall", "call", "lark_client"]
 
 R = TypeVar("R")
 
+# Builder options the TokenSystem owns. With any of the first four the SDK fetches (or caches) a
+# token itself: a client-assertion provider even overwrites the token a call passes. The last
+# three would send the app's token to another domain, or under another app.
+_MANAGED = frozenset(
+    {
+        "app_secret",
+        "enable_set_token",
+        "cache",
+        "app_ticket",
+        "client_assertion_provider",
+        "domain",
+        "app_id",
+        "app_type",
+    }
+)
+# lark-oapi had no HTTP timeout by default before 1.7 (FEISHU.md): every call here gets one.
+_DEFAULT_TIMEOUT = 10.0
+
 
 def lark_client(system: Any, *, app_id: str | None = None, **builder_options: Any) -> Any:
     """A ``lark_oapi.Client`` for one of the system's apps, in manual-token mode.
 
     The domain comes from the app's ``base_url``; ``builder_options`` are further
-    ``lark_oapi.Client.builder()`` calls by name (e.g. ``timeout=5``, ``log_level=...``).
+    ``lark_oapi.Client.builder()`` calls by name (e.g. ``timeout=5``, ``log_level=...``); the
+    timeout is 10 seconds unless given. Options that would let the SDK fetch a token itself,
+    or point the client at another domain or app (``app_secret``, ``client_assertion_provider``,
+    ``domain``, ...), are refused with ``ValueError``.
     """
     app = _app(system, app_id)
     builder = (
@@ -46,9 +67,10 @@ def lark_client(system: Any, *, app_id: str | None = None, **builder_options: An
             lark_oapi.AppType.ISV if app.app_type is AppType.MARKETPLACE else lark_oapi.AppType.SELF
         )
         .enable_set_token(True)
+        .timeout(_DEFAULT_TIMEOUT)
     )
     for name, value in builder_options.items():
-        if name in ("app_secret", "enable_set_token", "cache", "app_ticket"):
+        if name in _MANAGED:
             msg = f"lark_client: {name} is managed by the TokenSystem, not the SDK"
             raise ValueError(msg)
         builder = getattr(builder, name)(value)

@@ -42,3 +42,23 @@ def test_simulate_demo_rejects_a_bad_outage_with_exit_code_2() -> None:
     assert result.returncode == 2
     assert "START_HOUR:END_HOUR" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_lark_sdk_demo_calls_business_apis_and_recovers_from_a_revoked_token() -> None:
+    result = run_demo("lark_sdk.py")
+    assert result.returncode == 0, result.stderr
+    assert "1. im.v1.chat.list -> code 0" in result.stdout
+    assert "2. after the token was revoked: code 0; the server saw 2 calls" in result.stdout
+    assert "3. im.v1.message.create -> code 0, om_" in result.stdout
+    assert "4. im.v1.chat.alist after another revocation -> code 0" in result.stdout
+    assert "2 invalidations" in result.stdout
+
+
+def test_event_server_demo_gets_a_marketplace_token_through_a_pushed_ticket() -> None:
+    result = run_demo("event_server.py")
+    assert result.returncode == 0, result.stderr
+    assert "-> {'challenge': 'ch-42'}" in result.stdout
+    assert "event decrypted, signature and token checked" in result.stdout
+    assert "the endpoint answered HTTP 200" in result.stdout
+    assert "(accepted by Feishu: True)" in result.stdout
+    assert "Traceback" not in result.stderr

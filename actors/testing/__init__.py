@@ -27,12 +27,44 @@ The faults a misbehaving upstream or gateway can produce, for a client's fault m
 
 Drips and resets need the loopback socket; :meth:`FakeFeishu.adapter` (in-process) answers a
 drip at once and raises ``requests.ConnectionError`` for a reset.
+
+Business Open API routes (loopback only: the in-process adapter passes no headers), answered
+with Feishu's codes for a revoked, expired, unknown or missing bearer token:
+
+- ``GET /open-apis/im/v1/chats`` and ``POST /open-apis/im/v1/messages?receive_id_type=...``
+  take a tenant token (99991663 when it is not one the server accepts),
+  ``POST /open-apis/authen/v1/oidc/access_token`` an app token (99991664);
+- recorded as kind ``"business"`` with the ``token`` each call carried, its ``headers`` and
+  ``body``; scripted and held like token requests: ``server.script("business", Reply.http(502))``,
+  ``Reply.code(99991672, "...", status=400)`` (a missing scope), ...;
+- ``server.business.set_invalid_status(200)``: invalid-token answers with HTTP 200, not 400.
+
+Event push: ``server.push_events_to(url, verification_token=..., encrypt_key=...)`` POSTs an
+encrypted, signed app_ticket event (:func:`encrypt_event`, :func:`sign_event`,
+:func:`app_ticket_event`) to ``url`` after each ``app_ticket/resend``; the returned
+:class:`EventPusher` records each :class:`Push`.
 """
 
+from actors.testing._events import EventPusher as EventPusher
+from actors.testing._events import Push as Push
+from actors.testing._events import app_ticket_event as app_ticket_event
+from actors.testing._events import encrypt_event as encrypt_event
+from actors.testing._events import sign_event as sign_event
 from actors.testing._fake_feishu import FakeFeishu as FakeFeishu
 from actors.testing._replies import Gate as Gate
 from actors.testing._replies import RecordedRequest as RecordedRequest
 from actors.testing._replies import Reply as Reply
 from actors.testing._sources import FunctionSource as FunctionSource
 
-__all__ = ["FakeFeishu", "FunctionSource", "Gate", "RecordedRequest", "Reply"]
+__all__ = [
+    "EventPusher",
+    "FakeFeishu",
+    "FunctionSource",
+    "Gate",
+    "Push",
+    "RecordedRequest",
+    "Reply",
+    "app_ticket_event",
+    "encrypt_event",
+    "sign_event",
+]

@@ -4,7 +4,8 @@
 ``FEISHU.md``: self-built and marketplace app/tenant tokens, app_ticket resend, the error codes
 and the 30-minute same-token rule, with expiry computed on an injectable clock. Tests steer it
 with scripted :class:`Reply` objects, :class:`Gate` holds and latency, and inspect it through
-:class:`RecordedRequest` records and concurrency counters.
+:class:`RecordedRequest` records and concurrency counters. Business Open API routes that take a
+bearer token live in ``_business``, the app_ticket event push in ``_events``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,20 @@ import actors.testing._protocol as wire
 from actors._clock import Clock, SystemClock
 from actors._config import AppType, TokenKind
 from actors._feishu import Endpoint
+from actors.testing._business import BUSINESS, BusinessApi, BusinessServer
+from actors.testing._events import EventPusher, Schema
 from actors.testing._ledger import App, Ledger
-from actors.testing._replies import Exchange, Gate, Match, RecordedRequest, Reply, matches
+from actors.testing._replies import (
+    Exchange,
+    Gate,
+    Headers,
+    Match,
+    RecordedRequest,
+    Reply,
+    matches,
+)
 from actors.testing._traffic import Traffic
-from actors.testing._transports import InProcessAdapter, LoopbackServer
+from actors.testing._transports import InProcessAdapter
 
 __all__ = ["FakeFeishu"]
 
@@ -33,7 +44,7 @@ def _route_kind(endpoint: Endpoint) -> str:
     return endpoint.kind.value if endpoint.kind is not None else "resend"
 
 
-_KINDS = frozenset({"any", *(_route_kind(e) for e in wire.ROUTES.values())})
+_KINDS = frozenset({"any", BUSINESS, *(_route_kind(e) for e in wire.ROUTES.values())})
 _Body: TypeAlias = dict[str, object]
 
 
@@ -48,6 +59,8 @@ class FakeFeishu:
 
     Every request is recorded on arrival, then passes the matching holds, then the latency,
     then takes the first matching scripted reply, if any, else the normal answer.
+    :attr:`business` serves Open API calls with bearer tokens (``_business``);
+    :meth:`push_events_to` delivers app_ticket events over HTTP after each resend.
 
     Args:
         clock: Time source for token expiry and request timestamps (default: system clock).
@@ -66,9 +79,11 @@ class FakeFeishu:
     ) -> None:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._ledger = Ledger(self._clock, lifetime=token_lifetime, window=refresh_window)
+        self._lock = threading.Lock()
+        self.business = BusinessApi(self._ledger, self._lock)
+        self._pushers: dict[str | None, EventPusher] = {}
         self._latency = _non_negative(latency)
         self._tenant_latency: dict[str, float] = {}
-        self._lock = threading.Lock()
         self._scripts: list[tuple[Match, Reply]] = []
         self._gates: list[Gate] = []
         self._traffic = Traffic()
@@ -77,7 +92,7 @@ class FakeFeishu:
         self._rng = random.Random(0)
         # Set by stop(): cuts latency waits short so no handler thread outlives the server.
         self._stopping = threading.Event()
-        self._httpd: LoopbackServer | None = None
+        self._httpd: BusinessServer | None = None
         self._thread: threading.Thread | None = None
         self.on_ticket_resend: Callable[[str, str], None] | None = None
 
@@ -88,7 +103,7 @@ class FakeFeishu:
                 raise RuntimeError("FakeFeishu cannot be restarted after stop(); make a new one")
             if self._httpd is not None:
                 return self
-            self._httpd = LoopbackServer(self)
+            self._httpd = BusinessServer(self)
             # A short poll interval keeps stop() quick; the loop is idle otherwise.
             self._thread = threading.Thread(
                 target=self._httpd.serve_forever,
@@ -142,6 +157,27 @@ class FakeFeishu:
         """Mint a new current app_ticket for a marketplace app and return it; older ones die."""
         with self._lock:
             return self._ledger.mint_ticket(app_id)
+
+    def push_events_to(
+        self,
+        url: str,
+        *,
+        verification_token: str,
+        encrypt_key: str | None = None,
+        app_id: str | None = None,
+        schema: Schema = "1.0",
+    ) -> EventPusher:
+        """After each ``app_ticket/resend`` (of ``app_id``, or of any app), POST the new ticket
+        to ``url`` as Feishu does: an app_ticket event carrying ``verification_token``,
+        encrypted and signed with ``encrypt_key`` (clear JSON without one). The
+        :attr:`on_ticket_resend` callback, if set, is called as well. Returns the pusher, which
+        records every delivery. A later call for the same ``app_id`` replaces the URL."""
+        pusher = EventPusher(
+            url, verification_token=verification_token, encrypt_key=encrypt_key, schema=schema
+        )
+        with self._lock:
+            self._pushers[app_id] = pusher
+        return pusher
 
     def set_latency(self, seconds: float, *, tenant_key: str | None = None) -> None:
         """Set the global latency, or the latency of tenant token requests for ``tenant_key``."""
@@ -245,13 +281,21 @@ class FakeFeishu:
         with self._lock:
             return self._ledger.alive(token) is not None
 
-    def handle(self, path: str, raw: bytes) -> Exchange:
+    def handle(
+        self, path: str, raw: bytes, *, method: str = "POST", headers: Headers = ()
+    ) -> Exchange:
         """Answer one request; both transports (loopback HTTP, in-process) come through here."""
         body = _parse(raw)
-        path = path.partition("?")[0]
-        route = wire.ROUTES.get(path)
+        path, _, query = path.partition("?")
+        route = wire.ROUTES.get(path) if method == "POST" else None
+        business = self.business.route(method, path)
         with self._lock:
-            req = self._identify(path, route, body)
+            now = self._clock.now()
+            if business is not None:
+                req = self.business.identify(business, query, headers, raw, now)
+            else:
+                line = (method, path, query)
+                req = _identify(self._ledger, line, headers, route, body, now=now)
             self._traffic.arrive(req)
             gates = [g for g in self._gates if matches(g.match, req)]
             latency = self._latency
@@ -270,16 +314,6 @@ class FakeFeishu:
                 self._traffic.leave(req)
         return Exchange(answer.reply, req.kind, answer.after, self._stopping.is_set())
 
-    def _identify(self, path: str, route: Endpoint | None, body: _Body | None) -> RecordedRequest:
-        kind = _route_kind(route) if route is not None else "unknown"
-        app_id = _str(body, wire.APP_ID)
-        tenant_key = None
-        if route is wire.MARKETPLACE_TENANT:
-            tenant_key = _str(body, wire.TENANT_KEY)
-            issued = self._ledger.find(_str(body, wire.APP_TOKEN) or "")
-            app_id = issued.app_id if issued is not None else None
-        return RecordedRequest(path, kind, app_id, tenant_key, self._clock.now())
-
     def _answer(self, route: Endpoint | None, body: _Body | None, req: RecordedRequest) -> _Answer:
         for i, (match, reply) in enumerate(self._scripts):
             if matches(match, req):
@@ -293,51 +327,87 @@ class FakeFeishu:
             self._outage or (self._failure_rate and self._rng.random() < self._failure_rate)
         ):
             return _Answer(Reply.http(503, "<html><body>503 Service Unavailable</body></html>"))
+        if req.kind == BUSINESS:
+            return _Answer(self.business.answer(req))
         if body is None:
             msg = "Bad Request: body is not a JSON object"
             return _Answer(Reply.code(wire.BAD_BODY, msg, status=400))
         if route is None:
             return _Answer(Reply.code(wire.NOT_FOUND, "404 page not found", status=404))
         if route is wire.MARKETPLACE_TENANT:
-            return self._marketplace_tenant(body)
+            return _Answer(_marketplace_tenant(self._ledger, body))
         app_id = req.app_id or ""
-        error = self._check_app(app_id, route, body)
+        error = _check_app(self._ledger, app_id, route, body)
         if error is not None:
             return _Answer(error)
         if route.kind is None:
-            return self._resend(app_id)
+            pusher = self._pushers.get(app_id, self._pushers.get(None))
+            return _resend(self._ledger, app_id, self.on_ticket_resend, pusher)
         return _Answer(Reply.ok(*self._ledger.grant(app_id, route.kind, None)))
 
-    def _check_app(self, app_id: str, route: Endpoint, body: _Body) -> Reply | None:
-        app = self._ledger.apps.get(app_id)
-        if app is None or app.marketplace != (route.app_type is AppType.MARKETPLACE):
-            return Reply.code(wire.UNKNOWN_APP, "invalid param", status=400)
-        if _str(body, wire.APP_SECRET) != app.secret:
-            return Reply.code(wire.BAD_SECRET, "app secret invalid", status=400)
-        if wire.APP_TICKET in route.request_fields and (
-            not app.ticket or _str(body, wire.APP_TICKET) != app.ticket
-        ):
-            return Reply.code(wire.TICKET_INVALID, "app_ticket is invalid")
-        return None
 
-    def _resend(self, app_id: str) -> _Answer:
-        callback = self.on_ticket_resend
-        if callback is None:
-            return _Answer(Reply.code(wire.OK, "ok"))
-        ticket = self._ledger.mint_ticket(app_id)
-        return _Answer(Reply.code(wire.OK, "ok"), lambda: callback(app_id, ticket))
-
-    def _marketplace_tenant(self, body: _Body) -> _Answer:
-        app_token = self._ledger.alive(_str(body, wire.APP_TOKEN) or "")
-        if app_token is None or app_token.kind != TokenKind.APP:
-            return _Answer(Reply.code(wire.APP_TOKEN_INVALID, "app access token invalid"))
+def _identify(
+    ledger: Ledger,
+    line: tuple[str, str, str],
+    headers: Headers,
+    route: Endpoint | None,
+    body: _Body | None,
+    *,
+    now: float,
+) -> RecordedRequest:
+    method, path, query = line
+    kind = _route_kind(route) if route is not None else "unknown"
+    app_id = _str(body, wire.APP_ID)
+    tenant_key = None
+    if route is wire.MARKETPLACE_TENANT:
         tenant_key = _str(body, wire.TENANT_KEY)
-        if not tenant_key:
-            msg = f"invalid param: {wire.TENANT_KEY}"
-            return _Answer(Reply.code(wire.UNKNOWN_APP, msg, status=400))
-        return _Answer(
-            Reply.ok(*self._ledger.grant(app_token.app_id, TokenKind.TENANT, tenant_key))
-        )
+        issued = ledger.find(_str(body, wire.APP_TOKEN) or "")
+        app_id = issued.app_id if issued is not None else None
+    return RecordedRequest(
+        path, kind, app_id, tenant_key, now, method=method, query=query, headers=headers
+    )
+
+
+def _resend(
+    ledger: Ledger,
+    app_id: str,
+    callback: Callable[[str, str], None] | None,
+    pusher: EventPusher | None,
+) -> _Answer:
+    if callback is None and pusher is None:
+        return _Answer(Reply.code(wire.OK, "ok"))
+    ticket = ledger.mint_ticket(app_id)
+
+    def deliver() -> None:  # after the answer is sent, as Feishu pushes after answering
+        if callback is not None:
+            callback(app_id, ticket)
+        if pusher is not None:
+            pusher.push_ticket(app_id, ticket)
+
+    return _Answer(Reply.code(wire.OK, "ok"), deliver)
+
+
+def _check_app(ledger: Ledger, app_id: str, route: Endpoint, body: _Body) -> Reply | None:
+    app = ledger.apps.get(app_id)
+    if app is None or app.marketplace != (route.app_type is AppType.MARKETPLACE):
+        return Reply.code(wire.UNKNOWN_APP, "invalid param", status=400)
+    if _str(body, wire.APP_SECRET) != app.secret:
+        return Reply.code(wire.BAD_SECRET, "app secret invalid", status=400)
+    if wire.APP_TICKET in route.request_fields and (
+        not app.ticket or _str(body, wire.APP_TICKET) != app.ticket
+    ):
+        return Reply.code(wire.TICKET_INVALID, "app_ticket is invalid")
+    return None
+
+
+def _marketplace_tenant(ledger: Ledger, body: _Body) -> Reply:
+    app_token = ledger.alive(_str(body, wire.APP_TOKEN) or "")
+    if app_token is None or app_token.kind != TokenKind.APP:
+        return Reply.code(wire.APP_TOKEN_INVALID, "app access token invalid")
+    tenant_key = _str(body, wire.TENANT_KEY)
+    if not tenant_key:
+        return Reply.code(wire.UNKNOWN_APP, f"invalid param: {wire.TENANT_KEY}", status=400)
+    return Reply.ok(*ledger.grant(app_token.app_id, TokenKind.TENANT, tenant_key))
 
 
 def _check_kind(method: str, kind: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from actors._feishu import (
     CODE_FIELD,
@@ -17,20 +17,38 @@ from actors._feishu import (
 )
 from actors.testing._protocol import OK, RATE_LIMITED, token_field
 
-__all__ = ["Exchange", "Gate", "RecordedRequest", "Reply", "dump_json", "matches", "render_body"]
+__all__ = [
+    "Exchange",
+    "Gate",
+    "Headers",
+    "RecordedRequest",
+    "Reply",
+    "dump_json",
+    "matches",
+    "render_body",
+]
 
 _BAD_GATEWAY = "<html><body>502 Bad Gateway</body></html>"
 _TOO_MANY = "<html><body>429 Too Many Requests</body></html>"
 
 Match = tuple[str, str | None, str | None]  # (kind or "any", app_id or None, tenant_key or None)
+Headers = tuple[tuple[str, str], ...]  # a request's header lines, as they came
 
 
 @dataclass(frozen=True)
 class RecordedRequest:
     """One request as seen on arrival (``at`` on the server's clock); never a secret or ticket.
 
-    ``kind`` is ``"app"``, ``"tenant"``, ``"resend"`` or ``"unknown"``; for a marketplace tenant
-    token ``app_id`` is the owner of the presented app_access_token.
+    ``kind`` is ``"app"``, ``"tenant"``, ``"resend"``, ``"business"`` (an Open API call that
+    takes a bearer token) or ``"unknown"``; for a marketplace tenant token ``app_id`` is the
+    owner of the presented app_access_token, for a business call ``app_id`` and ``tenant_key``
+    are those of the token it carried (None for a token the server does not know).
+
+    ``method`` and ``query`` (the URL's part after ``?``) are the request line's; ``token`` is
+    the bearer token of the ``Authorization`` header, ``headers`` every header line
+    as it came (over loopback HTTP; the in-process adapter passes none) and ``body`` the raw
+    body of a business call (a token request's body holds the secret: it is never kept).
+    Headers and body take no part in comparisons.
     """
 
     path: str
@@ -38,6 +56,16 @@ class RecordedRequest:
     app_id: str | None
     tenant_key: str | None
     at: float
+    method: str = "POST"
+    query: str = ""
+    token: str | None = None
+    headers: Headers = field(default=(), compare=False, repr=False)
+    body: bytes = field(default=b"", compare=False, repr=False)
+
+    def header(self, name: str) -> str | None:
+        """The value of header ``name`` (case-insensitive), or None."""
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key.lower() == wanted), None)
 
 
 @dataclass(frozen=True)

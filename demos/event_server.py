@@ -1,0 +1,125 @@
+"""A marketplace app's event endpoint: the app_ticket arrives as an encrypted, signed event.
+
+A marketplace (store) app needs the app_ticket Feishu pushes to its event URL before it can get
+any token. This demo runs a minimal event endpoint (the standard library's ``http.server``)
+that hands every callback to ``actors.handle_event``, which checks the signature and the
+verification token, decrypts the event and feeds the ticket to the TokenSystem. The embedded
+fake Feishu server plays Feishu: asked to resend the ticket, it pushes the event to the
+endpoint over HTTP. Then a tenant token is obtained, and the demo exits.
+
+    python demos/event_server.py
+
+Public API only: ``actors`` and ``actors.testing``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from a checkout
+
+import requests
+
+import actors
+from actors.testing import FakeFeishu, encrypt_event
+
+APP_ID, SECRET = "cli_store_demo", "store-demo-secret"
+# The app's event settings (Developer Console -> Events & Callbacks -> Encryption Strategy).
+ENCRYPT_KEY = "demo-encrypt-key"
+VERIFICATION_TOKEN = "demo-verification-token"
+
+
+class EventHandler(BaseHTTPRequestHandler):
+    """POST /feishu/events: every callback goes through ``actors.handle_event``."""
+
+    system: ClassVar[actors.TokenSystem]
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            answer = actors.handle_event(
+                self.system,
+                raw,
+                headers=self.headers,
+                verification_token=VERIFICATION_TOKEN,
+                encrypt_key=ENCRYPT_KEY,
+            )
+        except actors.EventError as exc:  # forged, tampered or misconfigured: feed nothing
+            print(f"   endpoint: refused an event ({exc})")
+            self._answer(400, {"error": "bad event"})
+            return
+        if "challenge" in answer:  # the URL check is encrypted but not signed
+            print(f"   endpoint: url_verification decrypted, token checked ({len(raw)} bytes)")
+        else:
+            print(f"   endpoint: event decrypted, signature and token checked ({len(raw)} bytes)")
+        self._answer(200, answer)
+
+    def _answer(self, status: int, answer: dict[str, object]) -> None:
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+@contextlib.contextmanager
+def event_endpoint(system: actors.TokenSystem) -> Iterator[str]:
+    """Serve :class:`EventHandler` on a free loopback port; yields the event URL."""
+    EventHandler.system = system
+    endpoint = ThreadingHTTPServer(("127.0.0.1", 0), EventHandler)
+    thread = threading.Thread(
+        target=endpoint.serve_forever, kwargs={"poll_interval": 0.05}, name="event-endpoint"
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{endpoint.server_address[1]}/feishu/events"
+    finally:
+        endpoint.shutdown()
+        endpoint.server_close()
+        thread.join()
+
+
+def main() -> None:
+    with FakeFeishu() as feishu:
+        feishu.add_app(APP_ID, SECRET, marketplace=True)
+        app = actors.AppConfig(
+            APP_ID, SECRET, app_type=actors.AppType.MARKETPLACE, base_url=feishu.base_url
+        )
+        with actors.TokenSystem.start(app) as system, event_endpoint(system) as url:
+            # Saving the URL in the console makes Feishu check it with a challenge first.
+            print(f"1. Feishu checks the event URL {url}")
+            check = {"type": "url_verification", "challenge": "ch-42", "token": VERIFICATION_TOKEN}
+            answer = requests.post(url, data=encrypt_event(check, ENCRYPT_KEY), timeout=10)
+            print(f"   -> {answer.json()}")
+
+            # From now on Feishu pushes app_tickets there, encrypted and signed.
+            pusher = feishu.push_events_to(
+                url, verification_token=VERIFICATION_TOKEN, encrypt_key=ENCRYPT_KEY
+            )
+            print("2. get a tenant token: no app_ticket yet, so the system asks for a resend")
+            token = system.proxy.get_token(tenant_key="tenant-demo").get(timeout=30)
+            # The ticket was fed before the endpoint answered: wait for its answer too.
+            pusher.wait_for_pushes(1, timeout=10)
+            [push] = pusher.pushes
+            print(f"   Feishu pushed the app_ticket: the endpoint answered HTTP {push.status}")
+            valid = feishu.valid_token(token)
+            print(f"3. tenant token for tenant-demo: {token[:6]}… (accepted by Feishu: {valid})")
+            print(
+                f"\n{system.metrics().ticket_resends} resend, {feishu.count('app')} app token and "
+                f"{feishu.count('tenant')} tenant token request(s)"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""``actors.lark``: the official SDK (``lark-oapi``) in manual-token mode, with tokens from a
+TokenSystem and once-only invalid-token recovery, against the embedded fake server's business
+routes over real loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+
+import pytest
+from lark_oapi.api.authen.v1 import (
+    CreateOidcAccessTokenRequest,
+    CreateOidcAccessTokenRequestBody,
+)
+from lark_oapi.api.im.v1 import (
+    CreateMessageRequest,
+    CreateMessageRequestBody,
+    ListChatRequest,
+)
+from lark_oapi.core.exception import NoAuthorizationException
+
+import actors
+from actors.lark import acall, call, lark_client
+from actors.testing import FakeFeishu, RecordedRequest, Reply
+from tests.conftest import MARKET_ID, SystemFactory, forward_tickets
+
+TIMEOUT = 10.0
+
+# Importing lark_oapi leaves ~330,000 long-lived objects (its generated models) to the cyclic
+# collector: every full collection then takes a quarter of a second, a pause that shows up as
+# an event-loop stall in the timing tests of the same session (test_asyncio). They live as long
+# as the process: move them, at collection time, out of the collector's way.
+gc.collect()
+gc.freeze()
+
+
+@pytest.fixture
+def system(make_system: SystemFactory, app: actors.AppConfig) -> actors.TokenSystem:
+    return make_system(app)
+
+
+def business(server: FakeFeishu) -> list[RecordedRequest]:
+    return [r for r in server.requests if r.kind == "business"]
+
+
+def token(system: actors.TokenSystem, kind: actors.TokenKind = actors.TokenKind.TENANT) -> str:
+    return system.proxy.get_token(kind).get(timeout=TIMEOUT)
+
+
+def list_chats() -> ListChatRequest:
+    return ListChatRequest.builder().page_size(20).build()
+
+
+def send_text(text: str) -> CreateMessageRequest:
+    body = (
+        CreateMessageRequestBody.builder()
+        .receive_id("oc_demo")
+        .msg_type("text")
+        .content(json.dumps({"text": text}))
+        .build()
+    )
+    return CreateMessageRequest.builder().receive_id_type("chat_id").request_body(body).build()
+
+
+def test_the_client_uses_the_apps_domain_and_never_fetches_a_token_itself(
+    system: actors.TokenSystem, app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    client = lark_client(system)
+
+    assert client.config.domain == app.base_url and not client.config.app_secret
+    assert client.config.timeout == 10.0  # never the SDK's "no timeout"
+    with pytest.raises(NoAuthorizationException):
+        client.im.v1.chat.list(list_chats())  # no token passed: no fallback to fetching one
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["app_secret", "client_assertion_provider", "domain", "app_id", "cache", "enable_set_token"],
+)
+def test_options_that_would_let_the_sdk_fetch_or_misdirect_a_token_are_refused(
+    system: actors.TokenSystem, option: str
+) -> None:
+    with pytest.raises(ValueError, match=option):
+        lark_client(system, **{option: "x"})
+
+
+def test_builder_options_are_passed_on(system: actors.TokenSystem) -> None:
+    assert lark_client(system, timeout=2.5).config.timeout == 2.5
+
+
+def test_call_passes_the_systems_token(system: actors.TokenSystem, server: FakeFeishu) -> None:
+    client = lark_client(system)
+
+    response = call(system, client.im.v1.chat.list, list_chats())
+
+    assert response.success(), response.msg
+    assert response.data.items[0].chat_id
+    [sent] = business(server)
+    assert sent.token == token(system) and sent.query == "page_size=20"
+
+
+@pytest.mark.parametrize("status", [200, 400])
+def test_call_recovers_once_from_a_revoked_token(
+    system: actors.TokenSystem, server: FakeFeishu, status: int
+) -> None:
+    client = lark_client(system)
+    stale = token(system)
+    server.rotate()
+    server.business.set_invalid_status(status)
+
+    response = call(system, client.im.v1.chat.list, list_chats())
+
+    assert response.success(), response.msg
+    first, retry = business(server)
+    assert first.token == stale and retry.token == token(system) != stale
+    assert system.metrics().invalidations == 1
+
+
+def test_call_resends_a_post_with_the_same_body(
+    system: actors.TokenSystem, server: FakeFeishu
+) -> None:
+    client = lark_client(system)
+    token(system)
+    server.rotate()
+
+    response = call(system, client.im.v1.message.create, send_text("hello"))
+
+    assert response.success(), response.msg
+    assert json.loads(response.data.body.content) == {"text": "hello"}
+    first, retry = business(server)
+    assert first.body == retry.body and json.loads(retry.body)["receive_id"] == "oc_demo"
+    assert first.token != retry.token
+
+
+def test_call_returns_the_second_answer_when_the_token_is_invalid_twice(
+    system: actors.TokenSystem, server: FakeFeishu
+) -> None:
+    client = lark_client(system)
+    server.script(
+        "business",
+        Reply.code(99991663, "first", status=400),
+        Reply.code(99991663, "second", status=400),
+    )
+
+    response = call(system, client.im.v1.chat.list, list_chats())
+
+    assert (response.code, response.msg) == (99991663, "second")
+    assert len(business(server)) == 2
+
+
+def test_call_leaves_a_scope_error_alone(system: actors.TokenSystem, server: FakeFeishu) -> None:
+    client = lark_client(system)
+    server.script("business", Reply.code(99991672, "Access denied: scope", status=400))
+
+    response = call(system, client.im.v1.chat.list, list_chats())
+
+    assert response.code == 99991672
+    assert len(business(server)) == 1 and system.metrics().invalidations == 0
+
+
+def test_call_with_an_app_token_recovers_from_99991664(
+    system: actors.TokenSystem, server: FakeFeishu
+) -> None:
+    client = lark_client(system)
+    stale = token(system, actors.TokenKind.APP)
+    server.rotate()
+    body = (
+        CreateOidcAccessTokenRequestBody.builder()
+        .grant_type("authorization_code")
+        .code("code-1")
+        .build()
+    )
+    request = CreateOidcAccessTokenRequest.builder().request_body(body).build()
+
+    response = call(
+        system, client.authen.v1.oidc_access_token.create, request, kind=actors.TokenKind.APP
+    )
+
+    assert response.success(), response.msg
+    assert response.data.access_token.startswith("u-")
+    first, retry = business(server)
+    assert first.token == stale and retry.token == token(system, actors.TokenKind.APP)
+
+
+def test_acall_recovers_once_from_a_revoked_token(
+    system: actors.TokenSystem, server: FakeFeishu
+) -> None:
+    client = lark_client(system)
+    stale = token(system)
+    server.rotate()
+
+    response = asyncio.run(acall(system, client.im.v1.chat.alist, list_chats()))
+
+    assert response.success(), response.msg
+    first, retry = business(server)
+    assert first.token == stale and retry.token == token(system) != stale
+
+
+def test_acall_returns_the_second_answer_when_the_token_is_invalid_twice(
+    system: actors.TokenSystem, server: FakeFeishu
+) -> None:
+    client = lark_client(system)
+    server.script(
+        "business",
+        Reply.code(99991663, "first", status=200),
+        Reply.code(99991663, "second", status=200),
+    )
+
+    response = asyncio.run(acall(system, client.im.v1.chat.alist, list_chats()))
+
+    assert (response.code, response.msg) == (99991663, "second")
+    assert len(business(server)) == 2
+
+
+def test_a_marketplace_app_calls_for_one_tenant(
+    make_system: SystemFactory, market_app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    system = make_system(market_app)
+    forward_tickets(server, system)
+    client = lark_client(system)
+
+    response = call(system, client.im.v1.chat.list, list_chats(), tenant_key="tk-9")
+    aresponse = asyncio.run(
+        acall(system, client.im.v1.chat.alist, list_chats(), tenant_key="tk-10")
+    )
+
+    assert response.data.items[0].tenant_key == "tk-9"
+    assert aresponse.data.items[0].tenant_key == "tk-10"
+    assert [(r.app_id, r.tenant_key) for r in business(server)] == [
+        (MARKET_ID, "tk-9"),
+        (MARKET_ID, "tk-10"),
+    ]
+    assert server.count("app") == 1  # the app token is fetched once and shared by the tenants
+
+
+def test_a_non_json_answer_is_the_sdks_to_report_and_is_not_retried(
+    system: actors.TokenSystem, server: FakeFeishu
+) -> None:
+    client = lark_client(system)
+    server.script("business", Reply.http(502))
+
+    with pytest.raises(json.JSONDecodeError):  # the SDK parses every answer as JSON
+        call(system, client.im.v1.chat.list, list_chats())
+
+    assert len(business(server)) == 1 and system.metrics().invalidations == 0
