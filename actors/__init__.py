@@ -4,6 +4,9 @@ One TokenActor owns the cache (no locks), concurrent misses share one upstream r
 scheduler actor prewarms tokens before they expire, and callers get pykka futures.
 """
 
+import importlib
+from typing import TYPE_CHECKING
+
 from loguru import logger
 
 from actors._auth import TOKEN_INVALID_CODES as TOKEN_INVALID_CODES
@@ -39,6 +42,10 @@ from actors._source import TokenSource as TokenSource
 from actors._system import TokenSystem as TokenSystem
 from actors._token_actor import TokenActor as TokenActor
 
+if TYPE_CHECKING:
+    from actors._httpx_auth import AsyncFeishuAuth as AsyncFeishuAuth
+    from actors._redis import RedisStore as RedisStore
+
 __all__ = [
     "FEISHU",
     "LARK",
@@ -57,6 +64,7 @@ __all__ = [
     "LatencySummary",
     "ManualClock",
     "RateLimitedError",
+    "RedisStore",
     "RefreshFailed",
     "RefreshPolicy",
     "SystemClock",
@@ -78,15 +86,21 @@ __all__ = [
 __version__ = "0.1.0"
 
 
+# Optional extras, imported on first use (a type checker sees them through TYPE_CHECKING).
+_EXTRAS = {
+    "AsyncFeishuAuth": ("actors._httpx_auth", "httpx"),
+    "RedisStore": ("actors._redis", "redis"),
+}
+
+
 def __getattr__(name: str) -> object:
-    # httpx is an optional extra: AsyncFeishuAuth (an httpx.Auth) is imported on first use.
-    if name == "AsyncFeishuAuth":
+    if name in _EXTRAS:
+        module, extra = _EXTRAS[name]
         try:
-            from actors._httpx_auth import AsyncFeishuAuth  # noqa: PLC0415
+            return getattr(importlib.import_module(module), name)
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
-            msg = 'AsyncFeishuAuth needs httpx: pip install "lark-token-actors[httpx]"'
+            msg = f'{name} needs the {extra} extra: pip install "lark-token-actors[{extra}]"'
             raise ImportError(msg) from exc
-        return AsyncFeishuAuth
     msg = f"module 'actors' has no attribute {name!r}"
     raise AttributeError(msg)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 
@@ -24,6 +24,9 @@ from actors._errors import SystemStoppedError
 from actors._metrics import TokenMetrics
 from actors._snapshot import SAMPLE_MASK, Cell, Published, ReadSnapshot
 from actors._waiters import AsyncWaiter, FutureWaiter, PendingFutures
+
+if TYPE_CHECKING:
+    from actors._redis import RedisStore
 
 __all__ = ["TokenProxy"]
 
@@ -44,6 +47,7 @@ class TokenProxy:
         pending: PendingFutures,
         snapshot: ReadSnapshot | None,
         callers: CallerStats,
+        store: RedisStore | None = None,
     ) -> None:
         self._ref = ref
         self._apps = apps
@@ -56,6 +60,7 @@ class TokenProxy:
         self._cells: dict[tuple[Any, Any, Any], Cell] = {}  # arguments -> the key's cell
         self._generation = _fork.current()
         self._callers = callers
+        self._store = store  # a shared tier: tickets handed to this process serve every process
         # Misses already on their way to the TokenActor, per event loop and key: later awaits
         # of the same key on the same loop join them instead of sending a message each.
         self._awaited: dict[tuple[asyncio.AbstractEventLoop, TokenKey], asyncio.Future[Any]] = {}
@@ -142,6 +147,8 @@ class TokenProxy:
     async def aset_app_ticket(self, ticket: str, *, app_id: str | None = None) -> None:
         """``set_app_ticket`` for coroutines."""
         app = self._ticket_app(ticket, app_id)
+        if self._store is not None:
+            await asyncio.to_thread(self._store.put_ticket, app.app_id, ticket)
         await self._aask(lambda waiter: m.SetTicket(app.app_id, ticket, waiter))
 
     async def ainvalidate(self, token: str) -> bool:
@@ -156,7 +163,10 @@ class TokenProxy:
             app = self._ticket_app(ticket, app_id)
         except ValueError as exc:
             return _failed(exc)
-        return self._ask(lambda waiter: m.SetTicket(app.app_id, ticket, waiter))
+        future = self._ask(lambda waiter: m.SetTicket(app.app_id, ticket, waiter))
+        if self._store is not None:
+            self._store.put_ticket(app.app_id, ticket)  # bounded: short timeouts, a breaker
+        return future
 
     def invalidate(self, token: str) -> pykka.Future[bool]:
         """Drop ``token`` if it is still the cached one and fetch a fresh one; True if dropped."""

