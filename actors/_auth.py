@@ -19,7 +19,14 @@ from requests.auth import AuthBase
 from actors import _feishu as feishu
 from actors._config import TokenKind
 
-__all__ = ["TOKEN_INVALID_CODES", "FeishuAuth", "bearer_of", "is_token_invalid", "response_code"]
+__all__ = [
+    "TOKEN_INVALID_CODES",
+    "FeishuAuth",
+    "TokenTarget",
+    "bearer_of",
+    "is_token_invalid",
+    "response_code",
+]
 
 TOKEN_INVALID_CODES: frozenset[int] = feishu.TOKEN_INVALID_CODES
 
@@ -41,6 +48,40 @@ def bearer_of(header: str | None) -> str | None:
     return None
 
 
+class TokenTarget:
+    """Which token an HTTP auth sends (system, kind, tenant, app) and how it gets one: the part
+    the ``requests`` and ``httpx`` auths share."""
+
+    def __init__(
+        self,
+        system: Any,  # a TokenSystem (typed loosely: this module must not import _system)
+        kind: TokenKind = TokenKind.TENANT,
+        *,
+        tenant_key: str | None = None,
+        app_id: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.proxy = system.proxy
+        self.kind = kind
+        self.tenant_key = tenant_key
+        self.app_id = app_id
+        self.timeout = timeout
+
+    def get(self) -> str:
+        future = self.proxy.get_token(self.kind, tenant_key=self.tenant_key, app_id=self.app_id)
+        token: str = future.get(timeout=self.timeout)
+        return token
+
+    async def aget(self) -> str:
+        token: str = await self.proxy.aget_token(
+            self.kind, tenant_key=self.tenant_key, app_id=self.app_id
+        )
+        return token
+
+    def invalidate(self, token: str) -> None:
+        self.proxy.invalidate(token).get(timeout=self.timeout)
+
+
 class FeishuAuth(AuthBase):
     """``requests`` auth that sends ``Authorization: Bearer <token>`` from a TokenSystem.
 
@@ -52,28 +93,19 @@ class FeishuAuth(AuthBase):
 
     def __init__(
         self,
-        system: Any,  # a TokenSystem (typed loosely: this module must not import _system)
+        system: Any,
         kind: TokenKind = TokenKind.TENANT,
         *,
         tenant_key: str | None = None,
         app_id: str | None = None,
         timeout: float = 10.0,
     ) -> None:
-        self._system = system
-        self._kind = kind
-        self._tenant_key = tenant_key
-        self._app_id = app_id
-        self._timeout = timeout
-
-    def _token(self) -> str:
-        future = self._system.proxy.get_token(
-            self._kind, tenant_key=self._tenant_key, app_id=self._app_id
+        self._target = TokenTarget(
+            system, kind, tenant_key=tenant_key, app_id=app_id, timeout=timeout
         )
-        token: str = future.get(timeout=self._timeout)
-        return token
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"Bearer {self._token()}"
+        request.headers["Authorization"] = f"Bearer {self._target.get()}"
         request.register_hook("response", self._recover)  # type: ignore[no-untyped-call]
         return request
 
@@ -83,10 +115,10 @@ class FeishuAuth(AuthBase):
             return response
         token = bearer_of(sent.headers.get("Authorization"))
         if token is not None:
-            self._system.proxy.invalidate(token).get(timeout=self._timeout)
+            self._target.invalidate(token)
         response.close()  # the answer was read: its connection goes back to the pool
         again = sent.copy()
-        again.headers["Authorization"] = f"Bearer {self._token()}"
+        again.headers["Authorization"] = f"Bearer {self._target.get()}"
         again._feishu_resent = True  # type: ignore[attr-defined]  # the once-only guard
         resent = response.connection.send(again, **kwargs)
         resent.history.append(response)

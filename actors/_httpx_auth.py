@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from actors._auth import is_token_invalid, response_code
+from actors._auth import TokenTarget, is_token_invalid, response_code
 from actors._config import TokenKind
 
 __all__ = ["AsyncFeishuAuth"]
@@ -41,47 +41,35 @@ class AsyncFeishuAuth(httpx.Auth):
         app_id: str | None = None,
         timeout: float = 10.0,
     ) -> None:
-        self._system = system
-        self._kind = kind
-        self._tenant_key = tenant_key
-        self._app_id = app_id
-        self._timeout = timeout
+        self._target = TokenTarget(
+            system, kind, tenant_key=tenant_key, app_id=app_id, timeout=timeout
+        )
 
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        proxy = self._system.proxy
-        token = await proxy.aget_token(self._kind, tenant_key=self._tenant_key, app_id=self._app_id)
+        target = self._target
+        token = await target.aget()
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
         if _json_answer(response):
             await response.aread()
         if _token_invalid(response):
-            await proxy.ainvalidate(token)
-            token = await proxy.aget_token(
-                self._kind, tenant_key=self._tenant_key, app_id=self._app_id
-            )
-            request.headers["Authorization"] = f"Bearer {token}"
+            await target.proxy.ainvalidate(token)
+            request.headers["Authorization"] = f"Bearer {await target.aget()}"
             yield request
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
-        proxy = self._system.proxy
-        token = self._get()
+        target = self._target
+        token = target.get()
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
         if _json_answer(response):
             response.read()
         if _token_invalid(response):
-            proxy.invalidate(token).get(timeout=self._timeout)
-            request.headers["Authorization"] = f"Bearer {self._get()}"
+            target.invalidate(token)
+            request.headers["Authorization"] = f"Bearer {target.get()}"
             yield request
-
-    def _get(self) -> str:
-        future = self._system.proxy.get_token(
-            self._kind, tenant_key=self._tenant_key, app_id=self._app_id
-        )
-        token: str = future.get(timeout=self._timeout)
-        return token
 
 
 def _json_answer(response: httpx.Response) -> bool:
