@@ -348,6 +348,8 @@ def fleet_config(
 
 
 PROCESSES, THREADS = 4, 8
+# The figure: 8 processes x 16 threads on one key across token expiries.
+EXPIRY_PROCESSES, EXPIRY_THREADS = 8, 16
 
 
 def test_processes_make_one_upstream_request_per_refresh_across_expiries(
@@ -356,7 +358,7 @@ def test_processes_make_one_upstream_request_per_refresh_across_expiries(
     # Tokens live 4 s and are renewed in their last 3 s: 6.5 s of traffic spans two refreshes.
     with FakeFeishu(token_lifetime=4.0, refresh_window=3.0) as server:
         server.add_app(APP_ID, SECRET)
-        processes = fleet(PROCESSES)
+        processes = fleet(EXPIRY_PROCESSES)
         config = fleet_config(
             server,
             redis_server,
@@ -364,18 +366,18 @@ def test_processes_make_one_upstream_request_per_refresh_across_expiries(
             prewarm_lead=1.2,
             request_timeout=(1.0, 2.0),
         )
-        assert processes.call_all("start", config) == ["ok"] * PROCESSES
+        assert processes.call_all("start", config) == ["ok"] * EXPIRY_PROCESSES
 
-        results = processes.call_all("hammer", THREADS, 6.5, 0.005, timeout=60)
+        results = processes.call_all("hammer", EXPIRY_THREADS, 6.5, 0.005, timeout=60)
 
         # A refresh still in flight as the traffic stops is counted with the token it brings.
         settled = processes.call_all("settled_token")
         tokens = set(settled).union(*(r["tokens"] for r in results))
-        assert [r["errors"] for r in results] == [[]] * PROCESSES
+        assert [r["errors"] for r in results] == [[]] * EXPIRY_PROCESSES
         assert all(r["gets"] > 100 for r in results)
         assert len(tokens) >= 2  # the first token and at least one refresh (usually two)
         assert all(server.expires_at(token) is not None for token in tokens)
-        # One upstream request per token, for PROCESSES x THREADS callers.
+        # One upstream request per token, for EXPIRY_PROCESSES x EXPIRY_THREADS callers.
         assert server.count("tenant") == len(tokens)
         processes.call_all("stop")
 
