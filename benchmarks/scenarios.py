@@ -16,6 +16,7 @@ from benchmarks import (
     scenario_hit_path,
     scenario_scale,
     scenario_sdk_peer,
+    scenario_shared_store,
     scenario_slow_tenant,
 )
 from benchmarks.model import Scenario
@@ -29,6 +30,7 @@ SCENARIOS: list[Scenario[Any]] = [
     scenario_slow_tenant.SCENARIO,
     scenario_scale.SCENARIO,
     scenario_sdk_peer.SCENARIO,
+    scenario_shared_store.SCENARIO,
 ]
 
 

@@ -156,8 +156,8 @@ def chaos(server: FakeFeishu, done: threading.Event, seed: int) -> None:
         server.script(kind, reply, app_id=app_id)
 
 
-def ideal_calls(server: FakeFeishu, end: float, failed: int) -> tuple[float, int]:
-    """The ideal number of upstream token requests, and the requests actually made.
+def ideal_calls(server: FakeFeishu, end: float, failed: int) -> tuple[float, float, int]:
+    """The ideal number of upstream token requests, a floor under it, and the requests made.
 
     Per key, from its first request at ``first`` until ``end``: one successful fetch when the key
     is first read, then one per prewarm interval, ``lifetime - prewarm_lead`` (8 - 3 = 5 s) on
@@ -177,7 +177,8 @@ def ideal_calls(server: FakeFeishu, end: float, failed: int) -> tuple[float, int
         made += 1
         first.setdefault((request.app_id, request.kind, request.tenant_key), request.at)
     ideal = sum(0.5 + (end - at) / interval for at in first.values()) + failed
-    return ideal, made
+    floor = sum((end - at) / LIFETIME for at in first.values()) + failed
+    return ideal, floor, made
 
 
 TRACE_FRAMES = 4  # enough to see past json and http.server to the fake server's own frames
@@ -281,7 +282,7 @@ def test_soak(capsys: pytest.CaptureFixture[str]) -> None:
     fds_stopped = fds()
     gc.collect()  # see FD_SLACK
     threads_after, fds_after = sorted(our_threads()), fds()
-    ideal, made = ideal_calls(server, end, metrics.fetch_failure)
+    ideal, floor, made = ideal_calls(server, end, metrics.fetch_failure)
     growth = run.end.compare_to(run.warm, "lineno")
     grown = sum(stat.size_diff for stat in growth)
     top = ", ".join(f"{s.traceback[0]} {s.size_diff / 1024:+.0f} KiB" for s in growth[:3])
@@ -306,7 +307,11 @@ def test_soak(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert seen.gets > 0 and seen.hung == 0
     assert seen.while_valid == []
-    assert abs(made - ideal) <= TOLERANCE * ideal
+    # No duplicate or looping fetches: within TOLERANCE above the ideal. Below it only means
+    # prewarms fired late on a loaded machine; the floor says every key kept being refreshed
+    # (a token lives LIFETIME, so a key served throughout needs at least one fetch per lifetime).
+    assert made <= (1 + TOLERANCE) * ideal
+    assert made >= floor
     # Every request the server saw is one the system counted (bar those in flight at the end).
     counted = metrics.fetch_success + metrics.fetch_failure
     assert 0 <= made - counted <= POLICY.max_concurrent_fetches
