@@ -19,15 +19,14 @@ from actors._errors import AuthError
 from actors._source import Grant, TokenRequest, TokenSource
 from actors.testing import FakeFeishu, FunctionSource, RecordedRequest, Reply
 
-AUTH = "/open-apis/auth/v3/"
+from .fake_apps import AUTH, SELF, STORE, serve_two_apps
+
 APP_INTERNAL = AUTH + "app_access_token/internal"
 TENANT_INTERNAL = AUTH + "tenant_access_token/internal"
 APP_STORE = AUTH + "app_access_token"
 TENANT_STORE = AUTH + "tenant_access_token"
 RESEND = AUTH + "app_ticket/resend"
 
-SELF = {"app_id": "cli_self", "app_secret": "self-secret-123"}
-STORE = {"app_id": "cli_store", "app_secret": "store-secret-456"}
 # Waits below are on events and gates; this only bounds a hang if the server misbehaves.
 TIMEOUT = 2.0
 
@@ -39,9 +38,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def server(clock: ManualClock) -> Iterator[FakeFeishu]:
-    with FakeFeishu(clock=clock) as fake:
-        fake.add_app(SELF["app_id"], SELF["app_secret"])
-        fake.add_app(STORE["app_id"], STORE["app_secret"], marketplace=True)
+    with serve_two_apps(clock) as fake:
         yield fake
 
 

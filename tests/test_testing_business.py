@@ -27,12 +27,11 @@ from actors.testing import (
     sign_event,
 )
 
-AUTH = "/open-apis/auth/v3/"
+from .fake_apps import AUTH, SELF, STORE, serve_two_apps
+
 CHATS = "/open-apis/im/v1/chats"
 MESSAGES = "/open-apis/im/v1/messages"
 USER_TOKEN = "/open-apis/authen/v1/oidc/access_token"
-SELF = {"app_id": "cli_self", "app_secret": "self-secret-123"}
-STORE = {"app_id": "cli_store", "app_secret": "store-secret-456"}
 KEY = "push-encrypt-key"
 VERIFY = "push-verification-token"
 TIMEOUT = 5.0
@@ -45,9 +44,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def server(clock: ManualClock) -> Iterator[FakeFeishu]:
-    with FakeFeishu(clock=clock) as fake:
-        fake.add_app(SELF["app_id"], SELF["app_secret"])
-        fake.add_app(STORE["app_id"], STORE["app_secret"], marketplace=True)
+    with serve_two_apps(clock) as fake:
         yield fake
 
 
