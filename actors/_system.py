@@ -245,41 +245,41 @@ class TokenSystem:
             return
         self._stopped = True
         self._pending.close()
-        if self._generation != _fork.current():
-            # A forked child has none of the parent's threads to stop (and must not touch the
-            # parent's sockets): answering what is pending here is all there is to do.
-            if self._snapshot is not None:
-                self._snapshot.close()
-            self._pending.fail_all()
-            return
-        deadline = time.monotonic() + timeout
-
-        def left() -> float:
-            return max(0.01, deadline - time.monotonic())
-
+        # A forked child has none of the parent's threads to stop and must not touch the
+        # parent's sockets: answering what is pending there is all there is to do.
+        forked = self._generation != _fork.current()
         try:
-            if self._store is not None:
-                self._store.close(timeout=left())  # ends lease waits, joins its listener thread
-            for ref in (self._ref, self._scheduler):
-                try:
-                    ref.stop(block=True, timeout=left())
-                except pykka.Timeout:
-                    logger.warning("{} did not stop within {:g}s", ref, timeout)
-            if self._adapter is not None:
-                self._adapter.abort()
-            joined = self._pool.shutdown(left())
-            if joined and self._adapter is not None:
-                self._adapter.release()  # no worker left to use them: free the descriptors
-            self._events.close(left())
+            if not forked:
+                self._stop_threads(timeout)
         finally:
             # Whatever went wrong above, nothing more is served and every future a caller
             # holds gets its answer.
             if self._snapshot is not None:
                 self._snapshot.close()
             self._pending.fail_all()
-            if self._owned_session is not None:
+            if self._owned_session is not None and not forked:
                 self._owned_session.close()
         logger.debug("TokenSystem stopped")
+
+    def _stop_threads(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.01, deadline - time.monotonic())
+
+        if self._store is not None:
+            self._store.close(timeout=left())  # ends lease waits, joins its listener thread
+        for ref in (self._ref, self._scheduler):
+            try:
+                ref.stop(block=True, timeout=left())
+            except pykka.Timeout:
+                logger.warning("{} did not stop within {:g}s", ref, timeout)
+        if self._adapter is not None:
+            self._adapter.abort()
+        joined = self._pool.shutdown(left())
+        if joined and self._adapter is not None:
+            self._adapter.release()  # no worker left to use them: free the descriptors
+        self._events.close(left())
 
     def __enter__(self) -> Self:
         return self
