@@ -162,23 +162,10 @@ def _validity_panel(
 ) -> None:
     lows = [h.min_validity for h in hours]
     mids = [h.median_validity for h in hours]
-    # Hours with no token served (no gets yet) stay gaps rather than zeros.
-    axes.plot(
-        x,
-        [float("nan") if v is None else v / 60 for v in mids],
-        "o-",
-        ms=3,
-        color="tab:green",
-        label="median",
-    )
-    axes.plot(
-        x,
-        [float("nan") if v is None else v / 60 for v in lows],
-        "o-",
-        ms=3,
-        color="tab:red",
-        label="least",
-    )
+    for values, color, label in ((mids, "tab:green", "median"), (lows, "tab:red", "least")):
+        # Hours with no token served (no gets yet) stay gaps rather than zeros.
+        minutes = [float("nan") if v is None else v / 60 for v in values]
+        axes.plot(x, minutes, "o-", ms=3, color=color, label=label)
     axes.axhline(
         safety_margin / 60,
         color="black",
