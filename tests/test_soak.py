@@ -23,7 +23,7 @@ import pykka
 import pytest
 
 import actors
-from actors.testing import FakeFeishu, Reply
+from actors.testing import FakeFeishu, RecordedRequest, Reply
 
 from .conftest import APP_ID, MARKET_ID, MARKET_SECRET, SECRET, our_threads
 
@@ -170,15 +170,18 @@ def ideal_calls(server: FakeFeishu, end: float, failed: int) -> tuple[float, flo
     """
     interval = LIFETIME - POLICY.prewarm_lead
     first: dict[Key, float] = {}
-    made = 0
-    for request in server.requests:
-        if request.kind not in ("app", "tenant") or request.app_id is None:
-            continue
-        made += 1
+    made = token_requests(server)
+    for request in made:
+        assert request.app_id is not None  # token_requests keeps only those with an app
         first.setdefault((request.app_id, request.kind, request.tenant_key), request.at)
     ideal = sum(0.5 + (end - at) / interval for at in first.values()) + failed
     floor = sum((end - at) / LIFETIME for at in first.values()) + failed
-    return ideal, floor, made
+    return ideal, floor, len(made)
+
+
+def token_requests(server: FakeFeishu) -> list[RecordedRequest]:
+    """The app and tenant token requests the server has seen so far."""
+    return [r for r in server.requests if r.kind in ("app", "tenant") and r.app_id is not None]
 
 
 TRACE_FRAMES = 4  # enough to see past json and http.server to the fake server's own frames
@@ -272,7 +275,11 @@ def test_soak(capsys: pytest.CaptureFixture[str]) -> None:
         system = start(server)
         try:
             run = load(system, server, seen, started + SOAK_SECONDS)
+            # The system keeps refreshing until stop(): bracket the snapshot with the server's
+            # counts, so both can be compared at one instant.
+            made_before = len(token_requests(server))
             metrics = system.metrics()
+            made_after = len(token_requests(server))
         finally:
             end = time.monotonic()
             system.stop()
@@ -314,7 +321,8 @@ def test_soak(capsys: pytest.CaptureFixture[str]) -> None:
     assert made >= floor
     # Every request the server saw is one the system counted (bar those in flight at the end).
     counted = metrics.fetch_success + metrics.fetch_failure
-    assert 0 <= made - counted <= POLICY.max_concurrent_fetches
+    assert counted <= made_after
+    assert made_before <= counted + metrics.in_flight <= counted + POLICY.max_concurrent_fetches
     assert threads_after == threads_before
     assert fds_after <= fds_before + FD_SLACK
     assert grown < MEMORY_BOUND
