@@ -9,11 +9,6 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from actors._auth import TOKEN_INVALID_CODES as TOKEN_INVALID_CODES
-from actors._auth import FeishuAuth as FeishuAuth
-from actors._auth import is_token_invalid as is_token_invalid
-from actors._callbacks import EventError as EventError
-from actors._callbacks import handle_event as handle_event
 from actors._clock import Clock as Clock
 from actors._clock import ManualClock as ManualClock
 from actors._clock import SystemClock as SystemClock
@@ -31,20 +26,25 @@ from actors._errors import TokenError as TokenError
 from actors._errors import UpstreamError as UpstreamError
 from actors._events import RefreshFailed as RefreshFailed
 from actors._events import TokenRefreshed as TokenRefreshed
+from actors._messages import GetToken as GetToken
+from actors._messages import TokenReply as TokenReply
 from actors._metrics import KindMetrics as KindMetrics
 from actors._metrics import LatencySummary as LatencySummary
 from actors._metrics import TokenMetrics as TokenMetrics
-from actors._reply import GetToken as GetToken
-from actors._reply import TokenReply as TokenReply
 from actors._source import Grant as Grant
 from actors._source import TokenRequest as TokenRequest
 from actors._source import TokenSource as TokenSource
 from actors._system import TokenSystem as TokenSystem
 from actors._token_actor import TokenActor as TokenActor
+from actors.callbacks import EventError as EventError
+from actors.callbacks import handle_event as handle_event
+from actors.requests import TOKEN_INVALID_CODES as TOKEN_INVALID_CODES
+from actors.requests import FeishuAuth as FeishuAuth
+from actors.requests import is_token_invalid as is_token_invalid
 
 if TYPE_CHECKING:
-    from actors._httpx_auth import AsyncFeishuAuth as AsyncFeishuAuth
-    from actors._redis import RedisStore as RedisStore
+    from actors.httpx import AsyncFeishuAuth as AsyncFeishuAuth
+    from actors.stores._redis import RedisStore as RedisStore
 
 __all__ = [
     "FEISHU",
@@ -88,8 +88,8 @@ __version__ = "0.1.0"
 
 # Optional extras, imported on first use (a type checker sees them through TYPE_CHECKING).
 _EXTRAS = {
-    "AsyncFeishuAuth": ("actors._httpx_auth", "httpx"),
-    "RedisStore": ("actors._redis", "redis"),
+    "AsyncFeishuAuth": ("actors.httpx", "httpx"),
+    "RedisStore": ("actors.stores._redis", "redis"),
 }
 
 

@@ -1,5 +1,5 @@
 """``python -m actors``: the lark-token-actors command line."""
 
-from actors._cli import main
+from actors.cli._main import main
 
 raise SystemExit(main())

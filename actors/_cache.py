@@ -1,20 +1,36 @@
-"""The TokenActor's cache: one :class:`Entry` per key, each in an explicit refresh state.
-
-Only the TokenActor's thread touches it. Every mutator that changes what a reader may be served
-(the token, its expiry, whether a refresh is under way) publishes the entry to the read snapshot
-itself, so no code path can forget to.
+"""The token cache: one :class:`Entry` per key in an explicit refresh state, and the read
+snapshot that answers hits without a mailbox round trip (with the counts callers' threads
+keep themselves, and fork detection: a snapshot copied into a forked child still serves
+what it holds).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+import itertools
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from actors._config import AppConfig, TokenKey
-from actors._snapshot import ReadSnapshot
-from actors._waiters import Waiter
+from actors._messages import ResolvedFuture, Waiter
+from actors._metrics import LatencyHistogram
 
-__all__ = ["Entry", "RefreshState", "TokenCache"]
+__all__ = [
+    "SAMPLE_EVERY",
+    "CallerStats",
+    "Cell",
+    "Entry",
+    "Published",
+    "ReadSnapshot",
+    "RefreshState",
+    "TokenCache",
+    "counted",
+    "current",
+    "forked_error",
+]
 
 
 class RefreshState(enum.Enum):
@@ -168,3 +184,178 @@ class TokenCache:
         if self._snapshot is not None:
             serve_until = entry.expires_at - self._margin
             self._snapshot.publish(entry.key, entry.token, serve_until, refreshing=entry.busy)
+
+
+SAMPLE_EVERY = 64  # one hit in this many (per key) is timed
+SAMPLE_MASK = SAMPLE_EVERY - 1
+
+
+class Published(NamedTuple):
+    token: str
+    serve_until: float
+    refreshing: bool  # a refresh is under way: a hit now is a stale-while-revalidate hit
+    future: ResolvedFuture[str]  # handed to every hit on this token
+
+
+class Cell:
+    """One key's published token and its fast-read counters; readers hold on to cells."""
+
+    __slots__ = ("hits", "key", "last_read", "published", "stale")
+
+    def __init__(self, key: TokenKey) -> None:
+        self.key = key
+        self.published: Published | None = None
+        self.hits = itertools.count()
+        self.stale = itertools.count()
+        self.last_read = float("-inf")  # written by readers (last write wins), for idle eviction
+
+
+class ReadSnapshot:
+    """Written by the TokenActor, read by any thread."""
+
+    def __init__(self, stats: CallerStats) -> None:
+        self.cells: dict[TokenKey, Cell] = {}
+        self._retired_hits: Counter[tuple[str, str]] = Counter()  # of cells withdrawn
+        self._retired_stale = 0
+        self._stats = stats
+
+    # --- readers ---------------------------------------------------------------------------------
+
+    def lookup(self, key: TokenKey, now: float, clock: Callable[[], float]) -> Published | None:
+        """The key's published token if it may be served at ``now`` (counting the hit).
+
+        ``now`` is when the caller's get began, on ``clock``; a sampled hit is timed from it.
+        (``TokenProxy.get_token`` inlines ``hit`` for its memoised cells: one call less.)
+        """
+        cell = self.cells.get(key)
+        return None if cell is None else self.hit(cell, now, clock)
+
+    def hit(self, cell: Cell, now: float, clock: Callable[[], float]) -> Published | None:
+        """The cell's published token if it may be served at ``now`` (counting the hit)."""
+        published = cell.published
+        if published is None or now >= published.serve_until:
+            return None
+        cell.last_read = now
+        if published.refreshing:
+            next(cell.stale)
+        if not next(cell.hits) & SAMPLE_MASK:
+            self.sample(clock() - now)
+        return published
+
+    def sample(self, seconds: float) -> None:
+        """Record one sampled hit's latency, standing for ``SAMPLE_EVERY`` hits."""
+        self._stats.record(seconds, weight=SAMPLE_EVERY)
+
+    # --- the TokenActor ------------------------------------------------------------------------
+
+    def publish(
+        self, key: TokenKey, token: str | None, serve_until: float, *, refreshing: bool
+    ) -> None:
+        cell = self.cells.get(key)
+        if token is None:
+            if cell is not None:
+                cell.published = None
+            return
+        if cell is None:
+            cell = self.cells[key] = Cell(key)
+        old = cell.published
+        future = old.future if old is not None and old.token == token else ResolvedFuture(token)
+        cell.published = Published(token, serve_until, refreshing, future)
+
+    def withdraw(self, key: TokenKey) -> None:
+        """The key is gone (idle eviction): forget its cell, keep its counts."""
+        cell = self.cells.pop(key, None)
+        if cell is not None:
+            cell.published = None
+            self._retired_hits[key.app_id, key.kind] += counted(cell.hits)
+            self._retired_stale += counted(cell.stale)
+
+    def close(self) -> None:
+        """The system stopped: nothing more is served from here."""
+        for cell in list(self.cells.values()):
+            cell.published = None
+
+    def last_read(self, key: TokenKey) -> float | None:
+        cell = self.cells.get(key)
+        return cell.last_read if cell is not None else None
+
+    # --- metrics: readers may be counting while these add up; every figure is a lower bound -----
+
+    def hits(self) -> dict[tuple[str, str], int]:
+        """Hits answered from the snapshot so far, per (app_id, kind)."""
+        total = Counter(self._retired_hits)
+        for cell in list(self.cells.values()):
+            total[cell.key.app_id, cell.key.kind] += counted(cell.hits)
+        return {group: n for group, n in total.items() if n}
+
+    def stale_hits(self) -> int:
+        return self._retired_stale + sum(counted(c.stale) for c in list(self.cells.values()))
+
+
+def counted(counter: itertools.count[int]) -> int:
+    """How many times ``next()`` was called on ``counter``, without calling it (repr: count(N))."""
+    return int(repr(counter)[6:-1])
+
+
+class CallerStats:
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._histograms: list[LatencyHistogram] = []
+        self._register = threading.Lock()
+        self._generation = current()
+        self._coalesced: dict[tuple[str, str], itertools.count[int]] = {}
+
+    def record(self, seconds: float, *, weight: int = 1) -> None:
+        """One get's latency (a sample standing for ``weight`` gets), on the caller's thread."""
+        if self._generation != current():
+            return  # a forked child: the registration lock may be held by a parent thread
+        try:
+            histogram: LatencyHistogram = self._local.histogram
+        except AttributeError:
+            histogram = self._local.histogram = LatencyHistogram()
+            with self._register:  # once per thread
+                self._histograms.append(histogram)
+        histogram.record(seconds, weight=weight)
+
+    def coalesced(self, app_id: str, kind: str) -> None:
+        """A get joined one already on its way to the TokenActor from the same event loop."""
+        counter = self._coalesced.get((app_id, kind))
+        if counter is None:
+            counter = self._coalesced.setdefault((app_id, kind), itertools.count())
+        next(counter)
+
+    def coalesced_counts(self) -> dict[tuple[str, str], int]:
+        return {group: counted(c) for group, c in list(self._coalesced.items())}
+
+    def latency(self) -> LatencyHistogram:
+        with self._register:
+            histograms = list(self._histograms)
+        merged = LatencyHistogram()
+        for histogram in histograms:
+            merged = merged.merged(histogram)
+        return merged
+
+
+_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _generation  # noqa: PLW0603 - one process-wide counter is the point
+    _generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def current() -> int:
+    """The fork generation of this process: 0 in the original, +1 in each forked child."""
+    return _generation
+
+
+def forked_error() -> Exception:
+    from actors._errors import SystemStoppedError  # noqa: PLC0415 - keeps this module leaf
+
+    return SystemStoppedError(
+        "this TokenSystem was started before the process forked and its threads do not exist "
+        "here; start one TokenSystem per process (e.g. in a post-fork hook)"
+    )

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from actors._mask import mask_secret
+from actors._errors import mask_secret
 
 __all__ = [
     "FEISHU",

@@ -16,7 +16,7 @@ import pykka
 from loguru import logger
 
 from actors._config import TokenKey, TokenKind
-from actors._mask import plain_traceback
+from actors._errors import plain_traceback
 
 __all__ = ["EventHub", "RefreshEvent", "RefreshFailed", "Subscriber", "TokenRefreshed"]
 

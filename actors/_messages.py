@@ -1,29 +1,283 @@
-"""The TokenActor's internal mail (the public GetToken/TokenReply live in ``_reply``).
+"""What flows through the TokenActor's mailbox and back.
 
-All messages are immutable (pykka does not copy messages between threads).
+The public reply protocol for embedding actors (:class:`GetToken` in, :class:`TokenReply`
+out; both immutable, since pykka does not copy messages between threads), the futures
+handed to callers, the waiters (whoever is owed a token: a pykka future, an asyncio
+future, a reply message, or a continuation inside the TokenActor) and the actor's
+internal mail.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
-from actors._config import TokenKey
+import pykka
+
+from actors._config import TokenKey, TokenKind
+from actors._errors import SystemStoppedError, mask_token
 from actors._source import Grant
-from actors._waiters import Waiter
 
 __all__ = [
+    "AsyncWaiter",
+    "Continuation",
     "FetchDone",
+    "FutureWaiter",
     "Get",
+    "GetToken",
     "Invalidate",
+    "PendingFutures",
     "Prewarm",
     "Probe",
+    "ReplyWaiter",
     "ReportDue",
     "ResendDone",
+    "ResolvedFuture",
     "RetryDue",
     "SetTicket",
     "Snapshot",
     "TicketDeadline",
+    "TokenReply",
+    "Waiter",
+    "resolved_future",
 ]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class GetToken:
+    """Ask the TokenActor for a token without blocking: the answer arrives as a TokenReply.
+
+    Example (inside another pykka actor)::
+
+        system.actor_ref.tell(actors.GetToken(reply_to=self.actor_ref, tag="req-1"))
+        ...
+        def on_receive(self, message):
+            if isinstance(message, actors.TokenReply) and message.tag == "req-1": ...
+    """
+
+    reply_to: pykka.ActorRef[Any]
+    kind: TokenKind = TokenKind.TENANT
+    tenant_key: str | None = None
+    app_id: str | None = None
+    tag: Any = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenReply:
+    """The answer to a GetToken: exactly one of ``token`` and ``error`` is set."""
+
+    tag: Any
+    token: str | None
+    error: Exception | None
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenReply(tag={self.tag!r}, token={mask_token(self.token)!r}, error={self.error!r})"
+        )
+
+
+T = TypeVar("T")
+
+
+class ResolvedFuture(pykka.Future[T]):
+    """A ``pykka.Future`` born with its value: ``get()`` returns it at once, no lock, no wait.
+
+    Built on ``pykka.Future``'s public behaviour only. pykka's ``map()``/``filter()``/``join()``/
+    ``reduce()`` make new futures with ``self.__class__()`` and give them a get hook: without a
+    value, ``get()`` defers to ``pykka.Future.get``, which runs that hook.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, *value: T) -> None:
+        super().__init__()
+        self._value = value
+
+    def get(self, *, timeout: float | None = None) -> T:
+        if self._value:
+            return self._value[0]
+        return super().get(timeout=timeout)
+
+    def set(self, value: Any = None) -> None:
+        msg = "a ResolvedFuture is resolved on creation; it cannot be set again"
+        raise RuntimeError(msg)
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        msg = "a ResolvedFuture is resolved on creation; it cannot fail afterwards"
+        raise RuntimeError(msg)
+
+
+def resolved_future(value: T) -> ResolvedFuture[T]:
+    """An already-resolved ``pykka.Future`` holding ``value``, cheap to make."""
+    return ResolvedFuture(value)
+
+
+class Waiter(Protocol):
+    started: float
+    counted: bool  # a caller's get (counted in hit/miss metrics) or an internal dependency
+
+    def resolve(self, value: Any) -> None: ...
+
+    def fail(self, error: Exception) -> None: ...
+
+
+def set_future_exception(future: pykka.Future[Any], error: BaseException) -> None:
+    try:
+        future.set_exception((type(error), error, error.__traceback__))
+    except queue.Full:  # already resolved (e.g. by stop()); the first answer stands
+        pass
+
+
+class FutureWaiter:
+    __slots__ = ("_pending", "counted", "future", "started")
+
+    def __init__(self, started: float, pending: PendingFutures) -> None:
+        self.started = started
+        self.counted = True
+        self.future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+        self._pending = pending
+        pending.add(self)
+
+    def resolve(self, token: Any) -> None:
+        self._pending.discard(self)
+        try:
+            self.future.set(token)
+        except queue.Full:
+            pass
+
+    def fail(self, error: Exception) -> None:
+        self._pending.discard(self)
+        set_future_exception(self.future, error)
+
+
+class AsyncWaiter:
+    """Resolves an ``asyncio`` future on its own loop, from whichever thread answers.
+
+    No thread is parked per awaiter: the answer is handed to the loop with
+    ``call_soon_threadsafe``. A cancelled awaiter's future is simply skipped when the answer
+    comes, so cancelling one awaiter affects no other.
+    """
+
+    __slots__ = ("_pending", "counted", "future", "loop", "started")
+
+    def __init__(
+        self, started: float, pending: PendingFutures, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.started = started
+        self.counted = True
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self._pending = pending
+        pending.add(self)
+
+    def resolve(self, value: Any) -> None:
+        self._pending.discard(self)
+        self._hand_over(_set_result, value)
+
+    def fail(self, error: Exception) -> None:
+        self._pending.discard(self)
+        self._hand_over(_set_exception, error)
+
+    def _hand_over(self, settle: Callable[[asyncio.Future[Any], Any], None], arg: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(settle, self.future, arg)
+        except RuntimeError:  # the loop is closed: nobody can be awaiting any more
+            pass
+
+
+def _set_result(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():  # cancelled by its awaiter, or already failed by stop()
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[Any], error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+class ReplyWaiter:
+    __slots__ = ("counted", "reply_to", "started", "tag")
+
+    def __init__(self, started: float, reply_to: pykka.ActorRef[Any], tag: Any) -> None:
+        self.started = started
+        self.counted = True
+        self.reply_to = reply_to
+        self.tag = tag
+
+    def _send(self, reply: TokenReply) -> None:
+        try:
+            self.reply_to.tell(reply)
+        except pykka.ActorDeadError:  # the asker is gone; nobody is left to tell
+            pass
+
+    def resolve(self, token: str) -> None:
+        self._send(TokenReply(self.tag, token, None))
+
+    def fail(self, error: Exception) -> None:
+        self._send(TokenReply(self.tag, None, error))
+
+
+class Continuation:
+    """Runs inside the TokenActor when a token it depends on is resolved or fails."""
+
+    __slots__ = ("counted", "on_error", "on_token", "started")
+
+    def __init__(
+        self,
+        started: float,
+        on_token: Callable[[str], None],
+        on_error: Callable[[Exception], None],
+    ) -> None:
+        self.started = started
+        self.counted = False
+        self.on_token = on_token
+        self.on_error = on_error
+
+    def resolve(self, token: str) -> None:
+        self.on_token(token)
+
+    def fail(self, error: Exception) -> None:
+        self.on_error(error)
+
+
+class PendingFutures:
+    """Futures handed to callers (pykka or asyncio) and not yet resolved.
+
+    pykka drops tell()s still in a mailbox when an actor stops, so stop() sweeps what is left
+    here: every future a caller holds resolves, if only with SystemStoppedError.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: set[FutureWaiter | AsyncWaiter] = set()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once the system stopped: new requests fail at once instead of being sent."""
+        return self._closed
+
+    def add(self, waiter: FutureWaiter | AsyncWaiter) -> None:
+        with self._lock:
+            self._waiters.add(waiter)
+
+    def discard(self, waiter: FutureWaiter | AsyncWaiter) -> None:
+        with self._lock:
+            self._waiters.discard(waiter)
+
+    def close(self) -> None:
+        self._closed = True
+
+    def fail_all(self) -> int:
+        with self._lock:
+            waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            waiter.fail(SystemStoppedError())
+        return len(waiters)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -15,18 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from actors import _fork
+from actors import _cache as _fork
 from actors import _messages as m
-from actors._caller_stats import CallerStats
+from actors._cache import SAMPLE_MASK, CallerStats, Cell, Published, ReadSnapshot
 from actors._clock import Clock, SystemClock
 from actors._config import AppConfig, AppType, TokenKey, TokenKind, resolve_key
 from actors._errors import SystemStoppedError
+from actors._messages import AsyncWaiter, FutureWaiter, PendingFutures
 from actors._metrics import TokenMetrics
-from actors._snapshot import SAMPLE_MASK, Cell, Published, ReadSnapshot
-from actors._waiters import AsyncWaiter, FutureWaiter, PendingFutures
 
 if TYPE_CHECKING:
-    from actors._redis import RedisStore
+    from actors.stores._redis import RedisStore
 
 __all__ = ["TokenProxy"]
 

@@ -8,27 +8,45 @@ no locks. It never blocks: upstream calls go to ``Upstream``'s workers, delays a
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Mapping
 
 from loguru import logger
 
 from actors import _messages as m
-from actors import _outcomes as outcomes
 from actors._cache import Entry, RefreshState, TokenCache
 from actors._clock import Clock
 from actors._config import AppConfig, AppType, RefreshPolicy, TokenKey, TokenKind
-from actors._errors import AppTicketError, AuthError, SystemStoppedError
+from actors._errors import (
+    AppTicketError,
+    AuthError,
+    RateLimitedError,
+    SystemStoppedError,
+    UpstreamError,
+    mask_token,
+    plain_traceback,
+)
 from actors._events import EventHub, RefreshFailed, TokenRefreshed
-from actors._mask import mask_token, plain_traceback
+from actors._messages import Continuation, Waiter
 from actors._metrics import MetricsRecorder
 from actors._scheduler import Timers
-from actors._source import TokenRequest
-from actors._tickets import TicketBook
+from actors._source import Grant, TokenRequest
 from actors._upstream import Upstream
-from actors._waiters import Continuation, Waiter
+from actors.feishu import _protocol as feishu
 
-__all__ = ["Refresher"]
+__all__ = [
+    "Accept",
+    "Attempt",
+    "Decision",
+    "Fail",
+    "Refresher",
+    "Reticket",
+    "Retry",
+    "TicketBook",
+    "decide",
+]
+
 
 _log = logger.bind(component="TokenActor")
 
@@ -143,22 +161,22 @@ class Refresher:
         self.metrics.fetch_latency.record(done.latency)
         entry.attempts += 1
         key = entry.key
-        fact = outcomes.Attempt(
+        fact = Attempt(
             kind=key.kind,
             attempts=entry.attempts,
             started_at=done.started_at,
             now=self._clock.now(),
             ticket_current=self._tickets.ticket(key.app_id) == entry.ticket_used,
         )
-        decision = outcomes.decide(done.result, fact, self._policy, self._rng)
-        if isinstance(decision, outcomes.Accept):
+        decision = decide(done.result, fact, self._policy, self._rng)
+        if isinstance(decision, Accept):
             self.metrics.count(key.app_id, key.kind, "fetch_success")
             self._store(entry, decision.grant.token, done.started_at + decision.grant.expire)
             return
         self.metrics.count(key.app_id, key.kind, "fetch_failure")
         self.metrics.failures_by_error[type(decision.error).__name__] += 1
         match decision:
-            case outcomes.Retry(error, delay, drop_app_token):
+            case Retry(error, delay, drop_app_token):
                 self._drop_app_token(entry, drop_app_token)
                 self.metrics.retries += 1
                 _log.bind(key=key.describe(), attempt=entry.attempts).info(
@@ -169,12 +187,12 @@ class Refresher:
                 entry.retry_timer = self._timers.at(
                     self._clock.now() + delay, lambda tid: m.RetryDue(key, tid)
                 )
-            case outcomes.Reticket(error, stale):
+            case Reticket(error, stale):
                 self._events.publish(RefreshFailed.of(key, error, will_retry=True))
                 if stale:  # 10012 for our newest ticket: drop it and ask for a new one
                     self._tickets.discard(key.app_id, entry.ticket_used)
                 self._attempt(entry)  # with a newer ticket, or waiting for one
-            case outcomes.Fail(error, drop_app_token):
+            case Fail(error, drop_app_token):
                 self._drop_app_token(entry, drop_app_token)
                 self._finish_failure(entry, error)
 
@@ -297,3 +315,135 @@ class Refresher:
     def on_ticket_deadline(self, app_id: str, timer_id: int) -> None:
         if self._tickets.deadline_passed(app_id, timer_id):
             self._fail_app_token_wait(app_id, AppTicketError(app_id, self._tickets.describe_wait()))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attempt:
+    """The facts about one finished attempt that the decision depends on."""
+
+    kind: TokenKind
+    attempts: int  # upstream requests made by this refresh, this one included
+    started_at: float  # when the request left (the token cannot outlive that)
+    now: float
+    ticket_current: bool = True  # app token: the ticket sent is still the newest one we have
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Accept:
+    """Cache the grant; it expires at ``started_at + grant.expire``."""
+
+    grant: Grant
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Retry:
+    """Try again after ``delay`` seconds (the attempt failed transiently)."""
+
+    error: Exception
+    delay: float
+    drop_app_token: bool = False  # the marketplace app token the request carried is stale
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reticket:
+    """Feishu rejected the app_ticket (10012). ``stale``: it is still our newest one, so drop it
+    and ask for a new one; otherwise a newer ticket arrived meanwhile: try it at once."""
+
+    error: AppTicketError
+    stale: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Fail:
+    """Give up this refresh: every waiter gets ``error``."""
+
+    error: Exception
+    drop_app_token: bool = False
+
+
+Decision = Accept | Retry | Reticket | Fail
+
+
+def decide(
+    result: Grant | Exception, attempt: Attempt, policy: RefreshPolicy, rng: random.Random
+) -> Decision:
+    if isinstance(result, Grant):
+        if not feishu.usable_expire(result.expire):
+            # Any source's answer is checked, not only Feishu's: NaN, infinite, negative or
+            # absurd lifetimes are a failed attempt, never a token.
+            detail = f"unusable token lifetime {result.expire!r} (must be 0 < expire <= 1 day)"
+            result = UpstreamError(0, None, 1, detail=detail)
+        elif attempt.started_at + result.expire - policy.safety_margin > attempt.now:
+            return Accept(result)
+        else:
+            # Never servable: caching it would only schedule an immediate refresh, again and
+            # again. A failed attempt instead (retried with backoff, then reported).
+            detail = f"token expires within the safety margin ({result.expire:g}s left)"
+            result = UpstreamError(0, None, 1, detail=detail)
+    exhausted = attempt.attempts >= policy.max_attempts
+    if isinstance(result, AppTicketError) and attempt.kind is TokenKind.APP:
+        if exhausted:  # every ticket we got was refused
+            return Fail(result)
+        return Reticket(result, stale=attempt.ticket_current)
+    if not isinstance(result, UpstreamError):
+        return Fail(result)  # permanent: AuthError, a missing ticket's deadline, stopping
+    drop = (
+        attempt.kind is TokenKind.TENANT
+        and feishu.rule_for(result.code, result.status) is feishu.Rule.TOKEN_INVALID
+    )
+    if exhausted:
+        return Fail(result.after_attempts(attempt.attempts), drop_app_token=drop)
+    retry_after = None
+    if isinstance(result, RateLimitedError) and result.retry_after is not None:
+        retry_after = min(result.retry_after, feishu.MAX_RETRY_AFTER)
+    delay = policy.backoff(attempt.attempts, rng, retry_after=retry_after)
+    return Retry(result, delay, drop_app_token=drop)
+
+
+class TicketBook:
+    def __init__(self, timers: Timers, *, wait: float) -> None:
+        self._timers = timers
+        self._wait = wait
+        self._tickets: dict[str, str] = {}
+        self._deadlines: dict[str, int] = {}  # app_id -> timer id of its wait's deadline
+
+    def ticket(self, app_id: str) -> str | None:
+        return self._tickets.get(app_id)
+
+    def awaiting(self, app_id: str) -> bool:
+        return app_id in self._deadlines
+
+    def store(self, app_id: str, ticket: str) -> bool:
+        """Keep ``ticket`` as the app's newest; True if a wait for it has just ended."""
+        self._tickets[app_id] = ticket
+        return self.abandon(app_id)
+
+    def discard(self, app_id: str, ticket: str | None) -> None:
+        """Feishu rejected ``ticket``: forget it unless a newer one replaced it meanwhile."""
+        if ticket is not None and self._tickets.get(app_id) == ticket:
+            del self._tickets[app_id]
+
+    def start_wait(self, app_id: str, now: float) -> bool:
+        """Start waiting for a pushed ticket; False if the app already waits for one."""
+        if app_id in self._deadlines:
+            return False
+        self._deadlines[app_id] = self._timers.at(
+            now + self._wait, lambda timer_id: m.TicketDeadline(app_id, timer_id)
+        )
+        return True
+
+    def deadline_passed(self, app_id: str, timer_id: int) -> bool:
+        """The deadline timer fired; True if it is the app's current wait (which now ends)."""
+        if self._deadlines.get(app_id) != timer_id:
+            return False
+        del self._deadlines[app_id]
+        return True
+
+    def abandon(self, app_id: str) -> bool:
+        """Stop waiting (a ticket came, or none ever will); True if the app was waiting."""
+        timer_id = self._deadlines.pop(app_id, None)
+        self._timers.cancel(timer_id)
+        return timer_id is not None
+
+    def describe_wait(self) -> str:
+        return f"none arrived within {self._wait:g}s of asking Feishu to resend it"

@@ -21,7 +21,7 @@ from loguru import logger
 from sortedcontainers import SortedList
 
 from actors._clock import Clock
-from actors._mask import plain_traceback
+from actors._errors import plain_traceback
 
 __all__ = [
     "Cancel",

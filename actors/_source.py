@@ -1,7 +1,7 @@
 """The token-source seam: what the TokenActor's workers call to obtain a grant.
 
 One blocking call per upstream attempt, run on a worker thread, never on an actor's. The default
-source is :class:`~actors._client.FeishuAuthClient` (HTTP to Feishu); a test injects a
+source is :class:`~actors.feishu._client.FeishuAuthClient` (HTTP to Feishu); a test injects a
 function-backed one (``actors.testing.FunctionSource``), and a shared store wraps another source.
 """
 

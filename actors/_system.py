@@ -11,26 +11,25 @@ import pykka
 import requests
 from loguru import logger
 
-from actors import _fork
+from actors import _cache as _fork
 from actors import _messages as m
-from actors._caller_stats import CallerStats
-from actors._client import FeishuAuthClient
+from actors._cache import CallerStats, ReadSnapshot
 from actors._clock import Clock, SystemClock
 from actors._config import AppConfig, RefreshPolicy
 from actors._errors import SystemStoppedError
 from actors._events import EventHub, Subscriber
+from actors._messages import PendingFutures
 from actors._metrics import TokenMetrics
 from actors._proxy import TokenProxy
 from actors._scheduler import NextDue, SchedulerActor, Tick
-from actors._snapshot import ReadSnapshot
-from actors._sockets import AbortableAdapter
 from actors._source import TokenSource
 from actors._token_actor import TokenActor
-from actors._waiters import PendingFutures
-from actors._workers import WorkerPool
+from actors._upstream import WorkerPool
+from actors.feishu._client import FeishuAuthClient
+from actors.feishu._sockets import AbortableAdapter
 
 if TYPE_CHECKING:  # redis-py is an optional extra: imported only when a store is given
-    from actors._redis import RedisStore
+    from actors.stores._redis import RedisStore
 
 __all__ = ["TokenSystem"]
 
@@ -76,7 +75,7 @@ class TokenSystem:
             msg = "give either session= (for the built-in Feishu client) or source=, not both"
             raise ValueError(msg)
         if store is not None:
-            from actors._redis import RedisStore  # noqa: PLC0415 - only with the redis extra
+            from actors.stores._redis import RedisStore  # noqa: PLC0415 - only with the redis extra
 
             if not isinstance(store, RedisStore):
                 msg = f"store must be an actors.RedisStore, got {store!r}"

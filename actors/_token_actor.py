@@ -16,22 +16,17 @@ import pykka
 from loguru import logger
 
 from actors import _messages as m
-from actors._cache import TokenCache
-from actors._caller_stats import CallerStats
+from actors._cache import CallerStats, ReadSnapshot, TokenCache
 from actors._clock import Clock
 from actors._config import AppConfig, RefreshPolicy, TokenKey, resolve_key
-from actors._errors import SystemStoppedError
+from actors._errors import SystemStoppedError, plain_traceback
 from actors._events import EventHub
-from actors._mask import plain_traceback
+from actors._messages import GetToken, ReplyWaiter, Waiter
 from actors._metrics import MetricsRecorder, TokenMetrics
 from actors._refresh import Refresher
-from actors._reply import GetToken
 from actors._scheduler import Timers
-from actors._snapshot import ReadSnapshot
 from actors._source import TokenSource
-from actors._upstream import Upstream
-from actors._waiters import ReplyWaiter, Waiter
-from actors._workers import WorkerPool
+from actors._upstream import Upstream, WorkerPool
 
 __all__ = ["TokenActor"]
 

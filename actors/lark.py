@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 
 import lark_oapi
 
-from actors._auth import is_token_invalid
 from actors._config import AppType, TokenKind
+from actors.requests import is_token_invalid
 
 __all__ = ["acall", "call", "lark_client"]
 

@@ -32,7 +32,7 @@ import requests
 
 from actors import AppConfig, AppType
 from actors._config import TokenKind
-from actors._feishu import (
+from actors.feishu._protocol import (
     CODE_FIELD,
     CONTENT_TYPE,
     EXPIRE_FIELD,
@@ -296,7 +296,7 @@ def _cheapest_resolved_future() -> Callable[[str], pykka.Future[str]]:
     """The project's own constructor of already-resolved futures if it has one (it skips the
     ``threading.Condition`` a ThreadingFuture creates), else a plain ThreadingFuture."""
     try:
-        from actors._futures import resolved_future
+        from actors._messages import resolved_future
     except ImportError:
         return _plain_resolved_future
     return cast("Callable[[str], pykka.Future[str]]", resolved_future)

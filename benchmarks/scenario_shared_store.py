@@ -34,7 +34,7 @@ from benchmarks.server_process import ServerProcess
 from tests.redis_server import RedisServer, redis_binary
 
 if TYPE_CHECKING:  # the lazy export is typed as object by actors.__getattr__
-    from actors._redis import RedisStore
+    from actors.stores._redis import RedisStore
 
 __all__ = ["SCENARIO", "SharedStoreSizes"]
 

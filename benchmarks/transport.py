@@ -19,7 +19,15 @@ import requests
 from requests.structures import CaseInsensitiveDict
 
 from actors._config import TokenKind
-from actors._feishu import CODE_FIELD, CODES, CONTENT_TYPE, ENDPOINTS, EXPIRE_FIELD, MSG_FIELD, Rule
+from actors.feishu._protocol import (
+    CODE_FIELD,
+    CODES,
+    CONTENT_TYPE,
+    ENDPOINTS,
+    EXPIRE_FIELD,
+    MSG_FIELD,
+    Rule,
+)
 
 __all__ = ["MintingSession", "rss_bytes"]
 

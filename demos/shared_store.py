@@ -34,7 +34,7 @@ import actors
 from actors.testing import FakeFeishu
 
 if TYPE_CHECKING:  # the lazy export is typed as object by actors.__getattr__
-    from actors._redis import RedisStore
+    from actors.stores._redis import RedisStore
 else:
     RedisStore = actors.RedisStore
 

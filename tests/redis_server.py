@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import actors
-from actors._redis import RedisStore
+from actors.stores._redis import RedisStore
 from actors.testing import FunctionSource
 
 

@@ -23,7 +23,7 @@ from actors.testing import FakeFeishu, RecordedRequest, Reply
 from tests.conftest import MARKET_ID, SystemFactory, forward_tickets
 
 if TYPE_CHECKING:  # the lazy export is typed as object by actors.__getattr__
-    from actors._httpx_auth import AsyncFeishuAuth
+    from actors.httpx import AsyncFeishuAuth
 else:
     AsyncFeishuAuth = actors.AsyncFeishuAuth
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import actors
-from actors._cache import RefreshState, TokenCache
-from actors._caller_stats import CallerStats
-from actors._snapshot import Published, ReadSnapshot
+from actors._cache import CallerStats, Published, ReadSnapshot, RefreshState, TokenCache
 
 APP = actors.AppConfig("cli_c", "secret")
 KEY = APP.key(actors.TokenKind.TENANT)

@@ -16,8 +16,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 import actors
-from actors._cli import main
-from actors._mask import mask_token
+from actors._errors import mask_token
+from actors.cli._main import main
 from actors.testing import FakeFeishu
 
 from .conftest import APP_ID, SECRET

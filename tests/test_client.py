@@ -11,10 +11,10 @@ import pytest
 import requests
 
 import actors
-from actors import _feishu as feishu
-from actors._client import FeishuAuthClient
-from actors._sockets import AbortableAdapter
 from actors._source import TokenRequest
+from actors.feishu import _protocol as feishu
+from actors.feishu._client import FeishuAuthClient
+from actors.feishu._sockets import AbortableAdapter
 from actors.testing import FakeFeishu, Reply
 
 from .conftest import MARKET_SECRET, SECRET, SystemFactory, drive

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import actors
-from actors import _feishu as feishu
+from actors.feishu import _protocol as feishu
 
 
 @pytest.mark.parametrize("app_type", list(actors.AppType))

@@ -9,7 +9,7 @@ from typing import Any
 import pykka
 import pytest
 
-from actors._futures import ResolvedFuture, resolved_future
+from actors._messages import ResolvedFuture, resolved_future
 
 
 def test_get_returns_the_value_with_or_without_a_timeout() -> None:

@@ -7,7 +7,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from actors._mask import mask_token, redact
+from actors._errors import mask_token, redact
 
 SECRET = 's3cr3t/with "odd" chars&more'
 TOKEN = "t-g1044ghJRUIJJ5ELM2ZXFEGDTGVJP3JQQ2YA4WNB"

@@ -8,8 +8,8 @@ import pytest
 from loguru import logger
 
 import actors
+from actors._cache import SAMPLE_EVERY
 from actors._metrics import LatencyHistogram
-from actors._snapshot import SAMPLE_EVERY
 from actors.testing import FakeFeishu, Reply
 
 from .conftest import SystemFactory

@@ -7,8 +7,8 @@ import random
 import pytest
 
 import actors
-from actors import _feishu as feishu
-from actors._outcomes import Accept, Attempt, Fail, Reticket, Retry, decide
+from actors._refresh import Accept, Attempt, Fail, Reticket, Retry, decide
+from actors.feishu import _protocol as feishu
 
 POLICY = actors.RefreshPolicy(max_attempts=3, retry_base=1.0, retry_cap=8.0)
 TENANT = actors.TokenKind.TENANT

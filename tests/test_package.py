@@ -23,7 +23,7 @@ def test_the_token_source_seam_is_public() -> None:
 
 def test_runtime_modules_do_not_import_test_support() -> None:
     code = (
-        "import sys, actors, actors._cli, actors.sim, actors.prometheus; "
+        "import sys, actors, actors.cli._main, actors.sim, actors.prometheus; "
         "print(sorted(m for m in sys.modules if m.startswith('actors.testing')))"
     )
     out = subprocess.run(

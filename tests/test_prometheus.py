@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import actors
-from actors._snapshot import SAMPLE_EVERY
+from actors._cache import SAMPLE_EVERY
 from actors.prometheus import TokenMetricsCollector, serve_metrics
 from actors.testing import FakeFeishu, Reply
 

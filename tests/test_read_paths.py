@@ -28,7 +28,7 @@ import pykka
 import pytest
 
 import actors
-from actors._snapshot import SAMPLE_EVERY
+from actors._cache import SAMPLE_EVERY
 from actors.testing import FakeFeishu, Reply
 
 from .conftest import APP_ID, SECRET, SystemFactory

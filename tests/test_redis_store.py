@@ -18,8 +18,8 @@ import redis
 from loguru import logger
 
 import actors
-from actors import _redis_scripts as lua
-from actors._redis import RedisStore
+from actors.stores import _redis as lua
+from actors.stores._redis import RedisStore
 from actors.testing import FakeFeishu, FunctionSource
 from tests.conftest import APP_ID, MARKET_ID, MARKET_SECRET, SECRET, our_threads
 from tests.redis_server import RedisServer, blocking_holder, fleet_child, free_port, redis_binary
@@ -488,7 +488,7 @@ def test_an_invalidation_deletes_the_shared_value_and_every_system_drops_the_tok
             notices.append(json.loads(message["data"]))
     pubsub.close()
     # Published once, with the token's digest only.
-    assert [n["digest"] for n in notices] == [lua.digest("t-000001-shared-token")]
+    assert [n["digest"] for n in notices] == [lua.token_digest("t-000001-shared-token")]
     assert "t-000001" not in json.dumps(notices)
 
 

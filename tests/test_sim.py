@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import actors
-from actors._cli import main
+from actors.cli._main import main
 from actors.sim import SimulationConfig, SimulationReport, run_simulation
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -11,9 +11,8 @@ import pytest
 from loguru import logger
 
 import actors
-from actors._caller_stats import CallerStats
+from actors._cache import SAMPLE_EVERY, CallerStats, ReadSnapshot
 from actors._config import TokenKey, TokenKind
-from actors._snapshot import SAMPLE_EVERY, ReadSnapshot
 
 from .conftest import APP_ID, SystemFactory
 

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 import actors
-from actors._sockets import AbortableAdapter, attempt_deadline, current_deadline
+from actors.feishu._sockets import AbortableAdapter, attempt_deadline, current_deadline
 from actors.testing import FakeFeishu
 
 from .conftest import APP_ID, SECRET, our_threads

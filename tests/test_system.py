@@ -151,7 +151,7 @@ def test_the_library_logs_nothing_unless_enabled(
 
 
 def test_plain_tracebacks_leave_out_frame_locals() -> None:
-    from actors._mask import plain_traceback
+    from actors._errors import plain_traceback
 
     def fail() -> None:
         token = "t-0123456789abcdef0123456789abcdef"

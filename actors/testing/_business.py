@@ -5,7 +5,8 @@ accepts (not rotated away, not expired) ``{"code": 0, "msg": "success", "data": 
 revoked, expired or unknown token the invalid-token code of the route's token kind (99991663 for
 tenant routes, 99991664 for the app route, 99991671 for a token not even shaped like one), with
 HTTP 400 by default (real Feishu uses 200 as well: :meth:`BusinessApi.set_invalid_status`);
-without a bearer token 99991661. The codes come from the protocol table (``actors._feishu``).
+without a bearer token 99991661. The codes come from the protocol table
+(``actors.feishu._protocol``).
 
 The routes are those of the official SDK's requests (``lark_oapi``):
 
@@ -36,9 +37,9 @@ from typing import Protocol, cast
 from urllib.parse import parse_qs
 
 import actors.testing._transports as transports
-from actors._auth import bearer_of
 from actors._config import TokenKind
-from actors._feishu import CODE_FIELD, MSG_FIELD, Rule
+from actors.feishu._protocol import CODE_FIELD, MSG_FIELD, Rule
+from actors.requests import bearer_of
 from actors.testing._ledger import Issued, Ledger
 from actors.testing._protocol import APP_TOKEN_INVALID, OK, code_for
 from actors.testing._replies import Exchange, Headers, RecordedRequest, Reply, dump_json

@@ -20,7 +20,7 @@ from typing import Self, TypeAlias, cast
 import actors.testing._protocol as wire
 from actors._clock import Clock, SystemClock
 from actors._config import AppType, TokenKind
-from actors._feishu import Endpoint
+from actors.feishu._protocol import Endpoint
 from actors.testing._business import BUSINESS, BusinessApi, BusinessServer
 from actors.testing._events import EventPusher, Schema
 from actors.testing._ledger import App, Ledger

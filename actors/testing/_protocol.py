@@ -1,5 +1,6 @@
 """The auth v3 protocol as the fake server speaks it, read from the one table in
-``actors._feishu``: routes, request and response field names, and the response codes it sends.
+``actors.feishu._protocol``: routes, request and response field names, and the response codes
+it sends.
 
 Everything but the two non-auth codes is derived from the table when the module is imported, so
 a change to the table that the fake cannot follow fails at import, not deep inside a test.
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from actors._config import AppType, TokenKind
-from actors._feishu import CODES, ENDPOINTS, RESEND, Endpoint, Rule, endpoint_for
+from actors.feishu._protocol import CODES, ENDPOINTS, RESEND, Endpoint, Rule, endpoint_for
 
 __all__ = [
     "APP_ID",
@@ -52,7 +53,10 @@ def code_for(rule: Rule, meaning: str = "") -> int:
         row.code for row in CODES.values() if row.rule is rule and row.meaning.startswith(meaning)
     ]
     if len(found) != 1:
-        msg = f"actors._feishu.CODES has {len(found)} {rule} codes meaning {meaning!r}, not one"
+        msg = (
+            f"actors.feishu._protocol.CODES has {len(found)} {rule} codes meaning {meaning!r}, "
+            "not one"
+        )
         raise LookupError(msg)
     return found[0]
 

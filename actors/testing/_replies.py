@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from actors._feishu import (
+from actors.feishu._protocol import (
     CODE_FIELD,
     CONTENT_TYPE,
     EXPIRE_FIELD,

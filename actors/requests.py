@@ -16,8 +16,8 @@ from typing import Any
 import requests
 from requests.auth import AuthBase
 
-from actors import _feishu as feishu
 from actors._config import TokenKind
+from actors.feishu import _protocol as feishu
 
 __all__ = [
     "TOKEN_INVALID_CODES",
@@ -27,6 +27,7 @@ __all__ = [
     "is_token_invalid",
     "response_code",
 ]
+
 
 TOKEN_INVALID_CODES: frozenset[int] = feishu.TOKEN_INVALID_CODES
 

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 __all__ = ["EventError", "handle_event"]
 
+
 _MAX_BODY = 1 << 20  # a callback is a few hundred bytes; a megabyte is an attack or a mistake
 _BLOCK = 16
 _TIMESTAMP, _NONCE, _SIGNATURE = (

@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from actors._auth import TokenTarget, is_token_invalid, response_code
 from actors._config import TokenKind
+from actors.requests import TokenTarget, is_token_invalid, response_code
 
 __all__ = ["AsyncFeishuAuth"]
 

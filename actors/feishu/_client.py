@@ -2,7 +2,7 @@
 
 Every call has a ``(connect, read)`` timeout, the JSON body is parsed whatever the HTTP status
 (Feishu reports errors with 200, 400 or 429 alike), and every outcome is classified, through the
-protocol table of ``actors._feishu``, into a :class:`Grant` or one of the typed errors of
+protocol table of ``actors.feishu._protocol``, into a :class:`Grant` or one of the typed errors of
 ``actors._errors``. One call is one attempt: retries are the TokenActor's business, so the errors
 raised here carry ``attempts=1``.
 
@@ -13,7 +13,7 @@ Hardening against an upstream (or a gateway in front of it) that misbehaves:
   ``connect + read`` timeout, after which it is an :class:`UpstreamError` and the worker is free.
   The body is read in small pieces with the deadline checked between them, and capped at
   ``_MAX_BODY`` (a token answer is about 200 bytes). On the session a TokenSystem creates itself
-  (an :class:`~actors._sockets.AbortableAdapter`), a watchdog also shuts the attempt's socket
+  (an :class:`~actors.feishu._sockets.AbortableAdapter`), a watchdog also shuts the attempt's socket
   down when the deadline passes, which bounds a dripped status line and headers as well.
   **Limit:** with a session passed in by the application, the connect and the status line and
   headers are bounded only by urllib3's per-operation timeouts (a server dripping its headers can
@@ -21,7 +21,7 @@ Hardening against an upstream (or a gateway in front of it) that misbehaves:
 - *HTTP 429* is rate limiting whatever the body (a gateway's HTML page too): its
   ``x-ogw-ratelimit-reset`` header is honoured, capped at ``MAX_RETRY_AFTER``.
 - *Upstream text* (``msg``, the content type) goes into errors, and so into logs, only through
-  :func:`actors._mask.redact`: a proxy echoing the request must not leak the app_secret, the
+  :func:`actors._errors.redact`: a proxy echoing the request must not leak the app_secret, the
   app_ticket, the app token or any token-shaped string.
 - *Lifetimes* that are not finite numbers in ``(0, MAX_EXPIRE]`` (``1e10``, ``NaN``, ``1e400``
   which JSON reads as infinity, zero, negative) are a failed attempt, never a token.
@@ -37,14 +37,14 @@ from typing import Any
 import requests
 import urllib3
 
-from actors import _feishu as feishu
 from actors._config import AppConfig
-from actors._errors import AppTicketError, AuthError, RateLimitedError, UpstreamError
-from actors._mask import redact
-from actors._sockets import Deadline, attempt_deadline
+from actors._errors import AppTicketError, AuthError, RateLimitedError, UpstreamError, redact
 from actors._source import Grant, TokenRequest
+from actors.feishu import _protocol as feishu
+from actors.feishu._sockets import Deadline, attempt_deadline
 
 __all__ = ["FeishuAuthClient"]
+
 
 _HEADERS = {"Content-Type": feishu.CONTENT_TYPE}
 # Request fields whose values must never come back out in an error or a log line.

@@ -37,19 +37,14 @@ from actors._config import AppConfig, AppType, RefreshPolicy
 from actors._errors import TokenError
 from actors._metrics import LatencyHistogram, TokenMetrics
 from actors._scheduler import NextDue
-from actors._sim_plot import HourStats, HourTotals, plot_hours
 from actors._system import TokenSystem
+from actors.sim._plot import HourStats, HourTotals, plot_hours
 
-if TYPE_CHECKING:  # test support is imported only when a simulation runs
+if TYPE_CHECKING:
     from actors.testing import FakeFeishu
 
-__all__ = [
-    "HourStats",
-    "SimulationConfig",
-    "SimulationReport",
-    "parse_outage",
-    "run_simulation",
-]
+__all__ = ["HourStats", "SimulationConfig", "SimulationReport", "parse_outage", "run_simulation"]
+
 
 _APP_ID = "cli_simulated"
 _SECRET = "simulated-secret"

@@ -13,7 +13,7 @@ handshake, write or read fail at once:
 
 Used on the session a TokenSystem creates itself. A session passed in by the application is
 left as it is: its calls end within urllib3's timeouts, and the client checks the deadline
-between the reads of a body (see ``actors._client``).
+between the reads of a body (see ``actors.feishu._client``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 from urllib3.util.connection import allowed_gai_family
 
 __all__ = ["AbortableAdapter", "Deadline", "attempt_deadline", "current_deadline"]
+
 
 _local = threading.local()
 

@@ -37,6 +37,7 @@ __all__ = [
     "usable_expire",
 ]
 
+
 AUTH_PREFIX = "/open-apis/auth/v3/"
 CONTENT_TYPE = "application/json; charset=utf-8"
 RATE_LIMIT_RESET_HEADER = "x-ogw-ratelimit-reset"  # seconds until the rate limit resets

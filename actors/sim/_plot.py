@@ -24,6 +24,7 @@ from typing import Any
 
 __all__ = ["MISSING", "HourStats", "HourTotals", "plot_hours", "require_matplotlib"]
 
+
 MISSING = 'plotting needs matplotlib: pip install "lark-token-actors[plot]"'
 
 
