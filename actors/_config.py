@@ -28,8 +28,8 @@ __all__ = [
 FEISHU = "https://open.feishu.cn"
 LARK = "https://open.larksuite.com"
 
-# Feishu hands out the same token while 30 minutes or more remain (FEISHU.md, lifetime rule), so
-# a prewarm earlier than this can never yield a new token.
+# Feishu hands out the same token while 30 minutes or more remain (docs/feishu-protocol.md,
+# lifetime rule), so a prewarm earlier than this can never yield a new token.
 FEISHU_REFRESH_WINDOW = 1800.0
 
 

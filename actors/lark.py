@@ -45,7 +45,8 @@ _MANAGED = frozenset(
         "app_type",
     }
 )
-# lark-oapi had no HTTP timeout by default before 1.7 (FEISHU.md): every call here gets one.
+# lark-oapi had no HTTP timeout by default before 1.7 (docs/feishu-protocol.md): every call here
+# gets one.
 _DEFAULT_TIMEOUT = 10.0
 
 

@@ -146,7 +146,7 @@ class _DictCache:
         except FeishuError as exc:
             if not self._marketplace or exc.code not in TOKEN_INVALID_CODES:
                 raise
-            # The app token expired on the way (FEISHU.md: drop it, refetch once).
+            # The app token expired on the way (docs/feishu-protocol.md: drop it, refetch once).
             self._app_token = None
             app_token = self._valid_app_token()
             started = time.monotonic()

@@ -10,8 +10,7 @@ import pytest
 
 import actors
 from actors.testing import FakeFeishu, FunctionSource
-
-from .conftest import APP_ID, SECRET
+from tests.conftest import APP_ID, SECRET
 
 APP = actors.AppConfig("cli_aio", "secret")
 

@@ -10,8 +10,7 @@ import pytest
 
 import actors
 from actors.testing import FakeFeishu, Reply
-
-from .conftest import SystemFactory
+from tests.conftest import SystemFactory
 
 
 def test_callables_get_refreshed_and_failed_events_without_token_values(
@@ -97,7 +96,7 @@ def test_subscribe_rejects_what_it_cannot_deliver_to(
 def test_stop_called_from_a_subscriber_still_resolves_everything(
     make_system: SystemFactory, app: actors.AppConfig, server: FakeFeishu
 ) -> None:
-    from .conftest import our_threads
+    from tests.conftest import our_threads
 
     system = make_system(app)
     stopped = threading.Event()

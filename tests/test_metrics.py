@@ -11,8 +11,7 @@ import actors
 from actors._cache import SAMPLE_EVERY
 from actors._metrics import LatencyHistogram
 from actors.testing import FakeFeishu, Reply
-
-from .conftest import SystemFactory
+from tests.conftest import SystemFactory
 
 
 def test_five_coalesced_waiters_on_one_fetch_are_one_miss_and_four_coalesced(

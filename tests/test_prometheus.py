@@ -14,8 +14,7 @@ import actors
 from actors._cache import SAMPLE_EVERY
 from actors.prometheus import TokenMetricsCollector, serve_metrics
 from actors.testing import FakeFeishu, Reply
-
-from .conftest import MARKET_ID, MARKET_SECRET, SECRET, SystemFactory, drive
+from tests.conftest import MARKET_ID, MARKET_SECRET, SECRET, SystemFactory, drive
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -10,8 +10,7 @@ from loguru import logger
 
 import actors
 from actors.testing import FakeFeishu
-
-from .conftest import SECRET, SystemFactory, our_threads
+from tests.conftest import SECRET, SystemFactory, our_threads
 
 
 def test_stop_resolves_pending_futures_and_leaves_no_thread_of_ours(

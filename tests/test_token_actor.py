@@ -14,8 +14,7 @@ import pytest
 
 import actors
 from actors.testing import FakeFeishu, Reply
-
-from .conftest import MARKET_ID, SECRET, SystemFactory, drive, forward_tickets
+from tests.conftest import MARKET_ID, SECRET, SystemFactory, drive, forward_tickets
 
 TENANT = actors.TokenKind.TENANT
 APP = actors.TokenKind.APP

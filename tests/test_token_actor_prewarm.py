@@ -11,8 +11,7 @@ import pytest
 
 import actors
 from actors.testing import FakeFeishu, Reply
-
-from .conftest import MARKET_ID, MARKET_SECRET, SystemFactory
+from tests.conftest import MARKET_ID, MARKET_SECRET, SystemFactory
 
 
 def start_marketplace(

@@ -65,7 +65,7 @@ class FeishuAuthClient:
         """One attempt at the token ``request`` names (marketplace: ticket or app token)."""
         app = request.app
         endpoint = feishu.endpoint_for(app.app_type, request.kind)
-        # Feishu must never see an empty ticket (FEISHU.md).
+        # Feishu must never see an empty ticket (docs/feishu-protocol.md).
         if "app_ticket" in endpoint.request_fields and not request.app_ticket:
             raise AppTicketError(app.app_id, "no app_ticket received yet")
         values = {

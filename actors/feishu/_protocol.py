@@ -1,4 +1,4 @@
-"""The Feishu/Lark auth v3 wire protocol in one table (``FEISHU.md``).
+"""The Feishu/Lark auth v3 wire protocol in one table (``docs/feishu-protocol.md``).
 
 Paths, request fields, response fields, and what each response code means for a token manager.
 The client (``_client``), the outcome decision (``_outcomes``), the embedded fake server

@@ -1,11 +1,12 @@
 """The embedded fake Feishu auth server for tests, demos, simulations and benchmarks.
 
 :class:`FakeFeishu` is a real HTTP/1.1 server on loopback that speaks the auth v3 contract of
-``FEISHU.md``: self-built and marketplace app/tenant tokens, app_ticket resend, the error codes
-and the 30-minute same-token rule, with expiry computed on an injectable clock. Tests steer it
-with scripted :class:`Reply` objects, :class:`Gate` holds and latency, and inspect it through
-:class:`RecordedRequest` records and concurrency counters. Business Open API routes that take a
-bearer token live in ``_business``, the app_ticket event push in ``_events``.
+``docs/feishu-protocol.md``: self-built and marketplace app/tenant tokens, app_ticket resend, the
+error codes and the 30-minute same-token rule, with expiry computed on an injectable clock.
+Tests steer it with scripted :class:`Reply` objects, :class:`Gate` holds and latency,
+and inspect it through :class:`RecordedRequest` records and concurrency counters. Business
+Open API routes that take a bearer token live in ``_business``, the app_ticket event push
+in ``_events``.
 """
 
 from __future__ import annotations

@@ -24,8 +24,7 @@ import pytest
 
 import actors
 from actors.testing import FakeFeishu, RecordedRequest, Reply
-
-from .conftest import APP_ID, MARKET_ID, MARKET_SECRET, SECRET, our_threads
+from tests.conftest import APP_ID, MARKET_ID, MARKET_SECRET, SECRET, our_threads
 
 SOAK_SECONDS = 60.0  # the whole run, warm-up included; it ends by itself
 WARMUP_SECONDS = 10.0  # memory is measured from here (after all first fetches and pools)

@@ -16,8 +16,7 @@ from actors.feishu import _protocol as feishu
 from actors.feishu._client import FeishuAuthClient
 from actors.feishu._sockets import AbortableAdapter
 from actors.testing import FakeFeishu, Reply
-
-from .conftest import MARKET_SECRET, SECRET, SystemFactory, drive
+from tests.conftest import MARKET_SECRET, SECRET, SystemFactory, drive
 
 TENANT = actors.TokenKind.TENANT
 APP = actors.TokenKind.APP

@@ -18,8 +18,7 @@ from actors._config import AppConfig, AppType, TokenKind
 from actors._errors import AuthError
 from actors._source import Grant, TokenRequest, TokenSource
 from actors.testing import FakeFeishu, FunctionSource, RecordedRequest, Reply
-
-from .fake_apps import AUTH, SELF, STORE, serve_two_apps
+from tests.fake_apps import AUTH, SELF, STORE, serve_two_apps
 
 APP_INTERNAL = AUTH + "app_access_token/internal"
 TENANT_INTERNAL = AUTH + "tenant_access_token/internal"

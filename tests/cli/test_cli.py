@@ -19,8 +19,7 @@ import actors
 from actors._errors import mask_token
 from actors.cli._main import main
 from actors.testing import FakeFeishu
-
-from .conftest import APP_ID, SECRET
+from tests.conftest import APP_ID, SECRET
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,7 @@ from loguru import logger
 import actors
 from actors._cache import SAMPLE_EVERY, CallerStats, ReadSnapshot
 from actors._config import TokenKey, TokenKind
-
-from .conftest import APP_ID, SystemFactory
+from tests.conftest import APP_ID, SystemFactory
 
 if TYPE_CHECKING:
     import loguru

@@ -1,5 +1,5 @@
 """Tests of the fake server's business routes and event push, driven over real loopback HTTP
-with ``requests`` (the library's integrations are tested in test_auth, test_lark and
+with ``requests`` (the library's integrations are tested in test_requests, test_lark and
 test_marketplace_flow)."""
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from actors.testing import (
     encrypt_event,
     sign_event,
 )
-
-from .fake_apps import AUTH, SELF, STORE, serve_two_apps
+from tests.fake_apps import AUTH, SELF, STORE, serve_two_apps
 
 CHATS = "/open-apis/im/v1/chats"
 MESSAGES = "/open-apis/im/v1/messages"

@@ -30,8 +30,7 @@ import pytest
 import actors
 from actors._cache import SAMPLE_EVERY
 from actors.testing import FakeFeishu, Reply
-
-from .conftest import APP_ID, SECRET, SystemFactory
+from tests.conftest import APP_ID, SECRET, SystemFactory
 
 TENANT = actors.TokenKind.TENANT
 APP = actors.TokenKind.APP

@@ -39,8 +39,7 @@ import pytest
 
 import actors
 from actors.testing import FakeFeishu, Gate, Reply
-
-from .conftest import APP_ID, MARKET_ID, MARKET_SECRET, SECRET, SystemFactory, our_threads
+from tests.conftest import APP_ID, MARKET_ID, MARKET_SECRET, SECRET, SystemFactory, our_threads
 
 APP, TENANT = actors.TokenKind.APP, actors.TokenKind.TENANT
 STEP = 1.0  # virtual seconds per step

@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 
 import actors
 from actors.testing import FakeFeishu, Reply
-
-from .conftest import MARKET_ID, MARKET_SECRET, forward_tickets
+from tests.conftest import MARKET_ID, MARKET_SECRET, forward_tickets
 
 TENANTS = ["t0", "t1", "t2"]
 

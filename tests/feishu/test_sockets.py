@@ -17,8 +17,7 @@ import requests
 import actors
 from actors.feishu._sockets import AbortableAdapter, attempt_deadline, current_deadline
 from actors.testing import FakeFeishu
-
-from .conftest import APP_ID, SECRET, our_threads
+from tests.conftest import APP_ID, SECRET, our_threads
 
 Address = tuple[str, int]
 
