@@ -84,18 +84,23 @@ def test_cancelling_one_awaiter_affects_no_other() -> None:
 
 
 def test_stop_fails_pending_awaits_with_system_stopped() -> None:
-    release = threading.Event()
+    started: list[actors.TokenSystem] = []
+    fetching = threading.Event()
 
     def fetch(_request: actors.TokenRequest) -> actors.Grant:
-        release.wait(5)
+        # A fetch still in flight when stop() comes: it returns only once the TokenActor is
+        # gone, so its grant can never answer the await, and stop() does not wait on it.
+        fetching.set()
+        started[0].actor_ref.actor_stopped.wait(5)
         return actors.Grant("t-never", 7200.0)
 
     system = actors.TokenSystem.start(APP, source=FunctionSource(fetch))
+    started.append(system)
     try:
 
         async def main() -> None:
             pending = asyncio.create_task(system.proxy.aget_token())
-            await asyncio.sleep(0.01)
+            assert await asyncio.to_thread(fetching.wait, 5)
             await asyncio.to_thread(system.stop)
             with pytest.raises(actors.SystemStoppedError):
                 await pending
@@ -104,7 +109,6 @@ def test_stop_fails_pending_awaits_with_system_stopped() -> None:
 
         asyncio.run(main())
     finally:
-        release.set()
         system.stop()
 
 
