@@ -70,7 +70,7 @@ class UpstreamError(TokenError):
         self.status = status
         self.attempts = attempts
         self.detail = detail
-        parts = [f"code {code}" if code is not None else "", f"HTTP {status}" if status else ""]
+        parts = (_said(code), f"HTTP {status}" if status else "")
         what = ", ".join(p for p in parts if p) or "no response"
         suffix = f": {detail}" if detail else ""
         super().__init__(
@@ -81,6 +81,14 @@ class UpstreamError(TokenError):
     def after_attempts(self, attempts: int) -> UpstreamError:
         """The same failure, reported as the outcome of ``attempts`` attempts."""
         return UpstreamError(self.code, self.status, attempts, detail=self.detail)
+
+
+def _said(code: int | None) -> str:
+    """What the answer's ``code`` says; code 0 is Feishu's "ok" (a success body the library could
+    not use: no token, an unusable lifetime), which "failed (code 0)" would misstate."""
+    if code is None:
+        return ""
+    return "answered ok" if code == 0 else f"code {code}"
 
 
 class RateLimitedError(UpstreamError):

@@ -1,4 +1,5 @@
-"""Redaction of upstream text: no secret of the request and nothing token-shaped survives."""
+"""Error messages: upstream text redacted (no secret of the request, nothing token-shaped), and
+what a failure says."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from actors._errors import mask_token, redact
+import actors
+from actors._errors import UpstreamError, mask_token, redact
+from actors._source import Grant
+from actors.testing import FunctionSource
 
 SECRET = 's3cr3t/with "odd" chars&more'
 TOKEN = "t-g1044ghJRUIJJ5ELM2ZXFEGDTGVJP3JQQ2YA4WNB"
@@ -45,3 +49,22 @@ def test_ordinary_text_is_left_alone() -> None:
 
 def test_a_secret_inside_another_is_replaced_whole() -> None:
     assert redact("abcdef", ["abc", "abcdef"]) == "***"
+
+
+def test_an_ok_answer_the_library_refused_says_so_not_code_0() -> None:
+    # Code 0 is Feishu's "ok": a message saying the endpoint failed with code 0 reads as nonsense.
+    error = UpstreamError(0, None, 1, detail="token expires within the safety margin (100s left)")
+    assert "code 0" not in str(error)
+    assert "(answered ok): token expires within the safety margin (100s left)" in str(error)
+    assert error.code == 0
+
+
+def test_a_token_that_expires_within_the_margin_fails_with_an_error_that_says_why() -> None:
+    policy = actors.RefreshPolicy(max_attempts=1, safety_margin=180.0, prewarm_lead=600.0)
+    source = FunctionSource(lambda request: Grant("t-short-lived", 100.0))
+    app = actors.AppConfig("cli_short", "secret")
+    system = actors.TokenSystem.start(app, policy=policy, clock=actors.ManualClock(), source=source)
+    with system, pytest.raises(actors.UpstreamError) as raised:
+        system.proxy.get_token().get(timeout=5)
+    assert "code 0" not in str(raised.value)
+    assert "answered ok" in str(raised.value) and "safety margin" in str(raised.value)
