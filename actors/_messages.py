@@ -13,8 +13,8 @@ import asyncio
 import dataclasses
 import queue
 import threading
-from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Generator, Iterable
+from typing import Any, Protocol, TypeVar, cast
 
 import pykka
 
@@ -24,7 +24,9 @@ from actors._source import Grant
 
 __all__ = [
     "AsyncWaiter",
+    "AwaitableFuture",
     "Continuation",
+    "DeferredFuture",
     "FetchDone",
     "FutureWaiter",
     "Get",
@@ -81,10 +83,63 @@ class TokenReply:
 
 
 T = TypeVar("T")
+J = TypeVar("J")
+M = TypeVar("M")
+R = TypeVar("R")
 
 
-class ResolvedFuture(pykka.Future[T]):
-    """A ``pykka.Future`` born with its value: ``get()`` returns it at once, no lock, no wait.
+class AwaitableFuture(pykka.Future[T]):
+    """A ``pykka.Future`` an event loop can ``await`` without blocking.
+
+    pykka's own ``__await__`` calls the blocking ``get()``, so ``await system.proxy.get_token()``
+    would freeze the loop for a whole fetch. The library's futures instead suspend the awaiting
+    task until the answer is there, then return it (or raise its exception). The futures that
+    ``map()``/``filter()``/``join()``/``reduce()`` derive from one remember their sources: awaiting
+    a derived future awaits those, then runs pykka's get hook, which no longer waits.
+    """
+
+    _sources: tuple[pykka.Future[Any], ...] = ()
+
+    def map(self, func: Callable[[T], M]) -> pykka.Future[M]:
+        return _derived(super().map(func), self)
+
+    def filter(
+        self: AwaitableFuture[Iterable[J]], func: Callable[[J], bool]
+    ) -> pykka.Future[Iterable[J]]:
+        return _derived(super().filter(func), self)
+
+    def join(self, *futures: pykka.Future[Any]) -> pykka.Future[Iterable[Any]]:
+        return _derived(super().join(*futures), self, *futures)
+
+    def reduce(
+        self: AwaitableFuture[Iterable[J]], func: Callable[[R, J], R], *args: R
+    ) -> pykka.Future[R]:
+        return _derived(super().reduce(func, *args), self)
+
+    def __await__(self) -> Generator[Any, None, T]:
+        if self._sources:
+            for source in self._sources:
+                yield from source.__await__()
+        else:
+            yield from self._answered()
+        return self.get()
+
+    __iter__ = __await__
+
+    def _answered(self) -> Generator[Any, None, None]:
+        """Suspend the awaiting task until this future has its answer."""
+        return
+        yield  # a generator that finishes at once: this future is born answered
+
+
+def _derived(future: pykka.Future[M], *sources: pykka.Future[Any]) -> pykka.Future[M]:
+    cast("AwaitableFuture[M]", future)._sources = sources  # pykka made it with self.__class__()
+    return future
+
+
+class ResolvedFuture(AwaitableFuture[T]):
+    """A ``pykka.Future`` born with its value: ``get()`` returns it at once, no lock, no wait,
+    and ``await`` returns it without suspending.
 
     Built on ``pykka.Future``'s public behaviour only. pykka's ``map()``/``filter()``/``join()``/
     ``reduce()`` make new futures with ``self.__class__()`` and give them a get hook: without a
@@ -116,6 +171,49 @@ def resolved_future(value: T) -> ResolvedFuture[T]:
     return ResolvedFuture(value)
 
 
+class DeferredFuture(AwaitableFuture[T], pykka.ThreadingFuture[T]):
+    """The ``pykka.ThreadingFuture`` a caller holds while the TokenActor works on its request.
+
+    ``get()`` blocks the calling thread, as pykka's does. An awaiting task instead parks an
+    asyncio future on its own loop, which ``set()``/``set_exception()`` resolve through
+    ``loop.call_soon_threadsafe`` from whichever thread answers: no thread is parked per awaiter,
+    and cancelling one awaiter leaves the future and its other awaiters alone.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()  # orders "answered" against an awaiter parking itself
+        self._answer_given = False
+        self._parked: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def set(self, value: Any = None) -> None:
+        super().set(value)  # queue.Full if already answered: the first answer stands
+        self._wake()
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        super().set_exception(exc_info)
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._answer_given = True
+            parked, self._parked = self._parked, []
+        for loop, answered in parked:
+            try:
+                loop.call_soon_threadsafe(_set_result, answered, None)
+            except RuntimeError:  # the loop is closed: nobody can be awaiting any more
+                pass
+
+    def _answered(self) -> Generator[Any, None, None]:
+        with self._lock:
+            if self._answer_given:
+                return
+            loop = asyncio.get_running_loop()
+            answered: asyncio.Future[None] = loop.create_future()
+            self._parked.append((loop, answered))
+        yield from answered.__await__()
+
+
 class Waiter(Protocol):
     started: float
     counted: bool  # a caller's get (counted in hit/miss metrics) or an internal dependency
@@ -138,7 +236,7 @@ class FutureWaiter:
     def __init__(self, started: float, pending: PendingFutures) -> None:
         self.started = started
         self.counted = True
-        self.future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+        self.future: DeferredFuture[Any] = DeferredFuture()
         self._pending = pending
         pending.add(self)
 

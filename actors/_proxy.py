@@ -1,9 +1,11 @@
-"""TokenProxy (``system.proxy``): the caller-side handle of a TokenSystem.
+"""TokenProxy (``system.proxy``): the token API of a TokenSystem, for threads and event loops.
 
-Every method validates its arguments, sends one message to the TokenActor and returns a
-``pykka.Future``; a servable cached token (fast reads) comes back as an already-resolved future
-without a message. Bad arguments give a future that raises ``ValueError``; a stopped system, or
-one used in a process forked after it started, gives one that raises ``SystemStoppedError``.
+The rule: a plain method returns a ``pykka.Future`` (the sync side: ``.get(timeout=...)``), an
+``a``-prefixed one is a coroutine that returns the value (the async side). Every method validates
+its arguments and sends at most one message to the TokenActor; a servable cached token (fast
+reads) is an already-resolved future, or a value, without a message. Bad arguments fail the
+future or the await with ``ValueError``; a stopped system, or one used in a process forked after
+it started, with ``SystemStoppedError``. The futures are awaitable too, without blocking the loop.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from actors._cache import SAMPLE_MASK, CallerStats, Cell, Published, ReadSnapsho
 from actors._clock import Clock, SystemClock
 from actors._config import AppConfig, AppType, TokenKey, TokenKind, resolve_key
 from actors._errors import SystemStoppedError
-from actors._messages import AsyncWaiter, FutureWaiter, PendingFutures
+from actors._messages import AsyncWaiter, DeferredFuture, FutureWaiter, PendingFutures
 from actors._metrics import TokenMetrics
 
 if TYPE_CHECKING:
@@ -35,7 +37,16 @@ _KEY_MEMO_SIZE = 4096
 
 
 class TokenProxy:
-    """``system.proxy``: every method sends one message and returns a ``pykka.Future``."""
+    """``system.proxy``: the token API. Plain methods return ``pykka.Future``s, ``a``-prefixed
+    methods are coroutines that return values.
+
+    Example:
+        >>> token = system.proxy.get_token().get(timeout=5)  # doctest: +SKIP
+        >>> token = await system.proxy.aget_token()  # doctest: +SKIP
+
+    ``await system.proxy.get_token()`` works as well and does not block the event loop either:
+    the library's futures suspend the awaiting task until the answer arrives.
+    """
 
     def __init__(
         self,
@@ -179,6 +190,11 @@ class TokenProxy:
         """A future of a frozen snapshot of the counters."""
         return self._ask(m.Snapshot)
 
+    async def ametrics(self) -> TokenMetrics:
+        """``metrics`` for coroutines: a frozen snapshot of the counters."""
+        metrics: TokenMetrics = await self._aask(m.Snapshot)
+        return metrics
+
     # --- the shared core of the sync and async fronts --------------------------------------------
 
     def _get(self, kind: Any, tenant_key: Any, app_id: Any, now: float) -> pykka.Future[str]:
@@ -269,6 +285,6 @@ def _remember(
 
 
 def _failed(error: Exception) -> pykka.Future[Any]:
-    future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+    future: DeferredFuture[Any] = DeferredFuture()
     future.set_exception((type(error), error, None))
     return future

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
+import pykka
 import pytest
 
 import actors
@@ -163,3 +165,73 @@ def test_ainvalidate_and_aset_app_ticket() -> None:
                 await system.proxy.aset_app_ticket("")
 
         asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "derive",
+    [lambda future: future, lambda future: future.map(str.upper)],
+    ids=["the future", "a future mapped from it"],
+)
+def test_awaiting_a_miss_future_keeps_the_loop_running_until_the_token_arrives(
+    derive: Callable[[pykka.Future[str]], pykka.Future[str]],
+) -> None:
+    gate = threading.Event()
+    opened_by_the_loop: list[bool] = []
+
+    def fetch(_request: actors.TokenRequest) -> actors.Grant:
+        # Opened by a task on the event loop: only if the loop keeps running during the await.
+        opened_by_the_loop.append(gate.wait(5))
+        return actors.Grant("t-gated", 7200.0)
+
+    with actors.TokenSystem.start(APP, source=FunctionSource(fetch)) as system:
+
+        async def main() -> str:
+            async def open_the_gate() -> None:
+                for _ in range(10):  # ten loop iterations, more than one blocking await allows
+                    await asyncio.sleep(0)
+                gate.set()
+
+            opener = asyncio.create_task(open_the_gate())
+            token = await derive(system.proxy.get_token())
+            await opener
+            return token
+
+        token = asyncio.run(main())
+    assert opened_by_the_loop == [True]
+    assert token.lower() == "t-gated"
+
+
+def test_awaiting_a_hit_future_completes_without_suspending() -> None:
+    with actors.TokenSystem.start(APP, source=FunctionSource.constant("t-warm")) as system:
+        assert system.proxy.get_token().get(timeout=5) == "t-warm"
+
+        async def hit() -> str:
+            return await system.proxy.get_token()
+
+        coroutine = hit()
+        with pytest.raises(StopIteration) as done:
+            coroutine.send(None)  # the already-resolved future gives its value on the first step
+        assert done.value.value == "t-warm"
+
+
+def test_awaiting_a_refused_request_raises_its_error_without_suspending() -> None:
+    with actors.TokenSystem.start(APP, source=FunctionSource.constant()) as system:
+
+        async def refused() -> str:
+            return await system.proxy.get_token(app_id="cli_unknown")
+
+        coroutine = refused()
+        with pytest.raises(ValueError, match="cli_unknown"):
+            coroutine.send(None)
+
+
+def test_ametrics_returns_the_counters_as_a_value() -> None:
+    with actors.TokenSystem.start(APP, source=FunctionSource.constant("t-m")) as system:
+
+        async def main() -> actors.TokenMetrics:
+            await system.proxy.aget_token()
+            return await system.proxy.ametrics()
+
+        metrics = asyncio.run(main())
+    assert isinstance(metrics, actors.TokenMetrics)
+    assert metrics.misses == 1
