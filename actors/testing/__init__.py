@@ -54,11 +54,13 @@ from actors.testing._fake_feishu import FakeFeishu as FakeFeishu
 from actors.testing._replies import Gate as Gate
 from actors.testing._replies import RecordedRequest as RecordedRequest
 from actors.testing._replies import Reply as Reply
+from actors.testing._serve import FakeFeishuProcess as FakeFeishuProcess
 from actors.testing._sources import FunctionSource as FunctionSource
 
 __all__ = [
     "EventPusher",
     "FakeFeishu",
+    "FakeFeishuProcess",
     "FunctionSource",
     "Gate",
     "Push",
