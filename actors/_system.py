@@ -37,12 +37,22 @@ __all__ = ["TokenSystem"]
 class TokenSystem:
     """The running system: a TokenActor, a SchedulerActor, fetch workers and a clock.
 
+    Started with :meth:`start` (the only way). :attr:`proxy` is the token API (futures from its
+    plain methods, values from its ``a``-prefixed coroutines); the system's own methods are
+    blocking lifecycle and reporting conveniences that return values: :meth:`settle`,
+    :meth:`stop`, :meth:`metrics`, :meth:`performance_report`, :meth:`log_performance_metrics`.
+
     Example:
         >>> with TokenSystem.start(AppConfig("cli_x", "secret")) as system:  # doctest: +SKIP
         ...     token = system.proxy.get_token().get(timeout=5)
     """
 
-    def __init__(
+    def __init__(self, *_args: object, **_kwargs: object) -> None:
+        # One way to start a system: the constructor is not a second spelling of start().
+        msg = "start a TokenSystem with TokenSystem.start(app_or_apps, ...), not TokenSystem(...)"
+        raise TypeError(msg)
+
+    def _boot(
         self,
         app_or_apps: AppConfig | Iterable[AppConfig],
         *,
@@ -156,7 +166,8 @@ class TokenSystem:
         ``fast_reads=False`` sends every get through the TokenActor's mailbox (pure message
         path); the default answers servable cached tokens from the actor's published snapshot.
         """
-        return cls(
+        system = cls.__new__(cls)
+        system._boot(
             app_or_apps,
             policy=policy,
             clock=clock,
@@ -165,15 +176,18 @@ class TokenSystem:
             store=store,
             fast_reads=fast_reads,
         )
+        return system
 
     # --- public surface --------------------------------------------------------------------------
 
     @property
     def proxy(self) -> TokenProxy:
+        """The token API: ``get_token``/``aget_token``, ``invalidate``/``ainvalidate``, ..."""
         return self._proxy
 
     @property
     def actor_ref(self) -> pykka.ActorRef[TokenActor]:
+        """The TokenActor's ref, for other actors: tell it a :class:`GetToken`."""
         return self._ref
 
     @property
@@ -183,10 +197,12 @@ class TokenSystem:
 
     @property
     def clock(self) -> Clock:
+        """The clock every deadline in this system follows."""
         return self._clock
 
     @property
     def policy(self) -> RefreshPolicy:
+        """The refresh policy this system was started with."""
         return self._policy
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
@@ -194,15 +210,18 @@ class TokenSystem:
         return self._events.subscribe(subscriber)
 
     def metrics(self, *, timeout: float = 5.0) -> TokenMetrics:
+        """A frozen snapshot of the counters (blocks; ``proxy.metrics()`` is the future)."""
         return self._proxy.metrics().get(timeout=timeout)
 
     def performance_report(self, *, timeout: float = 5.0) -> str:
+        """The counters as a human-readable report."""
         return self.metrics(timeout=timeout).report()
 
     def log_performance_metrics(self, *, timeout: float = 5.0) -> None:
+        """Log :meth:`performance_report` at INFO (once ``logger.enable("actors")``)."""
         logger.info("{}", self.performance_report(timeout=timeout))
 
-    def settle(self, timeout: float = 5.0) -> None:
+    def settle(self, *, timeout: float = 5.0) -> None:
         """Block until quiescent: mailboxes empty, no upstream call running, nothing due now.
 
         Raises TimeoutError if that does not happen within ``timeout`` real seconds.
@@ -238,7 +257,7 @@ class TokenSystem:
             if (due is None or due > self._clock.now()) and self._ref.actor_inbox.empty():
                 return
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, *, timeout: float = 5.0) -> None:
         """Stop everything; idempotent. Pending futures fail with SystemStoppedError."""
         if self._stopped:
             return

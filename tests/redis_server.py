@@ -199,7 +199,7 @@ class _Child:
     def settled_token(self) -> str:
         """The token once no fetch is in flight: the newest this process has."""
         assert self.system is not None
-        self.system.settle(10)
+        self.system.settle(timeout=10)
         return self.get()
 
     def watch(self, token: str, timeout: float) -> float | None:

@@ -55,6 +55,13 @@ def test_stop_does_not_touch_other_actors_in_the_registry(app: actors.AppConfig)
         bystander.stop()
 
 
+def test_constructing_a_system_directly_is_refused_in_favour_of_start(
+    app: actors.AppConfig,
+) -> None:
+    with pytest.raises(TypeError, match=r"TokenSystem\.start\("):
+        actors.TokenSystem(app)
+
+
 def test_invalid_start_arguments_raise_value_error(app: actors.AppConfig) -> None:
     with pytest.raises(ValueError, match="at least one"):
         actors.TokenSystem.start([])
