@@ -1,7 +1,9 @@
 """lark-token-actors: Feishu/Lark access tokens from an actor-owned cache.
 
-One TokenActor owns the cache (no locks), concurrent misses share one upstream request, a
-scheduler actor prewarms tokens before they expire, and callers get pykka futures.
+One TokenActor owns the cache (no locks), concurrent misses share one upstream request and a
+scheduler actor prewarms tokens before they expire. ``TokenSystem.start(...)`` starts it;
+``system.proxy`` (a :class:`TokenProxy`) is the token API: its plain methods return pykka futures,
+its ``a``-prefixed methods are coroutines that return values.
 """
 
 import importlib
@@ -31,6 +33,7 @@ from actors._messages import TokenReply as TokenReply
 from actors._metrics import KindMetrics as KindMetrics
 from actors._metrics import LatencySummary as LatencySummary
 from actors._metrics import TokenMetrics as TokenMetrics
+from actors._proxy import TokenProxy as TokenProxy
 from actors._source import Grant as Grant
 from actors._source import TokenRequest as TokenRequest
 from actors._source import TokenSource as TokenSource
@@ -73,6 +76,7 @@ __all__ = [
     "TokenError",
     "TokenKind",
     "TokenMetrics",
+    "TokenProxy",
     "TokenRefreshed",
     "TokenReply",
     "TokenRequest",
