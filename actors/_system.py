@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Self, cast
+from typing import Self, cast
 
 import pykka
 import requests
@@ -27,9 +27,7 @@ from actors._token_actor import TokenActor
 from actors._upstream import WorkerPool
 from actors.feishu._client import FeishuAuthClient
 from actors.feishu._sockets import AbortableAdapter
-
-if TYPE_CHECKING:  # redis-py is an optional extra: imported only when a store is given
-    from actors.stores._redis import RedisStore
+from actors.stores import Store
 
 __all__ = ["TokenSystem"]
 
@@ -60,7 +58,7 @@ class TokenSystem:
         clock: Clock | None = None,
         session: requests.Session | None = None,
         source: TokenSource | None = None,
-        store: RedisStore | None = None,
+        store: Store | None = None,
         fast_reads: bool = True,
     ) -> None:
         apps = _apps_by_id(app_or_apps)
@@ -84,12 +82,9 @@ class TokenSystem:
         if source is not None and session is not None:
             msg = "give either session= (for the built-in Feishu client) or source=, not both"
             raise ValueError(msg)
-        if store is not None:
-            from actors.stores._redis import RedisStore  # noqa: PLC0415 - only with the redis extra
-
-            if not isinstance(store, RedisStore):
-                msg = f"store must be an actors.RedisStore, got {store!r}"
-                raise ValueError(msg)
+        if store is not None and not isinstance(store, Store):
+            msg = f"store must be an actors.stores.Store such as actors.RedisStore, got {store!r}"
+            raise ValueError(msg)
         self._adapter: AbortableAdapter | None = None
         self._owned_session: requests.Session | None = None
         if source is None:
@@ -155,14 +150,15 @@ class TokenSystem:
         clock: Clock | None = None,
         session: requests.Session | None = None,
         source: TokenSource | None = None,
-        store: RedisStore | None = None,
+        store: Store | None = None,
         fast_reads: bool = True,
     ) -> Self:
         """Start the actors for one app or several; ValueError names a bad argument.
 
         ``session`` is the ``requests.Session`` the built-in Feishu client uses; ``source``
         replaces that client with any :class:`TokenSource` (a fake in tests); ``store`` (an
-        ``actors.RedisStore``) shares tokens, tickets and invalidations between processes.
+        :class:`actors.stores.Store`, e.g. ``actors.RedisStore``) shares tokens, tickets and
+        invalidations between processes.
         ``fast_reads=False`` sends every get through the TokenActor's mailbox (pure message
         path); the default answers servable cached tokens from the actor's published snapshot.
         """

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import inspect
 import multiprocessing
 import shutil
 import socket
@@ -26,17 +25,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from a checkout
 
 import actors
 from actors.testing import FakeFeishu
-
-if TYPE_CHECKING:  # the lazy export is typed as object by actors.__getattr__
-    from actors.stores._redis import RedisStore
-else:
-    RedisStore = actors.RedisStore
 
 APP_ID, SECRET = "cli_demo", "demo-secret"
 LIFETIME, REFRESH_WINDOW = 3.0, 2.0  # fake tokens: renewed only in their last 2 seconds
@@ -47,13 +41,8 @@ def start_system(app: actors.AppConfig, redis_url: str | None) -> actors.TokenSy
     policy = actors.RefreshPolicy(**cast(Any, POLICY))
     if redis_url is None:
         return actors.TokenSystem.start(app, policy=policy)
-    store = RedisStore(redis_url, prefix="demo-token:")
-    if "store" in inspect.signature(actors.TokenSystem.start).parameters:
-        system: actors.TokenSystem = cast(Any, actors.TokenSystem).start(
-            app, policy=policy, store=store
-        )
-        return system
-    return actors.TokenSystem.start(app, store=store, policy=policy)
+    store = actors.RedisStore(redis_url, prefix="demo-token:")
+    return actors.TokenSystem.start(app, policy=policy, store=store)
 
 
 def worker(base_url: str, redis_url: str | None, threads: int, seconds: float, go: Any) -> Any:

