@@ -47,7 +47,7 @@ from actors.requests import is_token_invalid as is_token_invalid
 
 if TYPE_CHECKING:
     from actors.httpx import AsyncFeishuAuth as AsyncFeishuAuth
-    from actors.stores._redis import RedisStore as RedisStore
+    from actors.stores import RedisStore as RedisStore
 
 __all__ = [
     "FEISHU",
@@ -93,7 +93,7 @@ __version__ = "0.1.0"
 # Optional extras, imported on first use (a type checker sees them through TYPE_CHECKING).
 _EXTRAS = {
     "AsyncFeishuAuth": ("actors.httpx", "httpx"),
-    "RedisStore": ("actors.stores._redis", "redis"),
+    "RedisStore": ("actors.stores", "redis"),
 }
 
 

@@ -27,7 +27,7 @@ from actors._messages import AsyncWaiter, DeferredFuture, FutureWaiter, PendingF
 from actors._metrics import TokenMetrics
 
 if TYPE_CHECKING:
-    from actors.stores._redis import RedisStore
+    from actors.stores import Store
 
 __all__ = ["TokenProxy"]
 
@@ -57,7 +57,7 @@ class TokenProxy:
         pending: PendingFutures,
         snapshot: ReadSnapshot | None,
         callers: CallerStats,
-        store: RedisStore | None = None,
+        store: Store | None = None,
     ) -> None:
         self._ref = ref
         self._apps = apps
