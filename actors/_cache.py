@@ -7,7 +7,6 @@ what it holds).
 from __future__ import annotations
 
 import enum
-import itertools
 import os
 import threading
 from collections import Counter
@@ -16,7 +15,7 @@ from typing import NamedTuple
 
 from actors._config import AppConfig, TokenKey
 from actors._messages import ResolvedFuture, Waiter
-from actors._metrics import LatencyHistogram
+from actors._metrics import LatencyHistogram, Tally
 
 __all__ = [
     "SAMPLE_EVERY",
@@ -27,7 +26,6 @@ __all__ = [
     "ReadSnapshot",
     "RefreshState",
     "TokenCache",
-    "counted",
     "current",
     "forked_error",
 ]
@@ -205,8 +203,8 @@ class Cell:
     def __init__(self, key: TokenKey) -> None:
         self.key = key
         self.published: Published | None = None
-        self.hits = itertools.count()
-        self.stale = itertools.count()
+        self.hits = Tally()
+        self.stale = Tally()
         self.last_read = float("-inf")  # written by readers (last write wins), for idle eviction
 
 
@@ -267,8 +265,8 @@ class ReadSnapshot:
         cell = self.cells.pop(key, None)
         if cell is not None:
             cell.published = None
-            self._retired_hits[key.app_id, key.kind] += counted(cell.hits)
-            self._retired_stale += counted(cell.stale)
+            self._retired_hits[key.app_id, key.kind] += cell.hits.value()
+            self._retired_stale += cell.stale.value()
 
     def close(self) -> None:
         """The system stopped: nothing more is served from here."""
@@ -285,16 +283,11 @@ class ReadSnapshot:
         """Hits answered from the snapshot so far, per (app_id, kind)."""
         total = Counter(self._retired_hits)
         for cell in list(self.cells.values()):
-            total[cell.key.app_id, cell.key.kind] += counted(cell.hits)
+            total[cell.key.app_id, cell.key.kind] += cell.hits.value()
         return {group: n for group, n in total.items() if n}
 
     def stale_hits(self) -> int:
-        return self._retired_stale + sum(counted(c.stale) for c in list(self.cells.values()))
-
-
-def counted(counter: itertools.count[int]) -> int:
-    """How many times ``next()`` was called on ``counter``, without calling it (repr: count(N))."""
-    return int(repr(counter)[6:-1])
+        return self._retired_stale + sum(c.stale.value() for c in list(self.cells.values()))
 
 
 class CallerStats:
@@ -303,7 +296,7 @@ class CallerStats:
         self._histograms: list[LatencyHistogram] = []
         self._register = threading.Lock()
         self._generation = current()
-        self._coalesced: dict[tuple[str, str], itertools.count[int]] = {}
+        self._coalesced: dict[tuple[str, str], Tally] = {}
 
     def record(self, seconds: float, *, weight: int = 1) -> None:
         """One get's latency (a sample standing for ``weight`` gets), on the caller's thread."""
@@ -321,11 +314,11 @@ class CallerStats:
         """A get joined one already on its way to the TokenActor from the same event loop."""
         counter = self._coalesced.get((app_id, kind))
         if counter is None:
-            counter = self._coalesced.setdefault((app_id, kind), itertools.count())
+            counter = self._coalesced.setdefault((app_id, kind), Tally())
         next(counter)
 
     def coalesced_counts(self) -> dict[tuple[str, str], int]:
-        return {group: counted(c) for group, c in list(self._coalesced.items())}
+        return {group: c.value() for group, c in list(self._coalesced.items())}
 
     def latency(self) -> LatencyHistogram:
         with self._register:

@@ -1,15 +1,30 @@
-"""Metrics: counters owned by the TokenActor (its only writer, so no locks), bounded latency
-histograms, a frozen snapshot and a readable performance report."""
+"""Metrics: one table of counters (:class:`Count`) from which the recorder, the frozen snapshot,
+its report and the Prometheus exposition are built; counters owned by the TokenActor (its only
+writer, so no locks) and lock-free tallies callers' threads keep; bounded latency histograms."""
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+import itertools
 import math
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from types import MappingProxyType
 
-__all__ = ["KindMetrics", "LatencyHistogram", "LatencySummary", "MetricsRecorder", "TokenMetrics"]
+__all__ = [
+    "KIND_COUNTS",
+    "Count",
+    "Group",
+    "KindMetrics",
+    "LatencyHistogram",
+    "LatencySummary",
+    "MetricsRecorder",
+    "Tally",
+    "TokenMetrics",
+    "shown",
+]
 
 _MIN_SECONDS = 1e-6
 _GROWTH = 1.08  # bucket width: percentiles are exact to within 8%
@@ -63,9 +78,6 @@ class LatencyHistogram:
         result.max = max(self.max, other.max)
         return result
 
-    def copy(self) -> LatencyHistogram:
-        return self.merged(LatencyHistogram())
-
     def summary(self) -> LatencySummary:
         return LatencySummary(
             count=self.count,
@@ -105,8 +117,97 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
+class Group(enum.Enum):
+    """A family of counters kept per (app_id, kind): one :class:`KindMetrics` field and one
+    labelled Prometheus counter for each member."""
+
+    def __init__(self, family: str, label: str, help_: str) -> None:
+        self.family = family  # the Prometheus name, after the namespace
+        self.label = label  # the Prometheus label telling its members apart
+        self.help = help_
+
+    GETS = "gets", "outcome", "Token gets by outcome"
+    UPSTREAM = "upstream_requests", "result", "Upstream token requests (one per attempt) by result"
+
+
+class Count(enum.Enum):
+    """The counters of :class:`TokenMetrics`, one line each: the recorder, the snapshot,
+    ``report()`` and the Prometheus collector all derive theirs from this table. A new counter
+    is a line here and its typed field in TokenMetrics (and in KindMetrics if grouped); a test
+    checks that the table and the fields agree.
+
+    A member's name is its TokenMetrics field. Its columns: what one count means (the
+    Prometheus help; for a grouped counter, said of the group's subject), the title of the
+    report line it is printed on, how it is printed there, and for a counter kept per
+    (app_id, kind) its :class:`Group` and its label value in that group's family. A counter
+    outside a group is exposed as ``<namespace>_<name>_total``.
+    """
+
+    def __init__(
+        self, help_: str, line: str, shown: str, group: Group | None = None, label: str = ""
+    ) -> None:
+        self.help = help_
+        self.line = line
+        self.shown = shown  # its place in the report line; {} is the count
+        self.group = group
+        self.label = label
+
+    # name = help, report line, printed as[, group, label value]
+    hits = "answered from the cache", "gets", "hits {}", Group.GETS, "hit"
+    misses = "started a fetch", "gets", "misses {}", Group.GETS, "miss"
+    coalesced = "joined a fetch in flight", "gets", "coalesced {}", Group.GETS, "coalesced"
+    stale_served = "Hits served while their key was being refreshed", "gets", "stale served {}"
+    fetch_success = "a token", "upstream", "{} ok", Group.UPSTREAM, "success"
+    fetch_failure = "an error or no answer", "upstream", "{} failed", Group.UPSTREAM, "failure"
+    retries = "Upstream retries after a transient failure", "upstream", "{} retries"
+    prewarms = "Refreshes started before a token expired", "refreshes", "{} prewarms"
+    invalidations = "Cached tokens dropped by invalidate()", "refreshes", "{} invalidations"
+    same_token_refreshes = "Refreshes that got back the cached token", "refreshes", "{} same-token"
+    idle_evictions = "Keys dropped because nobody read them", "refreshes", "{} idle evictions"
+    ticket_resends = "app_ticket resends requested from Feishu", "refreshes", "{} ticket resends"
+
+    def read(self, counts: TokenMetrics | KindMetrics) -> int:
+        """This counter's value in a snapshot (a KindMetrics has only the grouped ones)."""
+        value: int = getattr(counts, self.name)
+        return value
+
+
+KIND_COUNTS = tuple(c for c in Count if c.group is not None)
+
+
+def shown(counts: TokenMetrics | KindMetrics, line: str) -> str:
+    """The counters of one report line, as that line prints them."""
+    kind_only = isinstance(counts, KindMetrics)
+    return ", ".join(
+        c.shown.format(c.read(counts))
+        for c in Count
+        if c.line == line and (c.group is not None or not kind_only)
+    )
+
+
+_reading = threading.Lock()
+
+
+class Tally(itertools.count):  # type: ignore[type-arg]
+    """An exact count that any thread bumps with ``next(tally)``, lock-free: one C call, the
+    cost of a plain ``itertools.count`` (the fast-read hit path counts with it).
+    :meth:`value` reads it from any thread without stopping the counting."""
+
+    __slots__ = ("_reads",)
+
+    def __init__(self) -> None:
+        self._reads = 0
+
+    def value(self) -> int:
+        """How many ``next()`` calls other than reads so far."""
+        with _reading:  # reads are rare (a metrics snapshot); counting never takes this lock
+            # next() is atomic and also counts this read and every earlier one: take them off.
+            n: int = next(self) - self._reads
+            self._reads += 1
+        return n
+
+
 _EMPTY: Mapping[str, int] = MappingProxyType({})
-_KIND_FIELDS = ("hits", "misses", "coalesced", "fetch_success", "fetch_failure")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -172,17 +273,13 @@ class TokenMetrics:
         expiry = "n/a" if self.soonest_expiry_in is None else f"{self.soonest_expiry_in:.0f} s"
         lines = [
             "lark-token-actors performance report",
-            f"  gets            {self.gets}  (hits {self.hits}, misses {self.misses}, "
-            f"coalesced {self.coalesced}; stale served {self.stale_served})",
+            f"  gets            {self.gets}  ({shown(self, 'gets')})",
             f"  hit rate        {self.hit_rate:.1%}",
             f"  get latency     {self.get_latency.describe()}",
-            f"  upstream        {self.fetch_success} ok, {self.fetch_failure} failed, "
-            f"{self.retries} retries; by cause: {causes}",
+            f"  upstream        {shown(self, 'upstream')}; by cause: {causes}",
             f"  failures        {errors}",
             f"  fetch latency   {self.fetch_latency.describe()}",
-            f"  refreshes       {self.prewarms} prewarms, {self.invalidations} invalidations, "
-            f"{self.same_token_refreshes} same-token, {self.idle_evictions} idle evictions, "
-            f"{self.ticket_resends} ticket resends",
+            f"  refreshes       {shown(self, 'refreshes')}",
             f"  now             {self.keys_cached} keys cached, {self.in_flight} fetches in "
             f"flight, {self.queued} queued, {self.mailbox_depth} in mailbox, soonest expiry "
             f"in {expiry}",
@@ -191,8 +288,7 @@ class TokenMetrics:
         width = max((len(label) for label in labels.values()), default=0)
         for group, k in sorted(self.by_app_kind.items()):
             lines.append(
-                f"  {labels[group]:<{width}}  hits {k.hits}, misses {k.misses}, coalesced "
-                f"{k.coalesced}; upstream {k.fetch_success} ok, {k.fetch_failure} failed"
+                f"  {labels[group]:<{width}}  {shown(k, 'gets')}; upstream {shown(k, 'upstream')}"
             )
         return "\n".join(lines)
 
@@ -201,28 +297,24 @@ class MetricsRecorder:
     """The mutable side, written only from the TokenActor's thread."""
 
     def __init__(self) -> None:
-        self.hits = 0
-        self.misses = 0
-        self.coalesced = 0
-        self.stale_served = 0
-        self.fetch_success = 0
-        self.fetch_failure = 0
-        self.retries = 0
-        self.prewarms = 0
-        self.invalidations = 0
-        self.same_token_refreshes = 0
-        self.idle_evictions = 0
-        self.ticket_resends = 0
-        self.per_kind: Counter[tuple[str, str, str]] = Counter()  # (app_id, kind, field)
+        self._totals: Counter[Count] = Counter()  # counters outside a group
+        self._per_kind: Counter[tuple[str, str, Count]] = Counter()  # grouped counters
         self.fetches_by_cause: Counter[str] = Counter()
         self.failures_by_error: Counter[str] = Counter()
         self.get_latency = LatencyHistogram()
         self.fetch_latency = LatencyHistogram()
 
-    def count(self, app_id: str, kind: str, field: str) -> None:
-        """One more of ``field`` (a KindMetrics field) for (app_id, kind), and in the totals."""
-        setattr(self, field, getattr(self, field) + 1)
-        self.per_kind[app_id, kind, field] += 1
+    def count(self, app_id: str, kind: str, counter: Count) -> None:
+        """One more of a grouped ``counter`` for (app_id, kind); its total is their sum."""
+        if counter.group is None:
+            raise ValueError(f"{counter.name} is not kept per (app_id, kind): use add()")
+        self._per_kind[app_id, kind, counter] += 1
+
+    def add(self, counter: Count, n: int = 1) -> None:
+        """``n`` more of a ``counter`` kept only in total."""
+        if counter.group is not None:
+            raise ValueError(f"{counter.name} is kept per (app_id, kind): use count()")
+        self._totals[counter] += n
 
     def snapshot(
         self,
@@ -240,28 +332,23 @@ class MetricsRecorder:
     ) -> TokenMetrics:
         """The frozen snapshot: the actor's own counts plus what callers counted themselves
         (fast-read hits, awaits coalesced on their own event loop, their latencies)."""
-        per_kind = Counter(self.per_kind)
+        per_kind = Counter(self._per_kind)
         for (app_id, kind), n in fast_hits.items():
-            per_kind[app_id, kind, "hits"] += n
+            per_kind[app_id, kind, Count.hits] += n
         for (app_id, kind), n in caller_coalesced.items():
-            per_kind[app_id, kind, "coalesced"] += n
-        groups = {(app_id, kind) for app_id, kind, _ in per_kind}
+            per_kind[app_id, kind, Count.coalesced] += n
+        totals = Counter(self._totals)
+        totals[Count.stale_served] += fast_stale
+        groups: dict[tuple[str, str], Counter[Count]] = {}
+        for (app_id, kind, counter), n in per_kind.items():
+            groups.setdefault((app_id, kind), Counter())[counter] += n
+            totals[counter] += n
         by_app_kind = {
-            group: KindMetrics(*(per_kind[(*group, f)] for f in _KIND_FIELDS)) for group in groups
+            group: KindMetrics(**{c.name: counts[c] for c in KIND_COUNTS})
+            for group, counts in groups.items()
         }
         return TokenMetrics(
-            hits=self.hits + sum(fast_hits.values()),
-            misses=self.misses,
-            coalesced=self.coalesced + sum(caller_coalesced.values()),
-            stale_served=self.stale_served + fast_stale,
-            fetch_success=self.fetch_success,
-            fetch_failure=self.fetch_failure,
-            retries=self.retries,
-            prewarms=self.prewarms,
-            invalidations=self.invalidations,
-            same_token_refreshes=self.same_token_refreshes,
-            idle_evictions=self.idle_evictions,
-            ticket_resends=self.ticket_resends,
+            **{c.name: totals[c] for c in Count},
             fetches_by_cause=MappingProxyType(dict(self.fetches_by_cause)),
             failures_by_error=MappingProxyType(dict(self.failures_by_error)),
             by_app_kind=MappingProxyType(by_app_kind),

@@ -29,7 +29,7 @@ from actors._errors import (
 )
 from actors._events import EventHub, RefreshFailed, TokenRefreshed
 from actors._messages import Continuation, Waiter
-from actors._metrics import MetricsRecorder
+from actors._metrics import Count, MetricsRecorder
 from actors._scheduler import Timers
 from actors._source import Grant, TokenRequest
 from actors._upstream import Upstream
@@ -170,15 +170,15 @@ class Refresher:
         )
         decision = decide(done.result, fact, self._policy, self._rng)
         if isinstance(decision, Accept):
-            self.metrics.count(key.app_id, key.kind, "fetch_success")
+            self.metrics.count(key.app_id, key.kind, Count.fetch_success)
             self._store(entry, decision.grant.token, done.started_at + decision.grant.expire)
             return
-        self.metrics.count(key.app_id, key.kind, "fetch_failure")
+        self.metrics.count(key.app_id, key.kind, Count.fetch_failure)
         self.metrics.failures_by_error[type(decision.error).__name__] += 1
         match decision:
             case Retry(error, delay, drop_app_token):
                 self._drop_app_token(entry, drop_app_token)
-                self.metrics.retries += 1
+                self.metrics.add(Count.retries)
                 _log.bind(key=key.describe(), attempt=entry.attempts).info(
                     "token fetch failed ({}), retrying in {:.2f}s", error, delay
                 )
@@ -198,7 +198,7 @@ class Refresher:
 
     def _store(self, entry: Entry, token: str, expires_at: float) -> None:
         same = entry.store(token, expires_at)
-        self.metrics.same_token_refreshes += same
+        self.metrics.add(Count.same_token_refreshes, same)
         now = self._clock.now()
         self._set_prewarm(entry, self._policy.prewarm_due(expires_at, now, self._rng))
         _log.bind(key=entry.key.describe(), cause=entry.cause, same_token=same).info(
@@ -251,9 +251,9 @@ class Refresher:
         if self._clock.now() - self._cache.last_read(entry) > self._policy.idle_ttl:
             # Nobody has read this key for a long time: stop refreshing it forever.
             self._cache.remove(entry)
-            self.metrics.idle_evictions += 1
+            self.metrics.add(Count.idle_evictions)
             return
-        self.metrics.prewarms += 1
+        self.metrics.add(Count.prewarms)
         self.start(entry, "prewarm")
 
     def invalidate(self, token: str) -> bool:
@@ -261,7 +261,7 @@ class Refresher:
         if entry is None:
             return False  # an older token, or one this system never issued: nothing to drop
         self._drop(entry)
-        self.metrics.invalidations += 1
+        self.metrics.add(Count.invalidations)
         if not entry.busy:
             self.start(entry, "invalidate")
         return True
@@ -283,7 +283,7 @@ class Refresher:
         app = entry.app
         if not self._tickets.start_wait(app.app_id, self._clock.now()):
             return  # already asked; the pushed ticket or the deadline ends this wait too
-        self.metrics.ticket_resends += 1
+        self.metrics.add(Count.ticket_resends)
         if not self._upstream.resend_ticket(app):
             self._finish_failure(entry, SystemStoppedError())
 

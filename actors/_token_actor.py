@@ -22,7 +22,7 @@ from actors._config import AppConfig, RefreshPolicy, TokenKey, resolve_key
 from actors._errors import SystemStoppedError, plain_traceback
 from actors._events import EventHub
 from actors._messages import GetToken, ReplyWaiter, Waiter
-from actors._metrics import MetricsRecorder, TokenMetrics
+from actors._metrics import Count, MetricsRecorder, TokenMetrics
 from actors._refresh import Refresher
 from actors._scheduler import Timers
 from actors._source import TokenSource
@@ -175,15 +175,15 @@ class TokenActor(pykka.ThreadingActor):
         entry.last_read = now
         if entry.token is not None and now < entry.expires_at - self._policy.safety_margin:
             if waiter.counted:
-                self.metrics.count(key.app_id, key.kind, "hits")
-                self.metrics.stale_served += entry.busy
+                self.metrics.count(key.app_id, key.kind, Count.hits)
+                self.metrics.add(Count.stale_served, entry.busy)
             self._refresher.answer([waiter], token=entry.token)
             return
         entry.waiters.append(waiter)
-        outcome = "coalesced" if entry.busy else "misses"
+        outcome = Count.coalesced if entry.busy else Count.misses
         if waiter.counted:
             self.metrics.count(key.app_id, key.kind, outcome)
-        _log.trace("get {}: {}", key.describe(), outcome)
+        _log.trace("get {}: {}", key.describe(), outcome.name)
         if not entry.busy:
             self._refresher.start(entry, "miss")
 

@@ -36,7 +36,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
     raise ImportError(msg) from exc
 
 from actors._errors import TokenError
-from actors._metrics import LatencySummary, TokenMetrics
+from actors._metrics import KIND_COUNTS, Count, Group, LatencySummary, TokenMetrics
 from actors._system import TokenSystem
 
 __all__ = ["TokenMetricsCollector", "serve_metrics"]
@@ -86,46 +86,7 @@ class TokenMetricsCollector:
         ns = self._ns
         yield self._gauge("up", "1 if the TokenSystem answered this scrape, else 0", 1)
 
-        gets = CounterMetricFamily(
-            f"{ns}_gets",
-            "Token gets by outcome: hit (cache), miss (started a fetch), coalesced (joined one)",
-            labels=["app_id", "kind", "outcome"],
-        )
-        upstream = CounterMetricFamily(
-            f"{ns}_upstream_requests",
-            "Upstream token requests (one per attempt) by result",
-            labels=["app_id", "kind", "result"],
-        )
-        for (app_id, kind), k in sorted(m.by_app_kind.items()):
-            # TokenKind is a StrEnum: str() is its value ("tenant", "app").
-            labels = [app_id, str(kind)]
-            gets.add_metric([*labels, "hit"], k.hits)
-            gets.add_metric([*labels, "miss"], k.misses)
-            gets.add_metric([*labels, "coalesced"], k.coalesced)
-            upstream.add_metric([*labels, "success"], k.fetch_success)
-            upstream.add_metric([*labels, "failure"], k.fetch_failure)
-        yield gets
-        yield upstream
-
-        yield self._counter(
-            "stale_served", "Hits served while their key was being refreshed", m.stale_served
-        )
-        yield self._counter("retries", "Upstream retries after a transient failure", m.retries)
-        yield self._counter("prewarms", "Refreshes started before a token expired", m.prewarms)
-        yield self._counter(
-            "invalidations", "Cached tokens dropped by invalidate()", m.invalidations
-        )
-        yield self._counter(
-            "same_token_refreshes",
-            "Refreshes that got back the token already cached",
-            m.same_token_refreshes,
-        )
-        yield self._counter(
-            "idle_evictions", "Keys dropped because nobody read them", m.idle_evictions
-        )
-        yield self._counter(
-            "ticket_resends", "app_ticket resends requested from Feishu", m.ticket_resends
-        )
+        yield from self._counts(m)
         yield self._labelled_counter(
             "fetches_by_cause", "Refreshes started, by cause", "cause", m.fetches_by_cause
         )
@@ -157,8 +118,22 @@ class TokenMetricsCollector:
             "fetch_latency", "Latency of one upstream token request", m.fetch_latency
         )
 
-    def _counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
-        return CounterMetricFamily(f"{self._ns}_{name}", doc, value=value)
+    def _counts(self, m: TokenMetrics) -> Iterator[Metric]:
+        """The :class:`Count` table: a labelled family per group, a counter for each other."""
+        for group in Group:
+            members = [c for c in KIND_COUNTS if c.group is group]
+            doc = f"{group.help}: " + ", ".join(f"{c.label} ({c.help})" for c in members)
+            family = CounterMetricFamily(
+                f"{self._ns}_{group.family}", doc, labels=["app_id", "kind", group.label]
+            )
+            for (app_id, kind), k in sorted(m.by_app_kind.items()):
+                for c in members:
+                    # TokenKind is a StrEnum: str() is its value ("tenant", "app").
+                    family.add_metric([app_id, str(kind), c.label], c.read(k))
+            yield family
+        for c in Count:
+            if c.group is None:
+                yield CounterMetricFamily(f"{self._ns}_{c.name}", c.help, value=c.read(m))
 
     def _labelled_counter(
         self, name: str, doc: str, label: str, values: Mapping[str, int]

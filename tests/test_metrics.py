@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import threading
 
 import pytest
 from loguru import logger
 
 import actors
 from actors._cache import SAMPLE_EVERY
-from actors._metrics import LatencyHistogram
+from actors._metrics import KIND_COUNTS, Count, LatencyHistogram, MetricsRecorder, Tally
 from actors.testing import FakeFeishu, Reply
 from tests.conftest import SystemFactory
 
@@ -101,3 +103,83 @@ def test_the_report_is_logged_periodically_on_the_clock(
         logger.disable("actors")
         logger.remove(sink)
     assert len([line for line in lines if "performance report" in line]) == 3
+
+
+GROUP = ("cli_counted", "tenant")
+GAUGES = {"in_flight", "queued", "mailbox_depth", "keys_cached", "keys_tracked"}
+
+
+def recorded(counter: Count, n: int) -> actors.TokenMetrics:
+    """A snapshot of a recorder that counted ``n`` of ``counter`` (in GROUP if it is grouped)
+    and nothing else."""
+    recorder = MetricsRecorder()
+    for _ in range(n):
+        if counter.group is None:
+            recorder.add(counter)
+        else:
+            recorder.count(*GROUP, counter)
+    return recorder.snapshot(
+        in_flight=0,
+        queued=0,
+        mailbox_depth=0,
+        keys_cached=0,
+        keys_tracked=0,
+        soonest_expiry_in=None,
+        fast_hits={},
+        fast_stale=0,
+        caller_coalesced={},
+        caller_latency=LatencyHistogram(),
+    )
+
+
+def test_the_counter_table_names_exactly_the_integer_fields_of_the_snapshots() -> None:
+    fields = {f.name for f in dataclasses.fields(actors.TokenMetrics) if f.type == "int"}
+    assert fields - GAUGES == {c.name for c in Count}
+    kind_fields = {f.name for f in dataclasses.fields(actors.KindMetrics)}
+    assert kind_fields == {c.name for c in KIND_COUNTS}
+
+
+@pytest.mark.parametrize("counter", list(Count), ids=lambda c: c.name)
+def test_every_counter_in_the_table_reaches_its_snapshot_field_and_the_report(
+    counter: Count,
+) -> None:
+    n = 1000 + list(Count).index(counter)  # unlike any other number in the report
+    m = recorded(counter, n)
+    assert {c.name: getattr(m, c.name) for c in Count} == {
+        c.name: n if c is counter else 0 for c in Count
+    }
+    lines = {line.split()[0]: line for line in m.report().splitlines()[1:]}  # by title
+    assert counter.shown.format(n) in lines[counter.line]
+    if counter.group is None:
+        assert m.by_app_kind == {}
+    else:
+        assert getattr(m.by_app_kind[GROUP], counter.name) == n
+        assert counter.shown.format(n) in lines["cli_counted/tenant"]
+
+
+def test_a_grouped_counter_is_refused_in_total_only_and_a_total_only_one_per_group() -> None:
+    recorder = MetricsRecorder()
+    with pytest.raises(ValueError, match="use count"):
+        recorder.add(Count.hits)
+    with pytest.raises(ValueError, match="use add"):
+        recorder.count(*GROUP, Count.retries)
+
+
+def test_a_tally_read_while_threads_count_ends_exact_and_never_goes_back() -> None:
+    tally = Tally()
+    start = threading.Barrier(5)
+
+    def bump() -> None:
+        start.wait()
+        for _ in range(20_000):
+            next(tally)
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    reads = [tally.value() for _ in range(1_000)]
+    for thread in threads:
+        thread.join()
+    assert reads == sorted(reads)
+    assert tally.value() == tally.value() == 80_000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import cast
 
 import pytest
 import requests
@@ -12,9 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import actors
 from actors._cache import SAMPLE_EVERY
+from actors._metrics import Count
 from actors.prometheus import TokenMetricsCollector, serve_metrics
 from actors.testing import FakeFeishu, Reply
 from tests.conftest import MARKET_ID, MARKET_SECRET, SECRET, SystemFactory, drive
+from tests.test_metrics import GROUP, recorded
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -165,3 +168,32 @@ def test_importing_without_prometheus_client_says_which_extra_to_install(
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
     with pytest.raises(ImportError, match=r'pip install "lark-token-actors\[prometheus\]"'):
         importlib.import_module("actors.prometheus")
+
+
+class Snapshotted:
+    """Stands in for a TokenSystem whose metrics() answers one given snapshot."""
+
+    def __init__(self, snapshot: actors.TokenMetrics) -> None:
+        self._snapshot = snapshot
+
+    def metrics(self, *, timeout: float | None = None) -> actors.TokenMetrics:
+        return self._snapshot
+
+
+@pytest.mark.parametrize("counter", list(Count), ids=lambda c: c.name)
+def test_every_counter_in_the_table_is_exposed_with_its_value(counter: Count) -> None:
+    n = 1000 + list(Count).index(counter)
+    registry = CollectorRegistry()
+    registry.register(
+        TokenMetricsCollector(cast(actors.TokenSystem, Snapshotted(recorded(counter, n))))
+    )
+    types, samples = parse(generate_latest(registry).decode())
+    counted = {key: v for key, v in samples.items() if key[0].endswith("_total") and v}
+    if counter.group is None:
+        assert types[f"lark_token_{counter.name}"] == "counter"
+        assert counted == {(f"lark_token_{counter.name}_total", frozenset()): n}
+    else:
+        family = f"lark_token_{counter.group.family}"
+        labels = {"app_id": GROUP[0], "kind": GROUP[1], counter.group.label: counter.label}
+        assert types[family] == "counter"
+        assert counted == {(f"{family}_total", frozenset(labels.items())): n}
