@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from actors._auth import TOKEN_INVALID_CODES as TOKEN_INVALID_CODES
+from actors._auth import is_token_invalid as is_token_invalid
 from actors._clock import Clock as Clock
 from actors._clock import ManualClock as ManualClock
 from actors._clock import SystemClock as SystemClock
@@ -41,9 +43,7 @@ from actors._system import TokenSystem as TokenSystem
 from actors._token_actor import TokenActor as TokenActor
 from actors.callbacks import EventError as EventError
 from actors.callbacks import handle_event as handle_event
-from actors.requests import TOKEN_INVALID_CODES as TOKEN_INVALID_CODES
 from actors.requests import FeishuAuth as FeishuAuth
-from actors.requests import is_token_invalid as is_token_invalid
 
 if TYPE_CHECKING:
     from actors.httpx import AsyncFeishuAuth as AsyncFeishuAuth

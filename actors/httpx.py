@@ -1,26 +1,30 @@
-"""HTTP client integration for ``httpx`` (extra ``httpx``): :class:`AsyncFeishuAuth`.
+"""HTTP client integration for ``httpx`` (extra ``httpx``): :class:`FeishuAuth`, an
+``httpx.Auth`` for ``httpx.AsyncClient`` and ``httpx.Client`` alike (``actors.AsyncFeishuAuth``).
 
-The same contract as ``FeishuAuth`` for ``requests``: a bearer token from the TokenSystem; an
-invalid-token code in the JSON body (HTTP 200 or 400 alike) invalidates exactly the token sent
-and the request goes once more with a fresh token, never more. With ``httpx.AsyncClient`` the
-token is awaited without blocking the event loop; with ``httpx.Client`` it is fetched blocking.
+The same contract as :class:`actors.FeishuAuth` for ``requests``: a bearer token from the
+TokenSystem; an invalid-token code in the JSON body (HTTP 200 or 400 alike) invalidates exactly
+the token sent and the request goes once more with a fresh token, never more. With
+``httpx.AsyncClient`` the token is awaited without blocking the event loop; with ``httpx.Client``
+it is fetched blocking.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import AsyncGenerator, Generator
-from typing import Any
 
 import httpx
 
-from actors._config import TokenKind
-from actors.requests import TokenTarget, is_token_invalid, response_code
+from actors._auth import AUTHORIZATION, TokenAuth, bearer, is_json, response_code
 
-__all__ = ["AsyncFeishuAuth"]
+__all__ = ["AsyncFeishuAuth", "FeishuAuth"]
 
 
-class AsyncFeishuAuth(httpx.Auth):
+class FeishuAuth(TokenAuth, httpx.Auth):
     """``httpx`` auth that sends ``Authorization: Bearer <token>`` from a TokenSystem.
+
+    ``timeout`` bounds each wait for the system (a get, an invalidation) in seconds.
 
     Example::
 
@@ -32,55 +36,51 @@ class AsyncFeishuAuth(httpx.Auth):
     # ``requires_response_body``, are overridden): only a JSON answer can carry the code, and a
     # download streamed with ``client.stream()`` must not be read into memory here.
 
-    def __init__(
-        self,
-        system: Any,
-        kind: TokenKind = TokenKind.TENANT,
-        *,
-        tenant_key: str | None = None,
-        app_id: str | None = None,
-        timeout: float = 10.0,
-    ) -> None:
-        self._target = TokenTarget(
-            system, kind, tenant_key=tenant_key, app_id=app_id, timeout=timeout
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
+        yield from self._target.flow(
+            send=functools.partial(_authorized, request), read_code=_read_code
         )
 
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        target = self._target
-        token = await target.aget()
-        request.headers["Authorization"] = f"Bearer {token}"
-        response = yield request
-        if _json_answer(response):
-            await response.aread()
-        if _token_invalid(response):
-            await target.proxy.ainvalidate(token)
-            request.headers["Authorization"] = f"Bearer {await target.aget()}"
-            yield request
-
-    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
-        target = self._target
-        token = target.get()
-        request.headers["Authorization"] = f"Bearer {token}"
-        response = yield request
-        if _json_answer(response):
-            response.read()
-        if _token_invalid(response):
-            target.invalidate(token)
-            request.headers["Authorization"] = f"Bearer {target.get()}"
-            yield request
+        flow = self._target.aflow(
+            send=functools.partial(_authorized, request), read_code=_aread_code
+        )
+        # An async generator cannot ``yield from``: each request and answer is passed on by hand.
+        async with contextlib.aclosing(flow):
+            try:
+                outgoing = await anext(flow)
+                while True:
+                    outgoing = await flow.asend((yield outgoing))
+            except StopAsyncIteration:
+                return
 
 
-def _json_answer(response: httpx.Response) -> bool:
-    return "json" in response.headers.get("Content-Type", "").lower()
+AsyncFeishuAuth = FeishuAuth  # the name ``actors`` exports it under
 
 
-def _token_invalid(response: httpx.Response) -> bool:
-    if not _json_answer(response):
-        return False  # not JSON (a gateway's HTML page, a download): returned untouched
+def _authorized(request: httpx.Request, token: str) -> httpx.Request:
+    request.headers[AUTHORIZATION] = bearer(token)
+    return request
+
+
+def _read_code(response: httpx.Response) -> object:
+    if not is_json(response.headers.get("Content-Type")):
+        return None  # not JSON (a gateway's HTML page, a download): returned untouched
+    response.read()
+    return _code(response)
+
+
+async def _aread_code(response: httpx.Response) -> object:
+    if not is_json(response.headers.get("Content-Type")):
+        return None
+    await response.aread()
+    return _code(response)
+
+
+def _code(response: httpx.Response) -> object:
     try:
-        body = response.json()
+        return response_code(response.json())
     except ValueError:  # JSON in name only: returned untouched
-        return False
-    return is_token_invalid(response_code(body))
+        return None

@@ -18,13 +18,17 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import inspect
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import lark_oapi
 
+from actors._auth import TOKEN_TIMEOUT, TokenTarget, arun, run
 from actors._config import AppType, TokenKind
-from actors.requests import is_token_invalid
+
+if TYPE_CHECKING:
+    from actors._system import TokenSystem
 
 __all__ = ["acall", "call", "lark_client"]
 
@@ -50,7 +54,7 @@ _MANAGED = frozenset(
 _DEFAULT_TIMEOUT = 10.0
 
 
-def lark_client(system: Any, *, app_id: str | None = None, **builder_options: Any) -> Any:
+def lark_client(system: TokenSystem, *, app_id: str | None = None, **builder_options: Any) -> Any:
     """A ``lark_oapi.Client`` for one of the system's apps, in manual-token mode.
 
     The domain comes from the app's ``base_url``; ``builder_options`` are further
@@ -79,44 +83,74 @@ def lark_client(system: Any, *, app_id: str | None = None, **builder_options: An
 
 
 def call(
-    system: Any,
+    system: TokenSystem,
     method: Callable[..., R],
     request: Any,
+    kind: TokenKind = TokenKind.TENANT,
     *,
     tenant_key: str | None = None,
     app_id: str | None = None,
-    kind: TokenKind = TokenKind.TENANT,
-    timeout: float = 10.0,
+    timeout: float = TOKEN_TIMEOUT,
 ) -> R:
-    """``method(request, option)`` with the system's token; once more after an invalid token."""
-    proxy = system.proxy
-    token: str = proxy.get_token(kind, tenant_key=tenant_key, app_id=app_id).get(timeout=timeout)
-    response = method(request, _option(kind, token))
-    if is_token_invalid(getattr(response, "code", None)):
-        proxy.invalidate(token).get(timeout=timeout)
-        token = proxy.get_token(kind, tenant_key=tenant_key, app_id=app_id).get(timeout=timeout)
-        response = method(request, _option(kind, token))
-    return response
+    """``method(request, option)`` with the system's token; once more after an invalid token.
+
+    ``method`` is one of the SDK's blocking methods (``client.im.v1.chat.list``, ...); its
+    coroutine twin (``alist``) is refused with ``TypeError`` before anything is sent: await
+    :func:`acall` for those. ``timeout`` bounds each wait for the system (a get, an
+    invalidation) in seconds, as ``get_token(...).get(timeout=...)`` does.
+    """
+    if _is_async(method):
+        msg = f"lark.call: {_name(method)} is a coroutine function; await lark.acall(...) with it"
+        raise TypeError(msg)
+    target = TokenTarget(system.proxy, kind, tenant_key, app_id, timeout)
+    flow: Generator[R, R, None] = target.flow(send=_sender(method, request, kind), read_code=_code)
+    return run(flow)
 
 
 async def acall(
-    system: Any,
+    system: TokenSystem,
     method: Callable[..., Awaitable[R]],
     request: Any,
+    kind: TokenKind = TokenKind.TENANT,
     *,
     tenant_key: str | None = None,
     app_id: str | None = None,
-    kind: TokenKind = TokenKind.TENANT,
+    timeout: float = TOKEN_TIMEOUT,
 ) -> R:
-    """:func:`call` for the SDK's async methods (``client.im.v1.chat.alist``, ...)."""
-    proxy = system.proxy
-    token = await proxy.aget_token(kind, tenant_key=tenant_key, app_id=app_id)
-    response = await method(request, _option(kind, token))
-    if is_token_invalid(getattr(response, "code", None)):
-        await proxy.ainvalidate(token)
-        token = await proxy.aget_token(kind, tenant_key=tenant_key, app_id=app_id)
-        response = await method(request, _option(kind, token))
-    return response
+    """:func:`call` for the SDK's coroutine methods (``client.im.v1.chat.alist``, ...).
+
+    A blocking method is refused with ``TypeError`` before anything is sent: use :func:`call`
+    for those. ``timeout`` bounds each await of the system in seconds (``TimeoutError``).
+    """
+    if not _is_async(method):
+        msg = f"lark.acall: {_name(method)} is not a coroutine function; use lark.call(...) with it"
+        raise TypeError(msg)
+    target = TokenTarget(system.proxy, kind, tenant_key, app_id, timeout)
+    aflow: AsyncGenerator[Awaitable[R], R] = target.aflow(
+        send=_sender(method, request, kind), read_code=_acode
+    )
+    return await arun(aflow)
+
+
+def _sender(method: Callable[..., R], request: Any, kind: TokenKind) -> Callable[[str], R]:
+    return lambda token: method(request, _option(kind, token))
+
+
+def _code(response: object) -> object:
+    return getattr(response, "code", None)  # the SDK has parsed the JSON answer already
+
+
+async def _acode(response: object) -> object:
+    return _code(response)
+
+
+def _is_async(method: Callable[..., Any]) -> bool:
+    # An object whose __call__ is a coroutine function is one, too.
+    return inspect.iscoroutinefunction(method) or inspect.iscoroutinefunction(type(method).__call__)
+
+
+def _name(method: Callable[..., Any]) -> str:
+    return getattr(method, "__qualname__", type(method).__qualname__)
 
 
 def _option(kind: TokenKind, token: str) -> Any:
@@ -126,7 +160,7 @@ def _option(kind: TokenKind, token: str) -> Any:
     return builder.tenant_access_token(token).build()
 
 
-def _app(system: Any, app_id: str | None) -> Any:
+def _app(system: TokenSystem, app_id: str | None) -> Any:
     apps = system.apps
     if app_id is None:
         if len(apps) != 1:
