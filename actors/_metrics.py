@@ -185,22 +185,22 @@ def shown(counts: TokenMetrics | KindMetrics, line: str) -> str:
     )
 
 
-_reading = threading.Lock()
-
-
 class Tally(itertools.count):  # type: ignore[type-arg]
     """An exact count that any thread bumps with ``next(tally)``, lock-free: one C call, the
     cost of a plain ``itertools.count`` (the fast-read hit path counts with it).
     :meth:`value` reads it from any thread without stopping the counting."""
 
-    __slots__ = ("_reads",)
+    __slots__ = ("_reading", "_reads")
 
     def __init__(self) -> None:
         self._reads = 0
+        # Per tally, not per module: a lock held by a thread when the process forks stays held
+        # in the child, and a system the child starts has tallies of its own.
+        self._reading = threading.Lock()
 
     def value(self) -> int:
         """How many ``next()`` calls other than reads so far."""
-        with _reading:  # reads are rare (a metrics snapshot); counting never takes this lock
+        with self._reading:  # reads are rare (a metrics snapshot); counting never takes it
             # next() is atomic and also counts this read and every earlier one: take them off.
             n: int = next(self) - self._reads
             self._reads += 1
