@@ -1,8 +1,8 @@
-"""Quick start: concurrent callers, one upstream request, a forced invalidation, the report.
+"""Quick start: concurrent callers, one upstream request, an invalidation, asyncio, the report.
 
 Runs against the embedded fake Feishu server on loopback (no credentials needed). With
 FEISHU_APP_ID and FEISHU_APP_SECRET set it talks to the real Feishu instead (FEISHU_BASE_URL
-picks another domain, e.g. https://open.larksuite.com).
+picks another domain, e.g. https://open.larksuite.com; see ``actors.AppConfig.from_env``).
 
     python demos/quickstart.py
 
@@ -11,6 +11,7 @@ Public API only; ``python -m actors demo`` is the same tour from the command lin
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sys
@@ -31,14 +32,7 @@ CALLERS = 32
 def feishu_app() -> Iterator[tuple[actors.AppConfig, FakeFeishu | None]]:
     """The app from the environment, or a demo app on the embedded fake server."""
     if os.environ.get("FEISHU_APP_ID"):
-        yield (
-            actors.AppConfig(
-                os.environ["FEISHU_APP_ID"],
-                os.environ.get("FEISHU_APP_SECRET", ""),
-                base_url=os.environ.get("FEISHU_BASE_URL") or actors.FEISHU,
-            ),
-            None,
-        )
+        yield actors.AppConfig.from_env(), None
         return
     with FakeFeishu(latency=0.2) as server:  # 200 ms per upstream request, like a far region
         server.add_app("cli_demo", "demo-secret")
@@ -69,9 +63,16 @@ def main() -> None:
         # Another caller reporting the same old token changes nothing: it is no longer cached.
         print(f"invalidate(old token) again -> {system.proxy.invalidate(old).get(timeout=5)}")
 
-        # 3. What happened, as an operator would see it.
+        # 3. From a coroutine: the a-prefixed methods return values and never block the loop.
+        print(f"await aget_token() -> the cached token: {asyncio.run(aget(system)) == fresh}")
+
+        # 4. What happened, as an operator would see it.
         print()
         print(system.performance_report())
+
+
+async def aget(system: actors.TokenSystem) -> str:
+    return await system.proxy.aget_token()
 
 
 if __name__ == "__main__":

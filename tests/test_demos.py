@@ -27,6 +27,7 @@ def test_quickstart_demo_runs_against_the_fake_server_and_prints_the_report() ->
     assert result.returncode == 0, result.stderr
     assert "from 1 upstream request(s)" in result.stdout
     assert "-> True" in result.stdout and "-> False" in result.stdout
+    assert "await aget_token() -> the cached token: True" in result.stdout
     assert "performance report" in result.stdout
 
 
