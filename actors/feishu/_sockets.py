@@ -14,6 +14,20 @@ handshake, write or read fail at once:
 Used on the session a TokenSystem creates itself. A session passed in by the application is
 left as it is: its calls end within urllib3's timeouts, and the client checks the deadline
 between the reads of a body (see ``actors.feishu._client``).
+
+How it hooks into urllib3 (2.x; :func:`require_urllib3_2` refuses 1.x at import): the adapter's
+pool manager picks, by scheme, pool classes whose ``ConnectionCls`` are small subclasses of
+urllib3's ``HTTPConnection`` and ``HTTPSConnection``. They override ``connect`` and ``request``
+(public) and one private method, ``_new_conn``, urllib3's "open the socket" step: it is the only
+place where a socket exists before it connects, so the only place a hanging connect can be
+recorded and shut down. Our ``_new_conn`` resolves and connects as urllib3's own does (the
+constructor's ``host`` and the public ``port``, ``timeout``, ``source_address`` and
+``socket_options``; urllib3's own exceptions for a failed lookup, a connect timeout and a refused
+connect), with the socket recorded between its creation and its connect. Should a urllib3
+release rename ``_new_conn`` or stop calling it, sockets are no longer recorded before they
+connect: a hanging connect then lasts until its connect timeout, even through ``stop()``, while
+``stop()`` still shuts down every connected socket (``request``) and the deadline still bounds
+the status line, headers and body. tests/feishu/test_sockets.py pins this hook.
 """
 
 from __future__ import annotations
@@ -29,13 +43,38 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.connection import allowed_gai_family
 
-__all__ = ["AbortableAdapter", "Deadline", "attempt_deadline", "current_deadline"]
+__all__ = [
+    "AbortableAdapter",
+    "Deadline",
+    "attempt_deadline",
+    "current_deadline",
+    "require_urllib3_2",
+]
+
+
+def require_urllib3_2(version: str) -> None:
+    """ImportError, saying what to install, unless ``version`` is urllib3 2 or later.
+
+    ``requests`` still allows urllib3 1.26, which has neither the lookup error raised below nor
+    the ``read1`` the client reads bodies with under the deadline (the deadline would silently
+    not apply to the body).
+    """
+    major = version.split(".", 1)[0]
+    if not major.isdigit() or int(major) < 2:
+        msg = (
+            f"lark-token-actors needs urllib3>=2, found urllib3 {version}: pip install 'urllib3>=2'"
+        )
+        raise ImportError(msg)
+
+
+require_urllib3_2(urllib3.__version__)  # type: ignore[attr-defined]  # not in its __all__
 
 
 _local = threading.local()
@@ -195,38 +234,41 @@ class AbortableAdapter(HTTPAdapter):
         self._lock = threading.Lock()
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         self._aborted = False
-        self._opened = 0
         self._watchdog = _Watchdog()
         super().__init__(**kwargs)
-
-    @property
-    def sockets_opened(self) -> int:
-        """How many sockets this adapter's connections created (one per new connection)."""
-        with self._lock:
-            return self._opened
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         adapter = self
 
         class TrackedHTTP(HTTPConnection):
+            def __init__(self, host: str, *args: Any, **kwargs: Any) -> None:
+                super().__init__(host, *args, **kwargs)
+                # The name to look up, as the pool gave it: ``host`` (public) drops the
+                # trailing dot of an absolute name, which the lookup must keep.
+                self.actors_lookup = host
+
             def _new_conn(self) -> socket.socket:
-                return _new_conn(self, adapter)
+                return _new_conn(self, self.actors_lookup, adapter)
 
             def request(self, *args: Any, **kwargs: Any) -> None:
                 adapter.watch(self.sock)  # a kept-alive connection: this attempt's socket now
                 super().request(*args, **kwargs)
 
         class TrackedHTTPS(HTTPSConnection):
-            _handshake: socket.socket | None = None
+            actors_handshake: socket.socket | None = None
+
+            def __init__(self, host: str, *args: Any, **kwargs: Any) -> None:
+                super().__init__(host, *args, **kwargs)
+                self.actors_lookup = host
 
             def _new_conn(self) -> socket.socket:
-                sock = _new_conn(self, adapter)
+                sock = _new_conn(self, self.actors_lookup, adapter)
                 # The TLS handshake detaches ``sock`` into an SSLSocket that is not known until
                 # connect() returns; a duplicate of the descriptor keeps the handshake abortable.
                 try:
-                    self._handshake = sock.dup()
-                    adapter.track(self._handshake)
+                    self.actors_handshake = sock.dup()
+                    adapter.track(self.actors_handshake)
                 except OSError as exc:
                     sock.close()
                     msg = f"Failed to establish a new connection: {exc}"
@@ -237,9 +279,9 @@ class AbortableAdapter(HTTPAdapter):
                 try:
                     super().connect()
                 finally:
-                    if self._handshake is not None:
-                        self._handshake.close()
-                        self._handshake = None
+                    if self.actors_handshake is not None:
+                        self.actors_handshake.close()
+                        self.actors_handshake = None
                 adapter.track(self.sock)
 
             def request(self, *args: Any, **kwargs: Any) -> None:
@@ -257,7 +299,7 @@ class AbortableAdapter(HTTPAdapter):
             "https": TrackedHTTPSPool,
         }
 
-    def track(self, sock: socket.socket | None, *, new: bool = False) -> None:
+    def track(self, sock: socket.socket | None) -> None:
         """Record ``sock`` for :meth:`abort` and the current attempt's deadline; after abort()
         it is shut down at once and ConnectionAbortedError says why."""
         if sock is None:
@@ -266,7 +308,6 @@ class AbortableAdapter(HTTPAdapter):
             aborted = self._aborted
             if not aborted:
                 self._sockets.add(sock)
-                self._opened += 1 if new else 0
         if aborted:
             _shutdown(sock)
             raise ConnectionAbortedError("the TokenSystem is stopping")
@@ -311,12 +352,13 @@ class AbortableAdapter(HTTPAdapter):
                 pass
 
 
-def _new_conn(conn: HTTPConnection, adapter: AbortableAdapter) -> socket.socket:
-    """urllib3's ``HTTPConnection._new_conn``, with the socket tracked before it connects."""
+def _new_conn(conn: HTTPConnection, lookup: str, adapter: AbortableAdapter) -> socket.socket:
+    """What urllib3's ``HTTPConnection._new_conn`` does (its exceptions and audit event), with
+    the socket tracked before it connects."""
     try:
-        sock = _create_connection(conn, adapter)
+        sock = _create_connection(conn, lookup, adapter)
     except socket.gaierror as exc:
-        raise NameResolutionError(conn.host, conn, exc) from exc
+        raise urllib3.exceptions.NameResolutionError(conn.host, conn, exc) from exc
     except TimeoutError as exc:
         msg = f"Connection to {conn.host} timed out. (connect timeout={conn.timeout})"
         raise ConnectTimeoutError(conn, msg) from exc
@@ -326,14 +368,15 @@ def _new_conn(conn: HTTPConnection, adapter: AbortableAdapter) -> socket.socket:
     return sock
 
 
-def _create_connection(conn: HTTPConnection, adapter: AbortableAdapter) -> socket.socket:
+def _create_connection(
+    conn: HTTPConnection, lookup: str, adapter: AbortableAdapter
+) -> socket.socket:
     """``urllib3.util.connection.create_connection`` with :meth:`AbortableAdapter.track` between
     creating the socket and connecting it: a connect that hangs (a full backlog, a black hole)
     can be aborted too."""
-    host = conn._dns_host.strip("[]")
     error: OSError | None = None
     for family, kind, proto, _, address in socket.getaddrinfo(
-        host, conn.port, allowed_gai_family(), socket.SOCK_STREAM
+        lookup.strip("[]"), conn.port, allowed_gai_family(), socket.SOCK_STREAM
     ):
         sock = socket.socket(family, kind, proto)
         try:
@@ -343,7 +386,7 @@ def _create_connection(conn: HTTPConnection, adapter: AbortableAdapter) -> socke
                 sock.settimeout(conn.timeout)  # else urllib3's "default": the global default
             if conn.source_address:
                 sock.bind(conn.source_address)
-            adapter.track(sock, new=True)
+            adapter.track(sock)
             sock.connect(address)
             # abort() or the deadline may have shut the socket down just before the connect
             # began: a timed connect then returns at once as if connected, and the first send

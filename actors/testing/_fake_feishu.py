@@ -272,6 +272,11 @@ class FakeFeishu:
         with self._lock:
             return self._traffic.max_per_key
 
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted since start: a client reusing its connections opens few."""
+        return 0 if self._httpd is None else self._httpd.accepted
+
     def reset_stats(self) -> None:
         """Forget the recorded requests and the concurrency peaks."""
         with self._lock:

@@ -61,6 +61,7 @@ class LoopbackServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._resets: set[socket.socket] = set()
+        self.accepted = 0  # connections since start: how well clients keep theirs alive
         self.closing = threading.Event()  # set when the server stops: dripping answers end
         super().__init__(("127.0.0.1", 0), _Handler)
 
@@ -72,6 +73,7 @@ class LoopbackServer(ThreadingHTTPServer):
         with self._lock:
             if add:
                 self._connections.add(conn)
+                self.accepted += 1
             else:
                 self._connections.discard(conn)
 

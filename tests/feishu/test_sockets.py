@@ -1,8 +1,11 @@
 """The abortable adapter: stop() reaches sockets that are still connecting or in their TLS
-handshake, and an attempt's deadline shuts its socket down."""
+handshake, and an attempt's deadline shuts its socket down; what it needs of urllib3."""
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
+import inspect
 import socket
 import sys
 import threading
@@ -13,9 +16,21 @@ from typing import Any
 
 import pytest
 import requests
+import urllib3
+from packaging.requirements import Requirement
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.poolmanager import PoolManager
 
 import actors
-from actors.feishu._sockets import AbortableAdapter, attempt_deadline, current_deadline
+from actors.feishu import _sockets
+from actors.feishu._sockets import (
+    AbortableAdapter,
+    attempt_deadline,
+    current_deadline,
+    require_urllib3_2,
+)
 from actors.testing import FakeFeishu
 from tests.conftest import APP_ID, SECRET, our_threads
 
@@ -234,3 +249,64 @@ def test_stop_closes_the_sockets_of_the_systems_own_session(server: FakeFeishu) 
     with pytest.raises(actors.SystemStoppedError):
         held.get(timeout=5)
     assert [sock.fileno() for sock in opened] == [-1] * len(opened)
+
+
+# --- what the adapter needs of urllib3 -----------------------------------------------------------
+
+
+def test_the_package_requires_urllib3_2() -> None:
+    # requests>=2.31 allows urllib3 1.26, where the adapter cannot load and the body deadline
+    # would not apply: the package itself must ask for urllib3 2.
+    requires = [
+        Requirement(line) for line in importlib.metadata.requires("lark-token-actors") or []
+    ]
+    (urllib3_requirement,) = [r for r in requires if r.name == "urllib3" and not r.marker]
+    assert not urllib3_requirement.specifier.contains("1.26.20")
+    assert urllib3_requirement.specifier.contains("2.0.0")
+
+
+def test_urllib3_1_is_refused_at_import_saying_what_to_install() -> None:
+    with pytest.raises(
+        ImportError, match=r"needs urllib3>=2, found urllib3 1\.26\.20: pip install"
+    ):
+        require_urllib3_2("1.26.20")
+    require_urllib3_2("2.0.0")
+    require_urllib3_2(urllib3.__version__)  # type: ignore[attr-defined]
+
+
+def test_the_only_private_urllib3_name_the_adapter_touches_is_the_new_conn_hook() -> None:
+    # Every underscore name the module reads or sets, or defines as a method, that urllib3's
+    # (or requests') classes also have: an override of a private hook, a private attribute.
+    tree = ast.parse(inspect.getsource(_sockets))
+    names = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    classes = [node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
+    names |= {
+        item.name for cls in classes for item in cls.body if isinstance(item, ast.FunctionDef)
+    }
+    theirs: set[str] = set()
+    for cls in (HTTPConnection, HTTPSConnection, HTTPConnectionPool, HTTPSConnectionPool):
+        theirs |= set(dir(cls))
+    theirs |= set(vars(HTTPSConnection("example.invalid", 443)))  # instance attributes too
+    theirs |= set(dir(PoolManager)) | set(vars(PoolManager())) | set(vars(HTTPAdapter()))
+    private = {n for n in names & theirs if n.startswith("_") and not n.startswith("__")}
+    assert private == {"_new_conn"}
+
+
+def test_the_lookup_keeps_the_trailing_dot_of_an_absolute_host_name(
+    server: FakeFeishu, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    looked_up: list[str] = []
+    real = socket.getaddrinfo
+
+    def recording(host: str, *args: Any, **kwargs: Any) -> Any:
+        looked_up.append(host)
+        return real("127.0.0.1", *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording)
+    session, _ = tracked_session()
+    port = server.base_url.rsplit(":", 1)[1]
+    path = "/open-apis/auth/v3/tenant_access_token/internal"
+    body = {"app_id": APP_ID, "app_secret": SECRET}
+    answer = session.post(f"http://localhost.:{port}{path}", json=body, timeout=(5, 5))
+    assert answer.json()["code"] == 0
+    assert looked_up == ["localhost."]  # as urllib3 looks it up: an absolute name

@@ -230,6 +230,15 @@ def test_disconnect_reply_makes_requests_raise_connection_error(server: FakeFeis
     assert post(server, TENANT_INTERNAL, SELF).json()["code"] == 0
 
 
+def test_the_server_counts_the_connections_it_accepted(server: FakeFeishu) -> None:
+    with requests.Session() as session:  # one kept-alive connection for both requests
+        for _ in range(2):
+            session.post(server.base_url + TENANT_INTERNAL, json=SELF, timeout=TIMEOUT)
+    assert server.connections == 1
+    post(server, TENANT_INTERNAL, SELF)  # requests.post: a session, and a connection, of its own
+    assert server.connections == 2
+
+
 def test_ok_reply_returns_exactly_the_given_token(server: FakeFeishu) -> None:
     server.script("app", Reply.ok("a-fixed", 5000))
     server.script("tenant", Reply.ok("t-fixed", 4000), Reply.ok("t-fixed", 3999))
