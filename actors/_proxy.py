@@ -114,9 +114,8 @@ class TokenProxy:
         """Await the token of ``kind`` without blocking the event loop.
 
         A servable cached token is returned at once, on the caller's loop; a miss parks an
-        asyncio future that the TokenActor's side resolves through ``call_soon_threadsafe``.
-        (Awaiting a pykka future, ``await proxy.get_token()``, would block the loop: pykka's
-        ``__await__`` calls the blocking ``get()``.)
+        asyncio future that the TokenActor's side resolves through ``call_soon_threadsafe``, and
+        concurrent awaits of one key on one loop share it.
         """
         now = self._now()
         try:

@@ -50,6 +50,7 @@ PUBLIC_SURFACE = [
     "actors.callbacks.handle_event",
     "actors.handle_event",
     "actors.httpx.AsyncFeishuAuth",
+    "actors.httpx.FeishuAuth",
     "actors.is_token_invalid",
     "actors.lark.acall",
     "actors.lark.call",
@@ -57,11 +58,6 @@ PUBLIC_SURFACE = [
     "actors.prometheus.TokenMetricsCollector",
     "actors.prometheus.serve_metrics",
     "actors.requests.FeishuAuth",
-    "actors.requests.TOKEN_INVALID_CODES",
-    "actors.requests.TokenTarget",
-    "actors.requests.bearer_of",
-    "actors.requests.is_token_invalid",
-    "actors.requests.response_code",
     "actors.sim.HourStats",
     "actors.sim.SimulationConfig",
     "actors.sim.SimulationReport",
@@ -78,6 +74,8 @@ PUBLIC_SURFACE = [
     "actors.testing.app_ticket_event",
     "actors.testing.encrypt_event",
     "actors.testing.sign_event",
+    "actors.testing.store_available",
+    "actors.testing.wait_listening",
 ]
 
 PUBLIC_MODULES = [
