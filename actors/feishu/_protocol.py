@@ -1,9 +1,10 @@
 """The Feishu/Lark auth v3 wire protocol in one table (``docs/feishu-protocol.md``).
 
 Paths, request fields, response fields, and what each response code means for a token manager.
-The client (``_client``), the outcome decision (``_outcomes``), the embedded fake server
-(``actors.testing``) and the benchmarks' baselines all read it from here: a new code or endpoint
-is one row.
+The client (``_client``), the outcome decision (``actors._refresh``), the HTTP integrations and
+the benchmarks read it from here: a new code or endpoint is one row. The embedded fake server
+(``actors.testing``) reads the routes and fields but writes its codes out itself, so that its
+answers check this table rather than echo it.
 """
 
 from __future__ import annotations

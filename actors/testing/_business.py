@@ -5,8 +5,8 @@ accepts (not rotated away, not expired) ``{"code": 0, "msg": "success", "data": 
 revoked, expired or unknown token the invalid-token code of the route's token kind (99991663 for
 tenant routes, 99991664 for the app route, 99991671 for a token not even shaped like one), with
 HTTP 400 by default (real Feishu uses 200 as well: :meth:`BusinessApi.set_invalid_status`);
-without a bearer token 99991661. The codes come from the protocol table
-(``actors.feishu._protocol``).
+without a bearer token 99991661. The codes are the fake's own (``actors.testing._protocol``),
+written out independently of the client's table.
 
 The routes are those of the official SDK's requests (``lark_oapi``):
 
@@ -38,21 +38,22 @@ from urllib.parse import parse_qs
 
 import actors.testing._transports as transports
 from actors._config import TokenKind
-from actors.feishu._protocol import CODE_FIELD, MSG_FIELD, Rule
+from actors.feishu._protocol import CODE_FIELD, MSG_FIELD
 from actors.requests import bearer_of
 from actors.testing._ledger import Issued, Ledger
-from actors.testing._protocol import APP_TOKEN_INVALID, OK, code_for
+from actors.testing._protocol import (
+    APP_TOKEN_INVALID,
+    FIELD_INVALID,
+    OK,
+    TENANT_TOKEN_INVALID,
+    TOKEN_MALFORMED,
+    TOKEN_MISSING,
+)
 from actors.testing._replies import Exchange, Headers, RecordedRequest, Reply, dump_json
 
 __all__ = ["BUSINESS", "ROUTES", "BusinessApi", "BusinessServer", "Route"]
 
 BUSINESS = "business"  # the kind business calls are recorded, scripted and held under
-
-TENANT_TOKEN_INVALID = code_for(Rule.TOKEN_INVALID, "tenant access token invalid")
-TOKEN_MALFORMED = code_for(Rule.TOKEN_INVALID, "access token invalid (format)")
-TOKEN_MISSING = code_for(Rule.CALLER_BUG, "access token missing")
-# Feishu's answer to a request whose fields fail validation; not a token code, so not in the table.
-FIELD_INVALID = 99992402
 
 _INVALID = {TokenKind.TENANT: TENANT_TOKEN_INVALID, TokenKind.APP: APP_TOKEN_INVALID}
 _MESSAGES = {
