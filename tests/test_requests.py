@@ -1,68 +1,37 @@
-"""HTTP client integrations: ``FeishuAuth`` (requests) and ``AsyncFeishuAuth`` (httpx, async and
-sync flows), one matrix for all three, against the embedded fake server's business routes over
-real loopback HTTP.
-
-Every test body is written once against :class:`Caller` and runs with each client kind.
-"""
+"""``actors.requests.FeishuAuth`` (``actors.FeishuAuth``): the invalid-token contract with a
+``requests.Session``, and what only ``requests`` does (redirects followed by the session, streamed
+downloads), against the embedded fake server over real loopback HTTP."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-import httpx
+import pykka
 import pytest
 import requests
 
 import actors
-from actors.testing import FakeFeishu, RecordedRequest, Reply
-from tests.conftest import MARKET_ID, SystemFactory, forward_tickets
-
-if TYPE_CHECKING:  # the lazy export is typed as object by actors.__getattr__
-    from actors.httpx import AsyncFeishuAuth
-else:
-    AsyncFeishuAuth = actors.AsyncFeishuAuth
-
-CHATS = "/open-apis/im/v1/chats"
-MESSAGES = "/open-apis/im/v1/messages"
-USER_TOKEN = "/open-apis/authen/v1/oidc/access_token"  # takes an app token
-TIMEOUT = 10.0
-
-
-# --- one interface over the three client kinds -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Call:
-    method: str
-    path: str
-    json: dict[str, Any] | None = None
-    params: dict[str, str] | None = None
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    text: str
-
-    @property
-    def body(self) -> Any:
-        return json.loads(self.text)
-
-
-class Caller(Protocol):
-    def send(self, call: Call) -> Answer: ...
-
-    def send_together(self, calls: list[Call]) -> list[Answer]:
-        """Send ``calls`` concurrently; the answers in the same order."""
-        ...
+from actors.testing import FakeFeishu, Reply
+from tests.auth_contract import (
+    CHATS,
+    LIST_CHATS,
+    Answer,
+    Call,
+    Caller,
+    InvalidTokenContract,
+    MakeCaller,
+    business,
+    tokens_sent,
+    warm,
+)
+from tests.conftest import SystemFactory
 
 
 class RequestsCaller:
+    timeout_error: type[Exception] = pykka.Timeout
+
     def __init__(self, base_url: str, auth: requests.auth.AuthBase) -> None:
         self._base = base_url
         self._session = requests.Session()
@@ -83,71 +52,18 @@ class RequestsCaller:
         self._session.close()
 
 
-class HttpxSyncCaller:
-    def __init__(self, base_url: str, auth: httpx.Auth) -> None:
-        self._client = httpx.Client(base_url=base_url, auth=auth, trust_env=False, timeout=5)
+class TestFeishuAuth(InvalidTokenContract):
+    @pytest.fixture
+    def make_caller(self, server: FakeFeishu) -> Iterator[MakeCaller]:
+        made: list[RequestsCaller] = []
 
-    def send(self, call: Call) -> Answer:
-        response = self._client.request(call.method, call.path, json=call.json, params=call.params)
-        return Answer(response.status_code, response.text)
+        def make(system: actors.TokenSystem, **auth: Any) -> Caller:
+            made.append(RequestsCaller(server.base_url, actors.FeishuAuth(system, **auth)))
+            return made[-1]
 
-    def send_together(self, calls: list[Call]) -> list[Answer]:
-        with ThreadPoolExecutor(len(calls)) as pool:
-            return list(pool.map(self.send, calls))
-
-    def close(self) -> None:
-        self._client.close()
-
-
-class HttpxAsyncCaller:
-    """Each send runs its own event loop: the TokenSystem serves any number of loops."""
-
-    def __init__(self, base_url: str, auth: httpx.Auth) -> None:
-        self._base = base_url
-        self._auth = auth
-
-    async def _send_all(self, calls: list[Call]) -> list[Answer]:
-        async with httpx.AsyncClient(
-            base_url=self._base, auth=self._auth, trust_env=False, timeout=5
-        ) as client:
-            responses = await asyncio.gather(
-                *(client.request(c.method, c.path, json=c.json, params=c.params) for c in calls)
-            )
-        return [Answer(r.status_code, r.text) for r in responses]
-
-    def send(self, call: Call) -> Answer:
-        return asyncio.run(self._send_all([call]))[0]
-
-    def send_together(self, calls: list[Call]) -> list[Answer]:
-        return asyncio.run(self._send_all(calls))
-
-    def close(self) -> None:
-        return
-
-
-MakeCaller = Callable[..., Caller]
-
-
-@pytest.fixture(params=["requests", "httpx-sync", "httpx-async"])
-def make_caller(request: pytest.FixtureRequest, server: FakeFeishu) -> Iterator[MakeCaller]:
-    """``make_caller(system, kind=..., tenant_key=...)``: a client of the parametrized kind
-    whose auth takes its tokens from ``system``."""
-    made: list[RequestsCaller | HttpxSyncCaller | HttpxAsyncCaller] = []
-
-    def make(system: actors.TokenSystem, **auth: Any) -> Caller:
-        caller: RequestsCaller | HttpxSyncCaller | HttpxAsyncCaller
-        if request.param == "requests":
-            caller = RequestsCaller(server.base_url, actors.FeishuAuth(system, **auth))
-        elif request.param == "httpx-sync":
-            caller = HttpxSyncCaller(server.base_url, AsyncFeishuAuth(system, **auth))
-        else:
-            caller = HttpxAsyncCaller(server.base_url, AsyncFeishuAuth(system, **auth))
-        made.append(caller)
-        return caller
-
-    yield make
-    for caller in made:
-        caller.close()
+        yield make
+        for caller in made:
+            caller.close()
 
 
 @pytest.fixture
@@ -155,211 +71,61 @@ def system(make_system: SystemFactory, app: actors.AppConfig) -> actors.TokenSys
     return make_system(app)
 
 
-def business(server: FakeFeishu) -> list[RecordedRequest]:
-    return [r for r in server.requests if r.kind == "business"]
+def session() -> requests.Session:
+    made = requests.Session()
+    made.trust_env = False
+    return made
 
 
-def tokens_sent(server: FakeFeishu) -> list[str | None]:
-    return [r.token for r in business(server)]
-
-
-def warm(system: actors.TokenSystem, kind: actors.TokenKind = actors.TokenKind.TENANT) -> str:
-    return system.proxy.get_token(kind).get(timeout=TIMEOUT)
-
-
-LIST_CHATS = Call("GET", CHATS)
-SEND_TEXT = Call(
-    "POST",
-    MESSAGES,
-    json={"receive_id": "oc_1", "msg_type": "text", "content": '{"text":"hello"}'},
-    params={"receive_id_type": "chat_id"},
-)
-
-
-# --- the matrix ----------------------------------------------------------------------------------
-
-
-def test_the_bearer_header_carries_the_systems_token(
-    make_caller: MakeCaller, system: actors.TokenSystem, server: FakeFeishu
+def test_an_invalid_token_at_the_end_of_a_redirect_is_recovered_from_once(
+    system: actors.TokenSystem, server: FakeFeishu
 ) -> None:
-    answer = make_caller(system).send(LIST_CHATS)
-
-    assert answer.status == 200 and answer.body["code"] == 0
-    [call] = business(server)
-    token = warm(system)
-    assert call.token == token and call.header("authorization") == f"Bearer {token}"
-
-
-@pytest.mark.parametrize("status", [200, 400])
-@pytest.mark.parametrize("code", sorted(actors.TOKEN_INVALID_CODES))
-def test_an_invalid_token_code_invalidates_the_token_sent_and_resends_once_with_a_fresh_one(
-    make_caller: MakeCaller,
-    system: actors.TokenSystem,
-    server: FakeFeishu,
-    code: int,
-    status: int,
-) -> None:
+    # The session follows the redirect itself; the answer judged is the last of the chain.
     stale = warm(system)
-    server.rotate()  # revoked upstream: the refetch after the invalidation gets a new token
-    server.script("business", Reply.code(code, "token invalid", status=status))
+    server.rotate()
+    server.script("business", Reply.http(302, "", headers={"Location": CHATS}))
 
-    answer = make_caller(system).send(LIST_CHATS)
+    with session() as client:
+        response = client.get(server.base_url + CHATS, auth=actors.FeishuAuth(system), timeout=5)
 
-    assert answer.status == 200 and answer.body["code"] == 0
-    fresh = warm(system)
-    assert fresh != stale and server.valid_token(fresh)
-    assert tokens_sent(server) == [stale, fresh]  # the resend carried the fresh token
+    assert response.status_code == 200 and response.json()["code"] == 0
+    assert tokens_sent(server) == [stale, stale, warm(system)]
     assert system.metrics().invalidations == 1
 
 
-@pytest.mark.parametrize("status", [200, 400])
-@pytest.mark.parametrize(
-    "case",
-    [
-        (actors.TokenKind.TENANT, LIST_CHATS),
-        (
-            actors.TokenKind.APP,
-            Call("POST", USER_TOKEN, json={"grant_type": "authorization_code", "code": "c-1"}),
-        ),
-    ],
-    ids=["tenant-route-99991663", "app-route-99991664"],
-)
-def test_a_token_the_server_revoked_is_recovered_from_as_feishu_answers_it(
-    make_caller: MakeCaller,
-    system: actors.TokenSystem,
-    server: FakeFeishu,
-    case: tuple[actors.TokenKind, Call],
-    status: int,
-) -> None:
-    kind, call = case
-    server.business.set_invalid_status(status)
-    stale = warm(system, kind)
-    server.rotate()
-
-    answer = make_caller(system, kind=kind).send(call)
-
-    assert answer.status == 200 and answer.body["code"] == 0
-    first, retry = business(server)
-    assert first.token == stale and retry.token == warm(system, kind) != stale
-    assert (first.kind, retry.kind) == ("business", "business")
-    assert server.count(kind.value) == 2  # the first fetch and the one after the invalidation
-
-
-def test_an_invalid_token_twice_in_a_row_returns_the_second_answer_without_a_loop(
-    make_caller: MakeCaller, system: actors.TokenSystem, server: FakeFeishu
-) -> None:
-    server.script(
-        "business",
-        Reply.code(99991663, "first", status=400),
-        Reply.code(99991663, "second", status=400),
-    )
-
-    answer = make_caller(system).send(LIST_CHATS)
-
-    assert answer.status == 400
-    assert answer.body == {"code": 99991663, "msg": "second"}
-    assert len(business(server)) == 2
-
-
-@pytest.mark.parametrize("code", [99991672, 99991679, 99991661, 99991400, 1254002])
-def test_other_codes_come_back_untouched_after_one_request(
-    make_caller: MakeCaller, system: actors.TokenSystem, server: FakeFeishu, code: int
-) -> None:
-    server.script("business", Reply.code(code, "not a token problem", status=400))
-
-    answer = make_caller(system).send(LIST_CHATS)
-
-    assert answer.status == 400 and answer.body["code"] == code
-    assert len(business(server)) == 1
-    assert server.count("tenant") == 1 and system.metrics().invalidations == 0
-
-
-def test_a_non_json_answer_is_returned_untouched_and_not_retried(
-    make_caller: MakeCaller, system: actors.TokenSystem, server: FakeFeishu
-) -> None:
-    server.script("business", Reply.http(502))
-
-    answer = make_caller(system).send(LIST_CHATS)
-
-    assert answer.status == 502 and "502 Bad Gateway" in answer.text
-    assert len(business(server)) == 1 and system.metrics().invalidations == 0
-
-
-def test_a_post_is_resent_with_the_same_json_body(
-    make_caller: MakeCaller, system: actors.TokenSystem, server: FakeFeishu
-) -> None:
-    stale = warm(system)
-    server.rotate()
-
-    answer = make_caller(system).send(SEND_TEXT)
-
-    assert answer.status == 200 and answer.body["code"] == 0
-    assert answer.body["data"]["body"]["content"] == '{"text":"hello"}'
-    first, retry = business(server)
-    assert first.token == stale != retry.token
-    assert json.loads(first.body) == json.loads(retry.body) == SEND_TEXT.json
-    assert first.query == retry.query == "receive_id_type=chat_id"
-
-
-def test_two_requests_failing_with_the_same_stale_token_cause_one_invalidation(
-    make_caller: MakeCaller, system: actors.TokenSystem, server: FakeFeishu
-) -> None:
-    stale = warm(system)
-    caller = make_caller(system)
-    gate = server.hold("business")
-    with ThreadPoolExecutor(1) as pool:
-        both = pool.submit(caller.send_together, [LIST_CHATS, LIST_CHATS])
-        assert gate.wait_for_waiting(2, timeout=TIMEOUT)  # both sent the token, neither answered
-        server.rotate()  # ... and now it is revoked: both get 99991663
-        gate.release()
-        answers = both.result(timeout=TIMEOUT)
-
-    assert [a.body["code"] for a in answers] == [0, 0]
-    fresh = warm(system)
-    assert tokens_sent(server) == [stale, stale, fresh, fresh]
-    # Compare-and-invalidate: the second invalidation of the stale token was a no-op.
-    assert system.metrics().invalidations == 1
-    assert server.count("tenant") == 2
-
-
-def test_a_marketplace_tenants_token_is_sent_for_that_tenant(
-    make_caller: MakeCaller,
-    make_system: SystemFactory,
-    market_app: actors.AppConfig,
-    server: FakeFeishu,
-) -> None:
-    system = make_system(market_app)
-    forward_tickets(server, system)
-
-    answer = make_caller(system, tenant_key="tk-7").send(LIST_CHATS)
-
-    assert answer.body["data"]["items"][0]["tenant_key"] == "tk-7"
-    [call] = business(server)
-    assert (call.app_id, call.tenant_key) == (MARKET_ID, "tk-7")
-
-
-@pytest.mark.parametrize("flow", ["sync", "async"])
-def test_httpx_leaves_a_streamed_non_json_answer_unread(
-    system: actors.TokenSystem, server: FakeFeishu, flow: str
+def test_a_streamed_non_json_answer_is_left_unread(
+    system: actors.TokenSystem, server: FakeFeishu
 ) -> None:
     # A download is streamed to the caller: only a JSON answer can say "token invalid".
     server.script("business", Reply.http(200, "x" * 100_000, content_type="application/zip"))
-    auth = AsyncFeishuAuth(system)
-    url = server.base_url + CHATS
 
-    async def stream_async() -> tuple[bool, int]:
-        async with (
-            httpx.AsyncClient(auth=auth, trust_env=False) as client,
-            client.stream("GET", url) as response,
-        ):
-            unread = not response.is_stream_consumed
-            return unread, len(await response.aread())
-
-    if flow == "async":
-        unread, size = asyncio.run(stream_async())
-    else:
-        with httpx.Client(auth=auth, trust_env=False) as client, client.stream("GET", url) as r:
-            unread, size = not r.is_stream_consumed, len(r.read())
+    with (
+        session() as client,
+        client.get(
+            server.base_url + CHATS, auth=actors.FeishuAuth(system), stream=True, timeout=5
+        ) as response,
+    ):
+        unread = response.raw.tell() == 0
+        size = len(response.content)
 
     assert unread and size == 100_000
     assert len(business(server)) == 1
+
+
+def test_a_streamed_json_answer_is_read_to_see_its_code(
+    system: actors.TokenSystem, server: FakeFeishu
+) -> None:
+    server.script("business", Reply.code(99991663, "token invalid", status=400))
+
+    with (
+        session() as client,
+        client.get(
+            server.base_url + LIST_CHATS.path,
+            auth=actors.FeishuAuth(system),
+            stream=True,
+            timeout=5,
+        ) as response,
+    ):
+        assert response.json()["code"] == 0
+
+    assert len(business(server)) == 2 and system.metrics().invalidations == 1

@@ -1,0 +1,265 @@
+"""The contract every HTTP client auth keeps (``actors.requests.FeishuAuth``,
+``actors.httpx.FeishuAuth`` with sync and async clients), against the embedded fake server's
+business routes over real loopback HTTP.
+
+Every test body is written once, in :class:`InvalidTokenContract`, against :class:`Caller`; a
+client's test module subclasses it and gives the ``make_caller`` fixture.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pytest
+
+import actors
+from actors.testing import FakeFeishu, RecordedRequest, Reply
+from tests.conftest import MARKET_ID, SystemFactory, forward_tickets
+
+CHATS = "/open-apis/im/v1/chats"
+MESSAGES = "/open-apis/im/v1/messages"
+USER_TOKEN = "/open-apis/authen/v1/oidc/access_token"  # takes an app token
+TIMEOUT = 10.0
+
+
+# --- one interface over the client kinds ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    path: str
+    json: dict[str, Any] | None = None
+    params: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    text: str
+
+    @property
+    def body(self) -> Any:
+        return json.loads(self.text)
+
+
+class Caller(Protocol):
+    # What a token wait past the auth's ``timeout`` raises: pykka.Timeout blocking, TimeoutError
+    # awaited.
+    timeout_error: type[Exception]
+
+    def send(self, call: Call) -> Answer: ...
+
+    def send_together(self, calls: list[Call]) -> list[Answer]:
+        """Send ``calls`` concurrently; the answers in the same order."""
+        ...
+
+
+MakeCaller = Callable[..., Caller]
+"""``make_caller(system, kind=..., tenant_key=..., timeout=...)``: a client whose auth takes its
+tokens from ``system``, closed after the test."""
+
+
+def business(server: FakeFeishu) -> list[RecordedRequest]:
+    return [r for r in server.requests if r.kind == "business"]
+
+
+def tokens_sent(server: FakeFeishu) -> list[str | None]:
+    return [r.token for r in business(server)]
+
+
+def warm(system: actors.TokenSystem, kind: actors.TokenKind = actors.TokenKind.TENANT) -> str:
+    return system.proxy.get_token(kind).get(timeout=TIMEOUT)
+
+
+LIST_CHATS = Call("GET", CHATS)
+SEND_TEXT = Call(
+    "POST",
+    MESSAGES,
+    json={"receive_id": "oc_1", "msg_type": "text", "content": '{"text":"hello"}'},
+    params={"receive_id_type": "chat_id"},
+)
+
+
+# --- the contract --------------------------------------------------------------------------------
+
+
+class InvalidTokenContract:
+    @pytest.fixture
+    def system(self, make_system: SystemFactory, app: actors.AppConfig) -> actors.TokenSystem:
+        return make_system(app)
+
+    def test_the_bearer_header_carries_the_systems_token(
+        self, make_caller: MakeCaller, system: actors.TokenSystem, server: FakeFeishu
+    ) -> None:
+        answer = make_caller(system).send(LIST_CHATS)
+
+        assert answer.status == 200 and answer.body["code"] == 0
+        [call] = business(server)
+        token = warm(system)
+        assert call.token == token and call.header("authorization") == f"Bearer {token}"
+
+    @pytest.mark.parametrize("status", [200, 400])
+    @pytest.mark.parametrize("code", sorted(actors.TOKEN_INVALID_CODES))
+    def test_an_invalid_token_code_invalidates_the_token_sent_and_resends_once_with_a_fresh_one(
+        self,
+        make_caller: MakeCaller,
+        system: actors.TokenSystem,
+        server: FakeFeishu,
+        code: int,
+        status: int,
+    ) -> None:
+        stale = warm(system)
+        server.rotate()  # revoked upstream: the refetch after the invalidation gets a new token
+        server.script("business", Reply.code(code, "token invalid", status=status))
+
+        answer = make_caller(system).send(LIST_CHATS)
+
+        assert answer.status == 200 and answer.body["code"] == 0
+        fresh = warm(system)
+        assert fresh != stale and server.valid_token(fresh)
+        assert tokens_sent(server) == [stale, fresh]  # the resend carried the fresh token
+        assert system.metrics().invalidations == 1
+
+    @pytest.mark.parametrize("status", [200, 400])
+    @pytest.mark.parametrize(
+        "case",
+        [
+            (actors.TokenKind.TENANT, LIST_CHATS),
+            (
+                actors.TokenKind.APP,
+                Call("POST", USER_TOKEN, json={"grant_type": "authorization_code", "code": "c-1"}),
+            ),
+        ],
+        ids=["tenant-route-99991663", "app-route-99991664"],
+    )
+    def test_a_token_the_server_revoked_is_recovered_from_as_feishu_answers_it(
+        self,
+        make_caller: MakeCaller,
+        system: actors.TokenSystem,
+        server: FakeFeishu,
+        case: tuple[actors.TokenKind, Call],
+        status: int,
+    ) -> None:
+        kind, call = case
+        server.business.set_invalid_status(status)
+        stale = warm(system, kind)
+        server.rotate()
+
+        answer = make_caller(system, kind=kind).send(call)
+
+        assert answer.status == 200 and answer.body["code"] == 0
+        first, retry = business(server)
+        assert first.token == stale and retry.token == warm(system, kind) != stale
+        assert (first.kind, retry.kind) == ("business", "business")
+        assert server.count(kind.value) == 2  # the first fetch and the one after the invalidation
+
+    def test_an_invalid_token_twice_in_a_row_returns_the_second_answer_without_a_loop(
+        self, make_caller: MakeCaller, system: actors.TokenSystem, server: FakeFeishu
+    ) -> None:
+        server.script(
+            "business",
+            Reply.code(99991663, "first", status=400),
+            Reply.code(99991663, "second", status=400),
+        )
+
+        answer = make_caller(system).send(LIST_CHATS)
+
+        assert answer.status == 400
+        assert answer.body == {"code": 99991663, "msg": "second"}
+        assert len(business(server)) == 2
+
+    @pytest.mark.parametrize("code", [99991672, 99991679, 99991661, 99991400, 1254002])
+    def test_other_codes_come_back_untouched_after_one_request(
+        self, make_caller: MakeCaller, system: actors.TokenSystem, server: FakeFeishu, code: int
+    ) -> None:
+        server.script("business", Reply.code(code, "not a token problem", status=400))
+
+        answer = make_caller(system).send(LIST_CHATS)
+
+        assert answer.status == 400 and answer.body["code"] == code
+        assert len(business(server)) == 1
+        assert server.count("tenant") == 1 and system.metrics().invalidations == 0
+
+    def test_a_non_json_answer_is_returned_untouched_and_not_retried(
+        self, make_caller: MakeCaller, system: actors.TokenSystem, server: FakeFeishu
+    ) -> None:
+        server.script("business", Reply.http(502))
+
+        answer = make_caller(system).send(LIST_CHATS)
+
+        assert answer.status == 502 and "502 Bad Gateway" in answer.text
+        assert len(business(server)) == 1 and system.metrics().invalidations == 0
+
+    def test_a_post_is_resent_with_the_same_json_body(
+        self, make_caller: MakeCaller, system: actors.TokenSystem, server: FakeFeishu
+    ) -> None:
+        stale = warm(system)
+        server.rotate()
+
+        answer = make_caller(system).send(SEND_TEXT)
+
+        assert answer.status == 200 and answer.body["code"] == 0
+        assert answer.body["data"]["body"]["content"] == '{"text":"hello"}'
+        first, retry = business(server)
+        assert first.token == stale != retry.token
+        assert json.loads(first.body) == json.loads(retry.body) == SEND_TEXT.json
+        assert first.query == retry.query == "receive_id_type=chat_id"
+
+    def test_two_requests_failing_with_the_same_stale_token_cause_one_invalidation(
+        self, make_caller: MakeCaller, system: actors.TokenSystem, server: FakeFeishu
+    ) -> None:
+        stale = warm(system)
+        caller = make_caller(system)
+        gate = server.hold("business")
+        with ThreadPoolExecutor(1) as pool:
+            both = pool.submit(caller.send_together, [LIST_CHATS, LIST_CHATS])
+            assert gate.wait_for_waiting(
+                2, timeout=TIMEOUT
+            )  # both sent the token, neither answered
+            server.rotate()  # ... and now it is revoked: both get 99991663
+            gate.release()
+            answers = both.result(timeout=TIMEOUT)
+
+        assert [a.body["code"] for a in answers] == [0, 0]
+        fresh = warm(system)
+        assert tokens_sent(server) == [stale, stale, fresh, fresh]
+        # Compare-and-invalidate: the second invalidation of the stale token was a no-op.
+        assert system.metrics().invalidations == 1
+        assert server.count("tenant") == 2
+
+    def test_a_marketplace_tenants_token_is_sent_for_that_tenant(
+        self,
+        make_caller: MakeCaller,
+        make_system: SystemFactory,
+        market_app: actors.AppConfig,
+        server: FakeFeishu,
+    ) -> None:
+        system = make_system(market_app)
+        forward_tickets(server, system)
+
+        answer = make_caller(system, tenant_key="tk-7").send(LIST_CHATS)
+
+        assert answer.body["data"]["items"][0]["tenant_key"] == "tk-7"
+        [call] = business(server)
+        assert (call.app_id, call.tenant_key) == (MARKET_ID, "tk-7")
+
+    def test_a_token_not_given_within_the_timeout_fails_the_request_before_it_is_sent(
+        self, make_caller: MakeCaller, system: actors.TokenSystem, server: FakeFeishu
+    ) -> None:
+        gate = server.hold("tenant")  # the token fetch hangs
+        caller = make_caller(system, timeout=0.05)
+        with ThreadPoolExecutor(1) as pool:
+            sending = pool.submit(caller.send, LIST_CHATS)
+            # A bound, not a measurement: an auth without a timeout would wait for the gate.
+            finished, _ = wait([sending], timeout=TIMEOUT)
+            gate.release()
+
+        assert finished, "the auth kept waiting for the token past its timeout"
+        with pytest.raises(caller.timeout_error):
+            sending.result()
+        assert business(server) == []
