@@ -280,3 +280,33 @@ def test_python_dash_m_actors_help_exits_0() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: lark-token-actors")
+
+
+def test_commands_that_do_not_ask_for_the_fake_never_import_the_test_double(
+    server: FakeFeishu,
+) -> None:
+    # In a fresh interpreter, with real credentials (for an app of the fake server this process
+    # runs): the help texts, a token fetch and serve-metrics. Only demo, report and simulate, and
+    # the other commands without credentials, may load actors.testing.
+    script = """
+import contextlib, io, sys
+from actors.cli import main
+runs = [["--help"], ["token", "--help"], ["serve-metrics", "--help"], ["token"],
+        ["serve-metrics", "--port", "0", "--duration", "0"]]
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    codes = [main(argv) for argv in runs]
+print(codes, sorted(name for name in sys.modules if name.startswith("actors.testing")))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEISHU_")}
+    env.update(FEISHU_APP_ID=APP_ID, FEISHU_APP_SECRET=SECRET, FEISHU_BASE_URL=server.base_url)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[0, 0, 0, 0, 0] []"
+    assert server.count("tenant") >= 1  # the token command did reach the server
