@@ -16,7 +16,8 @@ import pytest
 import actors
 import actors.httpx
 from actors.testing import FakeFeishu, Reply
-from tests.auth_contract import (
+from tests.conftest import SystemFactory
+from tests.test_auth import (
     CHATS,
     Answer,
     Call,
@@ -25,7 +26,6 @@ from tests.auth_contract import (
     MakeCaller,
     business,
 )
-from tests.conftest import SystemFactory
 
 
 class HttpxSyncCaller:

@@ -14,7 +14,8 @@ import requests
 
 import actors
 from actors.testing import FakeFeishu, Reply
-from tests.auth_contract import (
+from tests.conftest import SystemFactory
+from tests.test_auth import (
     CHATS,
     LIST_CHATS,
     Answer,
@@ -26,7 +27,6 @@ from tests.auth_contract import (
     tokens_sent,
     warm,
 )
-from tests.conftest import SystemFactory
 
 
 class RequestsCaller:

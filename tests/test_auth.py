@@ -1,22 +1,40 @@
-"""The contract every HTTP client auth keeps (``actors.requests.FeishuAuth``,
-``actors.httpx.FeishuAuth`` with sync and async clients), against the embedded fake server's
-business routes over real loopback HTTP.
+"""The invalid-token policy the integrations share (``actors._auth``): its steps, driven by
+hand, its two drivers, and :class:`InvalidTokenContract`, the contract every HTTP client auth
+keeps against the embedded fake server's business routes over real loopback HTTP.
 
-Every test body is written once, in :class:`InvalidTokenContract`, against :class:`Caller`; a
-client's test module subclasses it and gives the ``make_caller`` fixture.
+The contract's test bodies are written once against :class:`Caller`; a client's test module
+(``test_requests``, ``test_httpx``) subclasses it and gives the ``make_caller`` fixture.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+import pykka
 import pytest
 
 import actors
+from actors._auth import (
+    Fetch,
+    Invalidate,
+    ReadCode,
+    Send,
+    Step,
+    TokenTarget,
+    arun,
+    bearer,
+    bearer_of,
+    exchange,
+    is_json,
+    is_token_invalid,
+    response_code,
+    run,
+)
 from actors.testing import FakeFeishu, RecordedRequest, Reply
 from tests.conftest import MARKET_ID, SystemFactory, forward_tickets
 
@@ -24,6 +42,147 @@ CHATS = "/open-apis/im/v1/chats"
 MESSAGES = "/open-apis/im/v1/messages"
 USER_TOKEN = "/open-apis/authen/v1/oidc/access_token"  # takes an app token
 TIMEOUT = 10.0
+
+
+# --- the policy, step by step -------------------------------------------------------------------
+
+
+def walk(codes: list[object]) -> list[Step]:
+    """The steps of one exchange whose answers carry ``codes``, in order (an answer stands for
+    its code; the tokens handed out are t-1, t-2, ...)."""
+    flow = exchange()
+    taken: list[Step] = []
+    reply: object = None
+    answers = iter(codes)
+    tokens = (f"t-{n}" for n in range(1, 10))
+    while True:
+        try:
+            step = flow.send(reply)
+        except StopIteration:
+            return taken
+        taken.append(step)
+        if isinstance(step, Fetch):
+            reply = next(tokens)
+        elif isinstance(step, Send):
+            reply = next(answers)
+        elif isinstance(step, ReadCode):
+            reply = step.answer
+        else:
+            reply = None
+
+
+def test_an_answer_without_an_invalid_token_code_ends_the_exchange_after_one_send() -> None:
+    assert walk([0]) == [Fetch(), Send("t-1"), ReadCode(0)]
+
+
+@pytest.mark.parametrize("code", sorted(actors.TOKEN_INVALID_CODES))
+def test_an_invalid_token_code_invalidates_the_token_sent_and_sends_once_with_the_next(
+    code: int,
+) -> None:
+    # The resend's answer is final: it is never read.
+    assert walk([code, 0]) == [
+        Fetch(),
+        Send("t-1"),
+        ReadCode(code),
+        Invalidate("t-1"),
+        Fetch(),
+        Send("t-2"),
+    ]
+
+
+def test_the_resend_is_the_last_send_whatever_its_answer() -> None:
+    assert walk([99991663, 99991663])[-1] == Send("t-2")
+    assert [s for s in walk([99991663, 99991663]) if isinstance(s, Send)] == [
+        Send("t-1"),
+        Send("t-2"),
+    ]
+
+
+@pytest.mark.parametrize("code", [99991672, None, "99991663", 99991663.0, True, 0])
+def test_only_an_integer_invalid_token_code_asks_for_a_resend(code: object) -> None:
+    assert not is_token_invalid(code)
+    assert walk([code]) == [Fetch(), Send("t-1"), ReadCode(code)]
+
+
+def test_the_code_is_read_from_a_json_object_only() -> None:
+    assert response_code({"code": 99991663, "msg": "x"}) == 99991663
+    assert response_code([{"code": 99991663}]) is None
+    assert response_code("99991663") is None
+
+
+def test_a_bearer_header_round_trips_its_token() -> None:
+    assert bearer("t-abc") == "Bearer t-abc"
+    assert bearer_of(bearer("t-abc")) == "t-abc"
+    assert [bearer_of(h) for h in (None, "", "Bearer ", "Basic dXNlcg==")] == [None] * 4
+
+
+def test_only_a_json_content_type_can_carry_a_code() -> None:
+    assert is_json("application/JSON; charset=utf-8") and is_json("application/problem+json")
+    assert not is_json("text/html") and not is_json(None)
+
+
+# --- the two drivers -----------------------------------------------------------------------------
+
+
+class StubProxy:
+    """The part of a TokenProxy a target uses: hands out t-1, t-2, ... and records the calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+        self._tokens: Iterator[str] = (f"t-{n}" for n in range(1, 10))
+
+    def get_token(
+        self, kind: actors.TokenKind, *, tenant_key: str | None, app_id: str | None
+    ) -> pykka.Future[str]:
+        self.calls.append(("get", kind, tenant_key, app_id))
+        return resolved(next(self._tokens))
+
+    async def aget_token(
+        self, kind: actors.TokenKind, *, tenant_key: str | None, app_id: str | None
+    ) -> str:
+        return self.get_token(kind, tenant_key=tenant_key, app_id=app_id).get()
+
+    def invalidate(self, token: str) -> pykka.Future[bool]:
+        self.calls.append(("invalidate", token))
+        return resolved(True)
+
+    async def ainvalidate(self, token: str) -> bool:
+        return self.invalidate(token).get()
+
+
+def resolved(value: Any) -> pykka.Future[Any]:
+    future: pykka.Future[Any] = pykka.ThreadingFuture()
+    future.set(value)
+    return future
+
+
+@pytest.mark.parametrize("driver", ["blocking", "awaited"])
+def test_both_drivers_get_and_invalidate_the_targets_token_the_same_way(driver: str) -> None:
+    proxy = StubProxy()
+    target = TokenTarget(
+        cast("Any", proxy), actors.TokenKind.APP, tenant_key="tk-1", app_id="cli_x", timeout=1
+    )
+    codes, sent = iter([99991664, 0]), []
+
+    def send(token: str) -> object:
+        sent.append(token)
+        return next(codes)
+
+    async def asend(token: str) -> object:
+        return send(token)
+
+    async def aread(answer: object) -> object:
+        return answer
+
+    if driver == "blocking":
+        final = run(target.flow(send=send, read_code=lambda answer: answer))
+    else:
+        aflow = target.aflow(send=asend, read_code=aread)
+        final = asyncio.run(arun(aflow))
+
+    assert final == 0 and sent == ["t-1", "t-2"]
+    get = ("get", actors.TokenKind.APP, "tk-1", "cli_x")
+    assert proxy.calls == [get, ("invalidate", "t-1"), get]
 
 
 # --- one interface over the client kinds ---------------------------------------------------------
