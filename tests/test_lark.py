@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+from concurrent.futures import ThreadPoolExecutor, wait
 
+import pykka
 import pytest
 from lark_oapi.api.authen.v1 import (
     CreateOidcAccessTokenRequest,
@@ -245,3 +247,64 @@ def test_a_non_json_answer_is_the_sdks_to_report_and_is_not_retried(
         call(system, client.im.v1.chat.list, list_chats())
 
     assert len(business(server)) == 1 and system.metrics().invalidations == 0
+
+
+def test_call_refuses_a_coroutine_method_before_anything_is_sent(
+    system: actors.TokenSystem, server: FakeFeishu
+) -> None:
+    client = lark_client(system)
+
+    with pytest.raises(TypeError, match=r"coroutine function; await lark\.acall"):
+        call(system, client.im.v1.chat.alist, list_chats())
+
+    assert server.requests == []  # not even a token fetch
+
+
+def test_acall_refuses_a_blocking_method_before_anything_is_sent(
+    system: actors.TokenSystem, server: FakeFeishu
+) -> None:
+    client = lark_client(system)
+
+    with pytest.raises(TypeError, match=r"not a coroutine function; use lark\.call"):
+        asyncio.run(acall(system, client.im.v1.chat.list, list_chats()))
+
+    assert server.requests == []
+
+
+def test_call_and_acall_take_the_kind_positionally_as_get_token_does(
+    system: actors.TokenSystem, server: FakeFeishu
+) -> None:
+    client = lark_client(system)
+    body = CreateOidcAccessTokenRequestBody.builder().grant_type("authorization_code")
+    request = CreateOidcAccessTokenRequest.builder().request_body(body.code("c-1").build()).build()
+    app = actors.TokenKind.APP
+
+    response = call(system, client.authen.v1.oidc_access_token.create, request, app)
+    aresponse = asyncio.run(acall(system, client.authen.v1.oidc_access_token.acreate, request, app))
+
+    assert response.success() and aresponse.success(), (response.msg, aresponse.msg)
+    assert [r.token for r in business(server)] == [token(system, app)] * 2
+
+
+@pytest.mark.parametrize("flavour", ["call", "acall"])
+def test_a_token_not_given_within_the_timeout_fails_the_call_before_it_is_sent(
+    system: actors.TokenSystem, server: FakeFeishu, flavour: str
+) -> None:
+    client = lark_client(system)
+    gate = server.hold("tenant")  # the token fetch hangs
+
+    def send() -> object:
+        if flavour == "call":
+            return call(system, client.im.v1.chat.list, list_chats(), timeout=0.05)
+        return asyncio.run(acall(system, client.im.v1.chat.alist, list_chats(), timeout=0.05))
+
+    with ThreadPoolExecutor(1) as pool:
+        sending = pool.submit(send)
+        # A bound, not a measurement: a call without a timeout would wait for the gate.
+        finished, _ = wait([sending], timeout=TIMEOUT)
+        gate.release()
+
+    assert finished, "the call kept waiting for the token past its timeout"
+    with pytest.raises(pykka.Timeout if flavour == "call" else TimeoutError):
+        sending.result()
+    assert business(server) == []
