@@ -24,7 +24,8 @@ def test_a_quiet_day_serves_every_later_get_from_the_cache() -> None:
     assert report.cold_starts == 30
     assert report.caller_waits == 0
     assert report.caller_errors == 0
-    assert report.hit_rate == 1.0
+    assert report.later_waits == 0.0
+    assert report.hit_rate == (report.gets - 30) / report.gets  # the first gets are the misses
     assert report.peak_concurrent_per_key == 1
     # Each tenant refreshes about once per (lifetime - prewarm lead) after its first fetch.
     assert 30 * 1 <= report.upstream_calls <= 30 * 4
@@ -33,6 +34,15 @@ def test_a_quiet_day_serves_every_later_get_from_the_cache() -> None:
     assert report.violations == ()
     assert "30 tenants x 6 virtual hours" in report.render()
     assert "invariants           hold" in report.render()
+
+
+def test_simulate_prints_one_hit_rate_the_performance_reports(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["simulate", "--tenants", "10", "--hours", "1", "--gets-per-step", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("hit rate") == 1
+    assert "later gets that waited  0  (0.00% of the " in out
 
 
 def test_the_same_seed_gives_the_same_run() -> None:
