@@ -218,6 +218,19 @@ class Caller(Protocol):
         ...
 
 
+class BlockingCaller:
+    """A client whose sends block: sent together from threads, one each."""
+
+    timeout_error: type[Exception] = pykka.Timeout
+
+    def send(self, call: Call) -> Answer:
+        raise NotImplementedError
+
+    def send_together(self, calls: list[Call]) -> list[Answer]:
+        with ThreadPoolExecutor(len(calls)) as pool:
+            return list(pool.map(self.send, calls))
+
+
 MakeCaller = Callable[..., Caller]
 """``make_caller(system, kind=..., tenant_key=..., timeout=...)``: a client whose auth takes its
 tokens from ``system``, closed after the test."""

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import pykka
 import pytest
 
 import actors
@@ -20,6 +18,7 @@ from tests.conftest import SystemFactory
 from tests.test_auth import (
     CHATS,
     Answer,
+    BlockingCaller,
     Call,
     Caller,
     InvalidTokenContract,
@@ -28,19 +27,13 @@ from tests.test_auth import (
 )
 
 
-class HttpxSyncCaller:
-    timeout_error: type[Exception] = pykka.Timeout
-
+class HttpxSyncCaller(BlockingCaller):
     def __init__(self, base_url: str, auth: httpx.Auth) -> None:
         self._client = httpx.Client(base_url=base_url, auth=auth, trust_env=False, timeout=5)
 
     def send(self, call: Call) -> Answer:
         response = self._client.request(call.method, call.path, json=call.json, params=call.params)
         return Answer(response.status_code, response.text)
-
-    def send_together(self, calls: list[Call]) -> list[Answer]:
-        with ThreadPoolExecutor(len(calls)) as pool:
-            return list(pool.map(self.send, calls))
 
     def close(self) -> None:
         self._client.close()

@@ -5,10 +5,8 @@ downloads), against the embedded fake server over real loopback HTTP."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import pykka
 import pytest
 import requests
 
@@ -19,6 +17,7 @@ from tests.test_auth import (
     CHATS,
     LIST_CHATS,
     Answer,
+    BlockingCaller,
     Call,
     Caller,
     InvalidTokenContract,
@@ -29,9 +28,7 @@ from tests.test_auth import (
 )
 
 
-class RequestsCaller:
-    timeout_error: type[Exception] = pykka.Timeout
-
+class RequestsCaller(BlockingCaller):
     def __init__(self, base_url: str, auth: requests.auth.AuthBase) -> None:
         self._base = base_url
         self._session = requests.Session()
@@ -43,10 +40,6 @@ class RequestsCaller:
             call.method, self._base + call.path, json=call.json, params=call.params, timeout=5
         )
         return Answer(response.status_code, response.text)
-
-    def send_together(self, calls: list[Call]) -> list[Answer]:
-        with ThreadPoolExecutor(len(calls)) as pool:
-            return list(pool.map(self.send, calls))
 
     def close(self) -> None:
         self._session.close()
