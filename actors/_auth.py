@@ -53,8 +53,8 @@ X = TypeVar("X")  # what an integration's send gives for a token (a request to y
 
 TOKEN_INVALID_CODES: frozenset[int] = feishu.TOKEN_INVALID_CODES
 
-# How long an integration waits for the system to give or invalidate a token, unless told: a
-# cold get is one upstream request (a connect and a read timeout of RefreshPolicy's defaults).
+# How long an integration waits for the system to give or invalidate a token, unless told: time
+# for a cold get's upstream request on a working network, short of hanging a caller for good.
 TOKEN_TIMEOUT = 10.0
 
 AUTHORIZATION = "Authorization"
