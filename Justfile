@@ -28,7 +28,8 @@ fmt: venv
     .venv/bin/ruff format .
     .venv/bin/ruff check --fix .
 
-# Benchmarks (never part of the tests): writes benchmarks/results/ and prints the tables.
-bench: venv
+# Benchmarks (never part of the tests): writes benchmarks/results/ and prints the tables;
+# `just bench --quick` is a smoke run into a temporary directory, `--only NAME` one scenario.
+bench *args: venv
     {{py}} -m pip install -q -e ".[dev,bench]"
-    {{py}} benchmarks/run.py
+    {{py}} benchmarks/run.py {{args}}

@@ -1,5 +1,6 @@
-"""Benchmarks for lark-token-actors (issue 5): ``python benchmarks/run.py`` or ``just bench``.
+"""Benchmarks for lark-token-actors: ``python benchmarks/run.py`` or ``just bench``.
 
-Never part of the unit tests. Every scenario compares systems side by side against the same
-loopback fake Feishu server in the same process run and reports ratios, not absolute times.
+Never part of the tests (``tests/test_benchmarks.py`` only smoke-runs them). Every scenario
+compares systems side by side in one run, against the same fake Feishu server, and reports
+ratios rather than absolute times.
 """

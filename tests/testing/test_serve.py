@@ -40,16 +40,24 @@ def serving(
         text=True,
     )
     try:
-        assert child.stdout is not None
-        ready, _, _ = select.select([child.stdout], [], [], TIMEOUT)
-        assert ready, "no URL from the server"
-        yield child, child.stdout.readline().strip()
+        yield child, first_line(child)
     finally:
-        child.kill()
-        child.wait(TIMEOUT)
-        for pipe in (child.stdin, child.stdout, child.stderr):
-            if pipe is not None:
-                pipe.close()
+        reap(child)
+
+
+def first_line(child: subprocess.Popen[str]) -> str:
+    assert child.stdout is not None
+    ready, _, _ = select.select([child.stdout], [], [], TIMEOUT)
+    assert ready, "the child printed nothing"
+    return child.stdout.readline().strip()
+
+
+def reap(child: subprocess.Popen[str]) -> None:
+    child.kill()
+    child.wait(TIMEOUT)
+    for pipe in (child.stdin, child.stdout, child.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def free_port() -> int:
@@ -192,15 +200,8 @@ def test_a_server_started_by_a_killed_parent_exits_with_it() -> None:
         text=True,
     )
     try:
-        assert parent.stdout is not None
-        ready, _, _ = select.select([parent.stdout], [], [], TIMEOUT)
-        assert ready, "the parent printed no pid"
-        server = int(parent.stdout.readline())
+        server = int(first_line(parent))
         assert not _exited_within(server, 0)
     finally:
-        parent.kill()
-        parent.wait(TIMEOUT)
-        for pipe in (parent.stdin, parent.stdout):
-            if pipe is not None:
-                pipe.close()
+        reap(parent)
     assert _exited_within(server, TIMEOUT)

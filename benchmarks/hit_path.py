@@ -1,0 +1,140 @@
+"""What does a hit cost? One warm key read in a tight loop by 1 to 64 threads, against a plain
+dict read measured in the same run (the ratio is what stays comparable across machines)."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Callable
+
+import actors
+from actors.testing import FakeFeishuProcess
+from benchmarks.contenders import ACTORS, DOUBLE_CHECKED, MAILBOX, MUTEX, Actors, build, new_app
+from benchmarks.harness import Goal, Result, Scenario, Table, judged, ratio, run_tight
+
+DICT_READ = "dict read"
+COST = "cost ÷ dict read ×"
+GOAL_US = 1.0
+NOISE = 1.10  # run-to-run spread of the ratio on a busy machine
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    threads: tuple[int, ...]
+    warmup_s: float
+    measure_s: float  # per cell and round
+    rounds: int  # interleaved: every cell once per round; each cell reports its median round
+    smoke: bool = False  # goals are not judged
+
+
+FULL = Sizes(threads=(1, 16, 64), warmup_s=0.05, measure_s=0.5, rounds=5)
+QUICK = Sizes(threads=(1, 4), warmup_s=0.02, measure_s=0.1, rounds=1, smoke=True)
+
+
+def hit_path(sizes: Sizes) -> Result:
+    policy = actors.RefreshPolicy()
+    tokens = {"tenant": "t-warm"}
+    rates: dict[tuple[str, int], list[float]] = {}
+    with FakeFeishuProcess() as server:
+        ours = Actors(new_app(server), policy)
+        mailbox = Actors(new_app(server), policy, fast_reads=False)
+        locked = {name: build(name, new_app(server), policy) for name in (MUTEX, DOUBLE_CHECKED)}
+        try:
+            ops: dict[str, Callable[[], object]] = {
+                DICT_READ: lambda: tokens.get("tenant"),
+                # The call an application makes, exactly: no wrapper around it.
+                ACTORS: lambda: ours.proxy.get_token().get(),
+                MAILBOX: lambda: mailbox.proxy.get_token().get(),
+                **{name: contender.get for name, contender in locked.items()},
+            }
+            for op in ops.values():
+                op()  # every key is cached from here on
+            fetched = server.count()
+            for _ in range(sizes.rounds):
+                for threads in sizes.threads:
+                    for name, op in ops.items():
+                        rate = run_tight(
+                            threads, same(op), warmup_s=sizes.warmup_s, measure_s=sizes.measure_s
+                        )
+                        rates.setdefault((name, threads), []).append(rate)
+            if server.count() != fetched:
+                raise RuntimeError("a warm key was fetched again during the loop")
+        finally:
+            for contender in (ours, mailbox, *locked.values()):
+                contender.close()
+    table = Table("Per-call cost of a hit, untimed loop")
+    for name in ops:
+        for threads in sizes.threads:
+            rate = statistics.median(rates[name, threads])
+            base = statistics.median(rates[DICT_READ, threads])
+            table.rows.append(
+                {
+                    "system": name,
+                    "threads": threads,
+                    "µs per call": 1e6 / rate if rate else None,
+                    "gets/s": rate,
+                    COST: ratio(base, rate),
+                }
+            )
+    costs = {t: table.find(system=ACTORS, threads=t) for t in sizes.threads}
+    label = "/".join(map(str, sizes.threads))
+    result = Result(
+        name="hit_path",
+        title="Hit path",
+        method=(
+            f"One warm key (a self-built app's tenant token, 2 h lifetime). {label} threads "
+            "call in batches of 200 with one clock read per batch (no per-call timing), "
+            f"{sizes.measure_s:g} s per cell after {sizes.warmup_s:g} s of warm-up, in "
+            f"{sizes.rounds} interleaved rounds; each cell reports its median round. "
+            f"`{ACTORS}` is `system.proxy.get_token().get()`, the call an application makes; "
+            f"`{MAILBOX}` the same with `fast_reads=False`; `{DICT_READ}` is `tokens.get(key)` on "
+            "a plain dict, in the same function shape. Cost per call is wall time ÷ calls of all "
+            "threads together (the GIL runs one call at a time)."
+        ),
+        tables=[table],
+    )
+    result.goals.append(
+        Goal(
+            f"hit cost per call of `{ACTORS}`",
+            f"<= {GOAL_US:g} µs",
+            " / ".join(f"{row['µs per call']:.3g} µs" for row in costs.values() if row)
+            + f" at {label} threads",
+            judged(
+                all(r and r["µs per call"] <= GOAL_US for r in costs.values()), smoke=sizes.smoke
+            ),
+        )
+    )
+    return result
+
+
+def compare(result: Result, previous: Result) -> None:
+    """The hit path is no slower than before: the cost ÷ dict read ratio of this run against
+    the one in the results file it replaces, thread count by thread count."""
+    before = previous.tables[0] if previous.tables else Table("")
+    pairs = []
+    for row in result.tables[0].rows:
+        old = (
+            before.find(system=ACTORS, threads=row["threads"]) if row["system"] == ACTORS else None
+        )
+        if old is not None and old.get(COST) is not None and row[COST] is not None:
+            pairs.append((row["threads"], row[COST], old[COST]))
+    if not pairs:
+        return
+    result.goals.append(
+        Goal(
+            "hit cost ÷ dict read, against the results file this run replaces "
+            f"(commit {previous.extra.get('commit')})",
+            f"no higher than before (within {NOISE - 1:.0%} noise)",
+            " / ".join(f"{new:.2f}× (was {old:.2f}×)" for _, new, old in pairs)
+            + f" at {'/'.join(str(t) for t, _, _ in pairs)} threads",
+            all(new <= old * NOISE for _, new, old in pairs),
+        )
+    )
+
+
+def same(op: Callable[[], object]) -> Callable[[int], Callable[[], object]]:
+    """The op factory that hands every thread ``op`` itself."""
+    return lambda _: op
+
+
+SCENARIO = Scenario("hit_path", hit_path, full=FULL, quick=QUICK, compare=compare)
