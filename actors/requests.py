@@ -55,9 +55,11 @@ def _token(token: str) -> str:
 def _resend_once(
     flow: Generator[str, _Answer, None], response: requests.Response, **send_kwargs: Any
 ) -> requests.Response:
+    if response.is_redirect:
+        return response  # requests follows it: the answer to judge is the last of the chain
     try:
         token = flow.send((response, send_kwargs))
-    except StopIteration:  # the answer is final, or came after the exchange (a redirect's)
+    except StopIteration:  # the answer is final; a redirect after the resend is followed as is
         return response
     response.close()  # the answer was read: its connection goes back to the pool
     again = response.request.copy()
