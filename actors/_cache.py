@@ -16,6 +16,7 @@ from typing import NamedTuple
 from actors._config import AppConfig, TokenKey
 from actors._messages import ResolvedFuture, Waiter
 from actors._metrics import LatencyHistogram, Tally
+from actors._source import TokenRequest
 
 __all__ = [
     "SAMPLE_EVERY",
@@ -28,6 +29,7 @@ __all__ = [
     "TokenCache",
     "current",
     "forked_error",
+    "serve_until",
 ]
 
 
@@ -39,8 +41,18 @@ class RefreshState(enum.Enum):
     RETRY_SCHEDULED = "retry_scheduled"  # an attempt failed; the next one waits for its backoff
 
 
+def serve_until(expires_at: float, safety_margin: float) -> float:
+    """The servability rule: a token is served while ``now < expires_at - safety_margin``.
+
+    This is that bound, computed once per token. Every check compares ``now`` with it: an
+    entry's :meth:`Entry.servable`, the read snapshot's cell (``Published.serve_until``, the
+    same number), and the outcome decision, for a token about to be cached.
+    """
+    return expires_at - safety_margin
+
+
 class Entry:
-    """One key: its token, expiry, refresh state, waiters and timers."""
+    """One key: its token, expiry, refresh state, waiters and its one pending timer."""
 
     __slots__ = (
         "_cache",
@@ -52,9 +64,9 @@ class Entry:
         "expires_at",
         "key",
         "last_read",
-        "prewarm_timer",
-        "retry_timer",
+        "serve_until",
         "ticket_used",
+        "timer",
         "token",
         "waiters",
     )
@@ -67,13 +79,15 @@ class Entry:
         self.token: str | None = None
         self.dropped_token: str | None = None  # the last token dropped (invalidated): never again
         self.expires_at = 0.0
+        self.serve_until = float("-inf")  # serve_until(expires_at, margin); -inf without a token
         self.waiters: list[Waiter] = []
         self.cause = "miss"
         self.attempts = 0  # upstream requests made by the refresh under way
         self.last_read = 0.0
         self.ticket_used: str | None = None  # the app_ticket the last app-token request carried
-        self.prewarm_timer: int | None = None
-        self.retry_timer: int | None = None
+        # The key's one pending timer (prewarm, retry backoff or app_ticket deadline: which one
+        # its state says), by id; a delivery with another id is stale.
+        self.timer: int | None = None
 
     @property
     def state(self) -> RefreshState:
@@ -83,6 +97,10 @@ class Entry:
     def busy(self) -> bool:
         """A refresh is under way (in any of its states): a new get joins it."""
         return self._state is not RefreshState.IDLE
+
+    def servable(self, now: float) -> bool:
+        """Whether the cached token may be served at ``now`` (see :func:`serve_until`)."""
+        return now < self.serve_until
 
     def begin(self, cause: str) -> None:
         """Start a refresh for ``cause`` (miss, prewarm, invalidate)."""
@@ -102,6 +120,7 @@ class Entry:
         self._cache.reindex(self, token)
         self.token, self.dropped_token = token, None
         self.expires_at = expires_at
+        self.serve_until = serve_until(expires_at, self._cache.safety_margin)
         self.attempts = 0
         self._state = RefreshState.IDLE
         self._cache.publish(self)
@@ -117,12 +136,25 @@ class Entry:
             return
         self._cache.reindex(self, None)
         self.dropped_token, self.token = self.token, None
-        self.expires_at = 0.0
+        self.expires_at, self.serve_until = 0.0, float("-inf")
         self._cache.publish(self)
 
     def take_waiters(self) -> list[Waiter]:
         waiters, self.waiters = self.waiters, []
         return waiters
+
+    def request(self, *, app_ticket: str | None, app_token: str | None) -> TokenRequest:
+        """The upstream request for this key's refresh (marketplace: with its ticket or app
+        token), naming the token it must not be answered with."""
+        return TokenRequest(
+            app=self.app,
+            kind=self.key.kind,
+            tenant_key=self.key.tenant_key,
+            app_ticket=app_ticket,
+            app_token=app_token,
+            cause=self.cause,
+            replaces=self.token if self.token is not None else self.dropped_token,
+        )
 
     def __repr__(self) -> str:
         return f"<Entry {self.key.describe()} {self._state.value} expires_at={self.expires_at:g}>"
@@ -132,7 +164,7 @@ class TokenCache:
     """Entries by key, keys by token (for invalidation), and the read snapshot they publish to."""
 
     def __init__(self, *, safety_margin: float, snapshot: ReadSnapshot | None) -> None:
-        self._margin = safety_margin
+        self.safety_margin = safety_margin
         self._snapshot = snapshot
         self._entries: dict[TokenKey, Entry] = {}
         self._by_token: dict[str, TokenKey] = {}
@@ -180,8 +212,7 @@ class TokenCache:
 
     def publish(self, entry: Entry) -> None:
         if self._snapshot is not None:
-            serve_until = entry.expires_at - self._margin
-            self._snapshot.publish(entry.key, entry.token, serve_until, refreshing=entry.busy)
+            self._snapshot.publish(entry.key, entry.token, entry.serve_until, refreshing=entry.busy)
 
 
 SAMPLE_EVERY = 64  # one hit in this many (per key) is timed
@@ -190,7 +221,7 @@ SAMPLE_MASK = SAMPLE_EVERY - 1
 
 class Published(NamedTuple):
     token: str
-    serve_until: float
+    serve_until: float  # the entry's serve_until: servable while now < serve_until
     refreshing: bool  # a refresh is under way: a hit now is a stale-while-revalidate hit
     future: ResolvedFuture[str]  # handed to every hit on this token
 
@@ -231,7 +262,7 @@ class ReadSnapshot:
     def hit(self, cell: Cell, now: float, clock: Callable[[], float]) -> Published | None:
         """The cell's published token if it may be served at ``now`` (counting the hit)."""
         published = cell.published
-        if published is None or now >= published.serve_until:
+        if published is None or not now < published.serve_until:  # Entry.servable, inlined
             return None
         cell.last_read = now
         if published.refreshing:

@@ -33,18 +33,16 @@ __all__ = [
     "GetToken",
     "Invalidate",
     "PendingFutures",
-    "Prewarm",
     "Probe",
     "ReplyWaiter",
     "ReportDue",
     "ResendDone",
     "ResolvedFuture",
-    "RetryDue",
     "SetTicket",
     "Snapshot",
-    "TicketDeadline",
     "TokenReply",
     "Waiter",
+    "Wake",
     "resolved_future",
 ]
 
@@ -420,20 +418,11 @@ class ResendDone:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Prewarm:
+class Wake:
+    """A key's timer is due: a prewarm, a retry's backoff or an app_ticket wait's deadline,
+    whichever the key's refresh state says; ``timer_id`` tells a stale one from its current."""
+
     key: TokenKey
-    timer_id: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RetryDue:
-    key: TokenKey
-    timer_id: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TicketDeadline:
-    app_id: str
     timer_id: int
 
 

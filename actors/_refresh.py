@@ -1,21 +1,27 @@
-"""The refresh cycle of the TokenActor's keys: start -> attempt -> (queue) -> worker ->
-FetchDone -> decide -> store | retry | reticket | fail; plus prewarm timers, idle eviction,
-invalidation and the app_ticket waits of marketplace apps.
+"""The TokenActor's state and what it does with it: the cache of entries, the gets it answers
+from them, and the refresh cycle of each key: start -> attempt -> (queue) -> worker -> FetchDone
+-> decide -> store | retry | reticket | fail; plus each key's one timer (prewarm, retry backoff
+or app_ticket deadline), idle eviction, invalidation and marketplace app_tickets.
 
-Runs on the TokenActor's thread only (the actor calls it from its message handlers), so it needs
-no locks. It never blocks: upstream calls go to ``Upstream``'s workers, delays are ``Timers``.
+:class:`Refresher` is the one owner of the cache and its entries. It runs on the TokenActor's
+thread only (the actor's handlers call it; it never calls back), so it needs no locks, and it
+never blocks: upstream calls go to ``Upstream``'s workers and come back as FetchDone mail,
+delays are ``Timers`` whose Wake mail comes back the same way. :func:`decide` says, purely, what
+one finished attempt means.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from typing import Any
 
+import pykka
 from loguru import logger
 
 from actors import _messages as m
-from actors._cache import Entry, RefreshState, TokenCache
+from actors._cache import CallerStats, Entry, ReadSnapshot, RefreshState, TokenCache, serve_until
 from actors._clock import Clock
 from actors._config import AppConfig, AppType, RefreshPolicy, TokenKey, TokenKind
 from actors._errors import (
@@ -29,30 +35,20 @@ from actors._errors import (
 )
 from actors._events import EventHub, RefreshFailed, TokenRefreshed
 from actors._messages import Continuation, Waiter
-from actors._metrics import Count, MetricsRecorder
+from actors._metrics import Count, MetricsRecorder, TokenMetrics
 from actors._scheduler import Timers
-from actors._source import Grant, TokenRequest
-from actors._upstream import Upstream
+from actors._source import Grant, TokenSource
+from actors._upstream import Upstream, WorkerPool
 from actors.feishu import _protocol as feishu
 
-__all__ = [
-    "Accept",
-    "Attempt",
-    "Decision",
-    "Fail",
-    "Refresher",
-    "Reticket",
-    "Retry",
-    "TicketBook",
-    "decide",
-]
+__all__ = ["Accept", "Attempt", "Decision", "Fail", "Refresher", "Reticket", "Retry", "decide"]
 
 
 _log = logger.bind(component="TokenActor")
 
 
 class Refresher:
-    """Refreshes the cache's entries; the TokenActor routes its timer and fetch messages here."""
+    """The cache, its entries and their refreshes; the TokenActor hands it its mail."""
 
     def __init__(
         self,
@@ -60,46 +56,85 @@ class Refresher:
         apps: Mapping[str, AppConfig],
         policy: RefreshPolicy,
         clock: Clock,
-        cache: TokenCache,
-        upstream: Upstream,
+        source: TokenSource,
+        pool: WorkerPool,
         timers: Timers,
+        me: pykka.ActorRef[Any],
         events: EventHub,
-        metrics: MetricsRecorder,
-        get: Callable[[TokenKey, Waiter], None],
+        snapshot: ReadSnapshot | None,
     ) -> None:
         self._apps = apps
         self._policy = policy
         self._clock = clock
-        self._cache = cache
-        self._upstream = upstream
+        self._cache = TokenCache(safety_margin=policy.safety_margin, snapshot=snapshot)
+        self._snapshot = snapshot
+        self._upstream = Upstream(
+            source=source, pool=pool, clock=clock, cap=policy.max_concurrent_fetches, ref=me
+        )
         self._timers = timers
-        self._tickets = TicketBook(timers, wait=policy.ticket_wait)
+        self._tickets: dict[str, str] = {}  # marketplace app_id -> its newest app_ticket
         self._events = events
-        self.metrics = metrics
-        self._get = get  # the marketplace tenant flow gets its app token like any caller
+        self._metrics = MetricsRecorder()  # written here only
         self._rng = random.Random(policy.seed)
 
-    def answer(
+    # --- gets --------------------------------------------------------------------------------
+
+    def get(self, key: TokenKey, waiter: Waiter) -> None:
+        """Answer from the cache, or park ``waiter`` on the key's refresh (starting one)."""
+        now = self._clock.now()
+        entry = self._cache.entry(key, self._apps[key.app_id])
+        entry.last_read = now
+        if entry.servable(now):
+            if waiter.counted:
+                self._metrics.count(key.app_id, key.kind, Count.hits)
+                self._metrics.add(Count.stale_served, entry.busy)
+            self._answer([waiter], token=entry.token)
+            return
+        entry.waiters.append(waiter)
+        outcome = Count.coalesced if entry.busy else Count.misses
+        if waiter.counted:
+            self._metrics.count(key.app_id, key.kind, outcome)
+        _log.trace("get {}: {}", key.describe(), outcome.name)
+        if not entry.busy:
+            self._start(entry, "miss")
+
+    def _answer(
         self, waiters: list[Waiter], *, token: str | None = None, error: Exception | None = None
     ) -> None:
-        """Answer every waiter; one that raises must not leave the others unanswered."""
+        answer(waiters, self._clock.now(), self._metrics, token=token, error=error)
+
+    def stop(self) -> None:
+        """The actor stops: every parked waiter fails, nothing queued starts."""
+        for entry in self._cache:
+            self._answer(entry.take_waiters(), error=SystemStoppedError())
+        self._upstream.clear()
+
+    @property
+    def fetches(self) -> int:  # queued or in flight
+        return self._upstream.in_flight + self._upstream.queued
+
+    def metrics(self, *, mailbox_depth: int, callers: CallerStats) -> TokenMetrics:
         now = self._clock.now()
-        for waiter in waiters:
-            try:
-                if token is not None:
-                    if waiter.counted:
-                        self.metrics.get_latency.record(now - waiter.started)
-                    waiter.resolve(token)
-                else:
-                    waiter.fail(error or SystemStoppedError())
-            except Exception as exc:
-                _log.error("a waiter could not be answered:\n{}", plain_traceback(exc))
+        expiries = [e.expires_at - now for e in self._cache if e.token is not None]
+        reads = self._snapshot
+        return self._metrics.snapshot(
+            in_flight=self._upstream.in_flight,
+            queued=self._upstream.queued,
+            mailbox_depth=mailbox_depth,
+            fast_hits=reads.hits() if reads is not None else {},
+            fast_stale=reads.stale_hits() if reads is not None else 0,
+            caller_coalesced=callers.coalesced_counts(),
+            caller_latency=callers.latency(),
+            keys_cached=len(expiries),
+            keys_tracked=len(self._cache),
+            soonest_expiry_in=min(expiries) if expiries else None,
+        )
 
     # --- refresh cycle: start -> attempt -> (queue) -> worker -> FetchDone -> decide -----------
 
-    def start(self, entry: Entry, cause: str) -> None:
+    def _start(self, entry: Entry, cause: str) -> None:
         entry.begin(cause)
-        self.metrics.fetches_by_cause[cause] += 1
+        self._metrics.fetches_by_cause[cause] += 1
         self._attempt(entry)
 
     def _attempt(self, entry: Entry) -> None:
@@ -107,7 +142,7 @@ class Refresher:
         if app.app_type is AppType.SELF_BUILT:
             self._enqueue(entry)
         elif entry.key.kind is TokenKind.APP:
-            ticket = entry.ticket_used = self._tickets.ticket(app.app_id)
+            ticket = entry.ticket_used = self._tickets.get(app.app_id)
             if ticket is None:
                 self._await_ticket(entry)
             else:
@@ -116,7 +151,7 @@ class Refresher:
             # Marketplace tenant tokens take two steps; the app token comes from this same
             # cache (a hit, or one shared fetch for every tenant of the app).
             entry.enter(RefreshState.AWAITING_APP_TOKEN)
-            self._get(
+            self.get(
                 app.key(TokenKind.APP),
                 Continuation(
                     self._clock.now(),
@@ -128,19 +163,10 @@ class Refresher:
     def _enqueue(
         self, entry: Entry, *, app_ticket: str | None = None, app_token: str | None = None
     ) -> None:
-        key = entry.key
-        request = TokenRequest(
-            app=entry.app,
-            kind=key.kind,
-            tenant_key=key.tenant_key,
-            app_ticket=app_ticket,
-            app_token=app_token,
-            cause=entry.cause,
-            replaces=entry.token if entry.token is not None else entry.dropped_token,
-        )
+        request = entry.request(app_ticket=app_ticket, app_token=app_token)
         entry.enter(RefreshState.FETCHING)
         # Keys with callers waiting go first; prewarms follow in order of their hard deadline.
-        deadline = float("-inf") if entry.waiters else entry.expires_at - self._policy.safety_margin
+        deadline = float("-inf") if entry.waiters else entry.serve_until
         self._refused(self._upstream.enqueue(request, deadline))
 
     def _refused(self, keys: list[TokenKey]) -> None:
@@ -149,7 +175,7 @@ class Refresher:
             if entry is not None:
                 self._finish_failure(entry, SystemStoppedError())
 
-    def on_fetch_done(self, done: m.FetchDone) -> None:
+    def fetch_done(self, done: m.FetchDone) -> None:
         try:
             entry = self._cache.get(done.key)
             if entry is not None and entry.state is RefreshState.FETCHING:
@@ -158,7 +184,7 @@ class Refresher:
             self._refused(self._upstream.finished())
 
     def _fetch_result(self, entry: Entry, done: m.FetchDone) -> None:
-        self.metrics.fetch_latency.record(done.latency)
+        self._metrics.fetch_latency.record(done.latency)
         entry.attempts += 1
         key = entry.key
         fact = Attempt(
@@ -166,31 +192,32 @@ class Refresher:
             attempts=entry.attempts,
             started_at=done.started_at,
             now=self._clock.now(),
-            ticket_current=self._tickets.ticket(key.app_id) == entry.ticket_used,
+            ticket_current=self._tickets.get(key.app_id) == entry.ticket_used,
         )
         decision = decide(done.result, fact, self._policy, self._rng)
         if isinstance(decision, Accept):
-            self.metrics.count(key.app_id, key.kind, Count.fetch_success)
-            self._store(entry, decision.grant.token, done.started_at + decision.grant.expire)
+            self._metrics.count(key.app_id, key.kind, Count.fetch_success)
+            self._store(entry, decision.grant.token, decision.expires_at)
             return
-        self.metrics.count(key.app_id, key.kind, Count.fetch_failure)
-        self.metrics.failures_by_error[type(decision.error).__name__] += 1
+        self._metrics.count(key.app_id, key.kind, Count.fetch_failure)
+        self._metrics.failures_by_error[type(decision.error).__name__] += 1
         match decision:
             case Retry(error, delay, drop_app_token):
                 self._drop_app_token(entry, drop_app_token)
-                self.metrics.add(Count.retries)
-                _log.bind(key=key.describe(), attempt=entry.attempts).info(
-                    "token fetch failed ({}), retrying in {:.2f}s", error, delay
+                self._metrics.add(Count.retries)
+                _log.info(
+                    "token fetch for {} failed ({}), retrying in {:.2f}s",
+                    key.describe(),
+                    error,
+                    delay,
                 )
                 self._events.publish(RefreshFailed.of(key, error, will_retry=True))
                 entry.enter(RefreshState.RETRY_SCHEDULED)
-                entry.retry_timer = self._timers.at(
-                    self._clock.now() + delay, lambda tid: m.RetryDue(key, tid)
-                )
+                self._set_timer(entry, fact.now + delay)
             case Reticket(error, stale):
                 self._events.publish(RefreshFailed.of(key, error, will_retry=True))
                 if stale:  # 10012 for our newest ticket: drop it and ask for a new one
-                    self._tickets.discard(key.app_id, entry.ticket_used)
+                    self._tickets.pop(key.app_id, None)
                 self._attempt(entry)  # with a newer ticket, or waiting for one
             case Fail(error, drop_app_token):
                 self._drop_app_token(entry, drop_app_token)
@@ -198,77 +225,90 @@ class Refresher:
 
     def _store(self, entry: Entry, token: str, expires_at: float) -> None:
         same = entry.store(token, expires_at)
-        self.metrics.add(Count.same_token_refreshes, same)
+        # Callers first: the timer, the log and the events can wait for them.
+        self._answer(entry.take_waiters(), token=token)
+        self._metrics.add(Count.same_token_refreshes, same)
         now = self._clock.now()
-        self._set_prewarm(entry, self._policy.prewarm_due(expires_at, now, self._rng))
-        _log.bind(key=entry.key.describe(), cause=entry.cause, same_token=same).info(
-            "token refreshed: {} expires in {:.0f}s", mask_token(token), expires_at - now
+        self._set_timer(entry, self._policy.prewarm_due(expires_at, now, self._rng))
+        _log.info(
+            "token refreshed: {} {} expires in {:.0f}s (cause {}, same token {})",
+            entry.key.describe(),
+            mask_token(token),
+            expires_at - now,
+            entry.cause,
+            same,
         )
         self._events.publish(TokenRefreshed.of(entry.key, expires_at, entry.cause))
-        self.answer(entry.take_waiters(), token=token)
 
-    def _set_prewarm(self, entry: Entry, due: float | None) -> None:
-        """Replace the key's prewarm timer (None: just cancel it), so at most one is pending."""
-        self._timers.cancel(entry.prewarm_timer)
-        entry.prewarm_timer = None
-        if due is not None:
-            entry.prewarm_timer = self._timers.at(due, lambda tid: m.Prewarm(entry.key, tid))
+    def _set_timer(self, entry: Entry, due: float | None) -> None:
+        """Replace the key's one timer (None: just cancel it); one Schedule, no Cancel."""
+        if due is None:
+            self._timers.cancel(entry.timer)
+            entry.timer = None
+        else:
+            key = entry.key
+            entry.timer = self._timers.at(due, lambda tid: m.Wake(key, tid), replaces=entry.timer)
 
-    def on_retry_due(self, key: TokenKey, timer_id: int) -> None:
+    def wake(self, key: TokenKey, timer_id: int) -> None:
+        """The key's timer is due; its refresh state says which one it was."""
         entry = self._cache.get(key)
-        if entry is not None and entry.retry_timer == timer_id:
-            entry.retry_timer = None
+        if entry is None or entry.timer != timer_id:
+            return  # replaced, cancelled or its key gone
+        entry.timer = None
+        if entry.state is RefreshState.RETRY_SCHEDULED:
             self._attempt(entry)
+        elif entry.state is RefreshState.AWAITING_TICKET:
+            wait = self._policy.ticket_wait
+            detail = f"none arrived within {wait:g}s of asking Feishu to resend it"
+            self._finish_failure(entry, AppTicketError(key.app_id, detail))
+        elif entry.state is RefreshState.IDLE:
+            self._prewarm(entry)
+        # Fetching (or waiting for its app token): a prewarm that a miss overtook; nothing due.
 
     def _finish_failure(self, entry: Entry, error: Exception) -> None:
         entry.end_refresh()
-        self.answer(entry.take_waiters(), error=error)
+        self._answer(entry.take_waiters(), error=error)
         self._events.publish(RefreshFailed.of(entry.key, error, will_retry=False))
-        _log.bind(key=entry.key.describe(), cause=entry.cause).warning(
-            "token refresh failed: {}", error
+        _log.warning(
+            "token refresh for {} ({}) failed: {}", entry.key.describe(), entry.cause, error
         )
         now = self._clock.now()
-        hard = entry.expires_at - self._policy.safety_margin
-        if entry.token is not None and now < hard:
+        if entry.servable(now):
             if not isinstance(error, SystemStoppedError):
                 # Stale-while-revalidate: keep serving the valid token and try again later.
-                self._set_prewarm(entry, min(now + self._policy.retry_cap, now + (hard - now) / 2))
-        elif not entry.busy and not entry.waiters:
-            # Nothing servable and nobody waiting: keep no state for the key (a flood of gets
-            # for bogus tenant keys must not pile up entries). The next get starts afresh.
-            self._set_prewarm(entry, None)
-            self._cache.remove(entry)
+                hard = entry.serve_until
+                self._set_timer(entry, min(now + self._policy.retry_cap, now + (hard - now) / 2))
+        else:
+            self._set_timer(entry, None)
+            if not entry.busy and not entry.waiters:
+                # Nothing servable and nobody waiting: keep no state for the key (a flood of
+                # gets for bogus tenant keys must not pile up entries). The next get starts afresh.
+                self._cache.remove(entry)
 
     # --- prewarm, idle eviction, invalidation ----------------------------------------------------
 
-    def on_prewarm(self, key: TokenKey, timer_id: int) -> None:
-        entry = self._cache.get(key)
-        if entry is None or entry.prewarm_timer != timer_id:
-            return
-        entry.prewarm_timer = None
-        if entry.busy:
-            return
+    def _prewarm(self, entry: Entry) -> None:
         if self._clock.now() - self._cache.last_read(entry) > self._policy.idle_ttl:
             # Nobody has read this key for a long time: stop refreshing it forever.
             self._cache.remove(entry)
-            self.metrics.add(Count.idle_evictions)
+            self._metrics.add(Count.idle_evictions)
             return
-        self.metrics.add(Count.prewarms)
-        self.start(entry, "prewarm")
+        self._metrics.add(Count.prewarms)
+        self._start(entry, "prewarm")
 
     def invalidate(self, token: str) -> bool:
         entry = self._cache.holding(token)
         if entry is None:
             return False  # an older token, or one this system never issued: nothing to drop
         self._drop(entry)
-        self.metrics.add(Count.invalidations)
+        self._metrics.add(Count.invalidations)
         if not entry.busy:
-            self.start(entry, "invalidate")
+            self._start(entry, "invalidate")
         return True
 
     def _drop(self, entry: Entry) -> None:
         entry.drop_token()
-        self._set_prewarm(entry, None)
+        self._set_timer(entry, None)
 
     def _drop_app_token(self, entry: Entry, drop: bool) -> None:
         """A marketplace tenant request was refused for its app token: stop serving that one."""
@@ -279,42 +319,55 @@ class Refresher:
     # --- app_ticket ----------------------------------------------------------------------------
 
     def _await_ticket(self, entry: Entry) -> None:
+        """Ask Feishu to push the app's ticket again; the key's timer is the wait's deadline."""
         entry.enter(RefreshState.AWAITING_TICKET)
-        app = entry.app
-        if not self._tickets.start_wait(app.app_id, self._clock.now()):
-            return  # already asked; the pushed ticket or the deadline ends this wait too
-        self.metrics.add(Count.ticket_resends)
-        if not self._upstream.resend_ticket(app):
+        self._set_timer(entry, self._clock.now() + self._policy.ticket_wait)
+        self._metrics.add(Count.ticket_resends)
+        if not self._upstream.resend_ticket(entry.app):
             self._finish_failure(entry, SystemStoppedError())
 
-    def on_resend_done(self, app_id: str, error: Exception | None, ticket: str | None) -> None:
+    def resend_done(self, app_id: str, error: Exception | None, ticket: str | None) -> None:
         if ticket is not None:  # the source had one already (a shared store): no need to wait
-            self.on_set_ticket(app_id, ticket)
+            self.set_ticket(app_id, ticket)
             return
         if error is None:
             return
-        _log.bind(app_id=app_id).warning("app_ticket resend failed: {}", error)
-        if isinstance(error, AuthError) and self._tickets.abandon(app_id):
+        _log.warning("app_ticket resend for {} failed: {}", app_id, error)
+        entry = self._waiting_for_ticket(app_id)
+        if isinstance(error, AuthError) and entry is not None:
             # Wrong credentials: no ticket will ever come, so do not make callers wait for it.
-            self._fail_app_token_wait(app_id, error)
-
-    def on_set_ticket(self, app_id: str, ticket: str) -> None:
-        if self._tickets.store(app_id, ticket):
-            entry = self._app_token_entry(app_id)
-            if entry is not None and entry.state is RefreshState.AWAITING_TICKET:
-                self._attempt(entry)
-
-    def _fail_app_token_wait(self, app_id: str, error: Exception) -> None:
-        entry = self._app_token_entry(app_id)
-        if entry is not None and entry.state is RefreshState.AWAITING_TICKET:
             self._finish_failure(entry, error)
 
-    def _app_token_entry(self, app_id: str) -> Entry | None:
-        return self._cache.get(self._apps[app_id].key(TokenKind.APP))
+    def set_ticket(self, app_id: str, ticket: str) -> None:
+        self._tickets[app_id] = ticket
+        entry = self._waiting_for_ticket(app_id)
+        if entry is not None:
+            self._attempt(entry)  # its deadline timer goes stale: the state moves on
 
-    def on_ticket_deadline(self, app_id: str, timer_id: int) -> None:
-        if self._tickets.deadline_passed(app_id, timer_id):
-            self._fail_app_token_wait(app_id, AppTicketError(app_id, self._tickets.describe_wait()))
+    def _waiting_for_ticket(self, app_id: str) -> Entry | None:
+        entry = self._cache.get(self._apps[app_id].key(TokenKind.APP))
+        return entry if entry is not None and entry.state is RefreshState.AWAITING_TICKET else None
+
+
+def answer(
+    waiters: list[Waiter],
+    now: float,
+    metrics: MetricsRecorder,
+    *,
+    token: str | None = None,
+    error: Exception | None = None,
+) -> None:
+    """Answer every waiter; one that raises must not leave the others unanswered."""
+    for waiter in waiters:
+        try:
+            if token is not None:
+                if waiter.counted:
+                    metrics.get_latency.record(now - waiter.started)
+                waiter.resolve(token)
+            else:
+                waiter.fail(error or SystemStoppedError())
+        except Exception as exc:
+            _log.error("a waiter could not be answered:\n{}", plain_traceback(exc))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -330,9 +383,11 @@ class Attempt:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Accept:
-    """Cache the grant; it expires at ``started_at + grant.expire``."""
+    """Cache the grant until ``expires_at``: ``started_at + grant.expire``, since a token
+    cannot outlive the moment its request left."""
 
     grant: Grant
+    expires_at: float
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -368,18 +423,10 @@ def decide(
     result: Grant | Exception, attempt: Attempt, policy: RefreshPolicy, rng: random.Random
 ) -> Decision:
     if isinstance(result, Grant):
-        if not feishu.usable_expire(result.expire):
-            # Any source's answer is checked, not only Feishu's: NaN, infinite, negative or
-            # absurd lifetimes are a failed attempt, never a token.
-            detail = f"unusable token lifetime {result.expire!r} (must be 0 < expire <= 1 day)"
-            result = UpstreamError(0, None, 1, detail=detail)
-        elif attempt.started_at + result.expire - policy.safety_margin > attempt.now:
-            return Accept(result)
-        else:
-            # Never servable: caching it would only schedule an immediate refresh, again and
-            # again. A failed attempt instead (retried with backoff, then reported).
-            detail = f"token expires within the safety margin ({result.expire:g}s left)"
-            result = UpstreamError(0, None, 1, detail=detail)
+        expires_at = _expires_at(result, attempt, policy.safety_margin)
+        if not isinstance(expires_at, UpstreamError):
+            return Accept(result, expires_at)
+        result = expires_at
     exhausted = attempt.attempts >= policy.max_attempts
     if isinstance(result, AppTicketError) and attempt.kind is TokenKind.APP:
         if exhausted:  # every ticket we got was refused
@@ -400,50 +447,19 @@ def decide(
     return Retry(result, delay, drop_app_token=drop)
 
 
-class TicketBook:
-    def __init__(self, timers: Timers, *, wait: float) -> None:
-        self._timers = timers
-        self._wait = wait
-        self._tickets: dict[str, str] = {}
-        self._deadlines: dict[str, int] = {}  # app_id -> timer id of its wait's deadline
+def _expires_at(grant: Grant, attempt: Attempt, safety_margin: float) -> float | UpstreamError:
+    """When ``grant`` expires, if it is a token to cache; else the failed attempt it is.
 
-    def ticket(self, app_id: str) -> str | None:
-        return self._tickets.get(app_id)
-
-    def awaiting(self, app_id: str) -> bool:
-        return app_id in self._deadlines
-
-    def store(self, app_id: str, ticket: str) -> bool:
-        """Keep ``ticket`` as the app's newest; True if a wait for it has just ended."""
-        self._tickets[app_id] = ticket
-        return self.abandon(app_id)
-
-    def discard(self, app_id: str, ticket: str | None) -> None:
-        """Feishu rejected ``ticket``: forget it unless a newer one replaced it meanwhile."""
-        if ticket is not None and self._tickets.get(app_id) == ticket:
-            del self._tickets[app_id]
-
-    def start_wait(self, app_id: str, now: float) -> bool:
-        """Start waiting for a pushed ticket; False if the app already waits for one."""
-        if app_id in self._deadlines:
-            return False
-        self._deadlines[app_id] = self._timers.at(
-            now + self._wait, lambda timer_id: m.TicketDeadline(app_id, timer_id)
-        )
-        return True
-
-    def deadline_passed(self, app_id: str, timer_id: int) -> bool:
-        """The deadline timer fired; True if it is the app's current wait (which now ends)."""
-        if self._deadlines.get(app_id) != timer_id:
-            return False
-        del self._deadlines[app_id]
-        return True
-
-    def abandon(self, app_id: str) -> bool:
-        """Stop waiting (a ticket came, or none ever will); True if the app was waiting."""
-        timer_id = self._deadlines.pop(app_id, None)
-        self._timers.cancel(timer_id)
-        return timer_id is not None
-
-    def describe_wait(self) -> str:
-        return f"none arrived within {self._wait:g}s of asking Feishu to resend it"
+    The one check of a fetched lifetime, whichever source answered: NaN, infinite, negative
+    or absurd lifetimes are never a token, nor one already within the safety margin (caching
+    it would only schedule an immediate refresh, again and again).
+    """
+    expire = grant.expire
+    if not feishu.usable_expire(expire):
+        detail = f"unusable token lifetime {expire!r} (must be 0 < expire <= 1 day)"
+        return UpstreamError(0, None, 1, detail=detail)
+    expires_at = attempt.started_at + expire
+    if attempt.now < serve_until(expires_at, safety_margin):
+        return expires_at
+    detail = f"token expires within the safety margin ({expire:g}s left)"
+    return UpstreamError(0, None, 1, detail=detail)

@@ -1,10 +1,27 @@
 """The scheduler actor: the one timer mechanism of the system.
 
-Prewarms, retry backoff and app_ticket deadlines are all delayed messages kept in one
-:class:`DeadlineIndex` (a ``sortedcontainers.SortedList``: schedule, cancel and pop in O(log n)).
-The actor itself never sleeps and never reads real time except through the clock: one driver
-thread per system waits for the earliest deadline (or, with a ManualClock, for ``advance()``)
-and then sends the actor a ``Tick``.
+Each key's one pending timer (a prewarm, a retry's backoff or an app_ticket wait's deadline) and
+the periodic report are delayed messages kept in one :class:`DeadlineIndex` (a
+``sortedcontainers.SortedList``: schedule, replace, cancel and pop in O(log n)). Every deadline
+is an absolute time on the system's clock: a timer's due time, the index's order, the driver's
+wait (``Clock.wait(event, deadline)``); nothing here converts to a relative timeout but the
+clock itself.
+
+The timer path, from the TokenActor and back:
+
+1. ``Timers.at`` tells this actor ``Schedule`` (a mailbox hop). Re-arming a key's timer names
+   the timer it replaces, so it stays one message, never a Cancel and a Schedule.
+2. The actor files it. A timer already due fires at once (step 4, no Tick). A timer that is
+   now the earliest deadline wakes the driver; any other leaves the driver asleep.
+3. Real clock: one driver thread sleeps until the earliest deadline and tells the actor
+   ``Tick`` (a hop). It earns its keep: a pykka mailbox has no timed receive, so an actor cannot
+   wake itself at a time, and an actor that slept in a handler would hold up every other message
+   (``stop()`` included). A :class:`~actors.ManualClock` needs no thread: ``advance()`` tells the
+   Tick itself.
+4. On Tick the actor pops every due timer in due order and tells each its message (a hop).
+
+So a future timer is three hops and one driver wake-up on a real clock; a timer due when
+scheduled is two hops.
 """
 
 from __future__ import annotations
@@ -20,29 +37,22 @@ import pykka
 from loguru import logger
 from sortedcontainers import SortedList
 
-from actors._clock import Clock
+from actors._clock import Clock, ManualClock
 from actors._errors import plain_traceback
 
-__all__ = [
-    "Cancel",
-    "DeadlineIndex",
-    "NextDue",
-    "Schedule",
-    "SchedulerActor",
-    "Tick",
-    "TicksSent",
-    "Timers",
-]
+__all__ = ["Cancel", "DeadlineIndex", "NextDue", "Schedule", "SchedulerActor", "Tick", "Timers"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Schedule:
-    """Deliver ``message`` to ``target`` once the clock reaches ``due``. Ids are the sender's."""
+    """Deliver ``message`` to ``target`` once the clock reaches ``due``, instead of the timer
+    ``replaces`` (if still pending). Ids are the sender's."""
 
     timer_id: int
     due: float
     target: pykka.ActorRef[Any]
     message: Any
+    replaces: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -58,11 +68,6 @@ class Tick:
 @dataclasses.dataclass(frozen=True, slots=True)
 class NextDue:
     """Asked: the earliest due time, or None."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TicksSent:
-    """Asked: how many Ticks the timer driver has sent so far."""
 
 
 class DeadlineIndex:
@@ -85,8 +90,8 @@ class DeadlineIndex:
         self._entries[timer_id] = (due, target, message)
         self._order.add((due, timer_id))
 
-    def cancel(self, timer_id: int) -> bool:
-        entry = self._entries.pop(timer_id, None)
+    def cancel(self, timer_id: int | None) -> bool:
+        entry = self._entries.pop(timer_id, None) if timer_id is not None else None
         if entry is None:
             return False
         self._order.remove((entry[0], timer_id))
@@ -108,7 +113,7 @@ class DeadlineIndex:
 
 
 class SchedulerActor(pykka.ThreadingActor):
-    """Owns the DeadlineIndex; answers Schedule / Cancel / Tick messages."""
+    """Owns the DeadlineIndex; answers Schedule / Cancel / Tick / NextDue messages."""
 
     use_daemon_thread = True
 
@@ -116,10 +121,14 @@ class SchedulerActor(pykka.ThreadingActor):
         super().__init__()
         self._clock = clock
         self._index = DeadlineIndex()
-        self._driver = _TimerDriver(clock)
+        self._driver: _Driver = (
+            _AdvanceTicks(clock, self.actor_ref)
+            if isinstance(clock, ManualClock)
+            else _TimerDriver(clock, self.actor_ref)
+        )
 
     def on_start(self) -> None:
-        self._driver.start(self.actor_ref)
+        self._driver.start()
 
     def on_stop(self) -> None:
         self._driver.stop()
@@ -138,50 +147,43 @@ class SchedulerActor(pykka.ThreadingActor):
 
     def _handle(self, message: Any) -> Any:
         if isinstance(message, Schedule):
+            self._index.cancel(message.replaces)
             self._index.schedule(message.timer_id, message.due, message.target, message.message)
+            if message.due <= self._clock.now():
+                return self._fire(ticked=False)
+        elif isinstance(message, Tick):
+            return self._fire(ticked=True)
         elif isinstance(message, Cancel):
             self._index.cancel(message.timer_id)
-        elif isinstance(message, Tick):
-            return self._fire()
         elif isinstance(message, NextDue):
             return self._index.next_due()
-        elif isinstance(message, TicksSent):
-            return self._driver.ticks
         self._driver.rearm(self._index.next_due())
         return None
 
-    def _fire(self) -> int:
+    def _fire(self, *, ticked: bool) -> int:
         fired = self._index.pop_due(self._clock.now())
         for target, message in fired:
             try:
                 target.tell(message)
             except pykka.ActorDeadError:  # the target stopped first; its timers died with it
                 pass
-        self._driver.rearm(self._index.next_due(), ticked=True)
+        self._driver.rearm(self._index.next_due(), ticked=ticked)
         return len(fired)
-
-    @property
-    def pending(self) -> int:
-        return len(self._index)
 
 
 class Timers:
     """An actor's handle on the scheduler: timers whose message comes back to that actor."""
 
-    def __init__(
-        self, scheduler: pykka.ActorRef[Any], target: Callable[[], pykka.ActorRef[Any]]
-    ) -> None:
+    def __init__(self, scheduler: pykka.ActorRef[Any], target: pykka.ActorRef[Any]) -> None:
         self._scheduler = scheduler
-        self._target = target  # the owner's ref exists only once the owner has started
+        self._target = target
         self._ids = itertools.count(1)
 
-    def at(self, due: float, make: Callable[[int], Any]) -> int:
-        """Deliver ``make(timer_id)`` to the owner at ``due``; returns the timer id."""
-        if not math.isfinite(due):
-            msg = f"a timer's due time must be a finite number, got {due!r}"
-            raise ValueError(msg)
+    def at(self, due: float, make: Callable[[int], Any], *, replaces: int | None = None) -> int:
+        """Deliver ``make(timer_id)`` to the owner at ``due`` instead of the timer ``replaces``;
+        returns the new timer's id."""
         timer_id = next(self._ids)
-        self._scheduler.tell(Schedule(timer_id, due, self._target(), make(timer_id)))
+        self._scheduler.tell(Schedule(timer_id, due, self._target, make(timer_id), replaces))
         return timer_id
 
     def cancel(self, timer_id: int | None) -> None:
@@ -189,7 +191,40 @@ class Timers:
             self._scheduler.tell(Cancel(timer_id))
 
 
-class _TimerDriver:
+class _Driver:
+    """What wakes the scheduler at its earliest deadline."""
+
+    def start(self) -> None: ...
+
+    def rearm(self, next_due: float | None, *, ticked: bool = False) -> None:
+        """The earliest deadline is now ``next_due``; ``ticked``: the actor handled a Tick."""
+
+    def stop(self) -> None: ...
+
+
+class _AdvanceTicks(_Driver):
+    """A manual clock's deadlines are reached only by ``advance()``, which ticks the actor."""
+
+    def __init__(self, clock: Clock, ref: pykka.ActorRef[Any]) -> None:
+        self._clock = clock
+        self._ref = ref
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def start(self) -> None:
+        self._unsubscribe = self._clock.subscribe(self._tick)
+
+    def _tick(self) -> None:
+        try:
+            self._ref.tell(Tick())
+        except pykka.ActorDeadError:  # advanced after the system stopped
+            pass
+
+    def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+
+
+class _TimerDriver(_Driver):
     """One thread that sleeps until the earliest deadline and then tells the actor to Tick.
 
     At most one Tick is outstanding: until the actor has handled it (and rearmed the driver),
@@ -197,42 +232,40 @@ class _TimerDriver:
     would send Tick after Tick while the actor waits for the GIL.
     """
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, ref: pykka.ActorRef[Any]) -> None:
         self._clock = clock
+        self._ref = ref
         self._wake = threading.Event()
         self._next_due: float | None = None
         self._ticking = False  # a Tick was sent and the actor has not handled it yet
         self._stopped = False
-        self._thread: threading.Thread | None = None
+        self._thread = threading.Thread(target=self._run, name="actors-timer-driver", daemon=True)
         self._unsubscribe = clock.subscribe(self._wake.set)
-        self.ticks = 0  # Ticks sent, for tests and diagnostics
 
-    def start(self, ref: pykka.ActorRef[Any]) -> None:
-        self._thread = threading.Thread(
-            target=self._run, args=(ref,), name="actors-timer-driver", daemon=True
-        )
+    def start(self) -> None:
         self._thread.start()
 
     def rearm(self, next_due: float | None, *, ticked: bool = False) -> None:
-        """The earliest deadline changed, or (``ticked``) the actor handled a Tick."""
         if ticked:
             self._ticking = False
-        if ticked or next_due != self._next_due:
-            self._next_due = next_due
+        # A later (or no) deadline needs no wake-up: the driver wakes at the one it has, sends a
+        # Tick that fires nothing, and learns the new one then.
+        earlier = next_due is not None and (self._next_due is None or next_due < self._next_due)
+        self._next_due = next_due
+        if ticked or earlier:
             self._wake.set()
 
     def stop(self) -> None:
         self._stopped = True
         self._unsubscribe()
         self._wake.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5.0)
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
 
-    def _run(self, ref: pykka.ActorRef[Any]) -> None:
+    def _run(self) -> None:
         while not self._stopped:
             try:
-                if not self._step(ref):
+                if not self._step():
                     return
             except Exception as exc:
                 # Every timer of the system depends on this thread: log and keep going.
@@ -240,7 +273,7 @@ class _TimerDriver:
                 self._wake.wait(_ERROR_PAUSE)
         logger.trace("timer driver stopped")
 
-    def _step(self, ref: pykka.ActorRef[Any]) -> bool:
+    def _step(self) -> bool:
         # Clear before reading next_due: a rearm() racing with this loop then sets the event
         # again and the wait below returns at once instead of sleeping past the new deadline.
         self._wake.clear()
@@ -250,9 +283,8 @@ class _TimerDriver:
             return False
         if due is not None and not self._ticking and self._clock.now() >= due:
             self._ticking = True
-            self.ticks += 1
             try:
-                ref.tell(Tick())
+                self._ref.tell(Tick())
             except pykka.ActorDeadError:
                 return False
         return True

@@ -1,10 +1,11 @@
-"""The TokenActor: sole owner of the token cache, a dispatcher over small parts.
+"""The TokenActor: the mailbox in front of the token cache.
 
-It handles one message at a time, so it needs no locks, and it never blocks its mailbox: upstream
-calls run on worker threads (``_upstream``) and come back as FetchDone messages, delays are
-timers (``_scheduler``). The actor answers gets from its cache (``_cache``) and hands everything
-about refreshing to the ``Refresher`` (``_refresh``), which asks ``_outcomes.decide`` what a
-fetch's outcome means and keeps marketplace app_tickets in a ``TicketBook`` (``_tickets``).
+It handles one message at a time, so nothing behind it needs a lock, and it never blocks: the
+cache, its entries and their refreshes belong to the :class:`~actors._refresh.Refresher`, which
+the actor feeds its mail and which never calls back. Upstream calls run on worker threads
+(``_upstream``) and come back as FetchDone mail; delays are timers (``_scheduler``) that come
+back as Wake mail. The actor itself speaks the reply protocol for embedding actors
+(:class:`GetToken`), answers metrics snapshots and logs the periodic report.
 """
 
 from __future__ import annotations
@@ -16,17 +17,17 @@ import pykka
 from loguru import logger
 
 from actors import _messages as m
-from actors._cache import CallerStats, ReadSnapshot, TokenCache
+from actors._cache import CallerStats, ReadSnapshot
 from actors._clock import Clock
-from actors._config import AppConfig, RefreshPolicy, TokenKey, resolve_key
-from actors._errors import SystemStoppedError, plain_traceback
+from actors._config import AppConfig, RefreshPolicy, resolve_key
+from actors._errors import plain_traceback
 from actors._events import EventHub
-from actors._messages import GetToken, ReplyWaiter, Waiter
-from actors._metrics import Count, MetricsRecorder, TokenMetrics
+from actors._messages import GetToken, ReplyWaiter
+from actors._metrics import TokenMetrics
 from actors._refresh import Refresher
 from actors._scheduler import Timers
 from actors._source import TokenSource
-from actors._upstream import Upstream, WorkerPool
+from actors._upstream import WorkerPool
 
 __all__ = ["TokenActor"]
 
@@ -34,7 +35,7 @@ _log = logger.bind(component="TokenActor")
 
 
 class TokenActor(pykka.ThreadingActor):
-    """Owns the cache keyed by (base_url, app_id, kind, tenant_key)."""
+    """Owns the cache keyed by (base_url, app_id, kind, tenant_key), through its Refresher."""
 
     use_daemon_thread = True  # a forgotten system must not keep the host process alive
 
@@ -55,28 +56,19 @@ class TokenActor(pykka.ThreadingActor):
         self._apps = dict(apps)
         self._policy = policy
         self._clock = clock
-        self._upstream = Upstream(
-            source=source, pool=pool, clock=clock, cap=policy.max_concurrent_fetches, ref=self._me
-        )
-        self._timers = Timers(scheduler, self._me)
-        self._cache = TokenCache(safety_margin=policy.safety_margin, snapshot=snapshot)
-        self._snapshot = snapshot
         self._callers = CallerStats() if callers is None else callers
-        self.metrics = MetricsRecorder()
+        self._timers = Timers(scheduler, self.actor_ref)
         self._refresher = Refresher(
             apps=self._apps,
             policy=policy,
             clock=clock,
-            cache=self._cache,
-            upstream=self._upstream,
+            source=source,
+            pool=pool,
             timers=self._timers,
+            me=self.actor_ref,
             events=events,
-            metrics=self.metrics,
-            get=self._get,
+            snapshot=snapshot,
         )
-
-    def _me(self) -> pykka.ActorRef[Any]:
-        return self.actor_ref
 
     # --- mailbox -------------------------------------------------------------------------------
 
@@ -94,34 +86,31 @@ class TokenActor(pykka.ThreadingActor):
                 waiter.fail(exc)
             return None
 
-    def _dispatch(self, message: Any) -> Any:  # noqa: PLR0912 - a branch per message
+    def _dispatch(self, message: Any) -> Any:
+        refresher = self._refresher
         match message:
             case m.Get(key, waiter):
-                self._get(key, waiter)
+                refresher.get(key, waiter)
             case m.FetchDone():
-                self._refresher.on_fetch_done(message)
-            case m.Prewarm(key, timer_id):
-                self._refresher.on_prewarm(key, timer_id)
-            case m.RetryDue(key, timer_id):
-                self._refresher.on_retry_due(key, timer_id)
+                refresher.fetch_done(message)
+            case m.Wake(key, timer_id):
+                refresher.wake(key, timer_id)
             case GetToken():
                 self._on_get_token(message)
             case m.SetTicket(app_id, ticket, waiter):
-                self._refresher.on_set_ticket(app_id, ticket)
+                refresher.set_ticket(app_id, ticket)
                 if waiter is not None:
                     waiter.resolve(None)
-            case m.TicketDeadline(app_id, timer_id):
-                self._refresher.on_ticket_deadline(app_id, timer_id)
             case m.ResendDone(app_id, error, ticket):
-                self._refresher.on_resend_done(app_id, error, ticket)
+                refresher.resend_done(app_id, error, ticket)
             case m.Invalidate(token, waiter):
-                waiter.resolve(self._refresher.invalidate(token))
+                waiter.resolve(refresher.invalidate(token))
             case m.Snapshot(waiter):
                 waiter.resolve(self._metrics_snapshot())
             case m.ReportDue():
                 self._log_report()
             case m.Probe():
-                return self._upstream.in_flight + self._upstream.queued
+                return refresher.fetches
             case _:
                 _log.warning("TokenActor ignored an unknown message {!r}", type(message).__name__)
         return None
@@ -129,28 +118,13 @@ class TokenActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         self._schedule_report()
 
-    def _schedule_report(self) -> None:
-        if self._policy.report_interval is not None:
-            self._timers.at(
-                self._clock.now() + self._policy.report_interval, lambda _: m.ReportDue()
-            )
-
-    def _log_report(self) -> None:
-        logger.info("{}", self._metrics_snapshot().report())
-        self._schedule_report()
-
     def on_stop(self) -> None:
-        self._fail_everything()
+        self._refresher.stop()
 
     def on_failure(self, *_: object) -> None:
-        self._fail_everything()
+        self._refresher.stop()
 
-    def _fail_everything(self) -> None:
-        for entry in self._cache:
-            self._refresher.answer(entry.take_waiters(), error=SystemStoppedError())
-        self._upstream.clear()
-
-    # --- gets ----------------------------------------------------------------------------------
+    # --- the reply protocol, metrics -----------------------------------------------------------
 
     def _on_get_token(self, message: GetToken) -> None:
         if not isinstance(message.reply_to, pykka.ActorRef):
@@ -167,41 +141,17 @@ class TokenActor(pykka.ThreadingActor):
         except ValueError as exc:
             waiter.fail(exc)
             return
-        self._get(key, waiter)
-
-    def _get(self, key: TokenKey, waiter: Waiter) -> None:
-        now = self._clock.now()
-        entry = self._cache.entry(key, self._apps[key.app_id])
-        entry.last_read = now
-        if entry.token is not None and now < entry.expires_at - self._policy.safety_margin:
-            if waiter.counted:
-                self.metrics.count(key.app_id, key.kind, Count.hits)
-                self.metrics.add(Count.stale_served, entry.busy)
-            self._refresher.answer([waiter], token=entry.token)
-            return
-        entry.waiters.append(waiter)
-        outcome = Count.coalesced if entry.busy else Count.misses
-        if waiter.counted:
-            self.metrics.count(key.app_id, key.kind, outcome)
-        _log.trace("get {}: {}", key.describe(), outcome.name)
-        if not entry.busy:
-            self._refresher.start(entry, "miss")
-
-    # --- metrics ---------------------------------------------------------------------------------
+        self._refresher.get(key, waiter)
 
     def _metrics_snapshot(self) -> TokenMetrics:
-        now = self._clock.now()
-        expiries = [e.expires_at - now for e in self._cache if e.token is not None]
-        reads = self._snapshot
-        return self.metrics.snapshot(
-            in_flight=self._upstream.in_flight,
-            queued=self._upstream.queued,
-            mailbox_depth=self.actor_inbox.qsize(),  # type: ignore[attr-defined]
-            fast_hits=reads.hits() if reads is not None else {},
-            fast_stale=reads.stale_hits() if reads is not None else 0,
-            caller_coalesced=self._callers.coalesced_counts(),
-            caller_latency=self._callers.latency(),
-            keys_cached=len(expiries),
-            keys_tracked=len(self._cache),
-            soonest_expiry_in=min(expiries) if expiries else None,
-        )
+        depth = self.actor_inbox.qsize()  # type: ignore[attr-defined]
+        return self._refresher.metrics(mailbox_depth=depth, callers=self._callers)
+
+    def _schedule_report(self) -> None:
+        if self._policy.report_interval is not None:
+            due = self._clock.now() + self._policy.report_interval
+            self._timers.at(due, lambda _: m.ReportDue())
+
+    def _log_report(self) -> None:
+        logger.info("{}", self._metrics_snapshot().report())
+        self._schedule_report()

@@ -39,13 +39,13 @@ class Upstream:
         pool: WorkerPool,
         clock: Clock,
         cap: int,
-        ref: Callable[[], pykka.ActorRef[Any]],
+        ref: pykka.ActorRef[Any],
     ) -> None:
         self._source = source
         self._pool = pool
         self._clock = clock
         self._cap = cap
-        self._ref = ref  # the actor's ref exists only once the actor has started
+        self._ref = ref  # FetchDone and ResendDone go there
         self._queue: SortedList = SortedList()  # (deadline, seq, request)
         self._seq = itertools.count()
         self.in_flight = 0
@@ -81,7 +81,7 @@ class Upstream:
 
     def resend_ticket(self, app: AppConfig) -> bool:
         """Ask Feishu to push the app_ticket again (outside the cap); False if stopping."""
-        source, ref = self._source, self._ref()
+        source, ref = self._source, self._ref
 
         def job() -> None:
             error: Exception | None = None
@@ -101,7 +101,7 @@ class Upstream:
         return True
 
     def _fetch_job(self, request: TokenRequest) -> Any:
-        source, clock, ref = self._source, self._clock, self._ref()
+        source, clock, ref = self._source, self._clock, self._ref
         key = request.key
 
         def job() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 import pykka
 import pytest
@@ -13,15 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import actors
-from actors._scheduler import (
-    Cancel,
-    DeadlineIndex,
-    NextDue,
-    Schedule,
-    SchedulerActor,
-    Tick,
-    TicksSent,
-)
+from actors._scheduler import Cancel, DeadlineIndex, NextDue, Schedule, SchedulerActor, Tick
 
 REF: Any = object()  # the index only stores targets; it never calls them
 
@@ -85,66 +77,92 @@ class Recorder(pykka.ThreadingActor):
         self.deliveries.add(message)
 
 
-def test_manual_clock_fires_exactly_what_advance_makes_due() -> None:
-    # advance() also wakes the timer driver, which may tell the scheduler to Tick on its own.
-    # A Tick asked right after advance() thus races with the driver's: whichever the scheduler
-    # handles first fires the due timers and the other fires nothing, so the count one Tick
-    # answers is 0 or 1. What is deterministic is the total across both: the deliveries.
-    # The asked Tick is still needed: it is handled after advance(), so everything due has fired
-    # once it returns, whether or not the driver's wake-up got there first.
-    clock = actors.ManualClock(start=0.0)
-    deliveries = Deliveries()
-    scheduler = SchedulerActor.start(clock)
-    recorder = Recorder.start(deliveries)
-
-    def fired_after_advance(seconds: float) -> list[Any]:
-        before = len(deliveries.got)
-        clock.advance(seconds)
-        scheduler.ask(Tick())
-        recorder.ask("sync")  # told after anything fired, so it arrives last
-        return deliveries.got[before:-1]
-
-    try:
-        for timer_id, due in [(1, 10.0), (2, 5.0), (3, 20.0)]:
-            scheduler.tell(Schedule(timer_id, due, recorder, f"t{timer_id}"))
-        scheduler.tell(Cancel(3))
-        assert scheduler.ask(Tick()) == 0  # nothing is due at 0, for the driver either
-        assert fired_after_advance(4.0) == []
-        assert fired_after_advance(1.0) == ["t2"]
-        assert scheduler.ask(NextDue()) == 10.0
-        assert fired_after_advance(0.0) == []  # fired once, not again
-        assert fired_after_advance(100.0) == ["t1"]  # t3 was cancelled
-        assert scheduler.ask(NextDue()) is None
-        assert scheduler.ask(Tick()) == 0
-    finally:
-        scheduler.stop()
-        recorder.stop()
-
-
 @dataclasses.dataclass
-class RealTime:
-    """A scheduler on the system clock and a recorder of what it delivers."""
+class Running:
+    """A scheduler on a clock and a recorder of what it delivers."""
 
-    clock: actors.SystemClock
+    clock: Any
     scheduler: pykka.ActorRef[SchedulerActor]
     recorder: pykka.ActorRef[Recorder]
     deliveries: Deliveries
 
+    @classmethod
+    def start(cls, clock: actors.Clock) -> Running:
+        deliveries = Deliveries()
+        return cls(clock, SchedulerActor.start(clock), Recorder.start(deliveries), deliveries)
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+        self.recorder.stop()
+
     def at(self, timer_id: int, delay: float, message: Any) -> None:
         self.scheduler.tell(Schedule(timer_id, self.clock.now() + delay, self.recorder, message))
 
+    def delivered(self) -> list[Any]:
+        """Everything delivered so far (the recorder is asked last, so it has it all)."""
+        self.recorder.ask("sync")
+        got = self.deliveries.got[:-1]
+        self.deliveries.got.clear()
+        return got
+
 
 @pytest.fixture
-def real_time() -> Iterator[RealTime]:
-    deliveries = Deliveries()
-    clock = actors.SystemClock()
-    running = RealTime(clock, SchedulerActor.start(clock), Recorder.start(deliveries), deliveries)
+def real_time() -> Iterator[Running]:
+    running = Running.start(actors.SystemClock())
     yield running
-    running.scheduler.stop()
-    running.recorder.stop()
+    running.stop()
 
 
-def test_system_clock_driver_fires_without_being_ticked(real_time: RealTime) -> None:
+@pytest.fixture
+def manual_time() -> Iterator[Running]:
+    running = Running.start(actors.ManualClock(start=0.0))
+    yield running
+    running.stop()
+
+
+def test_manual_clock_fires_exactly_what_advance_makes_due(manual_time: Running) -> None:
+    # advance() tells the scheduler a Tick itself (a manual clock needs no driver thread), so the
+    # Tick asked right after it is handled second and finds nothing left to fire.
+    scheduler, clock = manual_time.scheduler, manual_time.clock
+
+    def fired_after_advance(seconds: float) -> list[Any]:
+        clock.advance(seconds)
+        assert scheduler.ask(Tick()) == 0
+        return manual_time.delivered()
+
+    for timer_id, due in [(1, 10.0), (2, 5.0), (3, 20.0)]:
+        manual_time.at(timer_id, due, f"t{timer_id}")
+    scheduler.tell(Cancel(3))
+    assert scheduler.ask(Tick()) == 0  # nothing is due at 0
+    assert fired_after_advance(4.0) == []
+    assert fired_after_advance(1.0) == ["t2"]
+    assert scheduler.ask(NextDue()) == 10.0
+    assert fired_after_advance(0.0) == []  # fired once, not again
+    assert fired_after_advance(100.0) == ["t1"]  # t3 was cancelled
+    assert scheduler.ask(NextDue()) is None
+
+
+def test_a_manual_clock_needs_no_timer_thread(manual_time: Running) -> None:
+    assert not [t for t in threading.enumerate() if t.name == "actors-timer-driver"]
+
+
+def test_a_schedule_replaces_the_timer_it_names(manual_time: Running) -> None:
+    manual_time.at(1, 5.0, "first")
+    manual_time.scheduler.tell(Schedule(2, 8.0, manual_time.recorder, "second", replaces=1))
+    assert manual_time.scheduler.ask(NextDue()) == 8.0
+    manual_time.clock.advance(10.0)
+    manual_time.scheduler.ask(Tick())
+    assert manual_time.delivered() == ["second"]
+
+
+def test_a_timer_already_due_fires_on_arrival_without_a_tick(manual_time: Running) -> None:
+    manual_time.clock.advance(50.0)
+    manual_time.at(1, 0.0, "due")
+    assert manual_time.scheduler.ask(NextDue()) is None  # fired while handling the Schedule
+    assert manual_time.delivered() == ["due"]
+
+
+def test_system_clock_driver_fires_without_being_ticked(real_time: Running) -> None:
     real_time.at(1, 0.05, "later")
     real_time.at(2, 0.0, "now")
     assert real_time.deliveries.wait_for(2)  # the driver sleeps until each deadline, then ticks
@@ -157,18 +175,38 @@ def test_stopping_the_scheduler_stops_its_driver_thread() -> None:
     assert not [t for t in threading.enumerate() if t.name == "actors-timer-driver"]
 
 
-def test_the_system_clock_driver_sends_about_one_tick_per_timer(real_time: RealTime) -> None:
-    # The driver used to re-send Ticks for a deadline the actor had not removed yet: 54,629 Ticks
-    # for 44 timers in 6 s. At most one Tick is outstanding now.
-    for i in range(40):
-        real_time.at(i, 0.005 * i, i)
-    assert real_time.deliveries.wait_for(40)
-    ticks = cast("int", real_time.scheduler.ask(TicksSent()))
-    assert sorted(real_time.deliveries.got) == list(range(40))
-    assert ticks <= 40 + 2  # one per deadline at most, give or take a race with a rearm
+class WaitCountingClock(actors.SystemClock):
+    """Real time that counts the driver's waits: the driver waits once per wake-up."""
+
+    def __init__(self) -> None:
+        self.waits = 0
+
+    def wait(self, event: threading.Event, deadline: float | None) -> bool:
+        self.waits += 1
+        return super().wait(event, deadline)
 
 
-def test_a_non_finite_due_time_is_refused_and_the_timers_keep_firing(real_time: RealTime) -> None:
+def test_the_system_clock_driver_wakes_about_once_per_timer() -> None:
+    # A driver that re-sent Ticks for a deadline the actor had not removed yet made 54,629
+    # Ticks for 44 timers in 6 s: at most one Tick is outstanding, and a timer that is not the
+    # earliest does not wake the driver at all.
+    clock = WaitCountingClock()
+    running = Running.start(clock)
+    try:
+        for i in range(40):
+            running.at(i, 0.2 - 0.005 * i, i)  # each the new earliest
+        for i in range(40, 80):
+            running.at(i, 0.3 + 0.005 * i, i)  # never the earliest
+        assert running.deliveries.wait_for(80)
+        assert sorted(running.deliveries.got) == list(range(80))
+        # Per timer: a wake-up to sleep for it if it became the earliest, one when it is due,
+        # one after its Tick (give or take a race with a rearm).
+        assert clock.waits <= 40 * 3 + 40 * 2 + 4
+    finally:
+        running.stop()
+
+
+def test_a_non_finite_due_time_is_refused_and_the_timers_keep_firing(real_time: Running) -> None:
     real_time.scheduler.tell(Schedule(1, float("nan"), real_time.recorder, "nan"))
     real_time.scheduler.tell(Schedule(2, float("inf"), real_time.recorder, "inf"))
     real_time.at(3, 0.0, "now")
@@ -178,7 +216,7 @@ def test_a_non_finite_due_time_is_refused_and_the_timers_keep_firing(real_time: 
     assert real_time.scheduler.ask(NextDue()) is None  # neither bad timer was stored
 
 
-def test_a_far_deadline_does_not_kill_the_timer_thread(real_time: RealTime) -> None:
+def test_a_far_deadline_does_not_kill_the_timer_thread(real_time: Running) -> None:
     # 1e10 s ahead overflowed the platform's timed wait and killed the driver for good.
     real_time.at(1, 1e10, "far")
     assert real_time.scheduler.ask(NextDue()) is not None
