@@ -9,7 +9,7 @@ import time
 import actors
 from actors.testing import FakeFeishuProcess
 from benchmarks.contenders import ACTORS, DOUBLE_CHECKED, MUTEX, build, new_app
-from benchmarks.harness import Goal, Result, Scenario, Table, judged, run_storm, summarize
+from benchmarks.harness import Goal, Result, Scenario, Table, judged, run_storm, storm_row
 
 DEFEATED = "actors, prewarm defeated (idle_ttl=0)"
 
@@ -54,16 +54,7 @@ def expiry_storm(sizes: Sizes) -> Result:
                 stats = server.stats(app_id=app.config.app_id)
             finally:
                 contender.close()
-            table.rows.append(
-                {
-                    "system": label,
-                    "callers": sizes.callers,
-                    "upstream": stats["requests"],
-                    "peak concurrent upstream": stats["max_in_flight_per_key"],
-                    **summarize(latencies),
-                    "errors": errors,
-                }
-            )
+            table.rows.append(storm_row(label, latencies, errors, stats))
     result = Result(
         name="expiry_storm",
         title="Expiry storm",

@@ -30,6 +30,7 @@ __all__ = [
     "run_callers",
     "run_storm",
     "run_tight",
+    "storm_row",
     "summarize",
 ]
 
@@ -204,6 +205,20 @@ def run_storm(
     return latencies, len(errors)
 
 
+def storm_row(
+    system: str, latencies_ns: Sequence[int], errors: int, stats: dict[str, Any]
+) -> dict[str, Any]:
+    """A storm's table row, with the fake's stats (``FakeFeishuProcess.stats``) since it began."""
+    return {
+        "system": system,
+        "callers": len(latencies_ns),
+        "upstream": stats["requests"],
+        "peak concurrent upstream": stats["max_in_flight_per_key"],
+        **summarize(latencies_ns),
+        "errors": errors,
+    }
+
+
 def summarize(latencies_ns: Sequence[int]) -> dict[str, float]:
     """p50, p99 and max in milliseconds (nearest rank; NaN without samples)."""
     if not latencies_ns:
@@ -232,7 +247,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 @dataclasses.dataclass
 class Table:
-    """Rows keyed by column header; a header ending in ``×`` holds ratios."""
+    """Rows keyed by column header; a header with ``×`` in it holds ratios."""
 
     title: str
     rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -282,7 +297,7 @@ def _cell(column: str, value: Any) -> str:
         return str(value)
     if isinstance(value, int):
         return f"{value:,}"
-    unit = "×" if column.endswith("×") else ""
+    unit = "×" if "×" in column else ""
     if abs(value) >= 100:
         return f"{value:,.0f}{unit}"
     return f"{value:.3g}{unit}" if abs(value) < 10 else f"{value:.1f}{unit}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from collections.abc import Callable
+from typing import Any
 
 import actors
 from actors.testing import FakeFeishuProcess
@@ -33,15 +34,12 @@ QUICK = Sizes(threads=(1, 4), warmup_s=0.02, measure_s=0.1, rounds=1, smoke=True
 
 def hit_path(sizes: Sizes) -> Result:
     policy = actors.RefreshPolicy()
-    tokens = {"tenant": "t-warm"}
-    rates: dict[tuple[str, int], list[float]] = {}
     with FakeFeishuProcess() as server:
         ours = Actors(new_app(server), policy)
         mailbox = Actors(new_app(server), policy, fast_reads=False)
         locked = {name: build(name, new_app(server), policy) for name in (MUTEX, DOUBLE_CHECKED)}
         try:
             ops: dict[str, Callable[[], object]] = {
-                DICT_READ: lambda: tokens.get("tenant"),
                 # The call an application makes, exactly: no wrapper around it.
                 ACTORS: lambda: ours.proxy.get_token().get(),
                 MAILBOX: lambda: mailbox.proxy.get_token().get(),
@@ -50,32 +48,12 @@ def hit_path(sizes: Sizes) -> Result:
             for op in ops.values():
                 op()  # every key is cached from here on
             fetched = server.count()
-            for _ in range(sizes.rounds):
-                for threads in sizes.threads:
-                    for name, op in ops.items():
-                        rate = run_tight(
-                            threads, same(op), warmup_s=sizes.warmup_s, measure_s=sizes.measure_s
-                        )
-                        rates.setdefault((name, threads), []).append(rate)
+            table = Table("Per-call cost of a hit, untimed loop", per_call(ops, sizes))
             if server.count() != fetched:
                 raise RuntimeError("a warm key was fetched again during the loop")
         finally:
             for contender in (ours, mailbox, *locked.values()):
                 contender.close()
-    table = Table("Per-call cost of a hit, untimed loop")
-    for name in ops:
-        for threads in sizes.threads:
-            rate = statistics.median(rates[name, threads])
-            base = statistics.median(rates[DICT_READ, threads])
-            table.rows.append(
-                {
-                    "system": name,
-                    "threads": threads,
-                    "µs per call": 1e6 / rate if rate else None,
-                    "gets/s": rate,
-                    COST: ratio(base, rate),
-                }
-            )
     costs = {t: table.find(system=ACTORS, threads=t) for t in sizes.threads}
     label = "/".join(map(str, sizes.threads))
     result = Result(
@@ -132,8 +110,32 @@ def compare(result: Result, previous: Result) -> None:
     )
 
 
-def same(op: Callable[[], object]) -> Callable[[int], Callable[[], object]]:
-    """The op factory that hands every thread ``op`` itself."""
+def per_call(ops: dict[str, Callable[[], object]], sizes: Sizes) -> list[dict[str, Any]]:
+    """The per-call cost of every op and of a dict read at every thread count, the cells
+    interleaved round by round; each cell's median round, and its cost ÷ the dict read's."""
+    tokens = {"tenant": "t-warm"}
+    ops = {DICT_READ: lambda: tokens.get("tenant"), **ops}
+    rates: dict[tuple[str, int], list[float]] = {}
+    for _ in range(sizes.rounds):
+        for threads in sizes.threads:
+            for name, op in ops.items():
+                rate = run_tight(
+                    threads, _every(op), warmup_s=sizes.warmup_s, measure_s=sizes.measure_s
+                )
+                rates.setdefault((name, threads), []).append(rate)
+    rows = []
+    for (name, threads), each in rates.items():
+        rate, base = statistics.median(each), statistics.median(rates[DICT_READ, threads])
+        cost = {
+            "µs per call": 1e6 / rate if rate else None,
+            "gets/s": rate,
+            COST: ratio(base, rate),
+        }
+        rows.append({"system": name, "threads": threads, **cost})
+    return sorted(rows, key=lambda row: list(ops).index(row["system"]))
+
+
+def _every(op: Callable[[], object]) -> Callable[[int], Callable[[], object]]:
     return lambda _: op
 
 
