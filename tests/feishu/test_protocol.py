@@ -40,5 +40,5 @@ def test_unknown_codes_are_transient() -> None:
     assert feishu.rule_for(None, 502) is feishu.Rule.TRANSIENT
 
 
-def test_token_invalid_codes_are_the_three_of_feishu_md() -> None:
+def test_token_invalid_codes_are_the_three_of_the_protocol_doc() -> None:
     assert frozenset({99991663, 99991664, 99991671}) == feishu.TOKEN_INVALID_CODES
