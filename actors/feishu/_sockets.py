@@ -25,9 +25,10 @@ constructor's ``host`` and the public ``port``, ``timeout``, ``source_address`` 
 ``socket_options``; urllib3's own exceptions for a failed lookup, a connect timeout and a refused
 connect), with the socket recorded between its creation and its connect. Should a urllib3
 release rename ``_new_conn`` or stop calling it, sockets are no longer recorded before they
-connect: a hanging connect then lasts until its connect timeout, even through ``stop()``, while
-``stop()`` still shuts down every connected socket (``request``) and the deadline still bounds
-the status line, headers and body. tests/feishu/test_sockets.py pins this hook.
+connect: a hanging connect or TLS handshake then lasts until its connect timeout, even through
+``stop()``; ``stop()`` still shuts down every socket a request has been sent on (``request``
+records it) and the deadline still bounds the status line, headers and body.
+tests/feishu/test_sockets.py pins this hook.
 """
 
 from __future__ import annotations
@@ -252,7 +253,7 @@ class AbortableAdapter(HTTPAdapter):
                 return _new_conn(self, self.actors_lookup, adapter)
 
             def request(self, *args: Any, **kwargs: Any) -> None:
-                adapter.watch(self.sock)  # a kept-alive connection: this attempt's socket now
+                adapter.track(self.sock)  # a kept-alive connection: this attempt's socket now
                 super().request(*args, **kwargs)
 
         class TrackedHTTPS(HTTPSConnection):
@@ -285,7 +286,7 @@ class AbortableAdapter(HTTPAdapter):
                 adapter.track(self.sock)
 
             def request(self, *args: Any, **kwargs: Any) -> None:
-                adapter.watch(self.sock)
+                adapter.track(self.sock)
                 super().request(*args, **kwargs)
 
         class TrackedHTTPPool(HTTPConnectionPool):
