@@ -20,7 +20,6 @@ import requests
 from requests.auth import AuthBase
 
 from actors._auth import AUTHORIZATION, TokenAuth, bearer, is_json, response_code
-from actors._auth import bearer_of as bearer_of  # noqa: PLC0414  # for actors.testing
 
 __all__ = ["FeishuAuth"]
 

@@ -39,7 +39,6 @@ from urllib.parse import parse_qs
 import actors.testing._transports as transports
 from actors._config import TokenKind
 from actors.feishu._protocol import CODE_FIELD, MSG_FIELD
-from actors.requests import bearer_of
 from actors.testing._ledger import Issued, Ledger
 from actors.testing._protocol import (
     APP_TOKEN_INVALID,
@@ -199,7 +198,9 @@ class BusinessApi:
     ) -> RecordedRequest:
         """The record of a business call: the bearer token it carried and that token's owner."""
         authorization = next((v for k, v in headers if k.lower() == "authorization"), None)
-        token = bearer_of(authorization)
+        # The fake parses the header itself: an oracle independent of the client's own parser.
+        scheme, _, credential = (authorization or "").partition(" ")
+        token = credential or None if scheme == "Bearer" else None
         issued = self._ledger.find(token) if token is not None else None
         return RecordedRequest(
             route.path,
