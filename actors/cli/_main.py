@@ -18,7 +18,7 @@ from loguru import logger
 
 from actors import __version__
 from actors._config import FEISHU, AppConfig, AppType, RefreshPolicy, TokenKind
-from actors._errors import TokenError, mask_token
+from actors._errors import SystemStoppedError, TokenError, mask_token
 from actors._events import RefreshEvent, TokenRefreshed
 from actors._system import TokenSystem
 
@@ -658,6 +658,9 @@ def cmd_serve_metrics(args: argparse.Namespace) -> int:
             httpd.shutdown()
             httpd.server_close()
             thread.join()
+            # Stopped before the join: a get still waiting on an unreachable upstream then ends
+            # at once with SystemStoppedError instead of running out its timeout.
+            system.stop()
             workload.join()
     return 0
 
@@ -680,6 +683,8 @@ def _keep_getting(system: TokenSystem, stop: threading.Event, interval: float) -
         for kind in (TokenKind.TENANT, TokenKind.APP):
             try:
                 system.proxy.get_token(kind).get(timeout=5)
+            except SystemStoppedError:
+                return
             except (TokenError, pykka.Timeout) as exc:
                 # Failures are what the metrics are there to show; keep going.
                 logger.bind(error=type(exc).__name__).debug("serve-metrics workload: {}", exc)
