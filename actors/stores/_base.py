@@ -44,7 +44,7 @@ class Store(abc.ABC):
         (the ticket still serves this process)."""
 
     @abc.abstractmethod
-    def close(self, timeout: float = 2.0) -> None:
+    def close(self, *, timeout: float = 2.0) -> None:
         """End every wait, stop the store's threads (within ``timeout``) and release its
         connections. Idempotent."""
 

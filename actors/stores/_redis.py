@@ -149,7 +149,7 @@ class RedisStore(Store):
             msg = "this RedisStore already serves a TokenSystem; give each system its own"
             raise ValueError(msg)
 
-    def close(self, timeout: float = 2.0) -> None:
+    def close(self, *, timeout: float = 2.0) -> None:
         """Stop the listener thread, end every wait and release the connections. Idempotent."""
         self._closed.set()
         with self._lock:

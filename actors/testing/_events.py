@@ -172,7 +172,7 @@ class EventPusher:
         with self._cond:
             return list(self._pushes)
 
-    def wait_for_pushes(self, n: int, timeout: float = 5.0) -> bool:
+    def wait_for_pushes(self, n: int, *, timeout: float = 5.0) -> bool:
         """Block until at least ``n`` deliveries are done; False if ``timeout`` ran out."""
         with self._cond:
             return self._cond.wait_for(lambda: len(self._pushes) >= n, timeout)

@@ -233,7 +233,7 @@ class Gate:
         with self._cond:
             return self._waiting
 
-    def wait_for_waiting(self, n: int, timeout: float = 5.0) -> bool:
+    def wait_for_waiting(self, n: int, *, timeout: float = 5.0) -> bool:
         """Block until at least ``n`` requests are blocked here; False if ``timeout`` ran out."""
         with self._cond:
             return self._cond.wait_for(lambda: self._waiting >= n, timeout)

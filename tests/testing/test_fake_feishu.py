@@ -396,7 +396,7 @@ def test_max_in_flight_per_key_counts_concurrent_requests_for_one_key(
     futures = [pool.submit(post, server, TENANT_INTERNAL, SELF) for _ in range(2)]
     other = pool.submit(post, server, APP_INTERNAL, SELF)
     assert other.result(TIMEOUT).status_code == 200
-    assert gate.wait_for_waiting(2, TIMEOUT)
+    assert gate.wait_for_waiting(2, timeout=TIMEOUT)
     gate.release()
     for future in futures:
         assert future.result(TIMEOUT).status_code == 200
