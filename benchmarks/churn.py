@@ -27,6 +27,7 @@ from benchmarks.harness import (
     Result,
     Scenario,
     Table,
+    fmt,
     judged,
     ratio,
     run_callers,
@@ -202,7 +203,7 @@ def churn(work: Workload) -> Result:
             Goal(
                 "p99 get latency vs the mutex design's p99",
                 "<= 1 %",
-                f"{(share or 0) * 100:.3g} % ({ours['p99 ms']:.3g} vs {mutex['p99 ms']:.3g} ms)",
+                f"{fmt((share or 0) * 100)} % ({fmt(ours['p99 ms'])} vs {fmt(mutex['p99 ms'])} ms)",
                 judged(share is not None and share <= 0.01, smoke=work.smoke),
             ),
             Goal(
@@ -216,7 +217,7 @@ def churn(work: Workload) -> Result:
 
 
 def _x(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.3g}×"
+    return fmt(value, "×")
 
 
 def _oracle(work: Workload) -> CallerRun:

@@ -24,6 +24,7 @@ __all__ = [
     "Result",
     "Scenario",
     "Table",
+    "fmt",
     "judged",
     "ratio",
     "render_section",
@@ -290,17 +291,21 @@ class Result:
         )
 
 
-def _cell(column: str, value: Any) -> str:
+def fmt(value: Any, unit: str = "") -> str:
+    """A number as the tables show it: three significant digits, thousands grouped."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, str | bool):
         return str(value)
     if isinstance(value, int):
-        return f"{value:,}"
-    unit = "×" if "×" in column else ""
+        return f"{value:,}{unit}"
     if abs(value) >= 100:
         return f"{value:,.0f}{unit}"
     return f"{value:.3g}{unit}" if abs(value) < 10 else f"{value:.1f}{unit}"
+
+
+def _cell(column: str, value: Any) -> str:
+    return fmt(value, "×" if "×" in column and not isinstance(value, int) else "")
 
 
 def render_table(table: Table) -> list[str]:

@@ -7,7 +7,7 @@ import dataclasses
 
 from benchmarks import churn
 from benchmarks.contenders import ACTORS, DOUBLE_CHECKED, MUTEX
-from benchmarks.harness import Goal, Result, Scenario, Table, judged, ratio, summarize
+from benchmarks.harness import Goal, Result, Scenario, Table, fmt, judged, ratio, summarize
 
 CONTROL = f"{ACTORS} (control: no slow tenant)"
 
@@ -78,7 +78,7 @@ def slow_tenant(sizes: Sizes) -> Result:
                 "<= 2×",
                 "n/a"
                 if share is None
-                else f"{share:.2f}× ({ours['p99 ms']:.3g} vs {reference['p99 ms']:.3g} ms)",
+                else f"{share:.2f}× ({fmt(ours['p99 ms'])} vs {fmt(reference['p99 ms'])} ms)",
                 judged(share is not None and share <= 2.0, smoke=work.smoke),
             )
         )
