@@ -197,7 +197,7 @@ class Refresher:
         decision = decide(done.result, fact, self._policy, self._rng)
         if isinstance(decision, Accept):
             self._metrics.count(key.app_id, key.kind, Count.fetch_success)
-            self._store(entry, decision.grant.token, decision.expires_at)
+            self._store(entry, decision.grant.token, decision.expires_at, fact.now)
             return
         self._metrics.count(key.app_id, key.kind, Count.fetch_failure)
         self._metrics.failures_by_error[type(decision.error).__name__] += 1
@@ -223,13 +223,13 @@ class Refresher:
                 self._drop_app_token(entry, drop_app_token)
                 self._finish_failure(entry, error)
 
-    def _store(self, entry: Entry, token: str, expires_at: float) -> None:
+    def _store(self, entry: Entry, token: str, expires_at: float, now: float) -> None:
         same = entry.store(token, expires_at)
+        due = self._policy.prewarm_due(expires_at, now, self._rng)  # as of the answer, not later
         # Callers first: the timer, the log and the events can wait for them.
         self._answer(entry.take_waiters(), token=token)
         self._metrics.add(Count.same_token_refreshes, same)
-        now = self._clock.now()
-        self._set_timer(entry, self._policy.prewarm_due(expires_at, now, self._rng))
+        self._set_timer(entry, due)
         _log.info(
             "token refreshed: {} {} expires in {:.0f}s (cause {}, same token {})",
             entry.key.describe(),
@@ -266,13 +266,13 @@ class Refresher:
         # Fetching (or waiting for its app token): a prewarm that a miss overtook; nothing due.
 
     def _finish_failure(self, entry: Entry, error: Exception) -> None:
+        now = self._clock.now()  # before anyone is answered: they may move a manual clock
         entry.end_refresh()
         self._answer(entry.take_waiters(), error=error)
         self._events.publish(RefreshFailed.of(entry.key, error, will_retry=False))
         _log.warning(
             "token refresh for {} ({}) failed: {}", entry.key.describe(), entry.cause, error
         )
-        now = self._clock.now()
         if entry.servable(now):
             if not isinstance(error, SystemStoppedError):
                 # Stale-while-revalidate: keep serving the valid token and try again later.
@@ -300,21 +300,19 @@ class Refresher:
         entry = self._cache.holding(token)
         if entry is None:
             return False  # an older token, or one this system never issued: nothing to drop
-        self._drop(entry)
-        self._metrics.add(Count.invalidations)
-        if not entry.busy:
-            self._start(entry, "invalidate")
-        return True
-
-    def _drop(self, entry: Entry) -> None:
         entry.drop_token()
-        self._set_timer(entry, None)
+        self._metrics.add(Count.invalidations)
+        if not entry.busy:  # busy: the refresh under way (and its timer) serves it too
+            self._start(entry, "invalidate")  # its end replaces the pending prewarm
+        return True
 
     def _drop_app_token(self, entry: Entry, drop: bool) -> None:
         """A marketplace tenant request was refused for its app token: stop serving that one."""
         app_entry = self._cache.get(entry.app.key(TokenKind.APP)) if drop else None
         if app_entry is not None:
-            self._drop(app_entry)
+            app_entry.drop_token()
+            if not app_entry.busy:  # its prewarm: nothing to refresh until a get asks
+                self._set_timer(app_entry, None)
 
     # --- app_ticket ----------------------------------------------------------------------------
 

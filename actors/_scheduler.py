@@ -11,8 +11,9 @@ The timer path, from the TokenActor and back:
 
 1. ``Timers.at`` tells this actor ``Schedule`` (a mailbox hop). Re-arming a key's timer names
    the timer it replaces, so it stays one message, never a Cancel and a Schedule.
-2. The actor files it. A timer already due fires at once (step 4, no Tick). A timer that is
-   now the earliest deadline wakes the driver; any other leaves the driver asleep.
+2. The actor files it. A timer that is now the earliest deadline wakes the driver; any other
+   leaves the driver asleep. (A timer already due when set never gets here: ``Timers.at`` tells
+   it to its owner at once, one hop in all.)
 3. Real clock: one driver thread sleeps until the earliest deadline and tells the actor
    ``Tick`` (a hop). It earns its keep: a pykka mailbox has no timed receive, so an actor cannot
    wake itself at a time, and an actor that slept in a handler would hold up every other message
@@ -20,8 +21,7 @@ The timer path, from the TokenActor and back:
    Tick itself.
 4. On Tick the actor pops every due timer in due order and tells each its message (a hop).
 
-So a future timer is three hops and one driver wake-up on a real clock; a timer due when
-scheduled is two hops.
+So a future timer is three hops and at most one driver wake-up on a real clock.
 """
 
 from __future__ import annotations
@@ -149,10 +149,8 @@ class SchedulerActor(pykka.ThreadingActor):
         if isinstance(message, Schedule):
             self._index.cancel(message.replaces)
             self._index.schedule(message.timer_id, message.due, message.target, message.message)
-            if message.due <= self._clock.now():
-                return self._fire(ticked=False)
         elif isinstance(message, Tick):
-            return self._fire(ticked=True)
+            return self._fire()
         elif isinstance(message, Cancel):
             self._index.cancel(message.timer_id)
         elif isinstance(message, NextDue):
@@ -160,30 +158,38 @@ class SchedulerActor(pykka.ThreadingActor):
         self._driver.rearm(self._index.next_due())
         return None
 
-    def _fire(self, *, ticked: bool) -> int:
+    def _fire(self) -> int:
         fired = self._index.pop_due(self._clock.now())
         for target, message in fired:
             try:
                 target.tell(message)
             except pykka.ActorDeadError:  # the target stopped first; its timers died with it
                 pass
-        self._driver.rearm(self._index.next_due(), ticked=ticked)
+        self._driver.rearm(self._index.next_due(), ticked=True)
         return len(fired)
 
 
 class Timers:
     """An actor's handle on the scheduler: timers whose message comes back to that actor."""
 
-    def __init__(self, scheduler: pykka.ActorRef[Any], target: pykka.ActorRef[Any]) -> None:
+    def __init__(
+        self, scheduler: pykka.ActorRef[Any], target: pykka.ActorRef[Any], clock: Clock
+    ) -> None:
         self._scheduler = scheduler
         self._target = target
+        self._clock = clock
         self._ids = itertools.count(1)
 
     def at(self, due: float, make: Callable[[int], Any], *, replaces: int | None = None) -> int:
         """Deliver ``make(timer_id)`` to the owner at ``due`` instead of the timer ``replaces``;
-        returns the new timer's id."""
+        returns the new timer's id. A timer already due goes straight to the owner's mailbox."""
         timer_id = next(self._ids)
-        self._scheduler.tell(Schedule(timer_id, due, self._target, make(timer_id), replaces))
+        message = make(timer_id)
+        if due <= self._clock.now():
+            self._target.tell(message)
+            self.cancel(replaces)
+        else:
+            self._scheduler.tell(Schedule(timer_id, due, self._target, message, replaces))
         return timer_id
 
     def cancel(self, timer_id: int | None) -> None:

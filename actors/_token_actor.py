@@ -57,7 +57,7 @@ class TokenActor(pykka.ThreadingActor):
         self._policy = policy
         self._clock = clock
         self._callers = CallerStats() if callers is None else callers
-        self._timers = Timers(scheduler, self.actor_ref)
+        self._timers = Timers(scheduler, self.actor_ref, clock)
         self._refresher = Refresher(
             apps=self._apps,
             policy=policy,

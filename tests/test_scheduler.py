@@ -13,7 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import actors
-from actors._scheduler import Cancel, DeadlineIndex, NextDue, Schedule, SchedulerActor, Tick
+from actors._scheduler import (
+    Cancel,
+    DeadlineIndex,
+    NextDue,
+    Schedule,
+    SchedulerActor,
+    Tick,
+    Timers,
+)
 
 REF: Any = object()  # the index only stores targets; it never calls them
 
@@ -155,11 +163,12 @@ def test_a_schedule_replaces_the_timer_it_names(manual_time: Running) -> None:
     assert manual_time.delivered() == ["second"]
 
 
-def test_a_timer_already_due_fires_on_arrival_without_a_tick(manual_time: Running) -> None:
+def test_a_timer_already_due_goes_straight_to_its_owner(manual_time: Running) -> None:
     manual_time.clock.advance(50.0)
-    manual_time.at(1, 0.0, "due")
-    assert manual_time.scheduler.ask(NextDue()) is None  # fired while handling the Schedule
-    assert manual_time.delivered() == ["due"]
+    timers = Timers(manual_time.scheduler, manual_time.recorder, manual_time.clock)
+    timers.at(40.0, lambda timer_id: ("due", timer_id))
+    assert manual_time.delivered() == [("due", 1)]
+    assert manual_time.scheduler.ask(NextDue()) is None  # the scheduler never saw it
 
 
 def test_system_clock_driver_fires_without_being_ticked(real_time: Running) -> None:

@@ -51,6 +51,27 @@ def test_a_day_of_gets_costs_one_fetch_per_token_lifetime_and_no_caller_waits(
     assert metrics.prewarms == upstream
 
 
+def test_invalidating_a_token_during_its_prewarms_backoff_leaves_the_retry_due(
+    make_system: SystemFactory,
+    vapp: actors.AppConfig,
+    vserver: FakeFeishu,
+    clock: actors.ManualClock,
+) -> None:
+    # The invalidation joins the refresh under way: the retry it waits for must still come.
+    system = make_system(vapp, retry_base=5.0, retry_cap=5.0, jitter=0.0)
+    old = system.proxy.get_token().get(timeout=5)
+    vserver.script("tenant", Reply.http(503))
+    clock.advance(7200 - 600)  # the prewarm point: its first attempt fails, a retry is due
+    system.settle()
+    assert system.proxy.invalidate(old).get(timeout=5)
+    waiting = system.proxy.get_token()  # nothing servable now: it waits for the retry
+    clock.advance(5.0)
+    system.settle()
+    new = waiting.get(timeout=0)
+    assert new != old
+    assert vserver.valid_token(new)
+
+
 def test_a_failing_prewarm_keeps_serving_the_valid_token_and_later_succeeds(
     make_system: SystemFactory,
     vapp: actors.AppConfig,
