@@ -433,4 +433,5 @@ class ReportDue:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Probe:
-    """settle() asks this: how many fetches are queued or in flight."""
+    """settle() asks this: how many fetches are queued or in flight, and how many messages the
+    TokenActor handled before this one."""

@@ -239,19 +239,24 @@ class TokenSystem:
             raise SystemStoppedError() from None
 
     def _settle(self, left: Callable[[], float]) -> None:
+        # Quiescent once a whole pass saw nothing happen: no timer fired, no fetch running, no
+        # event undelivered, nothing due now, and the TokenActor handled no message since the
+        # previous pass's Probe but that Probe (its count says so; an empty mailbox would not:
+        # the actor may be handling what it just took out of it).
+        expected = None
         while True:
             fired = self._scheduler.ask(Tick(), timeout=left())
-            busy = self._ref.ask(m.Probe(), timeout=left())
-            if busy or self._pool.busy:
+            fetches, handled = cast("tuple[int, int]", self._ref.ask(m.Probe(), timeout=left()))
+            if fetches or self._pool.busy:
                 self._pool.wait_idle(left())
-                continue
-            if not self._events.wait_idle(left()):
-                continue
-            if fired or not self._ref.actor_inbox.empty():
-                continue
-            due = cast("float | None", self._scheduler.ask(NextDue(), timeout=left()))
-            if (due is None or due > self._clock.now()) and self._ref.actor_inbox.empty():
-                return
+            elif self._events.wait_idle(left()) and not fired:
+                due = cast("float | None", self._scheduler.ask(NextDue(), timeout=left()))
+                if due is None or due > self._clock.now():
+                    if handled == expected:
+                        return
+                    expected = handled + 1
+                    continue
+            expected = None
 
     def stop(self, *, timeout: float = 5.0) -> None:
         """Stop everything; idempotent. Pending futures fail with SystemStoppedError."""

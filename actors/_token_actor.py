@@ -57,6 +57,7 @@ class TokenActor(pykka.ThreadingActor):
         self._policy = policy
         self._clock = clock
         self._callers = CallerStats() if callers is None else callers
+        self._handled = 0  # messages handled, for settle() to tell a quiet actor
         self._timers = Timers(scheduler, self.actor_ref, clock)
         self._refresher = Refresher(
             apps=self._apps,
@@ -73,6 +74,7 @@ class TokenActor(pykka.ThreadingActor):
     # --- mailbox -------------------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
+        self._handled += 1
         try:
             return self._dispatch(message)
         except Exception as exc:
@@ -110,7 +112,7 @@ class TokenActor(pykka.ThreadingActor):
             case m.ReportDue():
                 self._log_report()
             case m.Probe():
-                return refresher.fetches
+                return refresher.fetches, self._handled - 1
             case _:
                 _log.warning("TokenActor ignored an unknown message {!r}", type(message).__name__)
         return None
