@@ -163,10 +163,17 @@ def attempt_deadline(seconds: float) -> Iterator[Deadline]:
 
 
 class _Watchdog:
-    """One thread, started on demand and gone when idle, that fires the deadlines it is given."""
+    """One thread, started on demand and gone when idle for ``linger`` seconds, that fires the
+    deadlines it is given.
 
-    def __init__(self, name: str = "actors-watchdog") -> None:
+    The thread lingers because starting one costs more than the rest of a cold fetch's
+    client-side work (``Thread.start`` waits for the new thread to run): a busy system keeps one
+    thread, an idle one keeps none.
+    """
+
+    def __init__(self, name: str = "actors-watchdog", *, linger: float = 10.0) -> None:
         self._name = name
+        self._linger = linger
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, Deadline]] = []
         self._seq = itertools.count()
@@ -204,11 +211,19 @@ class _Watchdog:
 
     def _next_due(self) -> Deadline | None:
         """Wait (under the lock) for the next deadline to pass; None when idle or closed."""
+        idle_until: float | None = None
         while not self._closed:
             while self._heap and self._heap[0][2].done:
                 heapq.heappop(self._heap)
             if not self._heap:
-                return None
+                now = time.monotonic()
+                if idle_until is None:
+                    idle_until = now + self._linger
+                if now >= idle_until:
+                    return None
+                self._cond.wait(idle_until - now)
+                continue
+            idle_until = None
             wait = self._heap[0][0] - time.monotonic()
             if wait <= 0:
                 return heapq.heappop(self._heap)[2]
@@ -231,11 +246,11 @@ class AbortableAdapter(HTTPAdapter):
     """``requests`` adapter that can shut down every socket it opened (:meth:`abort`), and
     whose attempts end at their :func:`attempt_deadline`."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, watchdog_linger: float = 10.0, **kwargs: Any) -> None:
         self._lock = threading.Lock()
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         self._aborted = False
-        self._watchdog = _Watchdog()
+        self._watchdog = _Watchdog(linger=watchdog_linger)
         super().__init__(**kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:

@@ -178,7 +178,7 @@ def watchdogs() -> set[threading.Thread]:
 
 def test_the_watchdog_shuts_a_socket_down_when_its_deadline_passes() -> None:
     before = watchdogs()
-    adapter = AbortableAdapter()
+    adapter = AbortableAdapter(watchdog_linger=0.0)
     left, right = socket.socketpair()
     with left, right:
         left.settimeout(5)  # only a safety net: the shutdown ends the read
@@ -191,6 +191,22 @@ def test_the_watchdog_shuts_a_socket_down_when_its_deadline_passes() -> None:
     for thread in ours:  # nothing left to watch: the thread ends by itself
         thread.join(5)
         assert not thread.is_alive()
+
+
+def test_consecutive_attempts_share_one_watchdog_thread_until_it_idles_out() -> None:
+    before = watchdogs()
+    adapter = AbortableAdapter(watchdog_linger=60.0)
+    seen: set[threading.Thread] = set()
+    for _ in range(3):
+        left, right = socket.socketpair()
+        with left, right, attempt_deadline(60.0):
+            adapter.watch(left)
+            seen |= watchdogs() - before
+    assert len(seen) == 1  # one thread start for every attempt: it is the costly part
+    (thread,) = seen
+    assert thread.is_alive()  # lingering, not ended after each attempt
+    adapter.abort()
+    assert not thread.is_alive()
 
 
 def test_a_socket_used_after_its_attempts_deadline_passed_is_shut_down_at_once() -> None:
