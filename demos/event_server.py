@@ -3,7 +3,9 @@
 A marketplace (store) app needs the app_ticket Feishu pushes to its event URL before it can get
 any token. This demo runs a minimal event endpoint (the standard library's ``http.server``)
 that hands every callback to ``actors.handle_event``, which checks the signature and the
-verification token, decrypts the event and feeds the ticket to the TokenSystem. The embedded
+verification token, decrypts the event and feeds the ticket to the TokenSystem. The endpoint
+refuses a body over its cap from the ``Content-Length`` alone, before reading a byte of it
+(HTTP 413), and a client that sends too slowly is cut off. The embedded
 fake Feishu server plays Feishu: asked to resend the ticket, it pushes the event to the
 endpoint over HTTP. Then a tenant token is obtained, and the demo exits.
 
@@ -19,6 +21,7 @@ import json
 import sys
 import threading
 from collections.abc import Iterator
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
@@ -34,15 +37,25 @@ APP_ID, SECRET = "cli_store_demo", "store-demo-secret"
 # The app's event settings (Developer Console -> Events & Callbacks -> Encryption Strategy).
 ENCRYPT_KEY = "demo-encrypt-key"
 VERIFICATION_TOKEN = "demo-verification-token"
+MAX_BODY = 1 << 20  # a callback is a few hundred bytes: a bigger one is not read at all
 
 
 class EventHandler(BaseHTTPRequestHandler):
     """POST /feishu/events: every callback goes through ``actors.handle_event``."""
 
     system: ClassVar[actors.TokenSystem]
+    timeout = 10  # seconds a client may take per read: a slow sender does not hold a thread
 
     def do_POST(self) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        length = _content_length(self.headers)
+        if length is None:  # no length, or chunked: nothing bounds the body before reading it
+            self._answer(411, {"error": "Content-Length required"}, close=True)
+            return
+        if length > MAX_BODY:  # refused unread: the connection closes with the body unsent
+            print(f"   endpoint: refused a {length}-byte body unread (cap {MAX_BODY})")
+            self._answer(413, {"error": "body too large"}, close=True)
+            return
+        raw = self.rfile.read(length)
         try:
             answer = actors.handle_event(
                 self.system,
@@ -50,8 +63,10 @@ class EventHandler(BaseHTTPRequestHandler):
                 headers=self.headers,
                 verification_token=VERIFICATION_TOKEN,
                 encrypt_key=ENCRYPT_KEY,
+                app_id=APP_ID,
+                max_body=MAX_BODY,
             )
-        except actors.EventError as exc:  # forged, tampered or misconfigured: feed nothing
+        except actors.EventError as exc:  # forged, tampered, replayed or misconfigured
             print(f"   endpoint: refused an event ({exc})")
             self._answer(400, {"error": "bad event"})
             return
@@ -61,16 +76,26 @@ class EventHandler(BaseHTTPRequestHandler):
             print(f"   endpoint: event decrypted, signature and token checked ({len(raw)} bytes)")
         self._answer(200, answer)
 
-    def _answer(self, status: int, answer: dict[str, object]) -> None:
+    def _answer(self, status: int, answer: dict[str, object], *, close: bool = False) -> None:
         data = json.dumps(answer).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if close:  # a body left unread cannot be skipped: this connection ends here
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
     def log_message(self, format: str, *args: object) -> None:
         return
+
+
+def _content_length(headers: Message) -> int | None:
+    """The declared body length; None if absent, not a plain decimal number, or chunked."""
+    value = headers.get("Content-Length")
+    if headers.get("Transfer-Encoding") or value is None:
+        return None
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 @contextlib.contextmanager

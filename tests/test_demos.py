@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import http.client
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+import actors
+from actors.testing import FunctionSource, encrypt_event
+from demos import event_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,3 +74,59 @@ def test_event_server_demo_gets_a_marketplace_token_through_a_pushed_ticket() ->
     assert "the endpoint answered HTTP 200" in result.stdout
     assert "(accepted by Feishu: True)" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def event_url() -> Iterator[str]:
+    """The demo's event endpoint on loopback, for a system of the demo's app."""
+    app = actors.AppConfig(event_server.APP_ID, "secret", app_type=actors.AppType.MARKETPLACE)
+    with (
+        actors.TokenSystem.start(app, source=FunctionSource.constant()) as system,
+        event_server.event_endpoint(system) as url,
+    ):
+        yield url
+
+
+def post_head(url: str, head: str) -> http.client.HTTPResponse:
+    """Send a POST's request line and ``head`` (headers) and no body; its answer."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{head}\r\n".encode())
+        response = http.client.HTTPResponse(sock)
+        response.begin()  # the response reads on through its own file once the socket is closed
+    return response
+
+
+def test_event_server_demo_refuses_a_body_over_its_cap_from_the_header_alone(
+    event_url: str,
+) -> None:
+    # 150 MiB declared and not one byte sent: an answer proves the endpoint read none of it.
+    response = post_head(event_url, f"Content-Length: {150 << 20}\r\n")
+
+    assert response.status == 413
+    assert response.getheader("Connection") == "close"
+    assert response.read() == b'{"error": "body too large"}'
+
+
+@pytest.mark.parametrize(
+    "head",
+    ["", "Transfer-Encoding: chunked\r\n", "Content-Length: -1\r\n", "Content-Length: 1e9\r\n"],
+    ids=["no-length", "chunked", "negative", "not-decimal"],
+)
+def test_event_server_demo_answers_411_when_nothing_bounds_the_body(
+    event_url: str, head: str
+) -> None:
+    assert post_head(event_url, head).status == 411
+
+
+def test_event_server_demo_still_serves_after_refusing_a_body(event_url: str) -> None:
+    post_head(event_url, f"Content-Length: {150 << 20}\r\n")
+    check = {"type": "url_verification", "challenge": "ch-1"}
+    body = encrypt_event(
+        {**check, "token": event_server.VERIFICATION_TOKEN}, event_server.ENCRYPT_KEY
+    )
+    with requests.Session() as session:
+        session.trust_env = False  # loopback: no proxy from the environment
+        response = session.post(event_url, data=body, timeout=10)
+
+    assert response.status_code == 200 and response.json() == {"challenge": "ch-1"}
