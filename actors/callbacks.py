@@ -6,8 +6,8 @@ ciphertext)}``, key ``sha256(encrypt_key)``, PKCS#7 padding), signs them
 seconds) and carries the app's verification token inside the payload. Every event names itself
 and the moment it was made: v1 payloads with ``uuid`` and ``ts`` (Unix seconds, a decimal string),
 v2 payloads with ``header.event_id`` and ``header.create_time`` (Unix milliseconds). Feishu
-delivers at least once: a redelivery keeps the event's id and time (see
-``docs/feishu-protocol.md``).
+delivers at least once and asks receivers to deduplicate by the event id, which a redelivery
+keeps (it is a new request: a new nonce, timestamp and signature).
 
 :func:`handle_event` checks all of that, answers the ``url_verification`` challenge, and feeds
 ``app_ticket`` events to the TokenSystem: a delivery signed too long ago is refused, one seen
