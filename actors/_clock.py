@@ -20,9 +20,10 @@ class Clock(Protocol):
     """A monotonic source of seconds.
 
     ``wait(event, deadline)`` blocks the calling thread until ``event`` is set or the clock
-    reaches ``deadline`` (``None``: no deadline); it is how the timer driver sleeps.
-    ``subscribe(callback)`` registers a callable invoked after the clock jumps (a manual clock's
-    ``advance``); a real clock never jumps and ignores it.
+    reaches ``deadline`` (an absolute time on this clock; ``None``: no deadline); it is how the
+    scheduler's timer driver sleeps. ``subscribe(callback)`` registers a callable invoked after
+    the clock jumps (a manual clock's ``advance``, which is how a :class:`ManualClock` ticks the
+    scheduler without a driver thread); a real clock never jumps and ignores it.
     """
 
     def now(self) -> float: ...
@@ -71,7 +72,8 @@ class ManualClock:
         return self._now
 
     def advance(self, seconds: float) -> None:
-        """Move time forward by ``seconds`` and wake every timer driver."""
+        """Move time forward by ``seconds`` and tell every subscriber (the scheduler fires what
+        became due)."""
         if seconds < 0:
             msg = f"ManualClock.advance: seconds must be >= 0, got {seconds!r}"
             raise ValueError(msg)

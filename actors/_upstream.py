@@ -56,6 +56,8 @@ class Upstream:
 
     def enqueue(self, request: TokenRequest, deadline: float) -> list[TokenKey]:
         """Queue one fetch; returns the keys that could not start because the pool is closed."""
+        if not self._queue and self.in_flight < self._cap:  # a free slot: nothing to order
+            return self._submit(request)
         self._queue.add((deadline, next(self._seq), request))
         return self.start_queued()
 
@@ -67,14 +69,16 @@ class Upstream:
     def start_queued(self) -> list[TokenKey]:
         refused = []
         while self.in_flight < self._cap and self._queue:
-            _, _, request = self._queue.pop(0)
-            try:
-                self._pool.submit(self._fetch_job(request))
-            except RuntimeError:  # the pool shut down: the system is stopping
-                refused.append(request.key)
-                continue
-            self.in_flight += 1
+            refused += self._submit(self._queue.pop(0)[2])
         return refused
+
+    def _submit(self, request: TokenRequest) -> list[TokenKey]:
+        try:
+            self._pool.submit(self._fetch_job(request))
+        except RuntimeError:  # the pool shut down: the system is stopping
+            return [request.key]
+        self.in_flight += 1
+        return []
 
     def clear(self) -> None:
         self._queue.clear()
