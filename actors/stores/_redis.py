@@ -4,41 +4,51 @@ Every process keeps its own TokenActor (L1); Redis is the shared L2. :meth:`Redi
 turns the system's :class:`TokenSource` into a :class:`SharedSource`: Redis first, one process
 per key upstream under a lease, the others wait for its value. The store owns what the sources
 of one system share: the Redis client and its :class:`Breaker`, the scripts, the process's
-:class:`~actors.stores._base.Ledger`, and the listener thread for invalidation notices (started
-by :meth:`RedisStore.attach`, stopped by :meth:`RedisStore.close`).
+:class:`~actors.stores._base.Ledger`, the :class:`Renewer` that keeps this process's leases
+alive while it fetches, and the listener thread for invalidation notices (started by
+:meth:`RedisStore.attach`, stopped by :meth:`RedisStore.close`).
 
-The layout in Redis (keys, values, notices) and the Lua scripts that keep it consistent close
-the module: each script's ``KEYS``/``ARGV`` order is the argument tuple of the store method that
-runs it.
+Redis is a cache, not an authority: the scripts (:mod:`actors.stores._layout`) check every
+value they read and delete an unusable one; the store reports it once and the process fetches
+from upstream as if the key were empty. A problem with one key (a bad value, a key of another
+Redis type) never counts against the breaker, which is for Redis itself failing.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import collections
+import math
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, TypeVar, cast
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import redis
 from loguru import logger
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from actors._config import AppConfig, RefreshPolicy, TokenKind
+from actors._config import AppConfig, RefreshPolicy
 from actors._errors import SystemStoppedError, UpstreamError
 from actors._source import Grant, TokenRequest, TokenSource
 from actors.feishu import _protocol as feishu
+from actors.stores import _layout as layout
 from actors.stores._base import Ledger, Store, token_digest
+from actors.stores._layout import Keys
 
 __all__ = ["RedisStore", "SharedSource"]
 
 
 _log = logger.bind(component="RedisStore")
 _T = TypeVar("_T")
+
+# How long a lease outlives its holder's last renewal: a holder killed or paused mid-fetch
+# keeps the other processes waiting this long at most.
+DEFAULT_LEASE = 1.5
+_RENEWALS_PER_LEASE = 5  # renewals that may be missed (a busy host) before the lease lapses
+_REPORTED_MAX = 4096  # (key, fault) pairs reported at WARNING; later ones at DEBUG
 
 
 class RedisStore(Store):
@@ -50,8 +60,10 @@ class RedisStore(Store):
         client: A ready ``redis.Redis`` (or ``redis.RedisCluster``) to use instead of ``url``;
             its timeouts are the caller's business.
         op_timeout: Connect and read timeout of each Redis operation, in seconds.
-        lease: How long one process may fetch a key's token before another takes over;
-            default: the policy's ``sum(request_timeout) + 2`` seconds.
+        lease: How long a key's lease outlives its holder's last renewal, in seconds: the
+            holder renews it while it fetches (for at most the policy's
+            ``sum(request_timeout) + 2`` seconds), so a holder that was killed or paused is
+            taken over after this long.
         failure_threshold: Consecutive Redis failures that open the circuit breaker.
         cooldown: How long an open breaker skips Redis before probing it again.
         ticket_poll: How long ``resend_ticket`` waits for another process's app_ticket;
@@ -65,17 +77,16 @@ class RedisStore(Store):
         prefix: str = "lark-token:",
         client: redis.Redis | redis.RedisCluster | None = None,
         op_timeout: float = 0.5,
-        lease: float | None = None,
+        lease: float = DEFAULT_LEASE,
         failure_threshold: int = 3,
         cooldown: float = 5.0,
         ticket_poll: float | None = None,
     ) -> None:
-        self.prefix = check_prefix(prefix)
-        for name, value in (("op_timeout", op_timeout), ("cooldown", cooldown)):
+        self.prefix = layout.check_prefix(prefix)
+        for name, value in (("op_timeout", op_timeout), ("cooldown", cooldown), ("lease", lease)):
             _check_positive(name, value)
-        for name, optional in (("lease", lease), ("ticket_poll", ticket_poll)):
-            if optional is not None:
-                _check_positive(name, optional)
+        if ticket_poll is not None:
+            _check_positive("ticket_poll", ticket_poll)
         if not isinstance(failure_threshold, int) or failure_threshold < 1:
             msg = f"RedisStore failure_threshold must be an int >= 1, got {failure_threshold!r}"
             raise ValueError(msg)
@@ -102,13 +113,15 @@ class RedisStore(Store):
         self.ticket_poll = ticket_poll
         self._breaker = Breaker(self._where, threshold=failure_threshold, cooldown=cooldown)
         self._id = secrets.token_hex(8)  # tells this store's own notices from the others'
-        self._channel = channel(self.prefix)
+        self._channel = layout.channel(self.prefix)
         self._scripts = {
             name: client.register_script(text)
             for name, text in (
-                ("acquire", ACQUIRE),
-                ("write", WRITE),
-                ("release", RELEASE),
+                ("acquire", layout.ACQUIRE),
+                ("write", layout.WRITE),
+                ("release", layout.RELEASE),
+                ("renew", layout.RENEW),
+                ("read_ticket", layout.READ_TICKET),
             )
         }
         self._lock = threading.Lock()
@@ -117,6 +130,10 @@ class RedisStore(Store):
         self._thread: threading.Thread | None = None
         self._on_notice: Callable[[str], object] | None = None
         self._ledger = Ledger()  # shared with the source: tokens handed out, tokens dead
+        self._renewer = Renewer(self, every=lease / _RENEWALS_PER_LEASE)
+        self._apps: dict[str, AppConfig] = {}  # the apps served, for put_ticket(app_id)
+        self._faults: collections.Counter[str] = collections.Counter()
+        self._reported: set[tuple[str, str]] = set()
 
     # --- the system's side ---------------------------------------------------------------------
 
@@ -150,31 +167,52 @@ class RedisStore(Store):
             raise ValueError(msg)
 
     def close(self, *, timeout: float = 2.0) -> None:
-        """Stop the listener thread, end every wait and release the connections. Idempotent."""
+        """Stop the store's threads, end every wait and release the connections. Idempotent."""
         self._closed.set()
+        self._renewer.stop()
+        deadline = time.monotonic() + timeout
         with self._lock:
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+            threads = [self._thread, self._renewer.thread]
+        for thread in threads:
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
         if self._owns_client:
             try:
                 self._client.close()
             except Exception:  # closing is best effort
                 pass
 
-    def put_ticket(self, app_id: str, ticket: str) -> bool:
-        """Share the app_ticket the application received (kept 12 h); False if Redis is down."""
+    def put_ticket(self, app: AppConfig | str, ticket: str) -> bool:
+        """Share the app_ticket the application received (kept 12 h); False if Redis is down
+        or the ticket is not one the store may hold (it still serves this process)."""
         if not isinstance(ticket, str) or not ticket.strip():
             msg = "app_ticket must be a non-empty string"
             raise ValueError(msg)
+        config = self.served(app)
+        app_id = config.app_id if config is not None else str(app)
         self._ledger.use_ticket(app_id, ticket)
-        value = json.dumps({"v": VERSION, "ticket": ticket})
-        key = ticket_key(self.prefix, app_id)
+        if config is None:
+            _log.debug("app_ticket of {} not shared: the store has not served that app", app_id)
+            return False
+        key = layout.ticket_key(self.prefix, config)
+        if not layout.shareable(ticket):
+            self.report(key, "not printable ASCII, or too long", what="app_ticket")
+            return False
+        value = layout.ticket_value(key, ticket)
         try:
-            self._run(lambda: self._client.set(key, value, px=TICKET_TTL_MS))
+            self._run(lambda: self._client.set(key, value, px=layout.TICKET_TTL_MS))
         except Unavailable:
             return False
         return True
+
+    def served(self, app: AppConfig | str) -> AppConfig | None:
+        """``app``'s config, remembered for calls that name it by app_id only."""
+        if isinstance(app, AppConfig):
+            with self._lock:
+                self._apps[app.app_id] = app
+            return app
+        with self._lock:
+            return self._apps.get(app)
 
     @property
     def closed(self) -> bool:
@@ -190,6 +228,11 @@ class RedisStore(Store):
             raise Unavailable
         try:
             result = op()
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" in str(exc):  # one key's problem, not Redis's: no breaker
+                raise Unavailable from exc
+            self._breaker.failed(exc)
+            raise Unavailable from exc
         except Exception as exc:  # redis-py's errors, socket errors, a malformed answer
             self._breaker.failed(exc)
             raise Unavailable from exc
@@ -198,7 +241,31 @@ class RedisStore(Store):
 
     def _script(self, name: str, keys: list[str], args: Iterable[str | int]) -> list[Any]:
         script = self._scripts[name]
-        return cast("list[Any]", self._run(lambda: script(keys=keys, args=list(args))))
+        answer = self._run(lambda: script(keys=keys, args=list(args)))
+        if not isinstance(answer, list):
+            raise Unavailable  # not Redis as the scripts know it
+        return answer
+
+    def report(self, key: str, fault: str, *, what: str = "token") -> None:
+        """An unusable value was found (and deleted) at ``key``: WARNING once per key and
+        fault, never with the value's bytes."""
+        if not fault:
+            return
+        with self._lock:
+            self._faults[fault] += 1
+            first = (key, fault) not in self._reported and len(self._reported) < _REPORTED_MAX
+            if first:
+                self._reported.add((key, fault))
+        if first:
+            _log.warning(
+                "ignored an unusable shared {} at {} ({}): it is not served, and is replaced "
+                "by one from Feishu",
+                what,
+                key,
+                fault,
+            )
+        else:
+            _log.debug("ignored an unusable shared {} at {} ({})", what, key, fault)
 
     def acquire(
         self,
@@ -214,20 +281,32 @@ class RedisStore(Store):
         """Serve the shared value, or take the lease, or say how long the lease has left.
         ``invalidate``: first drop that token from Redis and tell every process, once."""
         digest = token_digest(invalidate) if invalidate else ""
-        kind, token, pttl, now = self._script(
+        kind, token, pttl, version, fault = self._script(
             "acquire",
-            [keys.value, keys.lease, keys.marker + digest[:32]],
+            [keys.value, keys.lease, keys.version, keys.marker + digest[:32]],
             (
                 *(lease_id, lease_ms, replaces, min_ms, since),
-                *(invalidate, self._channel, digest, self._id, MARKER_TTL_MS),
+                *(invalidate, self._channel, digest, self._id, layout.MARKER_TTL_MS),
+                *(keys.owner, layout.TOKEN_TTL_MAX_MS),
             ),
         )
-        return Acquired(_text(kind), _text(token), int(pttl), int(now))
+        self.report(keys.value, _text(fault))
+        return Acquired(_text(kind), _text(token), int(pttl), int(version))
 
-    def write(self, keys: Keys, token: str, ttl_ms: int, started_ms: int) -> tuple[bool, str, int]:
+    def write(
+        self, keys: Keys, token: str, ttl_ms: int, seen: int, *, min_ms: int = 0
+    ) -> tuple[bool, str, int]:
         """Compare-and-set ``token`` (see ``WRITE``): (written, the token kept, its pttl)."""
-        written, kept, pttl = self._script("write", [keys.value], (token, ttl_ms, started_ms))
+        written, kept, pttl, fault = self._script(
+            "write",
+            [keys.value, keys.version],
+            (token, ttl_ms, seen, keys.owner, layout.TOKEN_TTL_MAX_MS, min_ms),
+        )
+        self.report(keys.value, _text(fault))
         return bool(written), _text(kept), int(pttl)
+
+    def renew(self, lease_key: str, lease_id: str) -> None:
+        self._script("renew", [lease_key], (lease_id, round(self.lease * 1000)))
 
     def release(self, keys: Keys, lease_id: str) -> None:
         try:
@@ -235,15 +314,13 @@ class RedisStore(Store):
         except Unavailable:
             pass  # the lease expires by itself
 
-    def get_ticket(self, app_id: str) -> str | None:
-        key = ticket_key(self.prefix, app_id)
-        raw = self._run(lambda: self._client.get(key))
-        try:
-            value = json.loads(cast(bytes, raw)) if raw is not None else None
-        except ValueError:
-            return None
-        ticket = value.get("ticket") if isinstance(value, dict) else None
-        return ticket if isinstance(ticket, str) and ticket else None
+    def get_ticket(self, app: AppConfig) -> str | None:
+        key = layout.ticket_key(self.prefix, app)
+        ticket, fault = self._script(
+            "read_ticket", [key], (layout.owner(key), layout.TICKET_TTL_MS)
+        )
+        self.report(key, _text(fault), what="app_ticket")
+        return _text(ticket) or None
 
     # --- invalidation notices ------------------------------------------------------------------
 
@@ -271,15 +348,16 @@ class RedisStore(Store):
             backoff = min(backoff * 2, 2.0)
 
     def _on_message(self, data: object) -> None:
-        try:
-            notice = json.loads(cast(bytes, data))
-            digest, origin, at_ms = notice["digest"], notice["origin"], int(notice["at_ms"])
-        except (ValueError, TypeError, KeyError):
+        """One message from the channel: anyone who can publish there may send anything, so
+        nothing in it may stop the listener."""
+        notice = layout.parse_notice(data)
+        if notice is None:
+            _log.debug("ignored a malformed invalidation notice")
             return
-        if origin == self._id or not isinstance(digest, str):
+        if notice.origin == self._id:
             return
-        self._ledger.note_dead(digest, at_ms)
-        token = self._ledger.token(digest)
+        self._ledger.note_dead(notice.digest, notice.version)
+        token = self._ledger.token(notice.digest)
         with self._lock:
             on_notice = self._on_notice
         if token is None or on_notice is None:
@@ -310,6 +388,55 @@ def _check_positive(name: str, value: object) -> None:
         raise ValueError(msg)
 
 
+class Renewer:
+    """Keeps the leases this process holds alive while it fetches, so that a holder that was
+    killed or paused is noticed within one lease, however long a live fetch may take.
+
+    One thread per store, started with the first lease held, renewing every lease each
+    ``every`` seconds until its ``until`` (the longest a fetch may take) or its release.
+    """
+
+    def __init__(self, store: RedisStore, *, every: float) -> None:
+        self._store = store
+        self._every = every
+        self._cond = threading.Condition()
+        self._held: dict[str, tuple[str, float]] = {}  # lease id -> (lease key, renew until)
+        self.thread: threading.Thread | None = None
+
+    def hold(self, lease_key: str, lease_id: str, *, until: float) -> None:
+        with self._cond:
+            self._held[lease_id] = (lease_key, until)
+            if self.thread is None and not self._store.closed:
+                self.thread = threading.Thread(
+                    target=self._run, name="actors-redis-leases", daemon=True
+                )
+                self.thread.start()
+            self._cond.notify()
+
+    def drop(self, lease_id: str) -> None:
+        with self._cond:
+            self._held.pop(lease_id, None)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        store = self._store
+        while not store.closed:
+            with self._cond:
+                while not self._held and not store.closed:
+                    self._cond.wait()
+                now = time.monotonic()
+                due = [(i, k) for i, (k, until) in self._held.items() if until > now]
+            for lease_id, lease_key in due:
+                try:
+                    store.renew(lease_key, lease_id)
+                except Unavailable:
+                    pass  # the lease lapses; another process takes over
+            store._closed.wait(self._every)
+
+
 # A shared value is served only with this much more than the safety margin left, so that the
 # reader's clock, counting from before the read, still finds it servable.
 _SLACK_MS = 500
@@ -338,9 +465,10 @@ class SharedSource:
         self._inner = inner
         self._ledger = ledger
         self._closed = closed
-        lease = store.lease if store.lease is not None else sum(policy.request_timeout) + 2.0
-        self._lease_ms = max(1, round(lease * 1000))
-        self._max_wait = 3 * lease  # a holder, and up to two more after it died
+        self._lease_ms = max(1, round(store.lease * 1000))
+        # The longest a live holder fetches (one attempt's timeouts, and some) while renewing.
+        self._hold_for = sum(policy.request_timeout) + 2.0
+        self._max_wait = 3 * (self._hold_for + store.lease)  # a holder, and two after it died
         self._min_ms = round(policy.safety_margin * 1000) + _SLACK_MS
         poll = store.ticket_poll
         self._ticket_poll = poll if poll is not None else policy.ticket_wait / 2
@@ -348,7 +476,9 @@ class SharedSource:
     def fetch(self, request: TokenRequest) -> Grant:
         if self._closed.is_set():
             raise SystemStoppedError()
-        keys = Keys.of(self._store.prefix, request.app.app_id, request.kind, request.tenant_key)
+        app = self._store.served(request.app)
+        assert app is not None
+        keys = Keys.of(self._store.prefix, app, request.kind, request.tenant_key)
         since, invalidate = -1, ""
         if request.cause == "invalidate" and request.replaces:
             noticed = self._ledger.noticed_at(request.replaces)
@@ -368,7 +498,7 @@ class SharedSource:
 
     def _shared(self, request: TokenRequest, keys: Keys, since: int, invalidate: str) -> Grant:
         """``since`` < 0: the first read never serves ``request.replaces``; later reads (and a
-        first one with ``since`` >= 0) do if it was written at or after ``since``.
+        first one with ``since`` >= 0) do if it was written after version ``since``.
         ``invalidate``: the first read drops that token from Redis and tells the others."""
         lease_id = secrets.token_hex(16)
         excluded = request.replaces or ""
@@ -386,14 +516,14 @@ class SharedSource:
             )
             invalidate = ""
             if since < 0:
-                since = got.now_ms
+                since = got.version
             if got.kind == "value":
                 if got.token == excluded or not self._ledger.is_dead(got.token):
                     return self._handed(Grant(got.token, got.pttl_ms / 1000))
-                excluded, since = got.token, got.now_ms  # invalidated elsewhere a moment ago
+                excluded, since = got.token, got.version  # invalidated elsewhere a moment ago
                 continue
             if got.kind == "lease":
-                return self._hold(request, keys, lease_id, got.now_ms)
+                return self._hold(request, keys, lease_id, got.version)
             now = time.monotonic()
             if give_up_at is None:
                 give_up_at = now + self._max_wait
@@ -404,27 +534,45 @@ class SharedSource:
                 raise SystemStoppedError()
             delay = min(delay * 2, _POLL_MAX)
 
-    def _hold(self, request: TokenRequest, keys: Keys, lease_id: str, started: int) -> Grant:
+    def _hold(self, request: TokenRequest, keys: Keys, lease_id: str, seen: int) -> Grant:
         store = self._store
+        started = time.monotonic()  # before the request leaves: the lifetime counts from here
+        store._renewer.hold(keys.lease, lease_id, until=started + self._hold_for)
         try:
             grant = self._inner.fetch(request)
         except BaseException:
+            store._renewer.drop(lease_id)
             store.release(keys, lease_id)
             raise
         answer = grant
         try:
-            expire = grant.expire
-            # A lifetime the TokenActor will refuse (NaN, too long, within the margin) is not
-            # shared: the caller gets it and reports the failed attempt.
-            if feishu.usable_expire(expire) and expire * 1000 > self._min_ms:
-                written, kept, pttl = store.write(keys, grant.token, round(expire * 1000), started)
+            ttl_ms = self._shared_ttl_ms(grant, started)
+            if ttl_ms is not None and not layout.shareable(grant.token):
+                store.report(keys.value, "a token from upstream the store cannot hold")
+            elif ttl_ms is not None:
+                written, kept, pttl = store.write(
+                    keys, grant.token, ttl_ms, seen, min_ms=self._min_ms
+                )
                 if not written and kept != request.replaces and not self._ledger.is_dead(kept):
                     answer = Grant(kept, pttl / 1000)  # a longer-lived token is shared already
         except Unavailable:
             pass  # Redis went away meanwhile: the grant is still good for this process
         finally:
+            store._renewer.drop(lease_id)
             store.release(keys, lease_id)  # after the write: waiters find the value first
         return self._handed(answer)
+
+    def _shared_ttl_ms(self, grant: Grant, started: float) -> int | None:
+        """What is left of ``grant`` now, counted from before its request left (a holder
+        paused after the answer came writes what is really left, never its stale lifetime);
+        None for a lifetime not to share. A lifetime the TokenActor will refuse (NaN, longer
+        than Feishu's, within the margin) is not shared: the caller gets the grant and
+        reports the failed attempt."""
+        expire = grant.expire
+        if not feishu.usable_expire(expire) or expire * 1000 > layout.TOKEN_TTL_MAX_MS:
+            return None
+        left_ms = math.floor((expire - (time.monotonic() - started)) * 1000)
+        return left_ms if left_ms > self._min_ms else None
 
     def _handed(self, grant: Grant) -> Grant:
         """``grant``, remembered as gone to this process's cache (for the notices)."""
@@ -435,8 +583,9 @@ class SharedSource:
         """The app_ticket in Redis if this process has not used it yet; otherwise ask Feishu to
         push it again and wait (up to ``ticket_poll``) for a process to share a new one."""
         store = self._store
+        store.served(app)
         try:
-            first = store.get_ticket(app.app_id)
+            first = store.get_ticket(app)
         except Unavailable:
             return self._inner.resend_ticket(app)
         if first is not None and first != self._ledger.ticket(app.app_id):
@@ -444,7 +593,7 @@ class SharedSource:
             return first
         pushed = self._inner.resend_ticket(app)
         if isinstance(pushed, str) and pushed:
-            store.put_ticket(app.app_id, pushed)
+            store.put_ticket(app, pushed)
             return pushed
         deadline = time.monotonic() + self._ticket_poll
         delay = 0.05
@@ -453,7 +602,7 @@ class SharedSource:
                 return None
             delay = min(delay * 2, _TICKET_POLL_MAX)
             try:
-                ticket = store.get_ticket(app.app_id)
+                ticket = store.get_ticket(app)
             except Unavailable:
                 return None
             if ticket is not None and ticket != first:
@@ -470,7 +619,7 @@ class Acquired(NamedTuple):
     kind: str  # value | lease | wait
     token: str
     pttl_ms: int
-    now_ms: int
+    version: int  # the key's write version when it was read
 
 
 class Breaker:
@@ -521,135 +670,3 @@ class Breaker:
                 type(error).__name__,
                 self._cooldown,
             )
-
-
-# --- the layout in Redis: keys, values and notices, and the scripts that keep them -------------
-
-VERSION = 1
-# An app_ticket lives 12 hours, as the official SDKs keep it.
-TICKET_TTL_MS = 12 * 3600 * 1000
-# How long one token's invalidation notice is remembered: notices are published once per token.
-MARKER_TTL_MS = 60_000
-
-
-def _part(text: str) -> str:
-    # Braces would move the Cluster hash tag and colons would blur the layout: percent-encode.
-    return quote(text, safe="-_.~")
-
-
-def check_prefix(prefix: object) -> str:
-    if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
-        msg = f"RedisStore prefix must be a non-empty string without braces, got {prefix!r}"
-        raise ValueError(msg)
-    return prefix
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Keys:
-    """The keys of one token: its value, its lease and the marker prefix of its notices."""
-
-    value: str
-    lease: str
-    marker: str
-
-    @classmethod
-    def of(cls, prefix: str, app_id: str, kind: TokenKind, tenant_key: str | None) -> Keys:
-        tenant = _part(tenant_key) if tenant_key else "-"
-        value = f"{app_base(prefix, app_id)}:tenant:{tenant}:{kind.value}"
-        return cls(value=value, lease=f"{value}:lease", marker=f"{value}:invalidated:")
-
-
-def app_base(prefix: str, app_id: str) -> str:
-    return f"{prefix}{{app:{_part(app_id)}}}"
-
-
-def ticket_key(prefix: str, app_id: str) -> str:
-    return f"{app_base(prefix, app_id)}:ticket"
-
-
-def channel(prefix: str) -> str:
-    return f"{prefix}notices"
-
-
-# Redis server time in milliseconds, inside a script.
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-# Read the value or take the lease, in one round trip; first, if asked, invalidate a token.
-# KEYS: value, lease, marker (of the invalidated token's notice).
-# ARGV: lease id, lease ms, replaces ('' for none), min pttl ms, since ms,
-#       invalidate ('' for none), channel, digest, origin, marker ms.
-# Invalidation: the value is deleted if it still holds exactly that token, and a notice
-# {"v": 1, "digest": sha256, "origin": store id, "at_ms": Redis time} is published once per
-# token (the marker remembers it). Being in the same script as the lease, the invalidating
-# process holds the lease before any process that got the notice can ask for it.
-# A value is served if it outlives min pttl and its token is not `replaces`, or (since >= 0) if
-# it was written at or after `since` (a fresh upstream answer, even the same token again).
-# Returns {'value', token, pttl, now} | {'lease', '', lease ms, now} | {'wait', '', pttl, now}.
-ACQUIRE = (
-    _NOW
-    + """
-if ARGV[6] ~= '' then
-  local raw = redis.call('GET', KEYS[1])
-  if raw then
-    local ok, cur = pcall(cjson.decode, raw)
-    if ok and type(cur) == 'table' and cur.token == ARGV[6] then
-      redis.call('DEL', KEYS[1])
-    end
-  end
-  if redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[10]) then
-    local notice = cjson.encode({v = 1, digest = ARGV[8], origin = ARGV[9], at_ms = now})
-    redis.call('PUBLISH', ARGV[7], notice)
-  end
-end
-local raw = redis.call('GET', KEYS[1])
-if raw then
-  local pttl = redis.call('PTTL', KEYS[1])
-  local ok, value = pcall(cjson.decode, raw)
-  if ok and type(value) == 'table' and value.v == 1 and type(value.token) == 'string'
-      and pttl > tonumber(ARGV[4]) then
-    local since = tonumber(ARGV[5])
-    if value.token ~= ARGV[3] or (since >= 0 and tonumber(value.issued_ms or 0) >= since) then
-      return {'value', value.token, pttl, now}
-    end
-  end
-end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {'lease', '', tonumber(ARGV[2]), now}
-end
-return {'wait', '', redis.call('PTTL', KEYS[2]), now}
-"""
-)
-
-# Monotone compare-and-set of a token value. KEYS: value. ARGV: token, ttl ms, started ms (when
-# the writer took its lease). Another token stays if it outlives the new one or was written after
-# the writer started (a newer upstream answer); the same token is always rewritten (upstream's
-# lifetime for it is the truth). Returns {1, token, ttl} if written, else {0, kept token, pttl}.
-WRITE = (
-    _NOW
-    + """
-local raw = redis.call('GET', KEYS[1])
-if raw then
-  local ok, cur = pcall(cjson.decode, raw)
-  if ok and type(cur) == 'table' and cur.v == 1 and type(cur.token) == 'string'
-      and cur.token ~= ARGV[1] then
-    local pttl = redis.call('PTTL', KEYS[1])
-    if pttl > tonumber(ARGV[2]) or tonumber(cur.issued_ms or 0) > tonumber(ARGV[3]) then
-      return {0, cur.token, pttl}
-    end
-  end
-end
-redis.call('SET', KEYS[1], cjson.encode({v = 1, token = ARGV[1], issued_ms = now}), 'PX', ARGV[2])
-return {1, ARGV[1], tonumber(ARGV[2])}
-"""
-)
-
-# Token-checked release: delete the lease only if it is still ours. KEYS: lease. ARGV: lease id.
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""

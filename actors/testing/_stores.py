@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # redis-py is an optional extra
     from actors.stores import RedisStore
 
-__all__ = ["store_available", "wait_listening"]
+__all__ = ["noticed_count", "store_available", "store_faults", "wait_listening"]
 
 
 def wait_listening(store: RedisStore, timeout: float) -> bool:
@@ -20,3 +20,15 @@ def store_available(store: RedisStore) -> bool:
     """False while ``store``'s circuit breaker skips Redis (after ``failure_threshold``
     consecutive failures, until a probe succeeds)."""
     return store._breaker.closed
+
+
+def noticed_count(store: RedisStore) -> int:
+    """How many invalidations (by token digest) ``store``'s process remembers: bounded, however
+    many notices arrive."""
+    return store._ledger.dead_count()
+
+
+def store_faults(store: RedisStore) -> dict[str, int]:
+    """How many unusable values ``store`` found and ignored, by fault."""
+    with store._lock:
+        return dict(store._faults)

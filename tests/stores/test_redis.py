@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import multiprocessing
 import threading
@@ -15,117 +14,31 @@ from typing import Any, cast
 
 import pytest
 import redis
-from loguru import logger
 
 import actors
 from actors.stores import RedisStore
 from actors.stores import _base as base
-from actors.stores import _redis as lua
+from actors.stores import _layout as layout
 from actors.testing import FakeFeishu, FunctionSource, store_available, wait_listening
+from actors.testing._stores import store_faults
 from tests.conftest import APP_ID, MARKET_ID, MARKET_SECRET, SECRET, our_threads
-from tests.redis_server import (
-    RedisServer,
-    blocking_holder,
-    fleet_child,
-    free_port,
-    require_redis_binary,
-)
+from tests.redis_server import RedisServer, blocking_holder, fleet_child, free_port
+from tests.stores.conftest import PREFIX, counting_source, text_keys, wait_for
 
-PREFIX = "lark-token:"
 SPAWN = multiprocessing.get_context("spawn")
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(require_redis_binary())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_server.url, socket_timeout=5)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
-def stores() -> Iterator[Callable[..., RedisStore]]:
-    made: list[RedisStore] = []
-
-    def make(url: str, **options: Any) -> RedisStore:
-        options.setdefault("prefix", PREFIX)
-        store = RedisStore(url, **options)
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
-
-
-@pytest.fixture
-def systems() -> Iterator[list[actors.TokenSystem]]:
-    started: list[actors.TokenSystem] = []
-    yield started
-    for system in started:
-        system.stop()
-
-
-@pytest.fixture
-def store_warnings() -> Iterator[list[str]]:
-    """The WARNING lines of every RedisStore, with the store's address."""
-    lines: list[str] = []
-
-    def keep(message: Any) -> None:
-        if message.record["extra"].get("component") == "RedisStore":
-            lines.append(message.record["message"])
-
-    sink = logger.add(keep, level="WARNING")
-    logger.enable("actors")
-    yield lines
-    logger.disable("actors")
-    logger.remove(sink)
-
-
-def counting_source(expire: float = 7200.0, *, latency: float = 0.0) -> FunctionSource:
-    """Grants t-000001, t-000002, ... one new token per request."""
-    numbers = itertools.count(1)
-    lock = threading.Lock()
-
-    def fetch(_request: actors.TokenRequest) -> actors.Grant:
-        if latency:
-            time.sleep(latency)
-        with lock:
-            return actors.Grant(f"t-{next(numbers):06d}-shared-token", expire)
-
-    return FunctionSource(fetch)
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.01)
-
-
 APP = actors.AppConfig(APP_ID, SECRET, base_url="http://127.0.0.1:9")
-KEYS = lua.Keys.of(PREFIX, APP_ID, actors.TokenKind.TENANT, None)
+KEYS = layout.Keys.of(PREFIX, APP, actors.TokenKind.TENANT, None)
+MARKET = actors.AppConfig(
+    MARKET_ID, MARKET_SECRET, app_type=actors.AppType.MARKETPLACE, base_url=APP.base_url
+)
 
 
 def request(**fields: Any) -> actors.TokenRequest:
     fields.setdefault("app", APP)
     fields.setdefault("kind", actors.TokenKind.TENANT)
     return actors.TokenRequest(**fields)
-
-
-def server_ms(client: redis.Redis) -> int:
-    seconds, micros = client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def holds(system: actors.TokenSystem, token: str) -> bool:
@@ -152,10 +65,10 @@ def test_the_shared_value_is_versioned_json_with_redis_own_ttl(
     raw = client.get(KEYS.value)
     assert raw is not None
     value = json.loads(raw)
-    assert set(value) == {"v", "token", "issued_ms"}
-    assert value["v"] == 1 and value["token"] == "t-shared-value-0001"
-    assert abs(value["issued_ms"] - server_ms(client)) < 2_000
+    # The owner ties the value to its key: under any other key it is refused.
+    assert value == {"v": 2, "token": "t-shared-value-0001", "owner": KEYS.owner, "ver": 1}
     assert 7_190_000 < client.pttl(KEYS.value) <= 7_200_000
+    assert client.get(KEYS.version) == b"1"
     assert client.exists(KEYS.lease) == 0  # released
 
     # Another process (another store) is answered from Redis, with Redis's remaining TTL.
@@ -165,7 +78,7 @@ def test_the_shared_value_is_versioned_json_with_redis_own_ttl(
     assert len(source.requests) == 1 and other.requests == []
 
 
-def test_keys_are_namespaced_per_app_and_nothing_in_redis_holds_the_secret(
+def test_keys_name_the_app_its_domain_and_a_digest_of_its_credentials_never_the_secret(
     redis_server: RedisServer, client: redis.Redis, stores: Callable[..., RedisStore]
 ) -> None:
     store = stores(redis_server.url)
@@ -177,21 +90,55 @@ def test_keys_are_namespaced_per_app_and_nothing_in_redis_holds_the_secret(
     shared.fetch(request(app=market, kind=actors.TokenKind.APP, app_ticket="ticket-1"))
     shared.fetch(request(app=market, tenant_key="tk{odd}:key", app_token="a-app-token"))
     shared.fetch(request(cause="invalidate", replaces=token))
-    assert store.put_ticket(MARKET_ID, "ticket-1")
+    assert store.put_ticket(market, "ticket-1")
 
-    keys = sorted(k.decode() if isinstance(k, bytes) else k for k in client.keys("*"))
-    assert f"{PREFIX}{{app:{APP_ID}}}:tenant:-:tenant" in keys
-    assert f"{PREFIX}{{app:{MARKET_ID}}}:tenant:-:app" in keys
-    assert f"{PREFIX}{{app:{MARKET_ID}}}:tenant:tk%7Bodd%7D%3Akey:tenant" in keys
-    assert f"{PREFIX}{{app:{MARKET_ID}}}:ticket" in keys
+    mine = f"{PREFIX}{{app:{APP_ID}:127.0.0.1%3A9:{base.credentials_digest(APP)[:16]}}}"
+    theirs = f"{PREFIX}{{app:{MARKET_ID}:127.0.0.1%3A9:{base.credentials_digest(market)[:16]}}}"
+    keys = text_keys(client)
+    assert f"{mine}:tenant:-:tenant" in keys and f"{mine}:tenant:-:tenant:version" in keys
+    assert f"{theirs}:tenant:-:app" in keys
+    assert f"{theirs}:tenant:tk%7Bodd%7D%3Akey:tenant" in keys
+    assert f"{theirs}:ticket" in keys
     for key in keys:
-        assert key.startswith(PREFIX + "{app:") and key.count("{") == 1
+        assert key.startswith((mine, theirs)) and key.count("{") == 1
         assert SECRET not in key and MARKET_SECRET not in key
         raw = client.get(key) or b""
         assert SECRET.encode() not in raw and MARKET_SECRET.encode() not in raw
-    ticket = json.loads(client.get(f"{PREFIX}{{app:{MARKET_ID}}}:ticket") or b"{}")
-    assert ticket == {"v": 1, "ticket": "ticket-1"}
-    assert 43_100_000 < client.pttl(f"{PREFIX}{{app:{MARKET_ID}}}:ticket") <= 43_200_000
+    ticket = json.loads(client.get(f"{theirs}:ticket") or b"{}")
+    assert ticket == {"v": 2, "ticket": "ticket-1", "owner": layout.owner(f"{theirs}:ticket")}
+    assert 43_100_000 < client.pttl(f"{theirs}:ticket") <= 43_200_000
+    # Another domain, or another secret, is another key.
+    lark = actors.AppConfig(APP_ID, SECRET, base_url=actors.LARK)
+    rotated = actors.AppConfig(APP_ID, SECRET + "-rotated", base_url=APP.base_url)
+    tenant = actors.TokenKind.TENANT
+    names = {layout.Keys.of(PREFIX, app, tenant, None).value for app in (APP, lark, rotated)}
+    assert len(names) == 3
+    assert all(SECRET not in name for name in names)
+
+
+def test_the_same_app_id_on_another_domain_or_with_another_secret_is_never_served_its_token(
+    redis_server: RedisServer,
+    stores: Callable[..., RedisStore],
+    systems: list[actors.TokenSystem],
+) -> None:
+    with FakeFeishu() as feishu, FakeFeishu() as lark:
+        for server in (feishu, lark):
+            server.add_app(APP_ID, SECRET)
+
+        def token_of(app: actors.AppConfig) -> str:
+            systems.append(actors.TokenSystem.start(app, store=stores(redis_server.url)))
+            token: str = systems[-1].proxy.get_token().get(timeout=5)
+            return token
+
+        on_feishu = token_of(actors.AppConfig(APP_ID, SECRET, base_url=feishu.base_url))
+        on_lark = token_of(actors.AppConfig(APP_ID, SECRET, base_url=lark.base_url))
+        # A process with a wrong secret hears it from its own Feishu.
+        with pytest.raises(actors.AuthError):
+            token_of(actors.AppConfig(APP_ID, "not-the-app-secret", base_url=feishu.base_url))
+
+        assert on_lark != on_feishu
+        assert lark.valid_token(on_lark) and lark.count("tenant") == 1
+        assert feishu.count("tenant") == 2  # the first token, and the refused wrong secret
 
 
 def test_the_lease_is_exclusive_and_only_its_holder_releases_it(
@@ -212,23 +159,28 @@ def test_the_lease_is_exclusive_and_only_its_holder_releases_it(
     assert store.acquire(KEYS, "holder-b", **options).kind == "lease"
 
 
-def test_the_write_is_monotone(
+def test_writes_are_ordered_by_the_keys_version_and_a_late_writer_never_extends_a_token(
     redis_server: RedisServer, client: redis.Redis, stores: Callable[..., RedisStore]
 ) -> None:
     store = stores(redis_server.url)
-    started = server_ms(client)
 
-    assert store.write(KEYS, "t-long", 100_000, started)[0]
+    assert store.write(KEYS, "t-long", 100_000, 0)[0]  # version 1
     # A shorter-lived other token does not replace a longer-lived one: the longer one is kept.
-    written, kept, pttl = store.write(KEYS, "t-short", 50_000, started)
+    written, kept, pttl = store.write(KEYS, "t-short", 50_000, 1)
     assert (written, kept) == (False, "t-long") and 50_000 < pttl <= 100_000
-    # A writer whose lease predates the stored value's write lost the race, however long-lived.
-    assert store.write(KEYS, "t-stale-writer", 200_000, started - 1)[:2] == (False, "t-long")
-    # A later writer with a longer-lived token wins; the same token is always rewritten.
-    assert store.write(KEYS, "t-newer", 200_000, server_ms(client) + 1)[0]
+    # A writer that took its lease before the stored value was written lost the race, however
+    # long-lived its token: it saw version 0, the value is version 1.
+    assert store.write(KEYS, "t-stale-writer", 200_000, 0)[:2] == (False, "t-long")
+    # A writer that saw the stored value, with a longer-lived token, wins.
+    assert store.write(KEYS, "t-newer", 200_000, 1)[0]
+    # The same token is rewritten (a new version) with a shorter lifetime, never a longer one:
+    # a writer that was paused past its lease cannot keep a token beyond its real expiry.
     assert store.write(KEYS, "t-newer", 150_000, 0)[0]
-    assert json.loads(client.get(KEYS.value) or b"{}")["token"] == "t-newer"
+    written, kept, pttl = store.write(KEYS, "t-newer", 900_000, 0)
+    assert written and kept == "t-newer" and 140_000 < pttl <= 150_000
     assert 140_000 < client.pttl(KEYS.value) <= 150_000
+    assert json.loads(client.get(KEYS.value) or b"{}")["ver"] == 4
+    assert client.get(KEYS.version) == b"4"
 
 
 def test_a_value_that_is_the_replaced_token_or_within_the_margin_is_not_served(
@@ -238,16 +190,16 @@ def test_a_value_that_is_the_replaced_token_or_within_the_margin_is_not_served(
     source = counting_source()
     shared = stores(redis_server.url).wrap(source, policy)
     store = stores(redis_server.url)
-    store.write(KEYS, "t-held-by-caller", 7_200_000, server_ms(client))
+    store.write(KEYS, "t-held-by-caller", 7_200_000, 0)
 
     # A prewarm replacing the shared token goes upstream (under the lease).
     grant = shared.fetch(request(cause="prewarm", replaces="t-held-by-caller"))
     assert grant.token == "t-000001-shared-token" and len(source.requests) == 1
 
-    client.set(
-        KEYS.value, json.dumps({"v": 1, "token": "t-nearly-gone", "issued_ms": 0}), px=100_300
-    )
+    value = {"v": 2, "token": "t-nearly-gone", "owner": KEYS.owner, "ver": 9}
+    client.set(KEYS.value, json.dumps(value), px=100_300)
     assert shared.fetch(request()).token == "t-000002-shared-token"
+    assert store_faults(store) == {}  # nearly gone is not unusable: nothing to report
 
 
 # --- one upstream request -----------------------------------------------------------------------
@@ -439,7 +391,7 @@ def test_a_lease_holder_killed_mid_fetch_is_taken_over_after_its_lease_expires(
     systems: list[actors.TokenSystem],
 ) -> None:
     holder = SPAWN.Process(
-        target=blocking_holder, args=(redis_server.url, PREFIX, APP_ID, 1.5), daemon=True
+        target=blocking_holder, args=(redis_server.url, PREFIX, APP, 1.5), daemon=True
     )
     holder.start()
     try:
@@ -477,7 +429,7 @@ def test_an_invalidation_deletes_the_shared_value_and_every_system_drops_the_tok
     first = {s.proxy.get_token().get(timeout=5) for s in systems}
     assert first == {"t-000001-shared-token"}
     pubsub = cast(Any, client).pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(lua.channel(PREFIX))
+    pubsub.subscribe(layout.channel(PREFIX))
 
     assert systems[0].proxy.invalidate("t-000001-shared-token").get(timeout=5)
 
@@ -529,11 +481,11 @@ def test_a_rejected_ticket_is_not_handed_back_and_a_new_one_is_awaited(
     market = actors.AppConfig(MARKET_ID, MARKET_SECRET, app_type=actors.AppType.MARKETPLACE)
 
     assert shared.resend_ticket(market) is None  # none anywhere: asked Feishu, waited, nothing
-    other.put_ticket(MARKET_ID, "ticket-1")
+    other.put_ticket(market, "ticket-1")
     assert shared.resend_ticket(market) == "ticket-1"  # from Redis, no resend
     resends.extend(source.resends)
     # Asked again: ticket-1 was refused. It is not handed back; a newer one shared later is.
-    timer = threading.Timer(0.3, other.put_ticket, args=(MARKET_ID, "ticket-2"))
+    timer = threading.Timer(0.3, other.put_ticket, args=(market, "ticket-2"))
     timer.start()
     assert shared.resend_ticket(market) == "ticket-2"
     timer.join()
@@ -620,7 +572,7 @@ def busy(made: list[RedisStore]) -> None:
     replaces a dead one on checkout: none trips the breaker after a restart)."""
     with ThreadPoolExecutor(8) as pool:
         for store in made:
-            list(pool.map(store.get_ticket, [MARKET_ID] * 64))
+            list(pool.map(store.get_ticket, [MARKET] * 64))
 
 
 def test_redis_killed_mid_run_every_get_is_answered_and_the_tier_recovers(

@@ -1,0 +1,346 @@
+"""The layout in Redis: keys, values, notices, and the Lua scripts that keep them consistent.
+
+Keys (``P`` = the store's prefix; one Cluster hash tag per app, domain and credentials)::
+
+    P{app:<app_id>:<host>:<credentials digest>}:tenant:<tenant_key or ->:<kind>   token value
+    P{...}:tenant:<tenant>:<kind>:lease          the fetching process's lease id (PX, renewed)
+    P{...}:tenant:<tenant>:<kind>:version        the key's last write version (integer)
+    P{...}:tenant:<tenant>:<kind>:invalidated:<digest>   "a notice went out for this token"
+    P{...}:ticket                                the app_ticket value
+    Pnotices                                     pub/sub channel of invalidation notices
+
+The credentials digest (:func:`~actors.stores._base.credentials_digest`) keeps the same app_id on
+Feishu and on Lark, on a staging URL, or with another secret, from ever sharing a key; the
+secret itself is in no key and no value. Values are JSON and carry the digest of the key they
+were written under, so a value copied from another key (another app, kind or tenant) is refused:
+
+    {"v": 2, "token": "t-…", "owner": "<32 hex>", "ver": 17}      with Redis's own TTL (PX)
+    {"v": 2, "ticket": "…", "owner": "<32 hex>"}
+    notice: {"v": 2, "digest": "<sha256 of the token>", "origin": "<store id>", "ver": 17}
+
+A store is a cache, not an authority: every value is checked where it is read, inside the
+scripts (:data:`CHECKS`), and one that fails is deleted and reported, never served. Writes are
+ordered by the key's own version counter, which travels with the data through replication and
+failover, never by a server's clock.
+
+Each script's ``KEYS``/``ARGV`` order is the argument tuple of the store method that runs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from typing import NamedTuple
+from urllib.parse import quote, urlsplit
+
+from actors._config import AppConfig, TokenKind
+from actors.stores._base import credentials_digest
+
+__all__ = [
+    "ACQUIRE",
+    "READ_TICKET",
+    "RELEASE",
+    "RENEW",
+    "TICKET_TTL_MS",
+    "TOKEN_TTL_MAX_MS",
+    "WRITE",
+    "Keys",
+    "Notice",
+    "channel",
+    "check_prefix",
+    "parse_notice",
+    "shareable",
+    "ticket_key",
+    "ticket_value",
+]
+
+VERSION = 2
+# Feishu's tokens live at most two hours (docs/feishu-protocol.md): a shared one claiming more
+# is not one Feishu issued.
+TOKEN_TTL_MAX_MS = 7_200_000
+# An app_ticket lives 12 hours, as the official SDKs keep it; it is written with that TTL.
+TICKET_TTL_MS = 12 * 3_600_000
+# Tokens and tickets are short printable ASCII: no space, no CR/LF (they go into HTTP headers).
+MAX_TEXT = 4096
+_FIRST, _LAST = "!", "~"
+# A value longer than this is refused before it is parsed.
+MAX_VALUE_BYTES = 2 * MAX_TEXT
+# How long one token's invalidation notice is remembered: notices are published once per token.
+MARKER_TTL_MS = 60_000
+# The version counter outlives every value of its key (at most two hours).
+VERSION_TTL_MS = 24 * 3_600_000
+_MAX_VERSION = 2**53  # integers a float holds exactly (Lua numbers, JSON readers)
+
+_SHAREABLE = re.compile(f"[{_FIRST}-{_LAST}]{{1,{MAX_TEXT}}}")
+
+
+def shareable(text: object) -> bool:
+    """Whether ``text`` may be written to the store as a token or ticket (the scripts refuse
+    anything else on reading it back)."""
+    return isinstance(text, str) and _SHAREABLE.fullmatch(text) is not None
+
+
+def _part(text: str) -> str:
+    # Braces would move the Cluster hash tag and colons would blur the layout: percent-encode.
+    return quote(text, safe="-_.~")
+
+
+def check_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
+        msg = f"RedisStore prefix must be a non-empty string without braces, got {prefix!r}"
+        raise ValueError(msg)
+    return prefix
+
+
+def app_base(prefix: str, app: AppConfig) -> str:
+    """The hash-tagged stem of every key of ``app``: its id, domain and credentials."""
+    host = urlsplit(app.base_url).netloc.lower()
+    owner = credentials_digest(app)[:16]
+    return f"{prefix}{{app:{_part(app.app_id)}:{_part(host)}:{owner}}}"
+
+
+def owner(key: str) -> str:
+    """What a value written under ``key`` carries, so that it is refused under any other key."""
+    return hashlib.sha256(b"lark-token-actors value owner\0" + key.encode()).hexdigest()[:32]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Keys:
+    """The keys of one token: its value, lease, version counter, notice markers, and the owner
+    digest its value carries."""
+
+    value: str
+    lease: str
+    version: str
+    marker: str
+    owner: str
+
+    @classmethod
+    def of(cls, prefix: str, app: AppConfig, kind: TokenKind, tenant_key: str | None) -> Keys:
+        tenant = _part(tenant_key) if tenant_key else "-"
+        value = f"{app_base(prefix, app)}:tenant:{tenant}:{kind.value}"
+        return cls(
+            value=value,
+            lease=f"{value}:lease",
+            version=f"{value}:version",
+            marker=f"{value}:invalidated:",
+            owner=owner(value),
+        )
+
+
+def ticket_key(prefix: str, app: AppConfig) -> str:
+    return f"{app_base(prefix, app)}:ticket"
+
+
+def ticket_value(key: str, ticket: str) -> str:
+    return json.dumps({"v": VERSION, "ticket": ticket, "owner": owner(key)})
+
+
+def channel(prefix: str) -> str:
+    return f"{prefix}notices"
+
+
+class Notice(NamedTuple):
+    digest: str
+    origin: str
+    version: int
+
+
+_DIGEST = re.compile("[0-9a-f]{64}")
+MAX_NOTICE_BYTES = 512
+
+
+def parse_notice(data: object) -> Notice | None:
+    """A notice from the channel, or None for anything else: anyone who can publish may send
+    any bytes (huge numbers, NaN, other shapes), and none of them may reach the ledger."""
+    if not isinstance(data, bytes | str) or len(data) > MAX_NOTICE_BYTES:
+        return None
+    try:
+        notice = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(notice, dict):
+        return None
+    digest, origin, version = notice.get("digest"), notice.get("origin"), notice.get("ver")
+    if not (isinstance(digest, str) and _DIGEST.fullmatch(digest)):
+        return None
+    if not (isinstance(origin, str) and 0 < len(origin) <= 64):
+        return None
+    if type(version) is not int or not 0 <= version < _MAX_VERSION:
+        return None
+    return Notice(digest, origin, version)
+
+
+# --- the scripts ---------------------------------------------------------------------------------
+
+# Shared by every script. A key of another Redis type (someone's HSET) is deleted, so that the
+# script's own commands never fail with WRONGTYPE: one bad key stays that key's problem.
+# ``check(raw, field, owner, pttl, max_ms)`` is the value if it is usable, else nil and why.
+CHECKS = f"""
+local function retyped(key)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'none' and kind ~= 'string' then
+    redis.call('DEL', key)
+    return true
+  end
+  return false
+end
+local function integer(n)
+  return type(n) == 'number' and n >= 0 and n < {_MAX_VERSION} and math.floor(n) == n
+end
+local function check(raw, field, owner, pttl, max_ms)
+  if #raw > {MAX_VALUE_BYTES} then return nil, 'too large' end
+  local ok, value = pcall(cjson.decode, raw)
+  if not ok or type(value) ~= 'table' then return nil, 'not a JSON object' end
+  if value.v ~= {VERSION} then return nil, 'unknown format' end
+  local text = value[field]
+  if type(text) ~= 'string' or #text == 0 or #text > {MAX_TEXT}
+      or string.find(text, '[^{_FIRST}-{_LAST}]') then
+    return nil, 'not a ' .. field
+  end
+  if value.owner ~= owner then return nil, 'written for another key' end
+  if field == 'token' and not integer(value.ver) then return nil, 'no version' end
+  if pttl <= 0 or pttl > max_ms then return nil, 'lifetime out of bounds' end
+  return value
+end
+local function version(key)
+  local raw = redis.call('GET', key)
+  local n = raw and tonumber(raw)
+  if integer(n) then return n end
+  if raw then redis.call('DEL', key) end
+  return 0
+end
+"""
+
+# Read the value or take the lease, in one round trip; first, if asked, invalidate a token.
+# KEYS: value, lease, version, marker (of the invalidated token's notice).
+# ARGV: lease id, lease ms, replaces ('' for none), min pttl ms, since (version, -1 for none),
+#       invalidate ('' for none), channel, digest, origin, marker ms, owner, max pttl ms.
+# Invalidation: the value is deleted if it still holds exactly that token, and a notice
+# (digest, origin, the key's version) is published once per token (the marker remembers it).
+# Being in the same script as the lease, the invalidating process holds the lease before any
+# process that got the notice can ask for it.
+# A value is served if it is usable, outlives min pttl and its token is not `replaces`, or
+# (since >= 0) if it was written after version `since` (a fresh upstream answer, even the same
+# token again). An unusable value is deleted and named in the answer's last field.
+# Returns {kind, token, pttl, version, fault}: {'value', token, pttl, ...} |
+# {'lease', '', lease ms, ...} | {'wait', '', lease pttl, ...}; version: the key's counter.
+ACQUIRE = (
+    CHECKS
+    + """
+local fault = ''
+for i = 1, 4 do
+  if retyped(KEYS[i]) then fault = 'another Redis type' end
+end
+local owner, max_ms = ARGV[11], tonumber(ARGV[12])
+local top = version(KEYS[3])
+if ARGV[6] ~= '' then
+  local raw = redis.call('GET', KEYS[1])
+  local cur = raw and check(raw, 'token', owner, 1, max_ms)
+  if cur and cur.token == ARGV[6] then
+    redis.call('DEL', KEYS[1])
+  end
+  if redis.call('SET', KEYS[4], '1', 'NX', 'PX', ARGV[10]) then
+    local notice = cjson.encode({v = 2, digest = ARGV[8], origin = ARGV[9], ver = top})
+    redis.call('PUBLISH', ARGV[7], notice)
+  end
+end
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local pttl = redis.call('PTTL', KEYS[1])
+  local value, why = check(raw, 'token', owner, pttl, max_ms)
+  if not value then
+    redis.call('DEL', KEYS[1])
+    fault = why
+  elseif pttl > tonumber(ARGV[4]) then
+    local since = tonumber(ARGV[5])
+    if value.token ~= ARGV[3] or (since >= 0 and value.ver > since) then
+      return {'value', value.token, pttl, top, fault}
+    end
+  end
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {'lease', '', tonumber(ARGV[2]), top, fault}
+end
+return {'wait', '', redis.call('PTTL', KEYS[2]), top, fault}
+"""
+)
+
+# Monotone compare-and-set of a token value. KEYS: value, version. ARGV: token, ttl ms, seen
+# (the key's version when the writer took its lease), owner, max pttl ms, min pttl ms.
+# Another usable token stays if it outlives min pttl and either outlives the new one or was
+# written after the writer took its lease (a newer upstream answer). The same token is
+# rewritten (a fresh version) but never with a longer lifetime: a late writer, paused past its
+# lease, cannot extend it.
+# Returns {1, token, ttl, fault} if written, else {0, kept token, its pttl, fault}.
+WRITE = (
+    CHECKS
+    + """
+local fault = ''
+for i = 1, 2 do
+  if retyped(KEYS[i]) then fault = 'another Redis type' end
+end
+local ttl = tonumber(ARGV[2])
+local top = version(KEYS[2])
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local pttl = redis.call('PTTL', KEYS[1])
+  local cur, why = check(raw, 'token', ARGV[4], pttl, tonumber(ARGV[5]))
+  if not cur then
+    fault = why
+  else
+    if cur.token ~= ARGV[1] then
+      if pttl > tonumber(ARGV[6]) and (pttl > ttl or cur.ver > tonumber(ARGV[3])) then
+        return {0, cur.token, pttl, fault}
+      end
+    elseif pttl < ttl then
+      ttl = pttl
+    end
+    if cur.ver > top then top = cur.ver end
+  end
+end
+top = top + 1
+redis.call('SET', KEYS[2], top, 'PX', """
+    + str(VERSION_TTL_MS)
+    + """)
+local value = cjson.encode({v = 2, token = ARGV[1], owner = ARGV[4], ver = top})
+redis.call('SET', KEYS[1], value, 'PX', ttl)
+return {1, ARGV[1], ttl, fault}
+"""
+)
+
+# The app_ticket, if usable; an unusable one is deleted. KEYS: ticket. ARGV: owner, max pttl ms.
+# Returns {ticket or '', fault}.
+READ_TICKET = (
+    CHECKS
+    + """
+local fault = ''
+if retyped(KEYS[1]) then fault = 'another Redis type' end
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local value, why = check(raw, 'ticket', ARGV[1], redis.call('PTTL', KEYS[1]), tonumber(ARGV[2]))
+  if value then return {value.ticket, fault} end
+  redis.call('DEL', KEYS[1])
+  fault = why
+end
+return {'', fault}
+"""
+)
+
+# Keep a lease alive while its holder lives. KEYS: lease. ARGV: lease id, lease ms.
+RENEW = """
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# Token-checked release: delete the lease only if it is still ours. KEYS: lease. ARGV: lease id.
+RELEASE = """
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""

@@ -1,0 +1,319 @@
+"""The store's fault matrix: what Redis, or anyone who can write to it, may hand a process.
+
+A store is a cache, not an authority. Each row puts one kind of bad state into a real Redis;
+every row expects the same: the process serves a token from its own upstream (never the bad
+value), keeps the shared tier in service for every other key (no breaker opened), overwrites the
+bad value so the next process is served from Redis again, and says so once at WARNING without
+the value's bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import pytest
+import redis
+
+import actors
+from actors.stores import RedisStore
+from actors.stores import _layout as layout
+from actors.testing import FunctionSource, store_available, wait_listening
+from actors.testing._stores import noticed_count
+from tests.conftest import APP_ID, MARKET_ID, MARKET_SECRET, SECRET
+from tests.stores.conftest import PREFIX, counting_source, text_keys, wait_for
+
+OTHER_ID, OTHER_SECRET = "cli_other_app", "other-app-secret-value"
+BASE_URL = "http://127.0.0.1:9"
+APP = actors.AppConfig(APP_ID, SECRET, base_url=BASE_URL)
+OTHER = actors.AppConfig(OTHER_ID, OTHER_SECRET, base_url=BASE_URL)
+HOUR_MS = 3_600_000
+
+
+def never_called() -> FunctionSource:
+    return FunctionSource(lambda _r: AssertionError("the shared value should have been served"))
+
+
+def seed(
+    stores: Callable[..., RedisStore], client: redis.Redis
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each app's token written to Redis by a process of its own: app id -> (value key, value)."""
+    system = actors.TokenSystem.start(
+        [APP, OTHER], store=stores(), source=counting_source(name="seeded")
+    )
+    try:
+        for app in (APP, OTHER):
+            system.proxy.get_token(app_id=app.app_id).get(timeout=5)
+    finally:
+        system.stop()
+    found = {}
+    for app in (APP, OTHER):
+        (key,) = text_keys(client, f"{PREFIX}{{app:{app.app_id}*:tenant:-:tenant")
+        found[app.app_id] = (key, json.loads(client.get(key) or b"{}"))
+    return found
+
+
+Mutation = Callable[[redis.Redis, str, dict[str, Any], str], None]
+
+
+def with_token(token: object, px: int | None = HOUR_MS) -> Mutation:
+    def mutate(client: redis.Redis, key: str, value: dict[str, Any], _other: str) -> None:
+        client.set(key, json.dumps({**value, "token": token}), px=px)
+
+    return mutate
+
+
+def raw(data: bytes, px: int | None = HOUR_MS) -> Mutation:
+    def mutate(client: redis.Redis, key: str, _value: dict[str, Any], _other: str) -> None:
+        client.set(key, data, px=px)
+
+    return mutate
+
+
+def thirty_days(client: redis.Redis, key: str, value: dict[str, Any], _other: str) -> None:
+    client.set(key, json.dumps(value), px=30 * 24 * HOUR_MS)
+
+
+def no_ttl_issued_in_the_future(
+    client: redis.Redis, key: str, value: dict[str, Any], _other: str
+) -> None:
+    client.set(key, json.dumps({**value, "issued_ms": 10**15}))
+
+
+def another_apps_value(client: redis.Redis, key: str, _value: dict[str, Any], other: str) -> None:
+    client.set(key, client.get(other) or b"", px=client.pttl(other))
+
+
+def huge_numbers(client: redis.Redis, key: str, value: dict[str, Any], _other: str) -> None:
+    text = json.dumps(value)[:-1] + ', "v": 1e400, "ver": 1e400, "issued_ms": 1e400}'
+    client.set(key, text, px=HOUR_MS)
+
+
+def a_hash(client: redis.Redis, key: str, value: dict[str, Any], _other: str) -> None:
+    client.delete(key)
+    client.hset(key, "token", str(value["token"]))
+
+
+def lease_of_another_type(client: redis.Redis, key: str, _value: dict[str, Any], _o: str) -> None:
+    client.delete(key)
+    client.rpush(key + ":lease", "not-a-lease")
+
+
+BAD_VALUES: dict[str, Mutation] = {
+    "a 30-day lifetime": thirty_days,
+    "no lifetime and an issue time in the future": no_ttl_issued_in_the_future,
+    "a 4 MiB token": with_token("t-" + "x" * (4 << 20)),
+    "a token with CR/LF (header injection)": with_token("t-abc\r\nX-Injected: yes"),
+    "a token with a control character": with_token("t-abc\x00def"),
+    "a token with a space": with_token("t-abc def"),
+    "a token outside ASCII": with_token("t-abc\u00e9"),
+    "an empty token": with_token(""),
+    "a token that is a number": with_token(12345),
+    "another app's token": another_apps_value,
+    "bytes that are not JSON": raw(b"\xff\xfe not json"),
+    "JSON of another shape": raw(b"[1, 2, 3]"),
+    "nested JSON deeper than any parser's stack": raw(b"[" * 200_000 + b"]" * 200_000),
+    "numbers too large for a float": huge_numbers,
+    "a value of another Redis type (WRONGTYPE)": a_hash,
+    "a lease of another Redis type": lease_of_another_type,
+}
+
+
+@pytest.mark.parametrize("mutate", BAD_VALUES.values(), ids=BAD_VALUES.keys())
+def test_a_bad_shared_value_is_never_served_and_is_overwritten_without_stopping_service(
+    mutate: Mutation,
+    client: redis.Redis,
+    stores: Callable[..., RedisStore],
+    systems: list[actors.TokenSystem],
+    store_warnings: list[str],
+) -> None:
+    values = seed(stores, client)
+    key, value = values[APP_ID]
+    mutate(client, key, value, values[OTHER_ID][0])
+    bad = client.get(key) if client.type(key) == b"string" else None
+    return_value = cast(bytes | None, bad)
+    store = stores(failure_threshold=1)
+    systems.append(actors.TokenSystem.start(APP, store=store, source=counting_source(name="fresh")))
+
+    token = systems[0].proxy.get_token().get(timeout=5)
+
+    assert token == "t-000001-fresh"
+    assert store_available(store)  # a bad key is that key's problem, not the store's
+    assert json.loads(client.get(key) or b"{}")["token"] == token  # overwritten
+    assert 0 < client.pttl(key) <= 7_200_000
+    # The next process is served from Redis again.
+    later = actors.TokenSystem.start(APP, store=stores(), source=never_called())
+    systems.append(later)
+    assert later.proxy.get_token().get(timeout=5) == token
+    # Said once, without the value's bytes.
+    assert len(store_warnings) == 1, store_warnings
+    assert "unusable" in store_warnings[0]
+    bad_token = str(value["token"])
+    assert all(bad_token not in line and "X-Injected" not in line for line in store_warnings)
+    if return_value:
+        assert all(return_value.decode("latin-1")[:40] not in line for line in store_warnings)
+
+
+def test_one_apps_key_of_the_wrong_type_leaves_the_other_apps_shared_tokens_alone(
+    client: redis.Redis,
+    stores: Callable[..., RedisStore],
+    systems: list[actors.TokenSystem],
+) -> None:
+    values = seed(stores, client)
+    other_key, _ = values[OTHER_ID]
+    client.delete(other_key)
+    client.hset(other_key, "oops", "a hash")
+    # One store for both apps, opened by the first failure it would count.
+    store = stores(failure_threshold=1)
+    source = counting_source(name="fresh")
+    systems.append(actors.TokenSystem.start([APP, OTHER], store=store, source=source))
+
+    other = systems[0].proxy.get_token(app_id=OTHER_ID).get(timeout=5)
+    mine = systems[0].proxy.get_token(app_id=APP_ID).get(timeout=5)
+
+    assert other == "t-000001-fresh"
+    assert mine == values[APP_ID][1]["token"]  # still from Redis: one upstream request in all
+    assert len(source.requests) == 1 and store_available(store)
+
+
+# --- app_tickets ---------------------------------------------------------------------------------
+
+MARKET = actors.AppConfig(
+    MARKET_ID, MARKET_SECRET, app_type=actors.AppType.MARKETPLACE, base_url=BASE_URL
+)
+
+BAD_TICKETS: dict[str, Callable[[redis.Redis, str], object]] = {
+    "a ticket with CR/LF": lambda c, k: c.set(k, _ticket(c, k, "tk\r\nX-Injected: yes")),
+    "a 4 MiB ticket": lambda c, k: c.set(k, _ticket(c, k, "t" * (4 << 20)), px=HOUR_MS),
+    "a ticket that lives a month": lambda c, k: c.set(k, c.get(k) or b"", px=720 * HOUR_MS),
+    "not JSON": lambda c, k: c.set(k, b"\xff garbage", px=HOUR_MS),
+    "a hash": lambda c, k: (c.delete(k), c.hset(k, "ticket", "tk")),
+}
+
+
+def _ticket(client: redis.Redis, key: str, ticket: str) -> str:
+    return json.dumps({**json.loads(client.get(key) or b"{}"), "ticket": ticket})
+
+
+@pytest.mark.parametrize("mutate", BAD_TICKETS.values(), ids=BAD_TICKETS.keys())
+def test_a_bad_shared_app_ticket_is_never_handed_out_and_feishu_is_asked_again(
+    mutate: Callable[[redis.Redis, str], object],
+    client: redis.Redis,
+    stores: Callable[..., RedisStore],
+    store_warnings: list[str],
+) -> None:
+    assert stores().put_ticket(MARKET, "ticket-good-1")
+    (key,) = text_keys(client, "*:ticket")
+    mutate(client, key)
+    store = stores(failure_threshold=1, ticket_poll=0.2)
+    source = FunctionSource(lambda _r: actors.Grant("t-x", 60.0))
+    shared = store.wrap(source, actors.RefreshPolicy())
+
+    assert shared.resend_ticket(MARKET) is None  # asked Feishu to push one, none came
+    assert source.resends == [MARKET_ID] and store_available(store)
+    assert len(store_warnings) == 1 and "unusable" in store_warnings[0]
+    assert "X-Injected" not in store_warnings[0]
+
+
+def test_a_ticket_that_cannot_be_shared_serves_this_process_only(
+    client: redis.Redis, stores: Callable[..., RedisStore]
+) -> None:
+    store = stores()
+
+    assert store.put_ticket(MARKET, "tk\r\nX-Injected: yes") is False
+    assert text_keys(client) == []
+
+
+# --- notices -------------------------------------------------------------------------------------
+
+
+def _notice(**fields: object) -> bytes:
+    body = {"v": 1, "digest": "0" * 64, "origin": "elsewhere", "at_ms": 1, "ver": 1}
+    return json.dumps({**body, **fields}).encode()
+
+
+BAD_NOTICES: dict[str, bytes] = {
+    "numbers too large for a float": _notice()[:-1] + b', "at_ms": 1e400, "ver": 1e400}',
+    "NaN": _notice(at_ms=math.nan, ver=math.nan),
+    "strings for numbers": _notice(at_ms="soon", ver="1"),
+    "a list for a digest": _notice(digest=[1, 2]),
+    "an integer of 5000 digits": _notice()[:-1] + b', "ver": ' + b"9" * 5000 + b"}",
+    "not JSON": b"\xff\xfe",
+    "JSON of another shape": b"[1, 2, 3]",
+    "nested JSON": b"[" * 100_000 + b"]" * 100_000,
+    "a megabyte": b'"' + b"x" * (1 << 20) + b'"',
+}
+
+
+def test_malformed_notices_never_stop_real_invalidations_from_arriving(
+    client: redis.Redis,
+    stores: Callable[..., RedisStore],
+    systems: list[actors.TokenSystem],
+) -> None:
+    source = counting_source()
+    made = [stores() for _ in range(2)]
+    systems.extend(actors.TokenSystem.start(APP, store=s, source=source) for s in made)
+    assert all(wait_listening(s, 5) for s in made)
+    channel = layout.channel(PREFIX)
+    arrived = 0
+    for round_ in range(2):
+        for notice in BAD_NOTICES.values():
+            held = systems[1].proxy.get_token().get(timeout=5)
+            assert systems[0].proxy.get_token().get(timeout=5) == held
+            client.publish(channel, notice)
+            systems[0].proxy.invalidate(held).get(timeout=5)
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                if systems[1].proxy.get_token().get(timeout=5) != held:
+                    arrived += 1
+                    break
+                time.sleep(0.005)
+            else:  # lost: the next round starts from one token again
+                systems[1].proxy.invalidate(held).get(timeout=5)
+                systems[0].settle()
+        assert round_ == 1 or arrived == len(BAD_NOTICES)
+    assert arrived == 2 * len(BAD_NOTICES)
+
+
+FLOOD = 20_000
+
+
+def test_a_flood_of_notices_is_bounded_and_a_real_invalidation_still_arrives_at_once(
+    client: redis.Redis,
+    stores: Callable[..., RedisStore],
+    systems: list[actors.TokenSystem],
+) -> None:
+    source = counting_source()
+    made = [stores() for _ in range(2)]
+    systems.extend(actors.TokenSystem.start(APP, store=s, source=source) for s in made)
+    assert all(wait_listening(s, 5) for s in made)
+    held = systems[1].proxy.get_token().get(timeout=5)
+    assert systems[0].proxy.get_token().get(timeout=5) == held
+    channel = layout.channel(PREFIX)
+    pipe = client.pipeline(transaction=False)
+    for _ in range(FLOOD):
+        body = {"v": 2, "digest": secrets.token_hex(32), "origin": "flood", "ver": 1}
+        body["at_ms"] = 1
+        pipe.publish(channel, json.dumps(body))
+    pipe.execute()
+
+    sent = time.monotonic()
+    systems[0].proxy.invalidate(held).get(timeout=5)
+    got = threading.Event()
+
+    def changed() -> bool:
+        if systems[1].proxy.get_token().get(timeout=5) != held:
+            got.set()
+        return got.is_set()
+
+    wait_for(changed, 10.0, "the real invalidation behind the flood")
+    took = time.monotonic() - sent
+
+    assert took < 2.0, took
+    assert noticed_count(made[1]) <= 4096
+    assert client.pubsub_numsub(channel)[0][1] == 2  # nobody fell off the channel
