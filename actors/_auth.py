@@ -8,6 +8,20 @@ token another request already replaced is left alone) and send once more with a 
 never more. Other codes (99991672 missing scope, ...) and answers without one (a gateway's HTML
 502, a download) come back untouched.
 
+Three checks bound what the policy trusts, in :func:`exchange` too:
+
+- **Hosts.** The token goes only to the app's own origin (scheme, host and port of its
+  ``base_url``) and the origins the caller lists (:class:`Hosts`). A request to any other host
+  is sent without a token (nothing is fetched for it) and its answer is never judged; an answer
+  from another host (the end of a redirect chain) invalidates nothing and is returned as is.
+- **Bodies.** A resend sends the bytes of the first send or is not made: a body in memory is
+  sent again, a seekable file is rewound to where its first send began, and any other body (a
+  generator, a pipe, a stream already consumed) is not resent: the first answer is returned,
+  its token invalidated all the same, so the caller's own retry gets a fresh one.
+- **Answers.** Only a JSON answer of at most :data:`CODE_PREFIX` bytes is judged: an invalid-token
+  answer is a few hundred bytes. A streamed answer is read that far and no further, and the
+  caller still reads it whole.
+
 :func:`exchange` does no I/O: it yields the steps it needs done, the way ``httpx.Auth.auth_flow``
 is one flow for sync and async clients. :class:`TokenTarget` drives it with the token's I/O done
 blocking (:meth:`TokenTarget.flow`) or awaited (:meth:`TokenTarget.aflow`); an integration only
@@ -18,10 +32,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+import json
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
-from actors._config import TokenKind
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
+
+from actors._config import AppConfig, TokenKind, _loopback
 from actors.feishu import _protocol as feishu
 
 if TYPE_CHECKING:
@@ -30,21 +49,30 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUTHORIZATION",
+    "CODE_PREFIX",
     "TOKEN_INVALID_CODES",
     "TOKEN_TIMEOUT",
+    "AnsweredFrom",
     "Fetch",
+    "Hosts",
     "Invalidate",
     "ReadCode",
+    "Rewind",
     "Send",
     "TokenAuth",
     "TokenTarget",
+    "app_of",
     "arun",
     "bearer",
     "bearer_of",
+    "body_start",
+    "code_of",
     "exchange",
     "is_json",
     "is_token_invalid",
+    "origin",
     "response_code",
+    "rewind",
     "run",
 ]
 
@@ -59,6 +87,10 @@ TOKEN_TIMEOUT = 10.0
 
 AUTHORIZATION = "Authorization"
 _BEARER = "Bearer "
+
+# How much of an answer is read to see its code: Feishu's invalid-token answer is a few hundred
+# bytes, and a larger answer (an export, a download) is never read further than this to tell.
+CODE_PREFIX = 64 * 1024
 
 
 def is_token_invalid(code: object) -> bool:
@@ -76,6 +108,17 @@ def is_json(content_type: str | None) -> bool:
     return "json" in (content_type or "").lower()
 
 
+def code_of(content: bytes) -> object:
+    """The ``code`` of a JSON answer's whole body; None for one over :data:`CODE_PREFIX` bytes
+    or one that is not a JSON object (HTML from a gateway, an empty body: not ours to judge)."""
+    if len(content) > CODE_PREFIX:
+        return None
+    try:
+        return response_code(json.loads(content))
+    except (ValueError, RecursionError):
+        return None
+
+
 def bearer(token: str) -> str:
     """The ``Authorization`` header value that sends ``token``."""
     return _BEARER + token
@@ -88,6 +131,106 @@ def bearer_of(header: str | None) -> str | None:
     return None
 
 
+# --- where a token may go ------------------------------------------------------------------------
+
+Origin = tuple[str, str, int]  # scheme, host, port: where a request connects
+_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> Origin | None:
+    """Where ``url`` connects: its scheme, host and port as ``requests`` (urllib3) reads it.
+
+    None when it names no http(s) host, carries userinfo (``user@``), or the standard library
+    reads it differently (``http://a\\@b``): a token never goes where two parsers disagree.
+    """
+    try:
+        parsed, split = parse_url(url), urlsplit(url)
+        split_port = split.port
+    except (LocationParseError, ValueError):
+        return None
+    scheme = (parsed.scheme or "").lower()
+    host = (parsed.host or "").strip("[]").lower()
+    if scheme not in _PORTS or not host or parsed.auth is not None or split.username is not None:
+        return None
+    if (split.scheme.lower(), split.hostname, split_port) != (scheme, host, parsed.port):
+        return None
+    return scheme, host, parsed.port or _PORTS[scheme]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Hosts:
+    """The origins a token may be sent to and whose answers may invalidate it."""
+
+    origins: frozenset[Origin] = frozenset()
+
+    @classmethod
+    def of(cls, base_url: str, listed: Iterable[str] = ()) -> Hosts:
+        """The app's own origin (its ``base_url``'s) and the ``listed`` ones.
+
+        An entry is a host (``"open.larksuite.com"``, meaning ``https://`` on port 443) or an
+        origin (``"https://host:8443"``; plain ``http://`` only on loopback, as for a
+        ``base_url``); anything else is refused with ``ValueError``.
+        """
+        if isinstance(listed, str):
+            msg = f"hosts must be a sequence of hosts, not the string {listed!r}"
+            raise ValueError(msg)
+        own = origin(base_url)
+        return cls(frozenset({*([own] if own else []), *map(_listed_origin, listed)}))
+
+    def allows(self, url: str) -> bool:
+        """Whether a request to ``url`` may carry the token (and its answer say it is invalid)."""
+        return origin(url) in self.origins
+
+
+def _listed_origin(entry: object) -> Origin:
+    url = entry if isinstance(entry, str) and "://" in entry else f"https://{entry}"
+    found = origin(url) if isinstance(entry, str) else None
+    rest = urlsplit(url) if found else None
+    if found is None or rest is None or rest.path not in ("", "/") or rest.query or rest.fragment:
+        msg = f"hosts: {entry!r} is not a host or an origin (https://host[:port])"
+        raise ValueError(msg)
+    if found[0] == "http" and not _loopback(found[1]):
+        msg = f"hosts: {entry!r} would send the token in clear text; use https://"
+        raise ValueError(msg)
+    return found
+
+
+# --- whether a body can be sent again ------------------------------------------------------------
+
+_IN_MEMORY = (bytes, bytearray, memoryview, str)
+
+
+def body_start(body: object) -> int | None:
+    """Where a file-like ``body`` stands before its first send, to rewind it to; None when it is
+    not a seekable file (in memory, an iterator, a pipe)."""
+    if body is None or isinstance(body, _IN_MEMORY):
+        return None
+    seekable = getattr(body, "seekable", None)
+    tell = getattr(body, "tell", None)
+    try:
+        if not callable(tell) or (callable(seekable) and not seekable()):
+            return None
+        start = tell()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+    return start if isinstance(start, int) and not isinstance(start, bool) else None
+
+
+def rewind(body: object, start: int | None) -> bool:
+    """Make ``body`` ready to be sent again byte for byte; False when it cannot be: only a body
+    held in memory, or a file put back at its ``start`` (:func:`body_start`), can."""
+    if body is None or isinstance(body, _IN_MEMORY):
+        return True
+    seek = getattr(body, "seek", None)
+    if start is None or not callable(seek):
+        return False
+    try:
+        seek(start)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 # --- the policy ----------------------------------------------------------------------------------
 
 
@@ -98,9 +241,17 @@ class Fetch:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Send:
-    """Send the request with ``token``; the answer comes back."""
+    """Send the request with ``token``, or with no token of ours for None (another host's
+    request: an ``Authorization`` the caller set stays as it is); the answer comes back."""
 
-    token: str
+    token: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AnsweredFrom:
+    """Tell where ``answer`` came from (the last URL of a redirect chain); the URL comes back."""
+
+    answer: Any
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -118,16 +269,31 @@ class Invalidate:
     token: str
 
 
-Step = Fetch | Send | ReadCode | Invalidate
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rewind:
+    """Make the request's body ready to be sent again byte for byte (:func:`rewind`); whether
+    it could be comes back."""
+
+
+Step = Fetch | Send | AnsweredFrom | ReadCode | Invalidate | Rewind
 _FETCH = Fetch()
+_REWIND = Rewind()
 
 
-def exchange() -> Generator[Step, Any, None]:
-    """One request under the policy, as the steps it needs done; the last answer is final."""
+def exchange(hosts: Hosts, url: str) -> Generator[Step, Any, None]:
+    """One request to ``url`` under the policy, as the steps it needs done; the last answer is
+    final."""
+    if not hosts.allows(url):
+        yield Send(None)  # not the app's host: no token, and its answer is not ours to judge
+        return
     token = yield _FETCH
     answer = yield Send(token)
-    if is_token_invalid((yield ReadCode(answer))):
-        yield Invalidate(token)
+    if not hosts.allows((yield AnsweredFrom(answer))):
+        return  # a redirect ended on another host: its word on our token is not taken
+    if not is_token_invalid((yield ReadCode(answer))):
+        return
+    yield Invalidate(token)
+    if (yield _REWIND):
         yield Send((yield _FETCH))
 
 
@@ -136,15 +302,17 @@ def exchange() -> Generator[Step, Any, None]:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TokenTarget:
-    """Which token an integration sends (``kind``, tenant and app, from the system's ``proxy``)
-    and how long each wait for the system may take: a get or an invalidation raises
-    ``pykka.Timeout`` (blocking) or ``TimeoutError`` (awaited) after ``timeout`` seconds."""
+    """Which token an integration sends (``kind``, tenant and app, from the system's ``proxy``),
+    to which ``hosts`` (none unless told), and how long each wait for the system may take: a get
+    or an invalidation raises ``pykka.Timeout`` (blocking) or ``TimeoutError`` (awaited) after
+    ``timeout`` seconds."""
 
     proxy: TokenProxy
     kind: TokenKind = TokenKind.TENANT
     tenant_key: str | None = None
     app_id: str | None = None
     timeout: float = TOKEN_TIMEOUT
+    hosts: Hosts = Hosts()
 
     def get(self) -> str:
         future = self.proxy.get_token(self.kind, tenant_key=self.tenant_key, app_id=self.app_id)
@@ -164,45 +332,65 @@ class TokenTarget:
             await self.proxy.ainvalidate(token)
 
     def flow(
-        self, *, send: Callable[[str], X], read_code: Callable[[A], object]
+        self,
+        *,
+        url: str,
+        send: Callable[[str | None], X],
+        answered_from: Callable[[A], str],
+        read_code: Callable[[A], object],
+        rewind: Callable[[], bool],
     ) -> Generator[X, A, None]:
-        """:func:`exchange` with the token got and invalidated blocking: yields
-        ``send(token)`` for each send and takes that send's answer back."""
-        steps = exchange()
+        """:func:`exchange` for a request to ``url``, with the token got and invalidated
+        blocking: yields ``send(token)`` for each send (``send(None)``: without our token) and
+        takes that send's answer back. ``answered_from`` says which URL an answer came from,
+        ``read_code`` reads its code, ``rewind`` readies the body for a resend
+        (:class:`Rewind`)."""
+        steps = exchange(self.hosts, url)
         reply: object = None  # a generator starts on None
         while (step := _next(steps, reply)) is not None:
             if isinstance(step, Send):
                 reply = yield send(step.token)
+            elif isinstance(step, ReadCode):
+                reply = read_code(step.answer)
+            elif isinstance(step, Invalidate):
+                self.invalidate(step.token)
+                reply = None
+            elif isinstance(step, Fetch):
+                reply = self.get()
             else:
-                reply = self._do(step, read_code)
+                reply = _answer(step, answered_from, rewind)
 
     async def aflow(
-        self, *, send: Callable[[str], X], read_code: Callable[[A], Awaitable[object]]
+        self,
+        *,
+        url: str,
+        send: Callable[[str | None], X],
+        answered_from: Callable[[A], str],
+        read_code: Callable[[A], Awaitable[object]],
+        rewind: Callable[[], bool],
     ) -> AsyncGenerator[X, A]:
         """:meth:`flow` for coroutines: the token and the code are awaited."""
-        steps = exchange()
+        steps = exchange(self.hosts, url)
         reply: object = None  # a generator starts on None
         while (step := _next(steps, reply)) is not None:
             if isinstance(step, Send):
                 reply = yield send(step.token)
+            elif isinstance(step, ReadCode):
+                reply = await read_code(step.answer)
+            elif isinstance(step, Invalidate):
+                await self.ainvalidate(step.token)
+                reply = None
+            elif isinstance(step, Fetch):
+                reply = await self.aget()
             else:
-                reply = await self._ado(step, read_code)
+                reply = _answer(step, answered_from, rewind)
 
-    def _do(self, step: Step, read_code: Callable[[Any], object]) -> object:
-        if isinstance(step, ReadCode):
-            return read_code(step.answer)
-        if isinstance(step, Invalidate):
-            self.invalidate(step.token)
-            return None
-        return self.get()
 
-    async def _ado(self, step: Step, read_code: Callable[[Any], Awaitable[object]]) -> object:
-        if isinstance(step, ReadCode):
-            return await read_code(step.answer)
-        if isinstance(step, Invalidate):
-            await self.ainvalidate(step.token)
-            return None
-        return await self.aget()
+def _answer(
+    step: AnsweredFrom | Rewind, answered_from: Callable[[Any], str], rewind: Callable[[], bool]
+) -> object:
+    """The steps a front answers the same way in both drivers: no I/O to wait for."""
+    return answered_from(step.answer) if isinstance(step, AnsweredFrom) else rewind()
 
 
 def _next(steps: Generator[Step, Any, None], reply: object) -> Step | None:
@@ -233,8 +421,23 @@ async def arun(flow: AsyncGenerator[Awaitable[A], A]) -> A:
         return answer
 
 
+def app_of(system: TokenSystem, app_id: str | None) -> AppConfig:
+    """The app of ``system`` a call names (``None``: the only one); ValueError if none is."""
+    apps = system.apps
+    if app_id is None:
+        if len(apps) != 1:
+            msg = f"app_id is required: this system serves {len(apps)} apps"
+            raise ValueError(msg)
+        return next(iter(apps.values()))
+    if app_id not in apps:
+        msg = f"unknown app_id {app_id!r}; this system serves: {', '.join(apps)}"
+        raise ValueError(msg)
+    return apps[app_id]
+
+
 class TokenAuth:
-    """The constructor the HTTP client auths share: which token they send for ``system``."""
+    """The constructor the HTTP client auths share: which token they send for ``system``, and
+    to which hosts: the app's own (its ``base_url``'s) and the ``hosts`` listed."""
 
     def __init__(
         self,
@@ -243,6 +446,8 @@ class TokenAuth:
         *,
         tenant_key: str | None = None,
         app_id: str | None = None,
+        hosts: Iterable[str] = (),
         timeout: float = TOKEN_TIMEOUT,
     ) -> None:
-        self._target = TokenTarget(system.proxy, kind, tenant_key, app_id, timeout)
+        own = Hosts.of(app_of(system, app_id).base_url, hosts)
+        self._target = TokenTarget(system.proxy, kind, tenant_key, app_id, timeout, own)

@@ -7,6 +7,15 @@ call without a token fails loudly instead. :func:`call` and :func:`acall` pass t
 token in a ``RequestOption`` and, when the answer is an invalid-token code (99991663 / 99991664
 / 99991671), invalidate exactly that token and call once more, never more.
 
+The policy's checks (``actors._auth``) hold here too. The token goes to the app's domain only:
+a request whose ``uri`` names another host (a hand-built ``lark_oapi.BaseRequest`` passed to
+``client.request``) is handed no token, and the SDK refuses to send it without one. A request
+carrying a file (an upload) is not sent again after an invalid-token answer: the SDK turns its
+body into a multipart encoder that reads the file once, so a second call would send other
+bytes; the invalid-token answer is returned, its token invalidated. The SDK's answer does not
+say which host it came from: on its blocking path ``requests`` follows redirects, and an answer
+at the end of one the app's domain sent elsewhere is taken as the domain's.
+
 Example::
 
     from lark_oapi.api.im.v1 import ListChatRequest
@@ -19,13 +28,14 @@ Example::
 from __future__ import annotations
 
 import inspect
+import io
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import lark_oapi
 
-from actors._auth import TOKEN_TIMEOUT, TokenTarget, arun, run
-from actors._config import AppType, TokenKind
+from actors._auth import TOKEN_TIMEOUT, Hosts, TokenTarget, app_of, arun, run
+from actors._config import AppConfig, AppType, TokenKind
 
 if TYPE_CHECKING:
     from actors._system import TokenSystem
@@ -63,7 +73,7 @@ def lark_client(system: TokenSystem, *, app_id: str | None = None, **builder_opt
     or point the client at another domain or app (``app_secret``, ``client_assertion_provider``,
     ``domain``, ...), are refused with ``ValueError``.
     """
-    app = _app(system, app_id)
+    app = app_of(system, app_id)
     builder = (
         lark_oapi.Client.builder()
         .app_id(app.app_id)
@@ -102,8 +112,16 @@ def call(
     if _is_async(method):
         msg = f"lark.call: {_name(method)} is a coroutine function; await lark.acall(...) with it"
         raise TypeError(msg)
-    target = TokenTarget(system.proxy, kind, tenant_key, app_id, timeout)
-    flow: Generator[R, R, None] = target.flow(send=_sender(method, request, kind), read_code=_code)
+    app = app_of(system, app_id)
+    target = TokenTarget(system.proxy, kind, tenant_key, app_id, timeout, Hosts.of(app.base_url))
+    url, resendable = _url(app, request), _resendable(request)
+    flow: Generator[R, R, None] = target.flow(
+        url=url,
+        send=_sender(method, request, kind),
+        answered_from=lambda _: url,
+        read_code=_code,
+        rewind=lambda: resendable,
+    )
     return run(flow)
 
 
@@ -125,15 +143,37 @@ async def acall(
     if not _is_async(method):
         msg = f"lark.acall: {_name(method)} is not a coroutine function; use lark.call(...) with it"
         raise TypeError(msg)
-    target = TokenTarget(system.proxy, kind, tenant_key, app_id, timeout)
+    app = app_of(system, app_id)
+    target = TokenTarget(system.proxy, kind, tenant_key, app_id, timeout, Hosts.of(app.base_url))
+    url, resendable = _url(app, request), _resendable(request)
     aflow: AsyncGenerator[Awaitable[R], R] = target.aflow(
-        send=_sender(method, request, kind), read_code=_acode
+        url=url,
+        send=_sender(method, request, kind),
+        answered_from=lambda _: url,
+        read_code=_acode,
+        rewind=lambda: resendable,
     )
     return await arun(aflow)
 
 
-def _sender(method: Callable[..., R], request: Any, kind: TokenKind) -> Callable[[str], R]:
+def _sender(method: Callable[..., R], request: Any, kind: TokenKind) -> Callable[[str | None], R]:
     return lambda token: method(request, _option(kind, token))
+
+
+def _url(app: AppConfig, request: Any) -> str:
+    """Where the SDK sends ``request``: its ``uri`` after the app's domain, unless the ``uri``
+    is a URL of its own (as ``lark_oapi.core.http.Transport`` builds it)."""
+    uri = getattr(request, "uri", None)
+    uri = uri if isinstance(uri, str) else ""
+    return uri if uri.startswith(("http://", "https://")) else app.base_url + uri
+
+
+def _resendable(request: Any) -> bool:
+    """Whether the SDK would send ``request`` again as it sent it first: not with a file in its
+    body (the values the SDK's form encoding takes for files), read once by the first send."""
+    body = getattr(request, "body", None)
+    fields = body if isinstance(body, dict) else getattr(body, "__dict__", {})
+    return not any(isinstance(value, io.IOBase | tuple) for value in fields.values())
 
 
 def _code(response: object) -> object:
@@ -153,21 +193,10 @@ def _name(method: Callable[..., Any]) -> str:
     return getattr(method, "__qualname__", type(method).__qualname__)
 
 
-def _option(kind: TokenKind, token: str) -> Any:
+def _option(kind: TokenKind, token: str | None) -> Any:
     builder = lark_oapi.RequestOption.builder()
+    if token is None:
+        return builder.build()  # another host's request: the SDK refuses it without a token
     if kind is TokenKind.APP:
         return builder.app_access_token(token).build()
     return builder.tenant_access_token(token).build()
-
-
-def _app(system: TokenSystem, app_id: str | None) -> Any:
-    apps = system.apps
-    if app_id is None:
-        if len(apps) != 1:
-            msg = f"app_id is required: this system serves {len(apps)} apps"
-            raise ValueError(msg)
-        return next(iter(apps.values()))
-    if app_id not in apps:
-        msg = f"unknown app_id {app_id!r}; this system serves: {', '.join(apps)}"
-        raise ValueError(msg)
-    return apps[app_id]

@@ -6,20 +6,32 @@ or 400 alike, so a 401-based retry never fires. :class:`FeishuAuth` reads the bo
 invalidates exactly the token it sent (compare-and-invalidate: a token another request already
 replaced is left alone), and sends the request once more with a fresh token, never more. Other
 codes (99991672 missing scope, ...) and non-JSON answers (a gateway's HTML 502) come back
-untouched.
+untouched. The token goes to the app's own host only; a body that cannot be sent again is not
+resent; a streamed answer is read only as far as needed to see a code (``actors._auth``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import io
 from collections.abc import Generator
 from typing import Any
 
 import requests
 from requests.auth import AuthBase
+from urllib3 import HTTPResponse
 
-from actors._auth import AUTHORIZATION, TokenAuth, bearer, is_json, response_code
+from actors._auth import (
+    AUTHORIZATION,
+    CODE_PREFIX,
+    TokenAuth,
+    bearer,
+    body_start,
+    code_of,
+    is_json,
+    rewind,
+)
 
 __all__ = ["FeishuAuth"]
 
@@ -29,6 +41,21 @@ _Answer = tuple[requests.Response, dict[str, Any]]
 
 class FeishuAuth(TokenAuth, AuthBase):
     """``requests`` auth that sends ``Authorization: Bearer <token>`` from a TokenSystem.
+
+    The token goes only to the app's own origin (the scheme, host and port of its
+    ``base_url``) and to the ``hosts`` listed: ``hosts=("open.larksuite.com",
+    "https://gateway.example:8443")`` (a bare host means ``https://`` on port 443). A request
+    to any other host goes out without our ``Authorization`` (an ``Authorization`` the caller
+    set is theirs and stays), no token is fetched for it, and its answer never invalidates
+    one: nor does an answer at the end of a redirect chain that left those hosts (``requests``
+    drops the header when a redirect leaves the host).
+
+    On an invalid-token answer the request is sent once more only if its body can be sent again
+    byte for byte: bytes, str, a form, ``json=``, or a seekable file (rewound to where its first
+    send began). A generator, a pipe or another one-way body is not resent: the invalid-token
+    answer is returned as it came, with its token invalidated so that the caller's own retry
+    gets a fresh one. A streamed answer (``stream=True``) is read only as far as its first
+    64 KiB to see a code, and still reads whole.
 
     ``timeout`` bounds each wait for the system (a get, an invalidation) in seconds.
 
@@ -41,18 +68,26 @@ class FeishuAuth(TokenAuth, AuthBase):
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         # requests sends the prepared request itself and hands its answer to a response hook:
         # the flow is started here (the first get) and resumed there.
-        flow = self._target.flow(send=_token, read_code=_read_code)
-        request.headers[AUTHORIZATION] = bearer(next(flow))
+        flow = self._target.flow(
+            url=request.url or "",
+            send=_token,
+            answered_from=_answered_from,
+            read_code=_read_code,
+            rewind=functools.partial(rewind, request.body, body_start(request.body)),
+        )
+        token = next(flow)
+        if token is not None:
+            request.headers[AUTHORIZATION] = bearer(token)
         request.register_hook("response", functools.partial(_resend_once, flow))  # type: ignore[no-untyped-call]
         return request
 
 
-def _token(token: str) -> str:
+def _token(token: str | None) -> str | None:
     return token
 
 
 def _resend_once(
-    flow: Generator[str, _Answer, None], response: requests.Response, **send_kwargs: Any
+    flow: Generator[str | None, _Answer, None], response: requests.Response, **send_kwargs: Any
 ) -> requests.Response:
     if response.is_redirect:
         return response  # requests follows it: the answer to judge is the last of the chain
@@ -62,7 +97,8 @@ def _resend_once(
         return response
     response.close()  # the answer was read: its connection goes back to the pool
     again = response.request.copy()
-    again.headers[AUTHORIZATION] = bearer(token)
+    if token is not None:  # the policy resends to the host it judged the answer of: always ours
+        again.headers[AUTHORIZATION] = bearer(token)
     resent: requests.Response = response.connection.send(again, **send_kwargs)
     resent.history.append(response)
     resent.request = again
@@ -71,11 +107,72 @@ def _resend_once(
     return resent
 
 
+def _answered_from(answer: _Answer) -> str:
+    return answer[0].url
+
+
 def _read_code(answer: _Answer) -> object:
     response, send_kwargs = answer
-    if send_kwargs.get("stream") and not is_json(response.headers.get("Content-Type")):
-        return None  # never read a streamed download just to look for a code
-    try:
-        return response_code(response.json())
-    except ValueError:  # HTML from a gateway, an empty body: not ours to judge
-        return None
+    if not is_json(response.headers.get("Content-Type")):
+        return None  # only a JSON answer can carry a code; a download is never read here
+    if send_kwargs.get("stream") and not _peek(response):
+        return None  # longer than any invalid-token answer: left whole for the caller
+    return code_of(response.content)  # all of it is in memory by now, or a short stream
+
+
+def _peek(response: requests.Response) -> bool:
+    """Read the first :data:`CODE_PREFIX` bytes of a streamed answer and put them back in front
+    of the rest, so the caller reads it from its first byte; whether they were all of it."""
+    raw = response.raw
+    if not isinstance(raw, HTTPResponse):
+        return False  # a stand-in transport's stream: left alone
+    # Read as sent (still compressed): a new response around the bytes decodes them as the
+    # first would have, for requests' readers and for a caller reading ``raw`` alike.
+    prefix = raw.read(CODE_PREFIX + 1, decode_content=False)
+    response.raw = HTTPResponse(
+        body=_Replay(prefix, raw),
+        headers=raw.headers,
+        status=raw.status,
+        version=raw.version,
+        version_string=raw.version_string,
+        reason=raw.reason,
+        preload_content=False,
+        decode_content=raw.decode_content,
+        # requests reads the session's cookies from the underlying answer after the hooks.
+        original_response=getattr(raw, "_original_response", None),
+        request_method=response.request.method,
+        request_url=raw.url,
+    )
+    return len(prefix) <= CODE_PREFIX
+
+
+class _Replay(io.RawIOBase):
+    """A streamed answer's bytes: those already read to see its code, then the rest."""
+
+    def __init__(self, prefix: bytes, rest: HTTPResponse) -> None:
+        super().__init__()
+        self._prefix = prefix
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._prefix:
+            cut = len(self._prefix) if size is None or size < 0 else size
+            head, self._prefix = self._prefix[:cut], self._prefix[cut:]
+            return head
+        return self._rest.read(None if size is None or size < 0 else size, decode_content=False)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        # As requests closes an answer: the connection is closed, then handed back to its pool
+        # (a drained one was handed back already and is not touched again).
+        if not self.closed:
+            self._rest.close()
+            self._rest.release_conn()
+        super().close()

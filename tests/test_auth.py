@@ -9,34 +9,53 @@ The contract's test bodies are written once against :class:`Caller`; a client's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import functools
+import gzip
+import hashlib
+import io
 import json
-from collections.abc import Callable, Iterator
+import os
+import threading
+import tracemalloc
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, BinaryIO, Protocol, cast
 
 import pykka
 import pytest
+import requests
 
 import actors
 from actors._auth import (
+    CODE_PREFIX,
+    AnsweredFrom,
     Fetch,
+    Hosts,
     Invalidate,
     ReadCode,
+    Rewind,
     Send,
     Step,
     TokenTarget,
     arun,
     bearer,
     bearer_of,
+    body_start,
+    code_of,
     exchange,
     is_json,
     is_token_invalid,
+    origin,
     response_code,
+    rewind,
     run,
 )
 from actors.testing import FakeFeishu, RecordedRequest, Reply
-from tests.conftest import MARKET_ID, SystemFactory, forward_tickets
+from tests.conftest import APP_ID, MARKET_ID, SECRET, SystemFactory, forward_tickets
 
 CHATS = "/open-apis/im/v1/chats"
 MESSAGES = "/open-apis/im/v1/messages"
@@ -47,10 +66,22 @@ TIMEOUT = 10.0
 # --- the policy, step by step -------------------------------------------------------------------
 
 
-def walk(codes: list[object]) -> list[Step]:
-    """The steps of one exchange whose answers carry ``codes``, in order (an answer stands for
-    its code; the tokens handed out are t-1, t-2, ...)."""
-    flow = exchange()
+OWN = "https://open.feishu.cn"  # the app's base_url in the steps below
+OWN_HOSTS = Hosts.of(OWN)
+ELSEWHERE = "https://elsewhere.example/x"
+
+
+def walk(
+    codes: list[object],
+    *,
+    url: str = OWN + "/open-apis/im/v1/chats",
+    answered_from: str = OWN + "/open-apis/im/v1/chats",
+    resendable: bool = True,
+) -> list[Step]:
+    """The steps of one exchange to ``url`` whose answers carry ``codes``, in order (an answer
+    stands for its code; the tokens handed out are t-1, t-2, ...; each answer comes from
+    ``answered_from``; the body can be sent again if ``resendable``)."""
+    flow = exchange(OWN_HOSTS, url)
     taken: list[Step] = []
     reply: object = None
     answers = iter(codes)
@@ -65,14 +96,23 @@ def walk(codes: list[object]) -> list[Step]:
             reply = next(tokens)
         elif isinstance(step, Send):
             reply = next(answers)
+        elif isinstance(step, AnsweredFrom):
+            reply = answered_from
         elif isinstance(step, ReadCode):
             reply = step.answer
+        elif isinstance(step, Rewind):
+            reply = resendable
         else:
             reply = None
 
 
+def judged(answer: object) -> list[Step]:
+    """The steps that look at an answer from the app's own host."""
+    return [AnsweredFrom(answer), ReadCode(answer)]
+
+
 def test_an_answer_without_an_invalid_token_code_ends_the_exchange_after_one_send() -> None:
-    assert walk([0]) == [Fetch(), Send("t-1"), ReadCode(0)]
+    assert walk([0]) == [Fetch(), Send("t-1"), *judged(0)]
 
 
 @pytest.mark.parametrize("code", sorted(actors.TOKEN_INVALID_CODES))
@@ -83,8 +123,9 @@ def test_an_invalid_token_code_invalidates_the_token_sent_and_sends_once_with_th
     assert walk([code, 0]) == [
         Fetch(),
         Send("t-1"),
-        ReadCode(code),
+        *judged(code),
         Invalidate("t-1"),
+        Rewind(),
         Fetch(),
         Send("t-2"),
     ]
@@ -101,7 +142,149 @@ def test_the_resend_is_the_last_send_whatever_its_answer() -> None:
 @pytest.mark.parametrize("code", [99991672, None, "99991663", 99991663.0, True, 0])
 def test_only_an_integer_invalid_token_code_asks_for_a_resend(code: object) -> None:
     assert not is_token_invalid(code)
-    assert walk([code]) == [Fetch(), Send("t-1"), ReadCode(code)]
+    assert walk([code]) == [Fetch(), Send("t-1"), *judged(code)]
+
+
+def test_a_request_to_another_host_is_sent_without_a_token_and_its_answer_is_final() -> None:
+    assert walk([99991663], url=ELSEWHERE) == [Send(None)]
+
+
+def test_an_answer_from_another_host_is_final_whatever_its_code() -> None:
+    # The end of a redirect chain that left the app's host: its body is not even read.
+    steps = walk([99991663], answered_from=ELSEWHERE)
+
+    assert steps == [Fetch(), Send("t-1"), AnsweredFrom(99991663)]
+
+
+def test_a_body_that_cannot_be_sent_again_ends_the_exchange_with_its_token_invalidated() -> None:
+    steps = walk([99991663], resendable=False)
+
+    assert steps == [Fetch(), Send("t-1"), *judged(99991663), Invalidate("t-1"), Rewind()]
+
+
+# --- where a token may go ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://open.feishu.cn/open-apis/x?y=1", ("https", "open.feishu.cn", 443)),
+        ("HTTPS://Open.Feishu.CN:443", ("https", "open.feishu.cn", 443)),
+        ("http://127.0.0.1:8080/", ("http", "127.0.0.1", 8080)),
+        ("http://[::1]/x", ("http", "::1", 80)),
+        ("https://open.feishu.cn:8443", ("https", "open.feishu.cn", 8443)),
+    ],
+)
+def test_an_origin_is_the_scheme_host_and_port_a_request_connects_to(
+    url: str, expected: tuple[str, str, int]
+) -> None:
+    assert origin(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://evil.example\\@127.0.0.1/",  # the standard library and urllib3 disagree
+        "https://user:pw@open.feishu.cn/",
+        "https://open.feishu.cn@evil.example/",
+        "ftp://open.feishu.cn/",
+        "/open-apis/relative",
+        "https://open.feishu.cn:99999/",
+        "",
+    ],
+)
+def test_a_url_that_names_no_single_http_host_has_no_origin(url: str) -> None:
+    assert origin(url) is None
+
+
+def test_the_apps_own_origin_gets_the_token_and_no_other() -> None:
+    hosts = Hosts.of("https://open.feishu.cn")
+
+    assert hosts.allows("https://open.feishu.cn/open-apis/im/v1/chats")
+    assert not hosts.allows("http://open.feishu.cn/open-apis/im/v1/chats")  # clear text
+    assert not hosts.allows("https://open.feishu.cn:8443/")
+    assert not hosts.allows("https://open.larksuite.com/")
+    assert not hosts.allows("https://open.feishu.cn.evil.example/")
+
+
+def test_listed_hosts_are_hosts_on_https_or_origins() -> None:
+    hosts = Hosts.of(
+        "https://open.feishu.cn",
+        ["open.larksuite.com", "https://gw.example:8443", "http://[::1]:9"],
+    )
+
+    assert hosts.allows("https://open.larksuite.com/x") and hosts.allows("https://gw.example:8443")
+    assert hosts.allows("http://[::1]:9/x") and hosts.allows("https://open.feishu.cn/")
+    assert not hosts.allows("http://open.larksuite.com/x")
+    assert not hosts.allows("https://gw.example/")
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [
+        "open.larksuite.com",  # a string, not a sequence of hosts
+        ["http://open.larksuite.com"],  # the token in clear text beyond this machine
+        ["https://open.larksuite.com/open-apis"],
+        ["https://user@open.larksuite.com"],
+        ["https://open.larksuite.com?x=1"],
+        [""],
+        [443],
+    ],
+)
+def test_a_listed_host_that_is_not_a_plain_origin_is_refused(listed: Any) -> None:
+    with pytest.raises(ValueError, match="hosts"):
+        Hosts.of("https://open.feishu.cn", listed)
+
+
+def test_a_system_with_several_apps_needs_the_app_named_to_know_its_host(
+    make_system: SystemFactory, app: actors.AppConfig, market_app: actors.AppConfig
+) -> None:
+    system = make_system([app, market_app])
+
+    with pytest.raises(ValueError, match="app_id is required"):
+        actors.FeishuAuth(system)
+    with pytest.raises(ValueError, match="unknown app_id"):
+        actors.FeishuAuth(system, app_id="cli_nobody")
+
+
+# --- what a resend may send ----------------------------------------------------------------------
+
+
+def test_a_body_held_in_memory_can_always_be_sent_again() -> None:
+    for body in (None, b"x", bytearray(b"x"), memoryview(b"x"), "x"):
+        assert body_start(body) is None and rewind(body, None)
+
+
+def test_a_seekable_file_is_put_back_where_it_started() -> None:
+    body = offset(b"payload")
+    start = body_start(body)
+    body.read()
+
+    assert start == len(b"skipped") and rewind(body, start) and body.read() == b"payload"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: iter([b"x"]), lambda: (b for b in [b"x"]), lambda: pipe(b"x"), lambda: OneWay(b"x")],
+    ids=["iterator", "generator", "pipe", "one-way-file"],
+)
+def test_a_body_read_once_cannot_be_sent_again(make: Callable[[], object]) -> None:
+    body = make()
+
+    assert not rewind(body, body_start(body))
+
+
+# --- which answers are judged --------------------------------------------------------------------
+
+
+def test_the_code_of_an_answer_is_read_only_from_a_short_json_object() -> None:
+    short = json.dumps({"code": 99991663, "msg": "x"}).encode()
+    padded = json.dumps({"code": 99991663, "msg": "x" * CODE_PREFIX}).encode()
+
+    assert code_of(short) == 99991663
+    assert code_of(padded) is None  # no invalid-token answer is that long
+    assert code_of(b"[" * 50_000 + b"]" * 50_000) is None  # nesting past the parser's depth
+    assert code_of(b"<html>502</html>") is None and code_of(b"") is None
 
 
 def test_the_code_is_read_from_a_json_object_only() -> None:
@@ -160,27 +343,38 @@ def resolved(value: Any) -> pykka.Future[Any]:
 def test_both_drivers_get_and_invalidate_the_targets_token_the_same_way(driver: str) -> None:
     proxy = StubProxy()
     target = TokenTarget(
-        cast("Any", proxy), actors.TokenKind.APP, tenant_key="tk-1", app_id="cli_x", timeout=1
+        cast("Any", proxy),
+        actors.TokenKind.APP,
+        tenant_key="tk-1",
+        app_id="cli_x",
+        timeout=1,
+        hosts=OWN_HOSTS,
     )
-    codes, sent = iter([99991664, 0]), []
+    codes, sent, rewound = iter([99991664, 0]), [], []
 
-    def send(token: str) -> object:
+    def send(token: str | None) -> object:
         sent.append(token)
         return next(codes)
 
-    async def asend(token: str) -> object:
+    async def asend(token: str | None) -> object:
         return send(token)
 
     async def aread(answer: object) -> object:
         return answer
 
+    def rewind_body() -> bool:
+        rewound.append(True)
+        return True
+
+    common: dict[str, Any] = {"url": OWN + "/x", "answered_from": lambda _: OWN}
+    common["rewind"] = rewind_body
     if driver == "blocking":
-        final = run(target.flow(send=send, read_code=lambda answer: answer))
+        final = run(target.flow(send=send, read_code=lambda answer: answer, **common))
     else:
-        aflow = target.aflow(send=asend, read_code=aread)
+        aflow = target.aflow(send=asend, read_code=aread, **common)
         final = asyncio.run(arun(aflow))
 
-    assert final == 0 and sent == ["t-1", "t-2"]
+    assert final == 0 and sent == ["t-1", "t-2"] and rewound == [True]
     get = ("get", actors.TokenKind.APP, "tk-1", "cli_x")
     assert proxy.calls == [get, ("invalidate", "t-1"), get]
 
@@ -190,10 +384,14 @@ def test_both_drivers_get_and_invalidate_the_targets_token_the_same_way(driver: 
 
 @dataclass(frozen=True)
 class Call:
+    """One request: to the fake's ``path``, or to ``url`` (another host's) when given."""
+
     method: str
     path: str
     json: dict[str, Any] | None = None
     params: dict[str, str] | None = None
+    headers: dict[str, str] | None = None
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -232,8 +430,8 @@ class BlockingCaller:
 
 
 MakeCaller = Callable[..., Caller]
-"""``make_caller(system, kind=..., tenant_key=..., timeout=...)``: a client whose auth takes its
-tokens from ``system``, closed after the test."""
+"""``make_caller(system, kind=..., tenant_key=..., timeout=..., hosts=...)``: a client that follows
+redirects, whose auth takes its tokens from ``system``, closed after the test."""
 
 
 def business(server: FakeFeishu) -> list[RecordedRequest]:
@@ -257,10 +455,280 @@ SEND_TEXT = Call(
 )
 
 
+# --- hosts of our own: a recording front for the fake, and foreign hosts -------------------------
+
+
+@dataclass(frozen=True)
+class Canned:
+    """An answer a :class:`Host` gives once: ``body`` is bytes, or chunks made while they are
+    sent (a big body never held whole), sent chunked."""
+
+    status: int = 200
+    body: bytes | Callable[[], Iterable[bytes]] = b""
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def code(cls, code: int, status: int = 200, **headers: str) -> Canned:
+        body = json.dumps({"code": code, "msg": "canned"}).encode()
+        return cls(status, body, headers=tuple(headers.items()))
+
+
+def pipe(data: bytes) -> BinaryIO:
+    """A file whose position cannot be restored: what is read from a pipe is gone."""
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "wb") as writer:
+        writer.write(data)  # a pipe's buffer holds far more than a message
+    return os.fdopen(read_end, "rb")
+
+
+class OneWay(io.RawIOBase):
+    """A file read once, front to back: it can neither tell nor seek (a socket, a decompressor)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._data.readinto(buffer)
+
+
+def offset(data: bytes) -> BinaryIO:
+    """A seekable file whose body, ``data``, starts past its beginning."""
+    body = io.BytesIO(b"skipped" + data)
+    body.seek(len(b"skipped"))
+    return body
+
+
+def gzipped(canned: Canned) -> Canned:
+    """``canned`` sent compressed, as a gateway may send it."""
+    assert isinstance(canned.body, bytes)
+    encoding = (("Content-Encoding", "gzip"),)
+    return dataclasses.replace(canned, body=gzip.compress(canned.body), headers=encoding)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A request as a :class:`Host` got it: its body whole, however it was framed."""
+
+    method: str
+    path: str
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+
+    @property
+    def authorization(self) -> str | None:
+        return self.headers.get("authorization")
+
+
+class Host:
+    """A real loopback HTTP server standing for one host (``127.0.0.2`` is another host than
+    the fake's ``127.0.0.1``). It records every request with its whole body (by
+    ``Content-Length`` or chunked: the fake reads only the first), answers a path from its
+    script while it has answers for it, and otherwise passes the request on to ``upstream``
+    (a FakeFeishu, so this host can be an app's ``base_url``) or answers 404."""
+
+    def __init__(self, address: str = "127.0.0.2", *, upstream: str | None = None) -> None:
+        self._upstream = upstream
+        self._lock = threading.Lock()
+        self._seen: list[Seen] = []
+        self._script: dict[str, list[Canned]] = {}
+        self._httpd = ThreadingHTTPServer((address, 0), _HostHandler)
+        self._httpd.daemon_threads = True
+        self._httpd.host = self  # type: ignore[attr-defined]
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def answer(self, path: str, *answers: Canned) -> None:
+        with self._lock:
+            self._script.setdefault(path, []).extend(answers)
+
+    def seen(self, path: str | None = None) -> list[Seen]:
+        with self._lock:
+            return [s for s in self._seen if path is None or s.path.partition("?")[0] == path]
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=TIMEOUT)
+
+    def _record(self, seen: Seen) -> Canned | None:
+        with self._lock:
+            self._seen.append(seen)
+            script = self._script.get(seen.path.partition("?")[0])
+            return script.pop(0) if script else None
+
+    def _forward(self, seen: Seen) -> Canned:
+        if self._upstream is None:
+            return Canned(404, b"not found", "text/plain")
+        headers = {k: v for k, v in seen.headers.items() if k not in _HOP_BY_HOP}
+        with requests.Session() as session:
+            session.trust_env = False
+            response = session.request(
+                seen.method,
+                self._upstream + seen.path,
+                data=seen.body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=TIMEOUT,
+            )
+        passed = tuple(
+            (k, v) for k, v in response.headers.items() if k.lower() in ("location", "retry-after")
+        )
+        content_type = response.headers.get("Content-Type", "application/octet-stream")
+        return Canned(response.status_code, response.content, content_type, passed)
+
+
+_HOP_BY_HOP = frozenset({"connection", "content-length", "transfer-encoding", "host"})
+
+
+class _HostHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 2.0  # a body announced and never sent ends the read instead of hanging the host
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
+        host = cast("Host", self.server.host)  # type: ignore[attr-defined]
+        try:
+            body = self._body()
+        except (OSError, ValueError):
+            body, self.close_connection = b"<cut>", True
+        seen = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+        canned = host._record(seen) or host._forward(seen)
+        self.send_response(canned.status)
+        self.send_header("Content-Type", canned.content_type)
+        for name, value in canned.headers:
+            self.send_header(name, value)
+        if isinstance(canned.body, bytes):
+            self.send_header("Content-Length", str(len(canned.body)))
+            self.end_headers()
+            self.wfile.write(canned.body)
+            return
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for chunk in canned.body():
+            self.wfile.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            parts = []
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+            self.rfile.readline()  # the empty trailer
+            return b"".join(parts)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            self.close_connection = True
+        return body
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+class WithHosts:
+    """Fixtures of the hosts around the fake, for test classes (a client's module inherits them)."""
+
+    @pytest.fixture
+    def foreign(self) -> Iterator[Host]:
+        """Another host (``127.0.0.2``): no token of ours may ever reach it."""
+        host = Host("127.0.0.2")
+        yield host
+        host.close()
+
+    @pytest.fixture
+    def front(self, server: FakeFeishu) -> Iterator[Host]:
+        """The app's own host (``front_app``'s), recording whole bodies, in front of the fake."""
+        host = Host("127.0.0.1", upstream=server.base_url)
+        yield host
+        host.close()
+
+    @pytest.fixture
+    def front_app(self, front: Host) -> actors.AppConfig:
+        return actors.AppConfig(APP_ID, SECRET, base_url=front.url)
+
+
+NDJSON_BYTES = 200 * 2**20  # a streamed export: far more than any prefix read to see a code
+NDJSON_LINE = b'{"code":0,"row":"' + b"x" * 1000 + b'"}\n'
+
+
+def ndjson() -> Iterator[bytes]:
+    """NDJSON_BYTES of JSON lines, made as they are sent, 64 lines a chunk."""
+    chunk = NDJSON_LINE * 64
+    for _ in range(NDJSON_BYTES // len(chunk)):
+        yield chunk
+
+
+# What reading the whole body at once would add: a bound well below it, well above the chunks.
+MEMORY_BOUND = 16 * 2**20
+
+
+@functools.cache
+def ndjson_received() -> tuple[int, str]:
+    """The size and digest of the whole :func:`ndjson` body, as a caller must receive it."""
+    return chunks_received(ndjson())
+
+
+def chunks_received(chunks: Iterable[bytes]) -> tuple[int, str]:
+    """The size and sha256 of a body read in chunks, never holding it whole."""
+    digest, size = hashlib.sha256(), 0
+    for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
+async def achunks_received(chunks: AsyncIterable[bytes]) -> tuple[int, str]:
+    """:func:`chunks_received` for chunks that are awaited."""
+    digest, size = hashlib.sha256(), 0
+    async for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
+class Peak:
+    """The most memory a ``with peak_memory()`` block held at once, set when the block ends."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
+@contextlib.contextmanager
+def peak_memory() -> Iterator[Peak]:
+    """Trace every thread's allocations over the block (Python's own: bytes read from a socket
+    are): the peak of what was held at once, above what was held when it began."""
+    peak = Peak()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        yield peak
+        peak.bytes = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+
+
 # --- the contract --------------------------------------------------------------------------------
 
 
-class InvalidTokenContract:
+class InvalidTokenContract(WithHosts):
     @pytest.fixture
     def system(self, make_system: SystemFactory, app: actors.AppConfig) -> actors.TokenSystem:
         return make_system(app)
@@ -435,3 +903,62 @@ class InvalidTokenContract:
         with pytest.raises(caller.timeout_error):
             sending.result()
         assert business(server) == []
+
+    # --- the token goes to the app's own host only
+
+    def test_a_request_to_another_host_goes_without_the_token_and_fetches_none(
+        self,
+        make_caller: MakeCaller,
+        system: actors.TokenSystem,
+        server: FakeFeishu,
+        foreign: Host,
+    ) -> None:
+        foreign.answer("/x", Canned.code(99991663))
+
+        answer = make_caller(system).send(Call("GET", "/x", url=foreign.url + "/x"))
+
+        assert answer.body["code"] == 99991663  # another host's answer, returned untouched
+        assert [s.authorization for s in foreign.seen()] == [None]
+        assert server.count("tenant") == 0 and system.metrics().invalidations == 0
+
+    def test_the_callers_own_authorization_to_another_host_is_left_alone(
+        self, make_caller: MakeCaller, system: actors.TokenSystem, foreign: Host
+    ) -> None:
+        basic = {"Authorization": "Basic dXNlcjpwdw=="}
+
+        make_caller(system).send(Call("GET", "/x", headers=basic, url=foreign.url + "/x"))
+
+        assert [s.authorization for s in foreign.seen()] == [basic["Authorization"]]
+
+    def test_a_redirect_to_another_host_that_answers_token_invalid_gets_no_token_and_no_say(
+        self,
+        make_caller: MakeCaller,
+        system: actors.TokenSystem,
+        server: FakeFeishu,
+        foreign: Host,
+    ) -> None:
+        server.script("business", Reply.http(302, "", headers={"Location": foreign.url + "/x"}))
+        foreign.answer("/x", Canned.code(99991663), Canned.code(99991663))
+
+        answer = make_caller(system).send(LIST_CHATS)
+
+        assert answer.body["code"] == 99991663  # the last answer of the chain, untouched
+        assert [s.authorization for s in foreign.seen()] == [None]
+        assert system.metrics().invalidations == 0 and server.count("tenant") == 1
+        assert tokens_sent(server) == [warm(system)]
+
+    def test_hosts_the_caller_lists_get_the_token_as_the_apps_own_does(
+        self,
+        make_caller: MakeCaller,
+        system: actors.TokenSystem,
+        server: FakeFeishu,
+        foreign: Host,
+    ) -> None:
+        caller = make_caller(system, hosts=(foreign.url,))
+
+        caller.send(Call("GET", "/x", url=foreign.url + "/x"))
+        caller.send(LIST_CHATS)
+
+        token = warm(system)
+        assert [s.authorization for s in foreign.seen()] == [f"Bearer {token}"]
+        assert tokens_sent(server) == [token]

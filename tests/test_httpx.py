@@ -5,7 +5,9 @@ server over real loopback HTTP."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import io
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -17,22 +19,43 @@ from actors.testing import FakeFeishu, Reply
 from tests.conftest import SystemFactory
 from tests.test_auth import (
     CHATS,
+    MEMORY_BOUND,
+    MESSAGES,
+    SEND_TEXT,
     Answer,
     BlockingCaller,
     Call,
     Caller,
+    Canned,
+    Host,
     InvalidTokenContract,
     MakeCaller,
+    OneWay,
+    WithHosts,
+    achunks_received,
     business,
+    chunks_received,
+    gzipped,
+    ndjson,
+    ndjson_received,
+    offset,
+    peak_memory,
+    warm,
 )
+
+
+def options(call: Call) -> dict[str, Any]:
+    return {"json": call.json, "params": call.params, "headers": call.headers}
 
 
 class HttpxSyncCaller(BlockingCaller):
     def __init__(self, base_url: str, auth: httpx.Auth) -> None:
-        self._client = httpx.Client(base_url=base_url, auth=auth, trust_env=False, timeout=5)
+        self._client = httpx.Client(
+            base_url=base_url, auth=auth, trust_env=False, timeout=5, follow_redirects=True
+        )
 
     def send(self, call: Call) -> Answer:
-        response = self._client.request(call.method, call.path, json=call.json, params=call.params)
+        response = self._client.request(call.method, call.url or call.path, **options(call))
         return Answer(response.status_code, response.text)
 
     def close(self) -> None:
@@ -50,10 +73,10 @@ class HttpxAsyncCaller:
 
     async def _send_all(self, calls: list[Call]) -> list[Answer]:
         async with httpx.AsyncClient(
-            base_url=self._base, auth=self._auth, trust_env=False, timeout=5
+            base_url=self._base, auth=self._auth, trust_env=False, timeout=5, follow_redirects=True
         ) as client:
             responses = await asyncio.gather(
-                *(client.request(c.method, c.path, json=c.json, params=c.params) for c in calls)
+                *(client.request(c.method, c.url or c.path, **options(c)) for c in calls)
             )
         return [Answer(r.status_code, r.text) for r in responses]
 
@@ -114,3 +137,144 @@ def test_a_streamed_non_json_answer_is_left_unread(
 
     assert unread and size == 100_000
     assert len(business(server)) == 1
+
+
+# --- a resend sends the same bytes, or is not made; a stream is read only as far as its code -----
+
+MESSAGE = json.dumps(SEND_TEXT.json).encode()
+EXPORT = "/open-apis/drive/v1/export"
+
+
+def pieces() -> Iterator[bytes]:
+    return (MESSAGE[i : i + 7] for i in range(0, len(MESSAGE), 7))
+
+
+async def apieces() -> AsyncIterator[bytes]:
+    for piece in pieces():
+        yield piece
+
+
+def multipart(files: dict[str, Any]) -> httpx.Request:
+    return httpx.Request("POST", "http://x/", files=files)
+
+
+def send(auth: httpx.Auth, flow: str, method: str, url: str, **options: Any) -> httpx.Response:
+    """One request with ``auth``, by an ``httpx.Client`` or an ``httpx.AsyncClient`` (``flow``)."""
+
+    async def asend() -> httpx.Response:
+        async with httpx.AsyncClient(auth=auth, trust_env=False, timeout=5) as client:
+            return await client.request(method, url, **options)
+
+    if flow == "async":
+        return asyncio.run(asend())
+    with httpx.Client(auth=auth, trust_env=False, timeout=5) as client:
+        return client.request(method, url, **options)
+
+
+class TestBodiesAndStreams(WithHosts):
+    @pytest.fixture
+    def system(self, make_system: SystemFactory, front_app: actors.AppConfig) -> actors.TokenSystem:
+        return make_system(front_app)
+
+    def post_message(
+        self, system: actors.TokenSystem, front: Host, flow: str, **body: Any
+    ) -> httpx.Response:
+        auth = actors.httpx.FeishuAuth(system)
+        return send(auth, flow, "POST", front.url + MESSAGES, params=SEND_TEXT.params, **body)
+
+    @pytest.mark.parametrize(
+        ("flow", "make_body"),
+        [
+            ("sync", lambda: {"content": pieces()}),
+            ("sync", lambda: {"content": iter(list(pieces()))}),
+            ("sync", lambda: {"content": OneWay(MESSAGE)}),
+            ("sync", lambda: {"files": {"file": ("m.json", OneWay(MESSAGE))}}),
+            ("async", lambda: {"content": apieces()}),
+        ],
+        ids=["generator", "iterator", "one-way-file", "multipart-one-way-file", "async-generator"],
+    )
+    def test_a_body_that_cannot_be_sent_again_is_not_resent_and_its_answer_is_returned(
+        self,
+        system: actors.TokenSystem,
+        server: FakeFeishu,
+        front: Host,
+        flow: str,
+        make_body: Callable[[], dict[str, Any]],
+    ) -> None:
+        stale = warm(system)
+        server.rotate()
+
+        response = self.post_message(system, front, flow, **make_body())
+
+        assert response.status_code == 400 and response.json()["code"] == 99991663
+        [seen] = front.seen(MESSAGES)
+        assert MESSAGE in seen.body
+        # The token is still known bad: the caller's own retry gets a fresh one.
+        assert system.metrics().invalidations == 1 and warm(system) != stale
+
+    @pytest.mark.parametrize(
+        ("flow", "make_body"),
+        [
+            ("sync", lambda: {"content": io.BytesIO(MESSAGE)}),
+            ("sync", lambda: {"files": {"file": ("m.json", offset(MESSAGE))}}),
+            ("async", lambda: {"content": MESSAGE}),
+            ("async", lambda: {"files": {"file": ("m.json", io.BytesIO(MESSAGE))}}),
+        ],
+        ids=["file", "multipart-file", "async-bytes", "async-multipart-file"],
+    )
+    def test_a_body_that_can_be_sent_again_is_resent_byte_for_byte(
+        self,
+        system: actors.TokenSystem,
+        server: FakeFeishu,
+        front: Host,
+        flow: str,
+        make_body: Callable[[], dict[str, Any]],
+    ) -> None:
+        warm(system)
+        server.rotate()
+
+        response = self.post_message(system, front, flow, **make_body())
+
+        first, again = front.seen(MESSAGES)
+        assert MESSAGE in first.body and again.body == first.body
+        assert response.json()["code"] != 99991663  # the resend's answer, with a fresh token
+
+    @pytest.mark.parametrize("flow", ["sync", "async"])
+    def test_a_streamed_json_download_is_never_read_whole_and_reaches_the_caller_intact(
+        self, system: actors.TokenSystem, front: Host, flow: str
+    ) -> None:
+        warm(system)
+        front.answer(EXPORT, Canned(200, ndjson, "application/x-ndjson"))
+        auth = actors.httpx.FeishuAuth(system)
+        url = front.url + EXPORT
+
+        async def download() -> tuple[int, str]:
+            async with (
+                httpx.AsyncClient(auth=auth, trust_env=False, timeout=30) as client,
+                client.stream("GET", url) as response,
+            ):
+                return await achunks_received(response.aiter_bytes(2**20))
+
+        with peak_memory() as peak:
+            if flow == "async":
+                received = asyncio.run(download())
+            else:
+                with (
+                    httpx.Client(auth=auth, trust_env=False, timeout=30) as client,
+                    client.stream("GET", url) as response,
+                ):
+                    received = chunks_received(response.iter_bytes(2**20))
+
+        assert received == ndjson_received()
+        assert peak.bytes < MEMORY_BOUND, f"{peak.bytes / 2**20:.0f} MiB held at once"
+
+    @pytest.mark.parametrize("flow", ["sync", "async"])
+    def test_a_compressed_invalid_token_answer_is_still_recovered_from(
+        self, system: actors.TokenSystem, front: Host, flow: str
+    ) -> None:
+        front.answer(CHATS, gzipped(Canned.code(99991663)))
+
+        response = send(actors.httpx.FeishuAuth(system), flow, "GET", front.url + CHATS)
+
+        assert response.json()["code"] == 0
+        assert len(front.seen(CHATS)) == 2 and system.metrics().invalidations == 1

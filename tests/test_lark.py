@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import json
 from concurrent.futures import ThreadPoolExecutor, wait
 
+import lark_oapi
 import pykka
 import pytest
 from lark_oapi.api.authen.v1 import (
@@ -16,6 +18,8 @@ from lark_oapi.api.authen.v1 import (
     CreateOidcAccessTokenRequestBody,
 )
 from lark_oapi.api.im.v1 import (
+    CreateFileRequest,
+    CreateFileRequestBody,
     CreateMessageRequest,
     CreateMessageRequestBody,
     ListChatRequest,
@@ -26,6 +30,7 @@ import actors
 from actors.lark import acall, call, lark_client
 from actors.testing import FakeFeishu, RecordedRequest, Reply
 from tests.conftest import MARKET_ID, SystemFactory, forward_tickets
+from tests.test_auth import Canned, Host, WithHosts
 
 TIMEOUT = 10.0
 
@@ -308,3 +313,69 @@ def test_a_token_not_given_within_the_timeout_fails_the_call_before_it_is_sent(
     with pytest.raises(pykka.Timeout if flavour == "call" else TimeoutError):
         sending.result()
     assert business(server) == []
+
+
+# --- the token goes to the app's domain only; an upload is not sent twice -------------------------
+
+FILES = "/open-apis/im/v1/files"
+UPLOAD = b"an upload read once by the SDK's form encoder"
+
+
+def upload() -> CreateFileRequest:
+    body = (
+        CreateFileRequestBody.builder()
+        .file_type("stream")
+        .file_name("note.txt")
+        .file(io.BytesIO(UPLOAD))
+        .build()
+    )
+    return CreateFileRequest.builder().request_body(body).build()
+
+
+class TestHostsAndBodies(WithHosts):
+    @pytest.fixture
+    def system(self, make_system: SystemFactory, front_app: actors.AppConfig) -> actors.TokenSystem:
+        return make_system(front_app)
+
+    def test_a_request_naming_another_host_is_handed_no_token_and_the_sdk_refuses_it(
+        self, system: actors.TokenSystem, server: FakeFeishu, foreign: Host
+    ) -> None:
+        client = lark_client(system)
+        request = (
+            lark_oapi.BaseRequest.builder()
+            .http_method(lark_oapi.HttpMethod.GET)
+            .uri(foreign.url + "/open-apis/im/v1/chats")
+            .token_types({lark_oapi.AccessTokenType.TENANT})
+            .build()
+        )
+
+        with pytest.raises(NoAuthorizationException):
+            call(system, client.request, request)
+
+        assert foreign.seen() == [] and server.count("tenant") == 0
+
+    def test_an_upload_answered_token_invalid_is_not_sent_again_and_its_answer_is_returned(
+        self, system: actors.TokenSystem, front: Host
+    ) -> None:
+        client = lark_client(system)
+        front.answer(FILES, Canned.code(99991663, status=400), Canned.code(0))
+
+        response = call(system, client.im.v1.file.create, upload())
+
+        assert response.code == 99991663
+        [sent] = front.seen(FILES)
+        assert UPLOAD in sent.body
+        # The token is still known bad: the caller's own retry gets a fresh one.
+        assert system.metrics().invalidations == 1
+
+    def test_an_async_upload_answered_token_invalid_is_not_sent_again(
+        self, system: actors.TokenSystem, front: Host
+    ) -> None:
+        client = lark_client(system)
+        front.answer(FILES, Canned.code(99991663, status=400), Canned.code(0))
+
+        response = asyncio.run(acall(system, client.im.v1.file.acreate, upload()))
+
+        assert response.code == 99991663
+        [sent] = front.seen(FILES)
+        assert UPLOAD in sent.body

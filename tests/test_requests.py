@@ -4,7 +4,8 @@ downloads), against the embedded fake server over real loopback HTTP."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,13 +17,26 @@ from tests.conftest import SystemFactory
 from tests.test_auth import (
     CHATS,
     LIST_CHATS,
+    MEMORY_BOUND,
+    MESSAGES,
+    SEND_TEXT,
     Answer,
     BlockingCaller,
     Call,
     Caller,
+    Canned,
+    Host,
     InvalidTokenContract,
     MakeCaller,
+    WithHosts,
     business,
+    chunks_received,
+    gzipped,
+    ndjson,
+    ndjson_received,
+    offset,
+    peak_memory,
+    pipe,
     tokens_sent,
     warm,
 )
@@ -37,7 +51,12 @@ class RequestsCaller(BlockingCaller):
 
     def send(self, call: Call) -> Answer:
         response = self._session.request(
-            call.method, self._base + call.path, json=call.json, params=call.params, timeout=5
+            call.method,
+            call.url or self._base + call.path,
+            json=call.json,
+            params=call.params,
+            headers=call.headers,
+            timeout=5,
         )
         return Answer(response.status_code, response.text)
 
@@ -122,3 +141,91 @@ def test_a_streamed_json_answer_is_read_to_see_its_code(
         assert response.json()["code"] == 0
 
     assert len(business(server)) == 2 and system.metrics().invalidations == 1
+
+
+# --- a resend sends the same bytes, or is not made; a stream is read only as far as its code -----
+
+MESSAGE = json.dumps(SEND_TEXT.json).encode()
+EXPORT = "/open-apis/drive/v1/export"
+
+
+class TestBodiesAndStreams(WithHosts):
+    @pytest.fixture
+    def system(self, make_system: SystemFactory, front_app: actors.AppConfig) -> actors.TokenSystem:
+        return make_system(front_app)
+
+    def post_message(self, system: actors.TokenSystem, front: Host, body: Any) -> requests.Response:
+        with session() as client:
+            return client.post(
+                front.url + MESSAGES,
+                params=SEND_TEXT.params,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                auth=actors.FeishuAuth(system),
+                timeout=5,
+            )
+
+    @pytest.mark.parametrize(
+        "make_body",
+        [lambda: (MESSAGE[i : i + 7] for i in range(0, len(MESSAGE), 7)), lambda: pipe(MESSAGE)],
+        ids=["generator", "pipe"],
+    )
+    def test_a_body_that_cannot_be_sent_again_is_not_resent_and_its_answer_is_returned(
+        self,
+        system: actors.TokenSystem,
+        server: FakeFeishu,
+        front: Host,
+        make_body: Callable[[], Any],
+    ) -> None:
+        stale = warm(system)
+        server.rotate()
+
+        response = self.post_message(system, front, make_body())
+
+        assert response.status_code == 400 and response.json()["code"] == 99991663
+        assert [s.body for s in front.seen(MESSAGES)] == [MESSAGE]
+        # The token is still known bad: the caller's own retry gets a fresh one.
+        assert system.metrics().invalidations == 1 and warm(system) != stale
+
+    def test_a_seekable_file_is_rewound_to_where_it_started_and_resent_whole(
+        self, system: actors.TokenSystem, server: FakeFeishu, front: Host
+    ) -> None:
+        warm(system)
+        server.rotate()
+        response = self.post_message(system, front, offset(MESSAGE))
+
+        assert response.status_code == 200 and response.json()["code"] == 0
+        assert [s.body for s in front.seen(MESSAGES)] == [MESSAGE, MESSAGE]
+
+    def test_a_streamed_json_download_is_never_read_whole_and_reaches_the_caller_intact(
+        self, system: actors.TokenSystem, front: Host
+    ) -> None:
+        warm(system)
+        front.answer(EXPORT, Canned(200, ndjson, "application/x-ndjson"))
+
+        with (
+            peak_memory() as peak,
+            session() as client,
+            client.get(
+                front.url + EXPORT, auth=actors.FeishuAuth(system), stream=True, timeout=30
+            ) as response,
+        ):
+            received = chunks_received(response.iter_content(2**20))
+
+        assert received == ndjson_received()
+        assert peak.bytes < MEMORY_BOUND, f"{peak.bytes / 2**20:.0f} MiB held at once"
+
+    def test_a_streamed_compressed_invalid_token_answer_is_still_recovered_from(
+        self, system: actors.TokenSystem, front: Host
+    ) -> None:
+        front.answer(CHATS, gzipped(Canned.code(99991663)))
+
+        with (
+            session() as client,
+            client.get(
+                front.url + CHATS, auth=actors.FeishuAuth(system), stream=True, timeout=5
+            ) as response,
+        ):
+            assert response.json()["code"] == 0
+
+        assert len(front.seen(CHATS)) == 2 and system.metrics().invalidations == 1
