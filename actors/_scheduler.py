@@ -212,12 +212,9 @@ class _AdvanceTicks(_Driver):
     """A manual clock's deadlines are reached only by ``advance()``, which ticks the actor."""
 
     def __init__(self, clock: Clock, ref: pykka.ActorRef[Any]) -> None:
-        self._clock = clock
         self._ref = ref
-        self._unsubscribe: Callable[[], None] | None = None
-
-    def start(self) -> None:
-        self._unsubscribe = self._clock.subscribe(self._tick)
+        # From construction on: an advance() before the actor's thread runs still ticks it.
+        self._unsubscribe = clock.subscribe(self._tick)
 
     def _tick(self) -> None:
         try:
@@ -226,8 +223,7 @@ class _AdvanceTicks(_Driver):
             pass
 
     def stop(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
+        self._unsubscribe()
 
 
 class _TimerDriver(_Driver):
