@@ -70,6 +70,7 @@ __all__ = [
     "exchange",
     "is_json",
     "is_token_invalid",
+    "may_carry_code",
     "origin",
     "response_code",
     "rewind",
@@ -106,6 +107,18 @@ def response_code(body: object) -> object:
 def is_json(content_type: str | None) -> bool:
     """Whether a ``Content-Type`` says JSON: only a JSON answer can carry a Feishu code."""
     return "json" in (content_type or "").lower()
+
+
+def may_carry_code(content_type: str | None, content_length: str | None) -> bool:
+    """Whether an answer with these headers is worth reading for a code: a JSON answer whose
+    ``Content-Length``, if it has one, is at most :data:`CODE_PREFIX` bytes (a longer one is
+    not even started on)."""
+    if not is_json(content_type):
+        return False
+    try:
+        return content_length is None or int(content_length) <= CODE_PREFIX
+    except ValueError:
+        return True  # malformed: the body itself tells, read no further than the prefix
 
 
 def code_of(content: bytes) -> object:

@@ -23,7 +23,7 @@ from actors._auth import (
     bearer,
     body_start,
     code_of,
-    is_json,
+    may_carry_code,
     rewind,
 )
 
@@ -129,8 +129,8 @@ def _never() -> bool:
 
 
 def _read_code(response: httpx.Response) -> object:
-    if not is_json(response.headers.get("Content-Type")):
-        return None  # not JSON (a gateway's HTML page, a download): returned untouched
+    if not _may_carry_code(response):
+        return None  # not JSON (a gateway's HTML page, a download) or too long: untouched
     if not response.is_stream_consumed:
         stream = response.stream
         if not isinstance(stream, httpx.SyncByteStream):
@@ -145,7 +145,7 @@ def _read_code(response: httpx.Response) -> object:
 
 
 async def _aread_code(response: httpx.Response) -> object:
-    if not is_json(response.headers.get("Content-Type")):
+    if not _may_carry_code(response):
         return None
     if not response.is_stream_consumed:
         stream = response.stream
@@ -158,6 +158,11 @@ async def _aread_code(response: httpx.Response) -> object:
             return None
         await response.aread()
     return code_of(response.content)
+
+
+def _may_carry_code(response: httpx.Response) -> bool:
+    headers = response.headers
+    return may_carry_code(headers.get("Content-Type"), headers.get("Content-Length"))
 
 
 def _prefix(chunks: Iterator[bytes]) -> list[bytes]:

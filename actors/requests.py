@@ -29,7 +29,7 @@ from actors._auth import (
     bearer,
     body_start,
     code_of,
-    is_json,
+    may_carry_code,
     rewind,
 )
 
@@ -113,8 +113,9 @@ def _answered_from(answer: _Answer) -> str:
 
 def _read_code(answer: _Answer) -> object:
     response, send_kwargs = answer
-    if not is_json(response.headers.get("Content-Type")):
-        return None  # only a JSON answer can carry a code; a download is never read here
+    headers = response.headers
+    if not may_carry_code(headers.get("Content-Type"), headers.get("Content-Length")):
+        return None  # only a short JSON answer can carry a code; a download is never read here
     if send_kwargs.get("stream") and not _peek(response):
         return None  # longer than any invalid-token answer: left whole for the caller
     return code_of(response.content)  # all of it is in memory by now, or a short stream

@@ -3,7 +3,8 @@
 Runs against the embedded fake Feishu server on loopback (no credentials needed): lists chats and
 sends a message through ``lark_oapi`` in manual-token mode, then the server revokes the app's
 tokens, as Feishu does when a secret is reset, and the next call recovers by itself: the stale
-token is invalidated, a fresh one fetched, and the call sent once more.
+token is invalidated, a fresh one fetched, and the call sent once more. Last, a hand-built
+request naming another host is handed no token, so the SDK refuses to send it.
 
     pip install "lark-token-actors[lark]"
     python demos/lark_sdk.py
@@ -20,11 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from a checkout
 
+import lark_oapi
 from lark_oapi.api.im.v1 import (
     CreateMessageRequest,
     CreateMessageRequestBody,
     ListChatRequest,
 )
+from lark_oapi.core.exception import NoAuthorizationException
 
 import actors
 from actors.lark import acall, call, lark_client
@@ -83,6 +86,19 @@ def main() -> None:
             server.rotate()
             answer = asyncio.run(acall(system, client.im.v1.chat.alist, chats))
             print(f"4. im.v1.chat.alist after another revocation -> code {answer.code}")
+
+            # 5. The token goes to the app's domain only: a request naming another host gets none.
+            elsewhere = (
+                lark_oapi.BaseRequest.builder()
+                .http_method(lark_oapi.HttpMethod.GET)
+                .uri("https://elsewhere.example/open-apis/im/v1/chats")
+                .token_types({lark_oapi.AccessTokenType.TENANT})
+                .build()
+            )
+            try:
+                call(system, client.request, elsewhere)
+            except NoAuthorizationException:
+                print("5. a request to https://elsewhere.example -> handed no token, not sent")
 
             metrics = system.metrics()
             token_requests = server.count("tenant")

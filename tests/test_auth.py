@@ -461,7 +461,7 @@ SEND_TEXT = Call(
 @dataclass(frozen=True)
 class Canned:
     """An answer a :class:`Host` gives once: ``body`` is bytes, or chunks made while they are
-    sent (a big body never held whole), sent chunked."""
+    sent (a big body never held whole), sent chunked unless ``headers`` give a length."""
 
     status: int = 200
     body: bytes | Callable[[], Iterable[bytes]] = b""
@@ -618,11 +618,15 @@ class _HostHandler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(canned.body)
             return
-        self.send_header("Transfer-Encoding", "chunked")
+        framed = not any(name.lower() == "content-length" for name, _ in canned.headers)
+        if framed:
+            self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        self.wfile.flush()  # the head goes out before the body is made
         for chunk in canned.body():
-            self.wfile.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        self.wfile.write(b"0\r\n\r\n")
+            self.wfile.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if framed else chunk)
+        if framed:
+            self.wfile.write(b"0\r\n\r\n")
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -664,6 +668,20 @@ class WithHosts:
         return actors.AppConfig(APP_ID, SECRET, base_url=front.url)
 
 
+def sent_once_opened(body: bytes) -> tuple[Canned, threading.Event]:
+    """A long JSON answer with a ``Content-Length`` whose body is sent only once the caller has
+    the answer in hand (set the event); if the caller is not given the answer before its body
+    arrives, a body of the same length but other bytes is sent, 5 s later."""
+    opened = threading.Event()
+
+    def chunks() -> Iterator[bytes]:
+        yield body if opened.wait(timeout=5) else b"-" * len(body)
+
+    length = (("Content-Length", str(len(body))),)
+    return Canned(200, chunks, "application/json", headers=length), opened
+
+
+LONG_JSON = json.dumps({"code": 0, "data": "x" * 100_000}).encode()
 NDJSON_BYTES = 200 * 2**20  # a streamed export: far more than any prefix read to see a code
 NDJSON_LINE = b'{"code":0,"row":"' + b"x" * 1000 + b'"}\n'
 

@@ -19,6 +19,7 @@ from actors.testing import FakeFeishu, Reply
 from tests.conftest import SystemFactory
 from tests.test_auth import (
     CHATS,
+    LONG_JSON,
     MEMORY_BOUND,
     MESSAGES,
     SEND_TEXT,
@@ -40,6 +41,7 @@ from tests.test_auth import (
     ndjson_received,
     offset,
     peak_memory,
+    sent_once_opened,
     warm,
 )
 
@@ -267,6 +269,35 @@ class TestBodiesAndStreams(WithHosts):
 
         assert received == ndjson_received()
         assert peak.bytes < MEMORY_BOUND, f"{peak.bytes / 2**20:.0f} MiB held at once"
+
+    @pytest.mark.parametrize("flow", ["sync", "async"])
+    def test_a_streamed_json_answer_longer_than_any_code_by_its_length_is_not_read_at_all(
+        self, system: actors.TokenSystem, front: Host, flow: str
+    ) -> None:
+        canned, opened = sent_once_opened(LONG_JSON)
+        front.answer(EXPORT, canned)
+        auth = actors.httpx.FeishuAuth(system)
+        url = front.url + EXPORT
+
+        async def download() -> bytes:
+            async with (
+                httpx.AsyncClient(auth=auth, trust_env=False, timeout=10) as client,
+                client.stream("GET", url) as response,
+            ):
+                opened.set()
+                return await response.aread()
+
+        if flow == "async":
+            body = asyncio.run(download())
+        else:
+            with (
+                httpx.Client(auth=auth, trust_env=False, timeout=10) as client,
+                client.stream("GET", url) as response,
+            ):
+                opened.set()
+                body = response.read()
+
+        assert body == LONG_JSON
 
     @pytest.mark.parametrize("flow", ["sync", "async"])
     def test_a_compressed_invalid_token_answer_is_still_recovered_from(

@@ -17,6 +17,7 @@ from tests.conftest import SystemFactory
 from tests.test_auth import (
     CHATS,
     LIST_CHATS,
+    LONG_JSON,
     MEMORY_BOUND,
     MESSAGES,
     SEND_TEXT,
@@ -37,6 +38,7 @@ from tests.test_auth import (
     offset,
     peak_memory,
     pipe,
+    sent_once_opened,
     tokens_sent,
     warm,
 )
@@ -214,6 +216,21 @@ class TestBodiesAndStreams(WithHosts):
 
         assert received == ndjson_received()
         assert peak.bytes < MEMORY_BOUND, f"{peak.bytes / 2**20:.0f} MiB held at once"
+
+    def test_a_streamed_json_answer_longer_than_any_code_by_its_length_is_not_read_at_all(
+        self, system: actors.TokenSystem, front: Host
+    ) -> None:
+        canned, opened = sent_once_opened(LONG_JSON)
+        front.answer(EXPORT, canned)
+
+        with (
+            session() as client,
+            client.get(
+                front.url + EXPORT, auth=actors.FeishuAuth(system), stream=True, timeout=10
+            ) as response,
+        ):
+            opened.set()
+            assert response.content == LONG_JSON
 
     def test_a_streamed_compressed_invalid_token_answer_is_still_recovered_from(
         self, system: actors.TokenSystem, front: Host
