@@ -191,9 +191,15 @@ def _rate_limited(code: int | None, status: int, headers: Mapping[str, str]) -> 
 def _grant(data: dict[str, Any], field: str) -> Grant:
     token = data.get(field)
     expire = data.get(feishu.EXPIRE_FIELD)
-    if not isinstance(token, str) or not token or not feishu.usable_expire(expire):
+    # Only the shape: whether the lifetime is one to cache is decided once, in the core, for
+    # whichever source answered (actors._refresh).
+    if not isinstance(token, str) or not token or not _is_number(expire):
         raise UpstreamError(0, None, 1, detail=f"success body without a usable {field}/expire")
-    return Grant(token, float(expire))  # type: ignore[arg-type]  # usable_expire checked it
+    return Grant(token, float(expire))  # type: ignore[arg-type]  # _is_number checked it
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _reset_seconds(header: str | None) -> float | None:

@@ -131,12 +131,11 @@ class Deadline:
             _shutdown(sock)
 
     def finish(self) -> None:
+        # The watchdog is not woken: it drops a finished deadline when it comes due, and a
+        # notify per attempt would only cost a context switch on every request.
         with self._lock:
             self._done = True
             self._sockets = []
-            watchdogs = list(self._watchdogs)
-        for watchdog in watchdogs:
-            watchdog.wake()
 
 
 def current_deadline() -> Deadline | None:
@@ -193,12 +192,9 @@ class _Watchdog:
             thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
-        thread.start()
-
-    def wake(self) -> None:
-        """A deadline finished: let the thread drop it (and end, if nothing else is due)."""
-        with self._cond:
-            self._cond.notify()
+            # Started under the lock, so close() never sees a thread it cannot join yet; the
+            # new thread only needs the lock once start() has returned.
+            thread.start()
 
     def _run(self) -> None:
         while True:
