@@ -213,15 +213,17 @@ class RefreshPolicy:
             msg = f"RefreshPolicy.request_timeout must be (connect, read) > 0, got {timeout!r}"
             raise ValueError(msg)
 
-    def prewarm_due(self, expires_at: float, now: float, rng: random.Random) -> float:
+    def prewarm_due(
+        self, expires_at: float, *, serve_until: float, now: float, rng: random.Random
+    ) -> float:
         """When to refresh a token that expires at ``expires_at``, jittered.
 
-        Never earlier than halfway from now to the hard deadline: a server that keeps handing out
-        the same or short-lived tokens then costs a logarithmic number of refreshes, never a loop.
+        Never earlier than halfway from now to ``serve_until`` (the last moment the token is
+        served, from the cache's one servability rule): a server that keeps handing out the
+        same or short-lived tokens then costs a logarithmic number of refreshes, never a loop.
         """
-        hard = expires_at - self.safety_margin
         due = expires_at - self.prewarm_lead * (1 + rng.uniform(-1.0, 1.0) * self.jitter)
-        return max(due, now + (hard - now) / 2)
+        return max(due, now + (serve_until - now) / 2)
 
     def backoff(
         self, attempt: int, rng: random.Random, *, retry_after: float | None = None

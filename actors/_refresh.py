@@ -225,7 +225,9 @@ class Refresher:
 
     def _store(self, entry: Entry, token: str, expires_at: float, now: float) -> None:
         same = entry.store(token, expires_at)
-        due = self._policy.prewarm_due(expires_at, now, self._rng)  # as of the answer, not later
+        due = self._policy.prewarm_due(  # as of the answer, not later
+            expires_at, serve_until=entry.serve_until, now=now, rng=self._rng
+        )
         # Callers first: the timer, the log and the events can wait for them.
         self._answer(entry.take_waiters(), token=token)
         self._metrics.add(Count.same_token_refreshes, same)

@@ -99,7 +99,9 @@ def test_backoff_is_full_jitter_capped_and_honours_retry_after() -> None:
 def test_prewarm_due_lies_in_the_jitter_band_before_expiry() -> None:
     policy = actors.RefreshPolicy(prewarm_lead=600.0, jitter=0.1, safety_margin=180.0)
     rng = random.Random(3)
-    dues = [policy.prewarm_due(10_000.0, 2_800.0, rng) for _ in range(200)]
+    dues = [
+        policy.prewarm_due(10_000.0, serve_until=9_820.0, now=2_800.0, rng=rng) for _ in range(200)
+    ]
     assert all(10_000 - 660 <= d <= 10_000 - 540 for d in dues)
     assert len({round(d) for d in dues}) > 50  # spread, not lockstep
 
@@ -107,7 +109,7 @@ def test_prewarm_due_lies_in_the_jitter_band_before_expiry() -> None:
 def test_prewarm_due_is_never_earlier_than_halfway_to_the_hard_deadline() -> None:
     policy = actors.RefreshPolicy(prewarm_lead=600.0, safety_margin=180.0)
     # A token with only 400 s left would be "due" in the past; it must wait half its margin.
-    due = policy.prewarm_due(1_400.0, 1_000.0, random.Random(0))
+    due = policy.prewarm_due(1_400.0, serve_until=1_220.0, now=1_000.0, rng=random.Random(0))
     assert due == pytest.approx(1_000.0 + (1_400.0 - 180.0 - 1_000.0) / 2)
 
 
