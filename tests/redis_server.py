@@ -10,6 +10,7 @@ method: everything they run is a module-level function here, importable without 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -78,13 +79,24 @@ def ping(port: int, timeout: float = 0.5) -> bool:
 
 
 class RedisServer:
-    """One redis-server process on ``127.0.0.1:port``; kill, restart, pause and resume it."""
+    """One redis-server process on ``127.0.0.1:port``; kill, restart, pause and resume it.
 
-    def __init__(self, binary: str) -> None:
+    ``clock_offset_ms`` shifts the server's wall clock (``TIME``, its own notion of now) by
+    that much, through :func:`clock_shim`; ``replica_of`` makes it a replica of that port.
+    """
+
+    def __init__(
+        self, binary: str, *, clock_offset_ms: int = 0, replica_of: int | None = None
+    ) -> None:
         self.binary = binary
         self.port = free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="redis-test-")
         self._process: subprocess.Popen[bytes] | None = None
+        self._env: dict[str, str] | None = None
+        if clock_offset_ms:
+            shim = clock_shim()
+            self._env = {**os.environ, "LD_PRELOAD": shim, "CLOCK_OFFSET_MS": str(clock_offset_ms)}
+        self._replica_of = replica_of
 
     @property
     def url(self) -> str:
@@ -105,9 +117,12 @@ class RedisServer:
                     "no",
                     "--dir",
                     self._dir.name,
+                    *(() if self._replica_of is None else ("--replicaof", "127.0.0.1")),
+                    *(() if self._replica_of is None else (str(self._replica_of),)),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                env=self._env,
             )
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and self._process.poll() is None:
@@ -139,6 +154,144 @@ class RedisServer:
     def close(self) -> None:
         self.kill()
         self._dir.cleanup()
+
+
+# A wall clock shifted by $CLOCK_OFFSET_MS for one process: Redis reads its time (TIME, key
+# expiry bookkeeping) through gettimeofday and clock_gettime(CLOCK_REALTIME).
+_CLOCK_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <sys/time.h>
+#include <time.h>
+
+static long long offset_us(void) {
+    static long long value;
+    static int read;
+    if (!read) {
+        const char *text = getenv("CLOCK_OFFSET_MS");
+        value = text ? atoll(text) * 1000LL : 0;
+        read = 1;
+    }
+    return value;
+}
+
+int gettimeofday(struct timeval *tv, void *tz) {
+    static int (*real)(struct timeval *, void *);
+    if (!real) real = dlsym(RTLD_NEXT, "gettimeofday");
+    int result = real(tv, tz);
+    if (result == 0 && tv) {
+        long long us = tv->tv_sec * 1000000LL + tv->tv_usec + offset_us();
+        tv->tv_sec = us / 1000000LL;
+        tv->tv_usec = us % 1000000LL;
+    }
+    return result;
+}
+
+int clock_gettime(clockid_t id, struct timespec *ts) {
+    static int (*real)(clockid_t, struct timespec *);
+    if (!real) real = dlsym(RTLD_NEXT, "clock_gettime");
+    int result = real(id, ts);
+    if (result == 0 && ts && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE)) {
+        long long ns = ts->tv_sec * 1000000000LL + ts->tv_nsec + offset_us() * 1000LL;
+        ts->tv_sec = ns / 1000000000LL;
+        ts->tv_nsec = ns % 1000000000LL;
+    }
+    return result;
+}
+
+time_t time(time_t *out) {
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    if (out) *out = tv.tv_sec;
+    return tv.tv_sec;
+}
+"""
+
+
+def clock_shim() -> str:
+    """The shim's shared library, built once with the machine's C compiler (gcc ships with
+    every machine the project runs on); a test that needs one skips without, or fails under
+    ``CI=true``."""
+    folder = Path(tempfile.gettempdir()) / "lark-token-actors-clock-shim"
+    library = folder / f"shim-{hashlib.sha256(_CLOCK_SHIM.encode()).hexdigest()[:12]}.so"
+    if library.is_file():
+        return str(library)
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        import pytest
+
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true and no C compiler for the clock shim", pytrace=False)
+        pytest.skip("no C compiler for the clock shim")
+    folder.mkdir(exist_ok=True)
+    source = folder / f"{library.stem}.c"
+    source.write_text(_CLOCK_SHIM)
+    partial = folder / f"{library.stem}.{os.getpid()}.so"
+    command = [compiler, "-shared", "-fPIC", "-O2", "-o", str(partial), str(source), "-ldl"]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    partial.replace(library)  # atomic: a concurrent build never leaves half a library
+    return str(library)
+
+
+class Relay:
+    """A TCP relay on a loopback port: the address clients know (a virtual IP, a proxy in front
+    of Redis) forwarding to one server, switched to another as a failover does."""
+
+    def __init__(self, target: int) -> None:
+        self._target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._accept, name="relay-accept", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def switch(self, target: int) -> None:
+        """New connections go to ``target``; open ones end when their server does."""
+        self._target = target
+
+    def close(self) -> None:
+        self._listener.close()
+        with self._lock:
+            sockets, self._open = self._open, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self._target), timeout=2)
+                server.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._open += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(
+                    target=self._pump, args=(source, sink), name="relay-pump", daemon=True
+                ).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 # --- child processes ------------------------------------------------------------------------------

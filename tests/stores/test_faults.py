@@ -14,7 +14,7 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import pytest
@@ -23,10 +23,18 @@ import redis
 import actors
 from actors.stores import RedisStore
 from actors.stores import _layout as layout
-from actors.testing import FunctionSource, store_available, wait_listening
+from actors.testing import FakeFeishu, FunctionSource, store_available, wait_listening
 from actors.testing._stores import noticed_count
 from tests.conftest import APP_ID, MARKET_ID, MARKET_SECRET, SECRET
-from tests.stores.conftest import PREFIX, counting_source, text_keys, wait_for
+from tests.redis_server import RedisServer, Relay, require_redis_binary
+from tests.stores.conftest import (
+    PREFIX,
+    Fleet,
+    counting_source,
+    fleet_config,
+    text_keys,
+    wait_for,
+)
 
 OTHER_ID, OTHER_SECRET = "cli_other_app", "other-app-secret-value"
 BASE_URL = "http://127.0.0.1:9"
@@ -317,3 +325,71 @@ def test_a_flood_of_notices_is_bounded_and_a_real_invalidation_still_arrives_at_
     assert took < 2.0, took
     assert noticed_count(made[1]) <= 4096
     assert client.pubsub_numsub(channel)[0][1] == 2  # nobody fell off the channel
+
+
+# --- failover ------------------------------------------------------------------------------------
+
+SKEW_MS = 60_000  # the replica's clock runs a minute behind the primary's
+
+
+@pytest.fixture
+def failover() -> Iterator[tuple[RedisServer, RedisServer, Relay]]:
+    """A primary, a replica of it whose clock is slower, and the address clients know."""
+    binary = require_redis_binary()
+    primary = RedisServer(binary)
+    primary.start()
+    replica = RedisServer(binary, clock_offset_ms=-SKEW_MS, replica_of=primary.port)
+    replica.start()
+    relay = Relay(primary.port)
+    yield primary, replica, relay
+    relay.close()
+    primary.close()
+    replica.close()
+
+
+# Tokens live 8 s and the fake renews them once less than 5 s is left; the processes prewarm
+# 3.5 s after each token is issued (halfway to the margin), so refreshes come every 3.5 s.
+LIFETIME, WINDOW = 8.0, 5.0
+POLICY: dict[str, Any] = {
+    "safety_margin": 1.0,
+    "prewarm_lead": 5.0,
+    "jitter": 0.0,
+    "request_timeout": (1.0, 2.0),
+}
+FAILOVER_PROCESSES = 4
+
+
+def test_after_failover_to_a_redis_whose_clock_is_slower_each_refresh_is_still_one_request(
+    failover: tuple[RedisServer, RedisServer, Relay], fleet: Callable[[int], Fleet]
+) -> None:
+    primary, replica, relay = failover
+    with (
+        redis.Redis(port=primary.port, socket_timeout=5) as old,
+        redis.Redis(port=replica.port, socket_timeout=5) as new,
+        FakeFeishu(token_lifetime=LIFETIME, refresh_window=WINDOW) as server,
+    ):
+        assert int(old.time()[0]) - int(new.time()[0]) >= SKEW_MS / 1000 - 5
+        server.add_app(APP_ID, SECRET)
+        processes = fleet(FAILOVER_PROCESSES)
+        config = fleet_config(server, relay, **POLICY)
+        assert processes.call_all("start", config) == ["ok"] * FAILOVER_PROCESSES
+        assert len(set(processes.call_all("get"))) == 1
+        # Fail over right after a refresh, with every write on the replica: the next refresh
+        # is seconds away, so no request is lost to the switch itself.
+        wait_for(lambda: server.count("tenant") == 2, 10, "the first refresh")
+        before = set(processes.call_all("settled_token"))
+        assert len(before) == 1
+        assert old.wait(1, 2000) == 1
+        relay.switch(replica.port)
+        new.replicaof("NO", "ONE")
+        primary.kill()
+        requests = server.count("tenant")
+
+        results = processes.call_all("hammer", 4, 2.5 * 3.5, 0.01, timeout=60)
+
+        after = set(processes.call_all("settled_token"))
+        tokens = after.union(*(r["tokens"] for r in results)) - before
+        assert [r["errors"] for r in results] == [[]] * FAILOVER_PROCESSES
+        assert len(tokens) >= 2
+        assert server.count("tenant") - requests == len(tokens)  # one request per refresh
+        processes.call_all("stop")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
+import os
+import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from multiprocessing.connection import Connection
 from typing import Any, cast
 
 import pytest
@@ -19,14 +19,26 @@ import actors
 from actors.stores import RedisStore
 from actors.stores import _base as base
 from actors.stores import _layout as layout
+from actors.stores._redis import DEFAULT_LEASE
 from actors.testing import FakeFeishu, FunctionSource, store_available, wait_listening
 from actors.testing._stores import store_faults
 from tests.conftest import APP_ID, MARKET_ID, MARKET_SECRET, SECRET, our_threads
-from tests.redis_server import RedisServer, blocking_holder, fleet_child, free_port
-from tests.stores.conftest import PREFIX, counting_source, text_keys, wait_for
-
-SPAWN = multiprocessing.get_context("spawn")
-
+from tests.redis_server import (
+    RedisServer,
+    blocking_holder,
+    free_port,
+    paused_holder,
+    stopped,
+)
+from tests.stores.conftest import (
+    PREFIX,
+    SPAWN,
+    Fleet,
+    counting_source,
+    fleet_config,
+    text_keys,
+    wait_for,
+)
 
 APP = actors.AppConfig(APP_ID, SECRET, base_url="http://127.0.0.1:9")
 KEYS = layout.Keys.of(PREFIX, APP, actors.TokenKind.TENANT, None)
@@ -227,82 +239,6 @@ def test_many_threads_of_many_systems_make_one_upstream_request(
     assert len(source.requests) == 1
 
 
-class Fleet:
-    """Child processes (spawn), each running ``fleet_child``: one TokenSystem with a store."""
-
-    def __init__(self, size: int) -> None:
-        self.conns: list[Connection] = []
-        self.processes: list[Any] = []
-        for _ in range(size):
-            parent, child = SPAWN.Pipe()
-            process = SPAWN.Process(target=fleet_child, args=(child,), daemon=True)
-            process.start()
-            child.close()
-            self.conns.append(parent)
-            self.processes.append(process)
-
-    def send(self, index: int, name: str, *args: Any) -> None:
-        self.conns[index].send((name, args))
-
-    def recv(self, index: int, timeout: float = 30.0) -> Any:
-        conn = self.conns[index]
-        if not conn.poll(timeout):
-            raise AssertionError(f"child {index} did not answer within {timeout:g}s")
-        status, value = conn.recv()
-        if status != "ok":
-            raise AssertionError(f"child {index}: {value}")
-        return value
-
-    def call(self, index: int, name: str, *args: Any, timeout: float = 30.0) -> Any:
-        self.send(index, name, *args)
-        return self.recv(index, timeout)
-
-    def call_all(self, name: str, *args: Any, timeout: float = 30.0) -> list[Any]:
-        for index in range(len(self.conns)):
-            self.send(index, name, *args)
-        return [self.recv(index, timeout) for index in range(len(self.conns))]
-
-    def close(self) -> None:
-        for conn in self.conns:
-            try:
-                conn.send(("exit", ()))
-            except OSError:
-                pass
-        for process in self.processes:
-            process.join(10)
-            if process.is_alive():
-                process.kill()
-                process.join(5)
-
-
-@pytest.fixture
-def fleet() -> Iterator[Callable[[int], Fleet]]:
-    made: list[Fleet] = []
-
-    def make(size: int) -> Fleet:
-        made.append(Fleet(size))
-        return made[-1]
-
-    yield make
-    for each in made:
-        each.close()
-
-
-def fleet_config(
-    server: FakeFeishu, redis_server: RedisServer, *, marketplace: bool = False, **policy: Any
-) -> dict[str, Any]:
-    return {
-        "redis_url": redis_server.url,
-        "prefix": PREFIX,
-        "store": {},
-        "app_id": MARKET_ID if marketplace else APP_ID,
-        "secret": MARKET_SECRET if marketplace else SECRET,
-        "app_type": "marketplace" if marketplace else "self_built",
-        "base_url": server.base_url,
-        "policy": policy,
-    }
-
-
 PROCESSES, THREADS = 4, 8
 # The issue's figure: 8 processes x 16 threads on one key across token expiries.
 EXPIRY_PROCESSES, EXPIRY_THREADS = 8, 16
@@ -411,6 +347,96 @@ def test_a_lease_holder_killed_mid_fetch_is_taken_over_after_its_lease_expires(
     assert left - 0.02 <= took < left + 2.0  # it waited for the dead holder's lease to expire
     assert json.loads(client.get(KEYS.value) or b"{}")["token"] == token
     assert client.exists(KEYS.lease) == 0
+
+
+def test_a_lease_holder_killed_mid_fetch_holds_up_a_cold_process_about_one_lease_by_default(
+    redis_server: RedisServer,
+    client: redis.Redis,
+    stores: Callable[..., RedisStore],
+    systems: list[actors.TokenSystem],
+) -> None:
+    holder = SPAWN.Process(
+        target=blocking_holder, args=(redis_server.url, PREFIX, APP, None), daemon=True
+    )
+    holder.start()
+    try:
+        wait_for(lambda: client.exists(KEYS.lease), 30, "the holder's lease")
+        holder.kill()  # kill -9 while it fetches
+        holder.join(5)
+        started = time.monotonic()
+        source = counting_source()
+        systems.append(actors.TokenSystem.start(APP, store=stores(), source=source))
+        # The README's get(timeout=5) is answered: the dead holder's lease is not renewed.
+        token = systems[0].proxy.get_token().get(timeout=5)
+        took = time.monotonic() - started
+    finally:
+        holder.kill()
+
+    assert token == "t-000001-shared-token" and len(source.requests) == 1
+    assert took < DEFAULT_LEASE + 1.0
+
+
+def test_a_live_holder_keeps_its_lease_however_long_its_fetch_takes(
+    client: redis.Redis, stores: Callable[..., RedisStore], systems: list[actors.TokenSystem]
+) -> None:
+    slow = counting_source(latency=3 * DEFAULT_LEASE)
+    never = FunctionSource(lambda _r: AssertionError("the holder is alive: wait for it"))
+    systems.append(actors.TokenSystem.start(APP, store=stores(), source=slow))
+    systems.append(actors.TokenSystem.start(APP, store=stores(), source=never))
+
+    first = systems[0].proxy.get_token()
+    wait_for(lambda: client.exists(KEYS.lease), 5, "the holder's lease")
+    second = systems[1].proxy.get_token()
+
+    assert second.get(timeout=10) == first.get(timeout=10) == "t-000001-shared-token"
+    assert never.requests == []
+
+
+LIFETIME = 600.0  # well beyond the default safety margin
+PAUSE = 2.5  # longer than the lease: another process takes over meanwhile
+
+
+def test_a_holder_paused_past_its_lease_never_keeps_the_token_beyond_its_real_expiry(
+    redis_server: RedisServer,
+    client: redis.Redis,
+    stores: Callable[..., RedisStore],
+    systems: list[actors.TokenSystem],
+) -> None:
+    token = "t-paused-writer-0001"
+    holder = SPAWN.Process(
+        target=paused_holder,
+        args=(redis_server.url, PREFIX, APP, actors.Grant(token, LIFETIME)),
+        daemon=True,
+    )
+    holder.start()
+    try:
+        # The holder asked Feishu, got the token with LIFETIME left, and stopped (SIGSTOP)
+        # before writing it: Feishu's clock for that token started before this moment.
+        wait_for(lambda: stopped(cast(int, holder.pid)), 30, "the holder to stop")
+        stopped_at = time.monotonic()
+
+        def feishu(_request: actors.TokenRequest) -> actors.Grant:
+            # Feishu hands out the same token again, with what is really left of it.
+            return actors.Grant(token, LIFETIME - (time.monotonic() - stopped_at))
+
+        systems.append(actors.TokenSystem.start(APP, store=stores(), source=FunctionSource(feishu)))
+        assert systems[0].proxy.get_token().get(timeout=5) == token
+        took_over = time.monotonic() - stopped_at
+        time.sleep(max(0.0, PAUSE - took_over))  # the pause itself, not a wait for an event
+        os.kill(cast(int, holder.pid), signal.SIGCONT)
+        holder.join(30)
+        assert holder.exitcode == 0  # it wrote its late answer and finished
+        checked = time.monotonic()
+        left = client.pttl(KEYS.value) / 1000
+    finally:
+        if holder.pid is not None and holder.is_alive():
+            os.kill(holder.pid, signal.SIGCONT)
+            holder.kill()
+
+    assert took_over < DEFAULT_LEASE + 1.0  # the paused holder stopped renewing its lease
+    # At most what Feishu still accepts (counted from the pause, which began after the
+    # holder's request left): the late writer did not extend it by its pause.
+    assert left <= LIFETIME - (checked - stopped_at) + 0.1, (left, checked - stopped_at)
 
 
 # --- invalidation, tickets, stop -----------------------------------------------------------------
