@@ -272,8 +272,8 @@ class ReadSnapshot:
         return published
 
     def sample(self, seconds: float) -> None:
-        """Record one sampled hit's latency, standing for ``SAMPLE_EVERY`` hits."""
-        self._stats.record(seconds, weight=SAMPLE_EVERY)
+        """Record one sampled hit's latency (about one hit in ``SAMPLE_EVERY``)."""
+        self._stats.sample(seconds)
 
     # --- the TokenActor ------------------------------------------------------------------------
 
@@ -325,21 +325,29 @@ class CallerStats:
     def __init__(self) -> None:
         self._local = threading.local()
         self._histograms: list[LatencyHistogram] = []
+        self._sampled: list[LatencyHistogram] = []
         self._register = threading.Lock()
         self._generation = current()
         self._coalesced: dict[tuple[str, str], Tally] = {}
 
-    def record(self, seconds: float, *, weight: int = 1) -> None:
-        """One get's latency (a sample standing for ``weight`` gets), on the caller's thread."""
+    def record(self, seconds: float) -> None:
+        """One get's latency, measured on the caller's thread."""
+        self._histogram("histogram", self._histograms).record(seconds)
+
+    def sample(self, seconds: float) -> None:
+        """One sampled fast hit's latency: the sampled ones stand for all fast hits."""
+        self._histogram("sampled", self._sampled).record(seconds)
+
+    def _histogram(self, name: str, registry: list[LatencyHistogram]) -> LatencyHistogram:
         if self._generation != current():
-            return  # a forked child: the registration lock may be held by a parent thread
-        try:
-            histogram: LatencyHistogram = self._local.histogram
-        except AttributeError:
-            histogram = self._local.histogram = LatencyHistogram()
+            return LatencyHistogram()  # a forked child: the lock may be held by a parent thread
+        histogram: LatencyHistogram | None = getattr(self._local, name, None)
+        if histogram is None:
+            histogram = LatencyHistogram()
+            setattr(self._local, name, histogram)
             with self._register:  # once per thread
-                self._histograms.append(histogram)
-        histogram.record(seconds, weight=weight)
+                registry.append(histogram)
+        return histogram
 
     def coalesced(self, app_id: str, kind: str) -> None:
         """A get joined one already on its way to the TokenActor from the same event loop."""
@@ -351,13 +359,19 @@ class CallerStats:
     def coalesced_counts(self) -> dict[tuple[str, str], int]:
         return {group: c.value() for group, c in list(self._coalesced.items())}
 
-    def latency(self) -> LatencyHistogram:
+    def latency(self, *, fast_hits: int) -> LatencyHistogram:
+        """Every get measured on callers' threads: the exact ones, and the sampled fast hits
+        scaled to ``fast_hits`` (their exact count), so the histogram's count is the number of
+        gets it describes."""
         with self._register:
-            histograms = list(self._histograms)
+            exact, sampled = list(self._histograms), list(self._sampled)
         merged = LatencyHistogram()
-        for histogram in histograms:
+        for histogram in exact:
             merged = merged.merged(histogram)
-        return merged
+        hits = LatencyHistogram()
+        for histogram in sampled:
+            hits = hits.merged(histogram)
+        return merged.merged(hits.scaled_to(fast_hits))
 
 
 _generation = 0

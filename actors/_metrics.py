@@ -37,7 +37,7 @@ class LatencyHistogram:
     __slots__ = ("_counts", "count", "max", "total")
 
     def __init__(self) -> None:
-        self._counts = [0] * _BUCKETS
+        self._counts: list[float] = [0.0] * _BUCKETS  # floats once scaled_to() has run
         self.count = 0
         self.total = 0.0
         self.max = 0.0
@@ -48,12 +48,12 @@ class LatencyHistogram:
             return 0
         return min(_BUCKETS - 1, 1 + int(math.log(seconds / _MIN_SECONDS) / math.log(_GROWTH)))
 
-    def record(self, seconds: float, *, weight: int = 1) -> None:
-        """Record one latency; a sample standing for ``weight`` events counts that many."""
+    def record(self, seconds: float) -> None:
+        """Record one latency."""
         seconds = max(0.0, seconds)
-        self._counts[self._bucket(seconds)] += weight
-        self.count += weight
-        self.total += seconds * weight
+        self._counts[self._bucket(seconds)] += 1
+        self.count += 1
+        self.total += seconds
         self.max = max(self.max, seconds)
 
     def percentile(self, q: float) -> float:
@@ -61,13 +61,26 @@ class LatencyHistogram:
         if not self.count:
             return 0.0
         rank = max(1, math.ceil(q * self.count))
-        seen = 0
+        seen = 0.0
         for index, n in enumerate(self._counts):
             seen += n
-            if seen >= rank:
+            if seen >= rank - 1e-6:  # scaled counts are floats: allow for their rounding
                 edge = 0.0 if index == 0 else _MIN_SECONDS * _GROWTH**index
                 return min(edge, self.max)
         return self.max
+
+    def scaled_to(self, count: int) -> LatencyHistogram:
+        """A copy whose samples stand for ``count`` events in all (a sampled histogram made to
+        describe every event it was sampled from); empty when there are no samples."""
+        result = LatencyHistogram()
+        if not self.count or count <= 0:
+            return result
+        factor = count / self.count
+        result._counts = [n * factor for n in self._counts]
+        result.count = count
+        result.total = self.total * factor
+        result.max = self.max
+        return result
 
     def merged(self, other: LatencyHistogram) -> LatencyHistogram:
         """A new histogram holding the samples of both."""

@@ -11,7 +11,7 @@ import pytest
 from loguru import logger
 
 import actors
-from actors._cache import SAMPLE_EVERY, CallerStats, ReadSnapshot
+from actors._cache import CallerStats, ReadSnapshot
 from actors._config import TokenKey, TokenKind
 from tests.conftest import APP_ID, SystemFactory
 
@@ -41,8 +41,9 @@ def test_lookup_serves_only_until_the_safety_margin_and_counts_hits() -> None:
     assert snapshot.last_read(KEY) == 50.0
     snapshot.publish(KEY, None, 0.0, refreshing=False)
     assert token_at(snapshot, 1.0, clock) is None
-    # The first hit of the key was timed, standing for SAMPLE_EVERY hits.
-    assert stats.latency().count == SAMPLE_EVERY
+    # The first hit of the key was timed; the sample stands for exactly the hits counted.
+    assert stats.latency(fast_hits=0).count == 0
+    assert stats.latency(fast_hits=2).count == 2
 
 
 def test_every_hit_on_one_published_token_shares_one_resolved_future() -> None:
@@ -79,8 +80,8 @@ def test_hit_counts_are_exact_under_concurrent_readers() -> None:
         worker.join()
     assert snapshot.hits() == {("cli", TokenKind.TENANT): per_thread * threads}
     assert snapshot.stale_hits() == per_thread * threads
-    samples = -(-per_thread * threads // SAMPLE_EVERY)  # one in SAMPLE_EVERY, the first included
-    assert stats.latency().count == samples * SAMPLE_EVERY
+    latency = stats.latency(fast_hits=per_thread * threads)
+    assert latency.count == per_thread * threads  # n is the gets described, not the samples' weight
 
 
 def test_a_withdrawn_key_keeps_its_counts() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -43,6 +44,17 @@ def test_simulate_prints_one_hit_rate_the_performance_reports(
     out = capsys.readouterr().out
     assert out.count("hit rate") == 1
     assert "later gets that waited  0  (0.00% of the " in out
+
+
+def test_simulate_reports_get_latency_over_exactly_the_gets_it_counts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["simulate", "--tenants", "10", "--hours", "1"]) == 0
+    out = capsys.readouterr().out
+    gets = re.search(r"^\s*gets\s+(\d+)", out, re.M)
+    latency = re.search(r"^\s*get latency .*\(n=(\d+)\)", out, re.M)
+    assert gets is not None and latency is not None, out
+    assert int(latency.group(1)) == int(gets.group(1))
 
 
 def test_the_same_seed_gives_the_same_run() -> None:
