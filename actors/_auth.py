@@ -8,7 +8,8 @@ token another request already replaced is left alone) and send once more with a 
 never more. Other codes (99991672 missing scope, ...) and answers without one (a gateway's HTML
 502, a download) come back untouched.
 
-Three checks bound what the policy trusts, in :func:`exchange` too:
+Three checks bound what the policy trusts: the first two are steps of :func:`exchange`, the
+third is in :func:`may_carry_code` and :func:`code_of`, which every front reads answers with.
 
 - **Hosts.** The token goes only to the app's own origin (scheme, host and port of its
   ``base_url``) and the origins the caller lists (:class:`Hosts`). A request to any other host
@@ -25,7 +26,8 @@ Three checks bound what the policy trusts, in :func:`exchange` too:
 :func:`exchange` does no I/O: it yields the steps it needs done, the way ``httpx.Auth.auth_flow``
 is one flow for sync and async clients. :class:`TokenTarget` drives it with the token's I/O done
 blocking (:meth:`TokenTarget.flow`) or awaited (:meth:`TokenTarget.aflow`); an integration only
-says how it sends a request with a token and how it reads an answer's code.
+says where a request goes, how it sends it with a token (or without), where an answer came from,
+how it reads an answer's code, and how it readies the body to be sent again.
 """
 
 from __future__ import annotations

@@ -131,38 +131,54 @@ def _never() -> bool:
 def _read_code(response: httpx.Response) -> object:
     if not _may_carry_code(response):
         return None  # not JSON (a gateway's HTML page, a download) or too long: untouched
-    if not response.is_stream_consumed:
-        stream = response.stream
-        if not isinstance(stream, httpx.SyncByteStream):
-            return None
-        chunks = iter(stream)
-        prefix = _prefix(chunks)
-        response.stream = _SyncReplay(prefix, chunks, stream)
-        if sum(map(len, prefix)) > CODE_PREFIX:
-            return None  # longer than any invalid-token answer: left whole for the caller
-        response.read()
-    return code_of(response.content)
+    if response.is_stream_consumed:
+        return code_of(response.content)  # held whole already (a stand-in transport's answer)
+    stream = response.stream
+    if not isinstance(stream, httpx.SyncByteStream):
+        return None
+    chunks = iter(stream)
+    prefix = _prefix(chunks)
+    response.stream = _SyncReplay(prefix, chunks, stream)
+    return _code_in(response, prefix)
 
 
 async def _aread_code(response: httpx.Response) -> object:
     if not _may_carry_code(response):
         return None
-    if not response.is_stream_consumed:
-        stream = response.stream
-        if not isinstance(stream, httpx.AsyncByteStream):
-            return None
-        chunks = aiter(stream)
-        prefix = [chunk async for chunk in _aprefix(chunks)]
-        response.stream = _AsyncReplay(prefix, chunks, stream)
-        if sum(map(len, prefix)) > CODE_PREFIX:
-            return None
-        await response.aread()
-    return code_of(response.content)
+    if response.is_stream_consumed:
+        return code_of(response.content)
+    stream = response.stream
+    if not isinstance(stream, httpx.AsyncByteStream):
+        return None
+    chunks = aiter(stream)
+    prefix = [chunk async for chunk in _aprefix(chunks)]
+    response.stream = _AsyncReplay(prefix, chunks, stream)
+    return _code_in(response, prefix)
 
 
 def _may_carry_code(response: httpx.Response) -> bool:
     headers = response.headers
     return may_carry_code(headers.get("Content-Type"), headers.get("Content-Length"))
+
+
+def _code_in(response: httpx.Response, prefix: list[bytes]) -> object:
+    """The code of an answer whose first raw chunks are ``prefix``: none unless they are all of
+    it. They are decoded apart, so the answer itself stays unread for the caller."""
+    raw = b"".join(prefix)
+    if len(raw) > CODE_PREFIX:
+        return None  # longer than any invalid-token answer: left whole for the caller
+    whole = httpx.Response(
+        response.status_code, headers=response.headers, stream=httpx.ByteStream(raw)
+    )
+    decoded = bytearray()
+    try:
+        for chunk in whole.iter_bytes():
+            decoded += chunk
+            if len(decoded) > CODE_PREFIX:
+                return None
+    except httpx.DecodingError:  # a body its Content-Encoding does not decode
+        return None
+    return code_of(bytes(decoded))
 
 
 def _prefix(chunks: Iterator[bytes]) -> list[bytes]:

@@ -21,6 +21,7 @@ from typing import Any
 import requests
 from requests.auth import AuthBase
 from urllib3 import HTTPResponse
+from urllib3.exceptions import HTTPError
 
 from actors._auth import (
     AUTHORIZATION,
@@ -116,17 +117,17 @@ def _read_code(answer: _Answer) -> object:
     headers = response.headers
     if not may_carry_code(headers.get("Content-Type"), headers.get("Content-Length")):
         return None  # only a short JSON answer can carry a code; a download is never read here
-    if send_kwargs.get("stream") and not _peek(response):
-        return None  # longer than any invalid-token answer: left whole for the caller
-    return code_of(response.content)  # all of it is in memory by now, or a short stream
+    if send_kwargs.get("stream"):
+        return _peek_code(response)
+    return code_of(response.content)  # requests reads it whole next, for the caller
 
 
-def _peek(response: requests.Response) -> bool:
-    """Read the first :data:`CODE_PREFIX` bytes of a streamed answer and put them back in front
-    of the rest, so the caller reads it from its first byte; whether they were all of it."""
+def _peek_code(response: requests.Response) -> object:
+    """The code of a streamed answer, seen in its first :data:`CODE_PREFIX` bytes, which are put
+    back in front of the rest: the caller reads the answer from its first byte."""
     raw = response.raw
     if not isinstance(raw, HTTPResponse):
-        return False  # a stand-in transport's stream: left alone
+        return None  # a stand-in transport's stream: left alone
     # Read as sent (still compressed): a new response around the bytes decodes them as the
     # first would have, for requests' readers and for a caller reading ``raw`` alike.
     prefix = raw.read(CODE_PREFIX + 1, decode_content=False)
@@ -135,7 +136,6 @@ def _peek(response: requests.Response) -> bool:
         headers=raw.headers,
         status=raw.status,
         version=raw.version,
-        version_string=raw.version_string,
         reason=raw.reason,
         preload_content=False,
         decode_content=raw.decode_content,
@@ -144,7 +144,15 @@ def _peek(response: requests.Response) -> bool:
         request_method=response.request.method,
         request_url=raw.url,
     )
-    return len(prefix) <= CODE_PREFIX
+    if len(prefix) > CODE_PREFIX:
+        return None  # longer than any invalid-token answer: left whole for the caller
+    whole = HTTPResponse(
+        body=io.BytesIO(prefix), headers=raw.headers, preload_content=False, decode_content=True
+    )
+    try:
+        return code_of(whole.read(CODE_PREFIX + 1))
+    except HTTPError:  # a body its Content-Encoding does not decode: not ours to judge
+        return None
 
 
 class _Replay(io.RawIOBase):
@@ -159,11 +167,20 @@ class _Replay(io.RawIOBase):
         return True
 
     def read(self, size: int | None = -1) -> bytes:
-        if self._prefix:
-            cut = len(self._prefix) if size is None or size < 0 else size
-            head, self._prefix = self._prefix[:cut], self._prefix[cut:]
-            return head
-        return self._rest.read(None if size is None or size < 0 else size, decode_content=False)
+        if size is None or size < 0:  # all of it, as a read of the first answer would give
+            head, self._prefix = self._prefix, b""
+            return head + self._rest.read(decode_content=False)
+        return self._take(size) or self._rest.read(size, decode_content=False)
+
+    def read1(self, size: int = -1) -> bytes:
+        read1 = getattr(self._rest, "read1", None)
+        if self._prefix or read1 is None:
+            return self.read(size if size >= 0 else CODE_PREFIX)
+        return read1(None if size < 0 else size, decode_content=False)  # type: ignore[no-any-return]
+
+    def _take(self, size: int) -> bytes:
+        head, self._prefix = self._prefix[:size], self._prefix[size:]
+        return head
 
     def readinto(self, buffer: Any) -> int:
         data = self.read(len(buffer))

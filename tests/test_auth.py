@@ -502,6 +502,13 @@ def offset(data: bytes) -> BinaryIO:
     return body
 
 
+def chunked(canned: Canned) -> Canned:
+    """``canned`` sent chunked, with no ``Content-Length`` to tell its size before its end."""
+    body = canned.body
+    assert isinstance(body, bytes)
+    return dataclasses.replace(canned, body=lambda: [body[:1000], body[1000:]])
+
+
 def gzipped(canned: Canned) -> Canned:
     """``canned`` sent compressed, as a gateway may send it."""
     assert isinstance(canned.body, bytes)

@@ -35,6 +35,7 @@ from tests.test_auth import (
     WithHosts,
     achunks_received,
     business,
+    chunked,
     chunks_received,
     gzipped,
     ndjson,
@@ -298,6 +299,38 @@ class TestBodiesAndStreams(WithHosts):
                 body = response.read()
 
         assert body == LONG_JSON
+
+    @pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+    @pytest.mark.parametrize(
+        ("read", "as_sent"),
+        [
+            (lambda r: r.read(), False),
+            (lambda r: b"".join(r.iter_bytes(4096)), False),
+            (lambda r: "".join(r.iter_lines()).encode(), False),
+            (lambda r: b"".join(r.iter_raw(4096)), True),  # the bytes as they came, compressed
+        ],
+        ids=["read", "iter_bytes", "iter_lines", "iter_raw"],
+    )
+    def test_a_streamed_json_answer_whose_start_was_read_reads_whole_every_way(
+        self,
+        system: actors.TokenSystem,
+        front: Host,
+        compressed: bool,
+        read: Callable[[httpx.Response], bytes],
+        as_sent: bool,
+    ) -> None:
+        long_json = Canned(200, LONG_JSON)
+        sent = gzipped(long_json) if compressed else long_json
+        front.answer(EXPORT, chunked(sent))
+        auth = actors.httpx.FeishuAuth(system)
+
+        with (
+            httpx.Client(auth=auth, trust_env=False, timeout=5) as client,
+            client.stream("GET", front.url + EXPORT) as response,
+        ):
+            body = read(response)
+
+        assert body == (sent.body if as_sent else LONG_JSON)
 
     @pytest.mark.parametrize("flow", ["sync", "async"])
     def test_a_compressed_invalid_token_answer_is_still_recovered_from(

@@ -4,6 +4,7 @@ downloads), against the embedded fake server over real loopback HTTP."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,6 +32,7 @@ from tests.test_auth import (
     MakeCaller,
     WithHosts,
     business,
+    chunked,
     chunks_received,
     gzipped,
     ndjson,
@@ -231,6 +233,36 @@ class TestBodiesAndStreams(WithHosts):
         ):
             opened.set()
             assert response.content == LONG_JSON
+
+    @pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+    @pytest.mark.parametrize(
+        "read",
+        [
+            lambda r: r.content,
+            lambda r: b"".join(r.iter_content(4096)),
+            lambda r: r.raw.read(decode_content=True),
+            lambda r: b"".join(iter(functools.partial(r.raw.read, 4096, decode_content=True), b"")),
+            lambda r: b"".join(r.raw.stream(4096, decode_content=True)),
+        ],
+        ids=["content", "iter_content", "raw.read", "raw.read-in-pieces", "raw.stream"],
+    )
+    def test_a_streamed_json_answer_whose_start_was_read_reads_whole_every_way(
+        self,
+        system: actors.TokenSystem,
+        front: Host,
+        compressed: bool,
+        read: Callable[[requests.Response], bytes],
+    ) -> None:
+        long_json = Canned(200, LONG_JSON)
+        front.answer(EXPORT, chunked(gzipped(long_json) if compressed else long_json))
+
+        with (
+            session() as client,
+            client.get(
+                front.url + EXPORT, auth=actors.FeishuAuth(system), stream=True, timeout=5
+            ) as response,
+        ):
+            assert read(response) == LONG_JSON
 
     def test_a_streamed_compressed_invalid_token_answer_is_still_recovered_from(
         self, system: actors.TokenSystem, front: Host
