@@ -217,6 +217,12 @@ class TokenSystem:
         """Log :meth:`performance_report` at INFO (once ``logger.enable("actors")``)."""
         logger.info("{}", self.performance_report(timeout=timeout))
 
+    def next_due(self, *, timeout: float = 5.0) -> float | None:
+        """When the system next has something to do on its own (the earliest prewarm, retry or
+        ticket deadline), on its clock; None when nothing is scheduled. With a ManualClock, a
+        simulation advances the clock to this time, settles, and repeats."""
+        return cast("float | None", self._scheduler.ask(NextDue(), timeout=timeout))
+
     def settle(self, *, timeout: float = 5.0) -> None:
         """Block until quiescent: mailboxes empty, no upstream call running, nothing due now.
 

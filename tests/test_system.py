@@ -73,6 +73,24 @@ def test_invalid_start_arguments_raise_value_error(app: actors.AppConfig) -> Non
         actors.TokenSystem.start(app, clock=object())  # type: ignore[arg-type]
 
 
+def test_next_due_is_the_prewarm_of_the_cached_token_and_advancing_to_it_refreshes(
+    make_system: SystemFactory, clock: actors.ManualClock, app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    system = make_system(app, prewarm_lead=600.0, jitter=0.1)
+    assert system.next_due() is None  # nothing cached, nothing scheduled
+    system.proxy.get_token().get(timeout=5)
+    system.settle()
+    due = system.next_due()
+    assert due is not None
+    expires_at = clock.now() + 7200.0  # the fake's default lifetime
+    assert expires_at - 660.0 <= due <= expires_at - 540.0
+    before = server.count("tenant")
+    clock.advance(due - clock.now())
+    system.settle()
+    assert server.count("tenant") == before + 1  # the timer it named was the prewarm
+    assert system.next_due() is not None and system.next_due() > due  # type: ignore[operator]
+
+
 def test_settle_waits_for_fetches_in_flight(
     make_system: SystemFactory, app: actors.AppConfig, server: FakeFeishu
 ) -> None:

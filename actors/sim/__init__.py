@@ -27,7 +27,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import pykka
 import requests
@@ -36,7 +36,6 @@ from actors._clock import ManualClock
 from actors._config import AppConfig, AppType, RefreshPolicy
 from actors._errors import TokenError
 from actors._metrics import LatencyHistogram, TokenMetrics
-from actors._scheduler import NextDue
 from actors._system import TokenSystem
 from actors.sim._plot import HourStats, HourTotals, plot_hours
 
@@ -373,10 +372,7 @@ class _Run:
             clock.advance(max(to - clock.now(), math.ulp(to)))
 
     def _next_due(self) -> float | None:
-        # The earliest timer of the system, straight from its scheduler (this harness lives in
-        # the same package; TokenSystem has no public accessor for it).
-        scheduler = self.system._scheduler
-        return cast("float | None", scheduler.ask(NextDue(), timeout=_SETTLE_TIMEOUT))
+        return self.system.next_due(timeout=_SETTLE_TIMEOUT)
 
     def _settled(self) -> None:
         self.system.settle(timeout=_SETTLE_TIMEOUT)
