@@ -46,9 +46,13 @@ class FeishuAuth(TokenAuth, httpx.Auth):
     seekable, or ``content=`` a seekable file (rewound to where its first send began). A
     generator, an async iterator or another one-way body is not resent: the invalid-token answer
     is returned as it came, with its token invalidated so that the caller's own retry gets a
-    fresh one. A JSON answer is read only as far as its first 64 KiB to see a code; a download
-    streamed with ``client.stream()`` still reads whole.
+    fresh one. A JSON answer is read only as far as its first 64 KiB to see a code (one without
+    a ``Content-Length`` is handed over once 64 KiB or its end arrived); a download streamed
+    with ``client.stream()`` still reads whole, ``iter_raw()`` included.
 
+    ``app_id`` names the app (required when the system serves several: its ``base_url`` is
+    where the token may go); an unknown one is refused with ``ValueError`` here, as is a
+    ``hosts`` entry that is not a host or an origin, or is ``http://`` beyond loopback.
     ``timeout`` bounds each wait for the system (a get, an invalidation) in seconds.
 
     Example::
@@ -59,7 +63,8 @@ class FeishuAuth(TokenAuth, httpx.Auth):
 
     # The flows below read a JSON answer's body themselves (httpx's own flows, which honour
     # ``requires_response_body``, are overridden): only a JSON answer can carry the code, and a
-    # download streamed with ``client.stream()`` must not be read into memory here.
+    # download streamed with ``client.stream()`` must not be read into memory here: its first
+    # chunks are replayed in front of the rest.
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
         yield from self._target.flow(

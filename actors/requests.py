@@ -56,8 +56,12 @@ class FeishuAuth(TokenAuth, AuthBase):
     send began). A generator, a pipe or another one-way body is not resent: the invalid-token
     answer is returned as it came, with its token invalidated so that the caller's own retry
     gets a fresh one. A streamed answer (``stream=True``) is read only as far as its first
-    64 KiB to see a code, and still reads whole.
+    64 KiB to see a code (a JSON one without a ``Content-Length`` is handed over once 64 KiB or
+    its end arrived), and still reads whole, ``raw`` included.
 
+    ``app_id`` names the app (required when the system serves several: its ``base_url`` is
+    where the token may go); an unknown one is refused with ``ValueError`` here, as is a
+    ``hosts`` entry that is not a host or an origin, or is ``http://`` beyond loopback.
     ``timeout`` bounds each wait for the system (a get, an invalidation) in seconds.
 
     Example::
