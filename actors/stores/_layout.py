@@ -175,17 +175,21 @@ def parse_notice(data: object) -> Notice | None:
 
 # --- the scripts ---------------------------------------------------------------------------------
 
-# Shared by every script. A key of another Redis type (someone's HSET) is deleted, so that the
-# script's own commands never fail with WRONGTYPE: one bad key stays that key's problem.
+# Shared by every script. ``retyped(n)`` deletes any of the script's first n keys that holds
+# another Redis type (someone's HSET), so that the script's own commands never fail with
+# WRONGTYPE: one bad key stays that key's problem.
 # ``check(raw, field, owner, pttl, max_ms)`` is the value if it is usable, else nil and why.
 CHECKS = f"""
-local function retyped(key)
-  local kind = redis.call('TYPE', key)['ok']
-  if kind ~= 'none' and kind ~= 'string' then
-    redis.call('DEL', key)
-    return true
+local function retyped(count)
+  local fault = ''
+  for i = 1, count do
+    local kind = redis.call('TYPE', KEYS[i])['ok']
+    if kind ~= 'none' and kind ~= 'string' then
+      redis.call('DEL', KEYS[i])
+      fault = 'another Redis type'
+    end
   end
-  return false
+  return fault
 end
 local function integer(n)
   return type(n) == 'number' and n >= 0 and n < {_MAX_VERSION} and math.floor(n) == n
@@ -230,10 +234,7 @@ end
 ACQUIRE = (
     CHECKS
     + """
-local fault = ''
-for i = 1, 4 do
-  if retyped(KEYS[i]) then fault = 'another Redis type' end
-end
+local fault = retyped(4)
 local owner, max_ms = ARGV[11], tonumber(ARGV[12])
 local top = version(KEYS[3])
 if ARGV[6] ~= '' then
@@ -278,10 +279,7 @@ return {'wait', '', redis.call('PTTL', KEYS[2]), top, fault}
 WRITE = (
     CHECKS
     + """
-local fault = ''
-for i = 1, 2 do
-  if retyped(KEYS[i]) then fault = 'another Redis type' end
-end
+local fault = retyped(2)
 local ttl = tonumber(ARGV[2])
 local top = version(KEYS[2])
 local raw = redis.call('GET', KEYS[1])
@@ -316,8 +314,7 @@ return {1, ARGV[1], ttl, fault}
 READ_TICKET = (
     CHECKS
     + """
-local fault = ''
-if retyped(KEYS[1]) then fault = 'another Redis type' end
+local fault = retyped(1)
 local raw = redis.call('GET', KEYS[1])
 if raw then
   local value, why = check(raw, 'ticket', ARGV[1], redis.call('PTTL', KEYS[1]), tonumber(ARGV[2]))

@@ -188,7 +188,12 @@ class RedisStore(Store):
         if not isinstance(ticket, str) or not ticket.strip():
             msg = "app_ticket must be a non-empty string"
             raise ValueError(msg)
-        config = self.served(app)
+        if isinstance(app, AppConfig):
+            self.serves(app)
+            config: AppConfig | None = app
+        else:
+            with self._lock:
+                config = self._apps.get(app)
         app_id = config.app_id if config is not None else str(app)
         self._ledger.use_ticket(app_id, ticket)
         if config is None:
@@ -205,14 +210,10 @@ class RedisStore(Store):
             return False
         return True
 
-    def served(self, app: AppConfig | str) -> AppConfig | None:
-        """``app``'s config, remembered for calls that name it by app_id only."""
-        if isinstance(app, AppConfig):
-            with self._lock:
-                self._apps[app.app_id] = app
-            return app
+    def serves(self, app: AppConfig) -> None:
+        """Remember ``app``'s config, for calls that name it by app_id only."""
         with self._lock:
-            return self._apps.get(app)
+            self._apps[app.app_id] = app
 
     @property
     def closed(self) -> bool:
@@ -476,9 +477,8 @@ class SharedSource:
     def fetch(self, request: TokenRequest) -> Grant:
         if self._closed.is_set():
             raise SystemStoppedError()
-        app = self._store.served(request.app)
-        assert app is not None
-        keys = Keys.of(self._store.prefix, app, request.kind, request.tenant_key)
+        self._store.serves(request.app)
+        keys = Keys.of(self._store.prefix, request.app, request.kind, request.tenant_key)
         since, invalidate = -1, ""
         if request.cause == "invalidate" and request.replaces:
             noticed = self._ledger.noticed_at(request.replaces)
@@ -583,7 +583,7 @@ class SharedSource:
         """The app_ticket in Redis if this process has not used it yet; otherwise ask Feishu to
         push it again and wait (up to ``ticket_poll``) for a process to share a new one."""
         store = self._store
-        store.served(app)
+        store.serves(app)
         try:
             first = store.get_ticket(app)
         except Unavailable:

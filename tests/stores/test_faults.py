@@ -258,15 +258,23 @@ BAD_NOTICES: dict[str, bytes] = {
 }
 
 
+def listening_pair(
+    stores: Callable[..., RedisStore], systems: list[actors.TokenSystem]
+) -> list[RedisStore]:
+    """Two systems (appended to ``systems``) on one source, each with a listening store."""
+    source = counting_source()
+    made = [stores() for _ in range(2)]
+    systems.extend(actors.TokenSystem.start(APP, store=s, source=source) for s in made)
+    assert all(wait_listening(s, 5) for s in made)
+    return made
+
+
 def test_malformed_notices_never_stop_real_invalidations_from_arriving(
     client: redis.Redis,
     stores: Callable[..., RedisStore],
     systems: list[actors.TokenSystem],
 ) -> None:
-    source = counting_source()
-    made = [stores() for _ in range(2)]
-    systems.extend(actors.TokenSystem.start(APP, store=s, source=source) for s in made)
-    assert all(wait_listening(s, 5) for s in made)
+    listening_pair(stores, systems)
     channel = layout.channel(PREFIX)
     arrived = 0
     for round_ in range(2):
@@ -296,10 +304,7 @@ def test_a_flood_of_notices_is_bounded_and_a_real_invalidation_still_arrives_at_
     stores: Callable[..., RedisStore],
     systems: list[actors.TokenSystem],
 ) -> None:
-    source = counting_source()
-    made = [stores() for _ in range(2)]
-    systems.extend(actors.TokenSystem.start(APP, store=s, source=source) for s in made)
-    assert all(wait_listening(s, 5) for s in made)
+    made = listening_pair(stores, systems)
     held = systems[1].proxy.get_token().get(timeout=5)
     assert systems[0].proxy.get_token().get(timeout=5) == held
     channel = layout.channel(PREFIX)
@@ -322,7 +327,7 @@ def test_a_flood_of_notices_is_bounded_and_a_real_invalidation_still_arrives_at_
     wait_for(changed, 10.0, "the real invalidation behind the flood")
     took = time.monotonic() - sent
 
-    assert took < 2.0, took
+    assert took < 3.0, took  # about 0.7 s here; tens of seconds when processing was quadratic
     assert noticed_count(made[1]) <= 4096
     assert client.pubsub_numsub(channel)[0][1] == 2  # nobody fell off the channel
 
