@@ -145,7 +145,7 @@ def channel(prefix: str) -> str:
 class Notice(NamedTuple):
     digest: str
     origin: str
-    version: int
+    version: int  # the key's version when the token was invalidated; -1 if not known
 
 
 _DIGEST = re.compile("[0-9a-f]{64}")
@@ -163,12 +163,15 @@ def parse_notice(data: object) -> Notice | None:
         return None
     if not isinstance(notice, dict):
         return None
-    digest, origin, version = notice.get("digest"), notice.get("origin"), notice.get("ver")
+    digest, origin = notice.get("digest"), notice.get("origin")
+    # A process of the previous format (no version) during a rolling upgrade: -1 treats its
+    # notice as an invalidation found here.
+    version = notice.get("ver", -1 if "at_ms" in notice else None)
     if not (isinstance(digest, str) and _DIGEST.fullmatch(digest)):
         return None
     if not (isinstance(origin, str) and 0 < len(origin) <= 64):
         return None
-    if type(version) is not int or not 0 <= version < _MAX_VERSION:
+    if type(version) is not int or not -1 <= version < _MAX_VERSION:
         return None
     return Notice(digest, origin, version)
 

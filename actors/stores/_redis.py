@@ -110,6 +110,7 @@ class RedisStore(Store):
             self._owns_client = False
         self._client = client
         self.lease = lease
+        self.lease_ms = max(1, round(lease * 1000))
         self.ticket_poll = ticket_poll
         self._breaker = Breaker(self._where, threshold=failure_threshold, cooldown=cooldown)
         self._id = secrets.token_hex(8)  # tells this store's own notices from the others'
@@ -240,10 +241,12 @@ class RedisStore(Store):
         self._breaker.succeeded()
         return result
 
-    def _script(self, name: str, keys: list[str], args: Iterable[str | int]) -> list[Any]:
+    def _script(
+        self, name: str, keys: list[str], args: Iterable[str | int], *, size: int
+    ) -> list[Any]:
         script = self._scripts[name]
         answer = self._run(lambda: script(keys=keys, args=list(args)))
-        if not isinstance(answer, list):
+        if not isinstance(answer, list) or len(answer) != size:
             raise Unavailable  # not Redis as the scripts know it
         return answer
 
@@ -290,6 +293,7 @@ class RedisStore(Store):
                 *(invalidate, self._channel, digest, self._id, layout.MARKER_TTL_MS),
                 *(keys.owner, layout.TOKEN_TTL_MAX_MS),
             ),
+            size=5,
         )
         self.report(keys.value, _text(fault))
         return Acquired(_text(kind), _text(token), int(pttl), int(version))
@@ -302,23 +306,24 @@ class RedisStore(Store):
             "write",
             [keys.value, keys.version],
             (token, ttl_ms, seen, keys.owner, layout.TOKEN_TTL_MAX_MS, min_ms),
+            size=4,
         )
         self.report(keys.value, _text(fault))
         return bool(written), _text(kept), int(pttl)
 
     def renew(self, lease_key: str, lease_id: str) -> None:
-        self._script("renew", [lease_key], (lease_id, round(self.lease * 1000)))
+        self._run(lambda: self._scripts["renew"](keys=[lease_key], args=[lease_id, self.lease_ms]))
 
     def release(self, keys: Keys, lease_id: str) -> None:
         try:
-            self._script("release", [keys.lease], (lease_id,))
+            self._run(lambda: self._scripts["release"](keys=[keys.lease], args=[lease_id]))
         except Unavailable:
             pass  # the lease expires by itself
 
     def get_ticket(self, app: AppConfig) -> str | None:
         key = layout.ticket_key(self.prefix, app)
         ticket, fault = self._script(
-            "read_ticket", [key], (layout.owner(key), layout.TICKET_TTL_MS)
+            "read_ticket", [key], (layout.owner(key), layout.TICKET_TTL_MS), size=2
         )
         self.report(key, _text(fault), what="app_ticket")
         return _text(ticket) or None
@@ -466,7 +471,6 @@ class SharedSource:
         self._inner = inner
         self._ledger = ledger
         self._closed = closed
-        self._lease_ms = max(1, round(store.lease * 1000))
         # The longest a live holder fetches (one attempt's timeouts, and some) while renewing.
         self._hold_for = sum(policy.request_timeout) + 2.0
         self._max_wait = 3 * (self._hold_for + store.lease)  # a holder, and two after it died
@@ -508,7 +512,7 @@ class SharedSource:
             got = self._store.acquire(
                 keys,
                 lease_id,
-                lease_ms=self._lease_ms,
+                lease_ms=self._store.lease_ms,
                 replaces=excluded,
                 min_ms=self._min_ms,
                 since=since,

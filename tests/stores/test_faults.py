@@ -24,7 +24,7 @@ import actors
 from actors.stores import RedisStore
 from actors.stores import _layout as layout
 from actors.testing import FakeFeishu, FunctionSource, store_available, wait_listening
-from actors.testing._stores import noticed_count
+from actors.testing._stores import noticed_count, store_faults
 from tests.conftest import APP_ID, MARKET_ID, MARKET_SECRET, SECRET
 from tests.redis_server import RedisServer, Relay, require_redis_binary
 from tests.stores.conftest import (
@@ -152,6 +152,7 @@ def test_a_bad_shared_value_is_never_served_and_is_overwritten_without_stopping_
 
     assert token == "t-000001-fresh"
     assert store_available(store)  # a bad key is that key's problem, not the store's
+    assert sum(store_faults(store).values()) >= 1  # counted
     assert json.loads(client.get(key) or b"{}")["token"] == token  # overwritten
     assert 0 < client.pttl(key) <= 7_200_000
     # The next process is served from Redis again.

@@ -491,6 +491,25 @@ def test_after_a_notice_the_others_take_the_fresh_value_even_when_it_is_the_same
     assert len(source.requests) == 2  # the first fetch and the invalidating process's
 
 
+def test_a_notice_of_the_previous_format_still_drops_the_token_during_a_rolling_upgrade(
+    client: redis.Redis, stores: Callable[..., RedisStore], systems: list[actors.TokenSystem]
+) -> None:
+    store = stores()
+    systems.append(actors.TokenSystem.start(APP, store=store, source=counting_source()))
+    assert wait_listening(store, 5)
+    held = systems[0].proxy.get_token().get(timeout=5)
+    digest = base.token_digest(held)
+
+    client.publish(
+        layout.channel(PREFIX),
+        json.dumps({"v": 1, "digest": digest, "origin": "old-release", "at_ms": 1}),
+    )
+
+    wait_for(lambda: not holds(systems[0], held), 2, "the token dropped")
+    assert client.exists(KEYS.value) == 1  # the new token, shared: the old one was deleted
+    assert json.loads(client.get(KEYS.value) or b"{}")["token"] != held
+
+
 def test_a_rejected_ticket_is_not_handed_back_and_a_new_one_is_awaited(
     redis_server: RedisServer, stores: Callable[..., RedisStore]
 ) -> None:
