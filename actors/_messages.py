@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar, cast
 import pykka
 
 from actors._config import TokenKey, TokenKind
-from actors._errors import SystemStoppedError, mask_token
+from actors._errors import SystemStoppedError, detached, mask_token
 from actors._source import Grant
 
 __all__ = [
@@ -222,8 +222,11 @@ class Waiter(Protocol):
 
 
 def set_future_exception(future: pykka.Future[Any], error: BaseException) -> None:
+    # A copy without frames (actors._errors.detached); pykka's get() raises it from the
+    # caller's own frames when the traceback handed over is None.
+    fresh = detached(error)
     try:
-        future.set_exception((type(error), error, error.__traceback__))
+        future.set_exception((type(fresh), fresh, None))
     except queue.Full:  # already resolved (e.g. by stop()); the first answer stands
         pass
 
@@ -256,27 +259,42 @@ class AsyncWaiter:
     No thread is parked per awaiter: the answer is handed to the loop with
     ``call_soon_threadsafe``. A cancelled awaiter's future is simply skipped when the answer
     comes, so cancelling one awaiter affects no other.
+
+    ``on_answer`` runs on the answering thread as the answer is handed over: whoever keeps
+    the future for later awaiters lets go of it there, not in a callback on the loop, which a
+    loop closed meanwhile never runs (and the future would keep the loop alive).
     """
 
-    __slots__ = ("_pending", "counted", "future", "loop", "started")
+    __slots__ = ("_on_answer", "_pending", "counted", "future", "loop", "started")
 
     def __init__(
-        self, started: float, pending: PendingFutures, loop: asyncio.AbstractEventLoop
+        self,
+        started: float,
+        pending: PendingFutures,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        on_answer: Callable[[asyncio.Future[Any]], None] | None = None,
     ) -> None:
         self.started = started
         self.counted = True
         self.loop = loop
         self.future: asyncio.Future[Any] = loop.create_future()
         self._pending = pending
+        self._on_answer = on_answer
         pending.add(self)
 
     def resolve(self, value: Any) -> None:
-        self._pending.discard(self)
+        self._answered()
         self._hand_over(_set_result, value)
 
     def fail(self, error: Exception) -> None:
-        self._pending.discard(self)
+        self._answered()
         self._hand_over(_set_exception, error)
+
+    def _answered(self) -> None:
+        self._pending.discard(self)
+        if self._on_answer is not None:
+            self._on_answer(self.future)
 
     def _hand_over(self, settle: Callable[[asyncio.Future[Any], Any], None], arg: Any) -> None:
         try:
@@ -292,7 +310,7 @@ def _set_result(future: asyncio.Future[Any], value: Any) -> None:
 
 def _set_exception(future: asyncio.Future[Any], error: Exception) -> None:
     if not future.done():
-        future.set_exception(error)
+        future.set_exception(detached(error))
 
 
 class ReplyWaiter:
@@ -314,7 +332,7 @@ class ReplyWaiter:
         self._send(TokenReply(self.tag, token, None))
 
     def fail(self, error: Exception) -> None:
-        self._send(TokenReply(self.tag, None, error))
+        self._send(TokenReply(self.tag, None, detached(error)))
 
 
 class Continuation:

@@ -142,9 +142,15 @@ class TokenProxy:
             refusal = self._refusal()
             if refusal is not None:
                 raise refusal
-            waiter = AsyncWaiter(started, self._pending, loop)
-            shared = self._awaited[loop, key] = waiter.future
-            shared.add_done_callback(lambda _: self._awaited.pop((loop, key), None))
+            awaited = self._awaited
+
+            def forget(future: asyncio.Future[Any]) -> None:
+                # Only this future: a later miss on the loop may have registered its own.
+                if awaited.get((loop, key)) is future:
+                    awaited.pop((loop, key), None)
+
+            waiter = AsyncWaiter(started, self._pending, loop, on_answer=forget)
+            shared = awaited[loop, key] = waiter.future
             self._send(m.Get(key, waiter), waiter)
         else:
             self._callers.coalesced(key.app_id, key.kind)

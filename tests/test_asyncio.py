@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 import pykka
@@ -235,3 +237,70 @@ def test_ametrics_returns_the_counters_as_a_value() -> None:
         metrics = asyncio.run(main())
     assert isinstance(metrics, actors.TokenMetrics)
     assert metrics.misses == 1
+
+
+def _uvloop_factory() -> asyncio.AbstractEventLoop:
+    uvloop = pytest.importorskip("uvloop")
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+LOOP_FACTORIES = [
+    pytest.param(asyncio.new_event_loop, id="asyncio"),
+    pytest.param(_uvloop_factory, id="uvloop"),
+]
+
+
+@pytest.mark.parametrize("loop_factory", LOOP_FACTORIES)
+@pytest.mark.parametrize("closed", ["before the answer", "after the answer, before running it"])
+def test_loops_closed_while_their_awaits_are_pending_are_not_kept_alive(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop], closed: str
+) -> None:
+    release = threading.Event()
+
+    def fetch(_request: actors.TokenRequest) -> actors.Grant:
+        release.wait(10)
+        return actors.Grant("t-late", 7200.0)
+
+    async def park(system: actors.TokenSystem) -> None:
+        # Every way to await a miss: the coroutine (one shared future per loop and key) and
+        # the futures of the plain methods (parked on a DeferredFuture).
+        awaits = [
+            system.proxy.aget_token(),
+            system.proxy.aget_token(),
+            _await(system.proxy.get_token()),
+            _await(system.proxy.get_token(actors.TokenKind.APP)),
+        ]
+        tasks = [asyncio.ensure_future(coroutine) for coroutine in awaits]
+        for _ in range(5):  # each task runs to its first suspension
+            await asyncio.sleep(0)
+        # The loop's code gives up (as asyncio.run does with what is left when it ends): the
+        # library's side of each await is still pending.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    with actors.TokenSystem.start(APP, source=FunctionSource(fetch)) as system:
+        loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+        open_loops: list[asyncio.AbstractEventLoop] = []
+        for _ in range(50):
+            loop = loop_factory()
+            loop.run_until_complete(park(system))
+            loops.append(weakref.ref(loop))
+            if closed == "before the answer":
+                loop.close()  # the futures the library answers later belong to a closed loop
+            else:
+                open_loops.append(loop)
+            del loop
+        release.set()
+        system.settle(timeout=10)  # every answer handed over (or dropped for a closed loop)
+        while open_loops:
+            open_loops.pop().close()  # the answers sit in its queue, never run
+        gc.collect()
+        alive = sum(ref() is not None for ref in loops)
+        assert alive == 0, f"{alive} of 50 closed loops are still referenced"
+        assert system.proxy.get_token().get(timeout=5) == "t-late"
+
+
+async def _await(future: pykka.Future[str]) -> str:
+    return await future
