@@ -163,7 +163,7 @@ class TokenProxy:
         """``set_app_ticket`` for coroutines."""
         app = self._ticket_app(ticket, app_id)
         if self._store is not None:
-            await asyncio.to_thread(self._store.put_ticket, app.app_id, ticket)
+            await asyncio.to_thread(self._store.put_ticket, app, ticket)
         await self._aask(lambda waiter: m.SetTicket(app.app_id, ticket, waiter))
 
     async def ainvalidate(self, token: str) -> bool:
@@ -180,7 +180,7 @@ class TokenProxy:
             return _failed(exc)
         future = self._ask(lambda waiter: m.SetTicket(app.app_id, ticket, waiter))
         if self._store is not None:
-            self._store.put_ticket(app.app_id, ticket)  # bounded: short timeouts, a breaker
+            self._store.put_ticket(app, ticket)  # bounded: short timeouts, a breaker
         return future
 
     def invalidate(self, token: str) -> pykka.Future[bool]:
