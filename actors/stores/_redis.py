@@ -30,11 +30,11 @@ from loguru import logger
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+import actors.stores._layout as layout
 from actors._config import AppConfig, RefreshPolicy
 from actors._errors import SystemStoppedError, UpstreamError
 from actors._source import Grant, TokenRequest, TokenSource
 from actors.feishu import _protocol as feishu
-from actors.stores import _layout as layout
 from actors.stores._base import Ledger, Store, token_digest
 from actors.stores._layout import Keys
 
@@ -83,19 +83,15 @@ class RedisStore(Store):
         ticket_poll: float | None = None,
     ) -> None:
         self.prefix = layout.check_prefix(prefix)
-        for name, value in (("op_timeout", op_timeout), ("cooldown", cooldown), ("lease", lease)):
-            _check_positive(name, value)
-        if ticket_poll is not None:
-            _check_positive("ticket_poll", ticket_poll)
-        if not isinstance(failure_threshold, int) or failure_threshold < 1:
-            msg = f"RedisStore failure_threshold must be an int >= 1, got {failure_threshold!r}"
-            raise ValueError(msg)
-        if (url is None) == (client is None):
-            msg = "RedisStore needs either url= or client=, not both"
-            raise ValueError(msg)
-        if url is not None and not isinstance(url, str):
-            msg = f"RedisStore url must be a string such as redis://host:6379/0, got {url!r}"
-            raise ValueError(msg)
+        _check_options(
+            url=url,
+            client=client,
+            op_timeout=op_timeout,
+            lease=lease,
+            failure_threshold=failure_threshold,
+            cooldown=cooldown,
+            ticket_poll=ticket_poll,
+        )
         if client is None:
             self._where = _describe(cast(str, url))
             client = redis.Redis.from_url(
@@ -127,9 +123,8 @@ class RedisStore(Store):
         }
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._listening = threading.Event()
         self._thread: threading.Thread | None = None
-        self._on_notice: Callable[[str], object] | None = None
+        self._notices: NoticeListener | None = None
         self._ledger = Ledger()  # shared with the source: tokens handed out, tokens dead
         self._renewer = Renewer(self, every=lease / _RENEWALS_PER_LEASE)
         self._apps: dict[str, AppConfig] = {}  # the apps served, for put_ticket(app_id)
@@ -153,9 +148,9 @@ class RedisStore(Store):
         One store serves one TokenSystem."""
         with self._lock:
             self._refuse_reuse()
-            self._on_notice = on_notice
+            self._notices = NoticeListener(self, on_notice)
             self._thread = threading.Thread(
-                target=self._listen, name="actors-redis-notices", daemon=True
+                target=self._notices.run, name="actors-redis-notices", daemon=True
             )
             self._thread.start()
 
@@ -330,27 +325,37 @@ class RedisStore(Store):
 
     # --- invalidation notices ------------------------------------------------------------------
 
-    def _listen(self) -> None:
+
+class NoticeListener:
+    """The subscriber of a store's notice channel: turns other processes' invalidation notices
+    into ``on_notice(token)`` calls for the tokens this process was handed (on its own thread)."""
+
+    def __init__(self, store: RedisStore, on_notice: Callable[[str], object]) -> None:
+        self._store = store
+        self._on_notice = on_notice
+        self.listening = threading.Event()  # subscribed: notices published from now on arrive
+
+    def run(self) -> None:
         backoff = 0.1
-        while not self._closed.is_set():
-            pubsub = cast(Any, self._client).pubsub(ignore_subscribe_messages=True)
+        while not self._store._closed.is_set():
+            pubsub = cast(Any, self._store._client).pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(self._channel)
-                self._listening.set()
+                pubsub.subscribe(self._store._channel)
+                self.listening.set()
                 backoff = 0.1
-                while not self._closed.is_set():
+                while not self._store._closed.is_set():
                     message = pubsub.get_message(timeout=0.2)
                     if message is not None and message.get("type") == "message":
                         self._on_message(message.get("data"))
             except Exception as exc:  # Redis gone: subscribe again after a pause
                 _log.debug("notice listener lost Redis ({}); resubscribing", type(exc).__name__)
             finally:
-                self._listening.clear()
+                self.listening.clear()
                 try:
                     pubsub.close()
                 except Exception:
                     pass
-            self._closed.wait(backoff)
+            self._store._closed.wait(backoff)
             backoff = min(backoff * 2, 2.0)
 
     def _on_message(self, data: object) -> None:
@@ -360,16 +365,14 @@ class RedisStore(Store):
         if notice is None:
             _log.debug("ignored a malformed invalidation notice")
             return
-        if notice.origin == self._id:
+        if notice.origin == self._store._id:
             return
-        self._ledger.note_dead(notice.digest, notice.version)
-        token = self._ledger.token(notice.digest)
-        with self._lock:
-            on_notice = self._on_notice
-        if token is None or on_notice is None:
+        self._store._ledger.note_dead(notice.digest, notice.version)
+        token = self._store._ledger.token(notice.digest)
+        if token is None:
             return  # never cached here
         try:
-            on_notice(token)
+            self._on_notice(token)
         except Exception as exc:
             _log.warning("invalidation notice could not be delivered: {}", type(exc).__name__)
 
@@ -386,6 +389,31 @@ def _describe(url: str) -> str:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _check_options(
+    *,
+    url: object,
+    client: object,
+    op_timeout: object,
+    lease: object,
+    failure_threshold: object,
+    cooldown: object,
+    ticket_poll: object,
+) -> None:
+    for name, value in (("op_timeout", op_timeout), ("cooldown", cooldown), ("lease", lease)):
+        _check_positive(name, value)
+    if ticket_poll is not None:
+        _check_positive("ticket_poll", ticket_poll)
+    if not isinstance(failure_threshold, int) or failure_threshold < 1:
+        msg = f"RedisStore failure_threshold must be an int >= 1, got {failure_threshold!r}"
+        raise ValueError(msg)
+    if (url is None) == (client is None):
+        msg = "RedisStore needs either url= or client=, not both"
+        raise ValueError(msg)
+    if url is not None and not isinstance(url, str):
+        msg = f"RedisStore url must be a string such as redis://host:6379/0, got {url!r}"
+        raise ValueError(msg)
 
 
 def _check_positive(name: str, value: object) -> None:

@@ -13,7 +13,8 @@ __all__ = ["noticed_count", "store_available", "store_faults", "wait_listening"]
 def wait_listening(store: RedisStore, timeout: float) -> bool:
     """Block until ``store``'s notice listener is subscribed (notices published from then on
     reach it); False if it is not within ``timeout`` seconds."""
-    return store._listening.wait(timeout)
+    notices = store._notices
+    return notices is not None and notices.listening.wait(timeout)
 
 
 def store_available(store: RedisStore) -> bool:
