@@ -16,10 +16,12 @@ Bad arguments (unknown app_id, tenant_key on a self-built app, invalid config) r
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import traceback
 from collections.abc import Iterable
+from typing import Any, TypeVar
 from urllib.parse import quote, quote_plus
 
 __all__ = [
@@ -29,11 +31,14 @@ __all__ = [
     "SystemStoppedError",
     "TokenError",
     "UpstreamError",
+    "detached",
     "mask_secret",
     "mask_token",
     "plain_traceback",
     "redact",
 ]
+
+E = TypeVar("E", bound=BaseException)
 
 
 class TokenError(Exception):
@@ -82,6 +87,9 @@ class UpstreamError(TokenError):
         """The same failure, reported as the outcome of ``attempts`` attempts."""
         return UpstreamError(self.code, self.status, attempts, detail=self.detail)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuilt, (type(self), (self.code, self.status, self.attempts), vars(self)))
+
 
 def _said(code: int | None) -> str:
     """What the answer's ``code`` says; code 0 is Feishu's "ok" (a success body the library could
@@ -111,6 +119,15 @@ class RateLimitedError(UpstreamError):
         return RateLimitedError(
             self.code, self.status, attempts, retry_after=self.retry_after, detail=self.detail
         )
+
+
+def _rebuilt(cls: type[E], args: tuple[Any, ...], state: dict[str, Any]) -> E:
+    """An UpstreamError (or subclass) made again from its attributes, as pickle and copy do:
+    its message is built from the keyword-only ``detail`` (and ``retry_after``)."""
+    keywords = {name: state[name] for name in ("detail", "retry_after") if name in state}
+    error = cls(*args, **keywords)
+    vars(error).update(state)
+    return error
 
 
 class AppTicketError(TokenError):
@@ -185,6 +202,29 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
         text = text.replace(form, mask_secret(form))
     text = _SECRET_FIELD.sub(lambda m: m.group(1) + mask_secret(m.group(0)), text)
     return _TOKEN_SHAPED.sub(lambda m: mask_token(m.group(0)), text)
+
+
+def detached(error: E) -> E:
+    """``error`` as it may be handed to a caller: no traceback and no chained exceptions.
+
+    The frames of the thread that raised it hold what that thread was working with (a worker's
+    hold the request body with the app_secret, the app_ticket or the app token; the actor's
+    hold cached tokens), and loguru's ``logger.exception`` with its defaults, like Sentry,
+    prints every frame's variables, chained exceptions' frames too. So each caller gets a copy
+    of its own: one caller raising it sets that copy's ``__traceback__`` to *its* frames, which
+    no other caller of the same failure then sees. An exception that cannot be copied faithfully
+    (same type, same ``args``) is stripped in place instead.
+    """
+    try:
+        fresh = copy.copy(error)
+    except Exception:  # its class cannot be made again from its args
+        fresh = error
+    if type(fresh) is not type(error) or fresh.args != error.args:
+        fresh = error
+    fresh.__traceback__ = None
+    fresh.__context__ = None
+    fresh.__cause__ = None
+    return fresh
 
 
 def plain_traceback(error: BaseException) -> str:

@@ -20,7 +20,7 @@ from sortedcontainers import SortedList
 from actors import _messages as m
 from actors._clock import Clock
 from actors._config import AppConfig, TokenKey
-from actors._errors import TokenError, UpstreamError, plain_traceback
+from actors._errors import TokenError, UpstreamError, detached, plain_traceback
 from actors._source import Grant, TokenRequest, TokenSource
 
 __all__ = ["Upstream", "WorkerPool"]
@@ -93,7 +93,7 @@ class Upstream:
             try:
                 ticket = source.resend_ticket(app)
             except Exception as exc:  # reported back as a message
-                error = exc
+                error = detached(exc)
             if ticket is not None and not (isinstance(ticket, str) and ticket.strip()):
                 ticket = None  # a source's nonsense is no ticket; the wait's deadline still runs
             tell(ref, m.ResendDone(app.app_id, error, ticket))
@@ -117,7 +117,7 @@ class Upstream:
                     detail = f"the token source returned {type(result).__name__}, not a Grant"
                     result = UpstreamError(None, None, 1, detail=detail)
             except TokenError as exc:
-                result = exc
+                result = detached(exc)  # the source's frames hold the request's credentials
             except Exception as exc:  # any surprise is one failed attempt
                 result = UpstreamError(None, None, 1, detail=type(exc).__name__)
             tell(ref, m.FetchDone(key, result, started, clock.now() - started))

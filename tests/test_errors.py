@@ -4,12 +4,13 @@ what a failure says."""
 from __future__ import annotations
 
 import json
+import pickle
 from urllib.parse import quote, quote_plus
 
 import pytest
 
 import actors
-from actors._errors import UpstreamError, mask_token, redact
+from actors._errors import UpstreamError, detached, mask_token, redact
 from actors._source import Grant
 from actors.testing import FunctionSource
 
@@ -68,3 +69,53 @@ def test_a_token_that_expires_within_the_margin_fails_with_an_error_that_says_wh
         system.proxy.get_token().get(timeout=5)
     assert "code 0" not in str(raised.value)
     assert "answered ok" in str(raised.value) and "safety margin" in str(raised.value)
+
+
+def _raised(error: BaseException, *, during: BaseException | None = None) -> BaseException:
+    """``error`` as it comes out of an except clause: with a traceback, and chained."""
+    try:
+        try:
+            raise during if during is not None else error
+        except BaseException:
+            raise error  # noqa: B904  # chained implicitly, as a handler's own raise is
+    except BaseException as exc:
+        return exc
+
+
+ERRORS = [
+    actors.AuthError(10014, "app secret invalid"),
+    actors.UpstreamError(500, 503, 2, detail="gateway"),
+    actors.RateLimitedError(99991400, 429, 1, retry_after=3.0),
+    actors.AppTicketError("cli_m", "none arrived"),
+    actors.SystemStoppedError(),
+    ValueError("unknown app_id"),
+]
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: type(e).__name__)
+def test_a_detached_error_is_a_copy_with_no_frames_and_no_chained_errors(
+    error: BaseException,
+) -> None:
+    raised = _raised(error, during=OSError("the worker's transport error"))
+    fresh = detached(raised)
+    assert fresh is not raised and type(fresh) is type(raised)
+    assert str(fresh) == str(raised) and vars(fresh) == vars(raised)
+    assert fresh.__traceback__ is None and fresh.__context__ is None and fresh.__cause__ is None
+    assert raised.__traceback__ is not None  # the original, still the raiser's, is untouched
+
+
+@pytest.mark.parametrize("error", ERRORS[1:3], ids=lambda e: type(e).__name__)
+def test_upstream_errors_survive_pickling_whole(error: actors.UpstreamError) -> None:
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is type(error) and str(again) == str(error)
+    assert vars(again) == vars(error)
+
+
+def test_an_error_that_cannot_be_copied_faithfully_is_stripped_in_place() -> None:
+    class Wrapped(Exception):
+        def __init__(self, what: str) -> None:
+            super().__init__(f"wrapped: {what}")  # made again from its args, it would differ
+
+    raised = _raised(Wrapped("x"), during=OSError("cause"))
+    assert detached(raised) is raised
+    assert raised.__traceback__ is None and raised.__context__ is None

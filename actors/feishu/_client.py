@@ -23,6 +23,10 @@ Hardening against an upstream (or a gateway in front of it) that misbehaves:
 - *Upstream text* (``msg``, the content type) goes into errors, and so into logs, only through
   :func:`actors._errors.redact`: a proxy echoing the request must not leak the app_secret, the
   app_ticket, the app token or any token-shaped string.
+- *Frames.* The body (app_secret, app_ticket, app token) lives in a :class:`_Form` whose
+  ``repr`` masks it, and ``fetch``/``resend_ticket`` raise their error from their own frame,
+  without the traceback and chained exceptions (urllib3's frames hold the body as bytes) of
+  where it arose: loguru's ``logger.exception`` and Sentry print every frame's variables.
 - *Lifetimes* that are not finite numbers in ``(0, MAX_EXPIRE]`` (``1e10``, ``NaN``, ``1e400``
   which JSON reads as infinity, zero, negative) are a failed attempt, never a token.
 """
@@ -31,14 +35,22 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import requests
 import urllib3
 
 from actors._config import AppConfig
-from actors._errors import AppTicketError, AuthError, RateLimitedError, UpstreamError, redact
+from actors._errors import (
+    AppTicketError,
+    AuthError,
+    RateLimitedError,
+    TokenError,
+    UpstreamError,
+    detached,
+    redact,
+)
 from actors._source import Grant, TokenRequest
 from actors.feishu import _protocol as feishu
 from actors.feishu._sockets import Deadline, attempt_deadline
@@ -52,6 +64,8 @@ _SECRET_FIELDS = ("app_secret", "app_ticket", "app_access_token")
 _MAX_BODY = 64 * 1024  # a token answer is ~200 bytes; anything this large is not one
 _READ_SIZE = 4096
 _MAX_MSG = 200
+A = TypeVar("A")
+R = TypeVar("R")
 
 
 class FeishuAuthClient:
@@ -63,34 +77,43 @@ class FeishuAuthClient:
 
     def fetch(self, request: TokenRequest) -> Grant:
         """One attempt at the token ``request`` names (marketplace: ticket or app token)."""
-        app = request.app
-        endpoint = feishu.endpoint_for(app.app_type, request.kind)
-        # Feishu must never see an empty ticket (docs/feishu-protocol.md).
-        if "app_ticket" in endpoint.request_fields and not request.app_ticket:
-            raise AppTicketError(app.app_id, "no app_ticket received yet")
-        values = {
-            "app_id": app.app_id,
-            "app_secret": app.app_secret,
-            "app_ticket": request.app_ticket or "",
-            "app_access_token": request.app_token or "",
-            "tenant_key": request.tenant_key or "",
-        }
-        body = {name: values[name] for name in endpoint.request_fields}
-        data = self._post(app, endpoint.path, body)
-        return _grant(data, endpoint.token_field or "")
+        outcome = self._attempt(self._fetch, request)
+        if isinstance(outcome, TokenError):
+            raise outcome  # from this frame: its locals hold no credential
+        return outcome
 
     def resend_ticket(self, app: AppConfig) -> None:  # the ticket comes back as an event
         """Ask Feishu to push the app_ticket event again; the ticket never comes back here."""
-        body = {"app_id": app.app_id, "app_secret": app.app_secret}
-        self._post(app, feishu.RESEND.path, {k: body[k] for k in feishu.RESEND.request_fields})
+        outcome = self._attempt(self._resend, app)
+        if isinstance(outcome, TokenError):
+            raise outcome
 
-    def _post(self, app: AppConfig, path: str, body: dict[str, str]) -> dict[str, Any]:
-        secrets = [body.get(name) for name in _SECRET_FIELDS]
+    def _attempt(self, call: Callable[[A], R], arg: A) -> R | TokenError:
+        """``call(arg)``, or the TokenError it raised without the frames that raised it: those
+        held the request body, and an error's traceback is printed with its frames' variables
+        (loguru's defaults, Sentry)."""
+        try:
+            return call(arg)
+        except TokenError as exc:
+            return detached(exc)
+
+    def _fetch(self, request: TokenRequest) -> Grant:
+        endpoint = feishu.endpoint_for(request.app.app_type, request.kind)
+        # Feishu must never see an empty ticket (docs/feishu-protocol.md).
+        if "app_ticket" in endpoint.request_fields and not request.app_ticket:
+            raise AppTicketError(request.app.app_id, "no app_ticket received yet")
+        data = self._post(request.app, endpoint.path, _Form.of(endpoint, request.app, request))
+        return _grant(data, endpoint.token_field or "")
+
+    def _resend(self, app: AppConfig) -> None:
+        self._post(app, feishu.RESEND.path, _Form.of(feishu.RESEND, app))
+
+    def _post(self, app: AppConfig, path: str, form: _Form) -> dict[str, Any]:
         with attempt_deadline(sum(self._timeout)) as deadline:
             try:
                 response = self._session.post(
                     app.base_url + path,
-                    json=body,
+                    data=form.body,
                     headers=_HEADERS,
                     timeout=self._timeout,
                     stream=True,
@@ -101,7 +124,36 @@ class FeishuAuthClient:
                 content = _read_body(response, deadline)
             finally:
                 response.close()
-        return _classify(app, response.status_code, response.headers, content, secrets)
+        return _classify(app, response.status_code, response.headers, content, form.secrets)
+
+
+class _Form:
+    """One auth request's JSON body, and the credentials in it to redact from the answer.
+
+    Its ``repr`` names the fields only: a frame holding it shows no credential.
+    """
+
+    __slots__ = ("body", "fields", "secrets")
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self.fields = tuple(values)
+        self.body = json.dumps(dict(values)).encode()
+        self.secrets = [values.get(name) for name in _SECRET_FIELDS]
+
+    @classmethod
+    def of(
+        cls, endpoint: feishu.Endpoint, app: AppConfig, request: TokenRequest | None = None
+    ) -> _Form:
+        """The body ``endpoint`` takes, filled from ``app`` and ``request``."""
+        values = {"app_id": app.app_id, "app_secret": app.app_secret}
+        if request is not None:
+            values["app_ticket"] = request.app_ticket or ""
+            values["app_access_token"] = request.app_token or ""
+            values["tenant_key"] = request.tenant_key or ""
+        return cls({name: values[name] for name in endpoint.request_fields})
+
+    def __repr__(self) -> str:
+        return f"<auth request body: {', '.join(self.fields)}; values masked>"
 
 
 def _read_body(response: requests.Response, deadline: Deadline) -> bytes:
