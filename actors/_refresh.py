@@ -116,14 +116,13 @@ class Refresher:
     def metrics(self, *, mailbox_depth: int, callers: CallerStats) -> TokenMetrics:
         now = self._clock.now()
         expiries = [e.expires_at - now for e in self._cache if e.token is not None]
-        reads = self._snapshot
-        fast_hits = reads.hits() if reads is not None else {}
+        fast_hits = self._snapshot.hits() if self._snapshot is not None else {}
         return self._metrics.snapshot(
             in_flight=self._upstream.in_flight,
             queued=self._upstream.queued,
             mailbox_depth=mailbox_depth,
             fast_hits=fast_hits,
-            fast_stale=reads.stale_hits() if reads is not None else 0,
+            fast_stale=self._snapshot.stale_hits() if self._snapshot is not None else 0,
             caller_coalesced=callers.coalesced_counts(),
             caller_latency=callers.latency(fast_hits=sum(fast_hits.values())),
             keys_cached=len(expiries),
