@@ -8,9 +8,13 @@ import ipaddress
 import math
 import os
 import random
+import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
+
+import urllib3.exceptions
+import urllib3.util
 
 from actors._errors import mask_secret
 
@@ -83,18 +87,7 @@ class AppConfig:
             msg = f"AppConfig.app_type must be an AppType, got {self.app_type!r}"
             raise ValueError(msg) from None
         object.__setattr__(self, "app_type", app_type)
-        parts = urlsplit(self.base_url) if isinstance(self.base_url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-            msg = f"AppConfig.base_url must be an http(s) URL, got {self.base_url!r}"
-            raise ValueError(msg)
-        if parts.scheme == "http" and not _loopback(parts.hostname):
-            # The token requests carry the app secret: never in clear text beyond this machine.
-            msg = (
-                "AppConfig.base_url must be https:// (plain http:// only on loopback, e.g. "
-                f"http://127.0.0.1:8080), got {self.base_url!r}"
-            )
-            raise ValueError(msg)
-        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        object.__setattr__(self, "base_url", _checked_base_url(self.base_url))
 
     @classmethod
     def from_env(
@@ -231,6 +224,66 @@ class RefreshPolicy:
         """Delay before retry number ``attempt`` (1-based): full jitter, honouring retry_after."""
         delay = rng.uniform(0, min(self.retry_cap, self.retry_base * 2 ** (attempt - 1)))
         return delay if retry_after is None else max(delay, retry_after)
+
+
+# What a base URL may be spelled with: letters, digits, ``-._~``, ``:/[]`` and %-escapes. No
+# userinfo (``@``), no backslash, no query or fragment, no whitespace or control character:
+# each is a place where Python's ``urllib.parse`` and urllib3 (which sends requests' requests)
+# read a URL differently.
+_URL_CHARS = re.compile(r"[A-Za-z0-9._~:/\[\]%-]")
+_HOST = re.compile(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_REFUSED = {
+    "@": "user info (user:password@) is not allowed",
+    "\\": "backslashes are not allowed",
+    "?": "a base URL has no query",
+    "#": "a base URL has no fragment",
+}
+
+
+def _checked_base_url(url: object) -> str:
+    """``url`` without its trailing slash, if it is a base URL the app's requests may go to.
+
+    The app secret goes to the host this names: so it is the host that Python's URL parser
+    (these checks) *and* urllib3 (which requests sends with) both read, over https unless it is
+    loopback. A URL they read differently is refused, never guessed at; the URL is not repeated
+    in an error whose reason may be a credential in it.
+    """
+    if not isinstance(url, str):
+        msg = f"AppConfig.base_url must be an http(s) URL string, got {type(url).__name__}"
+        raise ValueError(msg)
+    for char, reason in _REFUSED.items():
+        if char in url:
+            raise ValueError(f"AppConfig.base_url: {reason}")
+    for char in url:
+        if not _URL_CHARS.fullmatch(char):
+            raise ValueError(f"AppConfig.base_url: character {char!r} is not allowed")
+    if _BAD_ESCAPE.search(url):
+        raise ValueError("AppConfig.base_url: a % must start a %XX escape")
+    try:
+        ours = urlsplit(url)
+        port = ours.port  # ValueError when out of range or not a number
+        theirs = urllib3.util.parse_url(url)
+    except (ValueError, urllib3.exceptions.LocationParseError):
+        msg = f"AppConfig.base_url must be an http(s) URL with a valid host and port, got {url!r}"
+        raise ValueError(msg) from None
+    scheme = ours.scheme.lower()
+    host = (ours.netloc.rpartition(":")[0] if port is not None else ours.netloc).lower()
+    if scheme not in ("http", "https") or not _HOST.fullmatch(host) or port == 0:
+        msg = f"AppConfig.base_url must be an http(s) URL with a valid host and port, got {url!r}"
+        raise ValueError(msg)
+    read_by_urllib3 = (theirs.scheme, (theirs.host or "").lower(), theirs.port, theirs.path or "")
+    if read_by_urllib3 != (scheme, host, port, ours.path):
+        msg = f"AppConfig.base_url is read differently by urllib and urllib3, got {url!r}"
+        raise ValueError(msg)
+    if scheme == "http" and not _loopback(host.strip("[]")):
+        # The token requests carry the app secret: never in clear text beyond this machine.
+        msg = (
+            "AppConfig.base_url must be https:// (plain http:// only on loopback, e.g. "
+            f"http://127.0.0.1:8080), got {url!r}"
+        )
+        raise ValueError(msg)
+    return url.rstrip("/")
 
 
 def _loopback(host: str | None) -> bool:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 
 import actors
 from actors._config import resolve_key
@@ -142,6 +144,57 @@ def test_plain_http_is_refused_except_on_loopback() -> None:
         "http://127.9.9.9",
     ):
         assert actors.AppConfig("cli_x", "s", base_url=url).base_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        # urllib reads host 127.0.0.1 (user "evil.example\\"); urllib3 sends to evil.example.
+        ("http://evil.example\\@127.0.0.1", "user info"),
+        ("http://127.0.0.1\\@evil.example", "user info"),
+        ("https://open.feishu.cn\\.evil.example", "backslash"),
+        ("http://evil.example;@127.0.0.1", "user info"),
+        ("https://user:hunter2@open.feishu.cn", "user info"),
+        ("http://evil.example#@127.0.0.1", "user info"),
+        ("https://open.feishu.cn#top", "fragment"),
+        ("https://open.feishu.cn?x=1", "query"),
+        ("http://127.0.0.1\t.evil.example", "not allowed"),  # urllib drops the tab
+        ("http://127.0.0.1\n.evil.example", "not allowed"),
+        ("https://open.feishu.cn /x", "not allowed"),
+        ("https://ｅvil.example", "not allowed"),  # full-width: NFKC-normalised by IDNA
+        ("http://127.0.0.1%2f.evil.example", "valid host"),
+        ("https://open.feishu.cn/%zz", "escape"),
+        ("https://open.feishu.cn:99999", "valid host and port"),
+        ("https://open.feishu.cn:0", "valid host and port"),
+        ("https://open.feishu.cn:/x", "valid host and port"),
+        ("https://[::1", "valid host and port"),
+        ("https:open.feishu.cn", "valid host and port"),
+        ("https://open.feishu.cn/a/../b", "read differently"),  # urllib3 removes dot segments
+    ],
+)
+def test_a_base_url_the_parsers_could_read_differently_is_refused(url: str, reason: str) -> None:
+    with pytest.raises(ValueError, match="base_url") as info:
+        actors.AppConfig("cli_x", "s", base_url=url)
+    assert reason in str(info.value)
+    assert "hunter2" not in str(info.value)  # a credential in the URL is not repeated
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://open.feishu.cn",
+        "https://open.larksuite.com:443",
+        "https://gateway.example/feishu-proxy",
+        "http://127.0.0.1:8080",
+        "http://[::1]:9",
+        "http://localhost:1",
+        "HTTPS://OPEN.FEISHU.CN",
+    ],
+)
+def test_an_accepted_base_url_is_the_host_requests_sends_to(url: str) -> None:
+    app = actors.AppConfig("cli_x", "s", base_url=url)
+    sent = requests.Request("POST", app.base_url + "/open-apis/auth").prepare()
+    assert urlsplit(sent.url or "").hostname == urlsplit(url).hostname
 
 
 def test_from_env_reads_the_app_and_its_options() -> None:
