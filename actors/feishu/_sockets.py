@@ -11,6 +11,19 @@ handshake, write or read fail at once:
   whole answer: a server that drips its status line and headers a byte at a time never trips
   them, and only this ends such an attempt.
 
+Name lookups are the one step no socket can end: ``getaddrinfo`` is a C call that another
+thread cannot interrupt, and a resolver that does not answer (a dead name server, a hanging
+NSS module) holds it for the system resolver's own timeouts, seconds per server. So the
+adapter looks names up on threads of their own (``actors-resolve``; an IP literal needs no
+lookup and no thread) and the attempt waits for the answer only until its deadline, or until
+:meth:`AbortableAdapter.abort`, which wakes every waiter at once. Lookups of one name share one
+thread, also with later attempts while it is still blocked, so a hanging resolver costs a thread
+per name, not per attempt. **Given up:** such a thread cannot be ended. ``abort()`` (so
+``stop()``) joins lookup threads for up to a second; one still blocked in the resolver after
+that is left to end when the resolver answers (a WARNING names it). It holds a host name and no
+socket, and its answer is dropped: nothing connects after ``stop()``. Every other thread of
+ours has ended when ``stop()`` returns.
+
 Used on the session a TokenSystem creates itself. A session passed in by the application is
 left as it is: its calls end within urllib3's timeouts, and the client checks the deadline
 between the reads of a body (see ``actors.feishu._client``).
@@ -33,23 +46,28 @@ tests/feishu/test_sockets.py pins this hook.
 
 from __future__ import annotations
 
+import functools
 import heapq
+import ipaddress
 import itertools
 import socket
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import urllib3.exceptions
+from loguru import logger
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.connection import allowed_gai_family
+
+from actors._errors import detached
 
 __all__ = [
     "AbortableAdapter",
@@ -238,6 +256,98 @@ class _Watchdog:
                 thread.join(timeout)
 
 
+AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]
+
+
+class _Lookup:
+    """One name lookup under way: its thread (not started yet), its answer once there is one."""
+
+    __slots__ = ("answer", "done", "thread")
+
+    def __init__(self, run: Callable[[_Lookup], None], name: str) -> None:
+        self.done = threading.Event()
+        self.answer: Sequence[AddrInfo] | BaseException | None = None
+        self.thread = threading.Thread(target=run, args=(self,), name=name, daemon=True)
+
+
+class _Resolver:
+    """Name lookups on threads of their own, so that the thread that needs one waits for it
+    only until its attempt's deadline, or until :meth:`close`.
+
+    ``getaddrinfo`` is a C call no other thread can interrupt: a resolver that does not answer
+    (a dead name server, a hanging NSS module) holds its caller for as long as the system
+    resolver's own timeouts (``resolv.conf``'s ``timeout`` times ``attempts``, per server).
+    Waiting for it on another thread bounds the attempt by its deadline instead. Concurrent
+    lookups of one name share one thread, and a lookup that outlived the attempt that asked is
+    joined by the next one for that name: a resolver that hangs costs one thread per name, not
+    one per attempt.
+    """
+
+    def __init__(self, name: str = "actors-resolve") -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._lookups: dict[tuple[str, int | None, int], _Lookup] = {}
+        self._closed = False
+
+    def resolve(
+        self, host: str, port: int | None, family: int, until: float | None
+    ) -> Sequence[AddrInfo]:
+        """``getaddrinfo(host, port, family, SOCK_STREAM)``, waiting until ``time.monotonic()``
+        reaches ``until`` at most: TimeoutError then, ConnectionAbortedError once :meth:`close`
+        is called.
+        """
+        key = (host, port, family)
+        with self._lock:
+            if self._closed:
+                raise ConnectionAbortedError("the TokenSystem is stopping")
+            lookup = self._lookups.get(key)
+            # A lookup whose thread is gone without an answer (its thread was the parent's,
+            # before a fork) is never answered: start another.
+            if lookup is None or not lookup.thread.is_alive():
+                lookup = self._lookups[key] = _Lookup(functools.partial(self._run, key), self._name)
+                lookup.thread.start()  # under the lock: close() joins only started threads
+        while not lookup.done.is_set():
+            left = None if until is None else until - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"the name lookup for {host} did not finish in time")
+            lookup.done.wait(left)
+        answer = lookup.answer
+        if isinstance(answer, BaseException):
+            raise detached(answer)  # each waiter its own copy: one raise sets its traceback
+        assert answer is not None  # done is set only with an answer
+        return answer
+
+    def _run(self, key: tuple[str, int | None, int], lookup: _Lookup) -> None:
+        host, port, family = key
+        answer: Sequence[AddrInfo] | BaseException
+        try:
+            answer = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        except Exception as exc:  # gaierror, or UnicodeError for a name IDNA cannot encode
+            answer = detached(exc)
+        with self._lock:
+            if self._lookups.get(key) is lookup:
+                del self._lookups[key]
+            if lookup.answer is None:  # close() may have answered already
+                lookup.answer = answer
+        lookup.done.set()
+
+    def close(self, timeout: float) -> list[str]:
+        """Wake every waiter with ConnectionAbortedError and join the lookup threads for up to
+        ``timeout`` seconds; returns the names still being looked up after that."""
+        with self._lock:
+            self._closed = True
+            lookups, self._lookups = self._lookups, {}
+            for lookup in lookups.values():
+                if lookup.answer is None:
+                    lookup.answer = ConnectionAbortedError("the TokenSystem is stopping")
+        for lookup in lookups.values():
+            lookup.done.set()
+        deadline = time.monotonic() + timeout
+        for lookup in lookups.values():
+            lookup.thread.join(max(0.0, deadline - time.monotonic()))
+        return [host for (host, _, _), lookup in lookups.items() if lookup.thread.is_alive()]
+
+
 class AbortableAdapter(HTTPAdapter):
     """``requests`` adapter that can shut down every socket it opened (:meth:`abort`), and
     whose attempts end at their :func:`attempt_deadline`."""
@@ -247,6 +357,7 @@ class AbortableAdapter(HTTPAdapter):
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         self._aborted = False
         self._watchdog = _Watchdog(linger=watchdog_linger)
+        self._resolver = _Resolver()
         super().__init__(**kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
@@ -349,6 +460,22 @@ class AbortableAdapter(HTTPAdapter):
         for sock in sockets:
             _shutdown(sock)
         self._watchdog.close(timeout=1.0)
+        blocked = self._resolver.close(timeout=1.0)
+        if blocked:
+            logger.warning(
+                "name lookups still blocked in the system resolver after stop(): {}; their "
+                "threads end when it answers (nothing is connected then)",
+                blocked,
+            )
+
+    def resolve(self, host: str, port: int | None) -> Sequence[AddrInfo]:
+        """The addresses of ``host`` as urllib3 would look them up, waited for until the
+        deadline of the attempt on this thread at most, or until :meth:`abort`."""
+        family = allowed_gai_family()
+        if _is_ip_literal(host):  # answered from the string itself: nothing to wait for
+            return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        deadline = current_deadline()
+        return self._resolver.resolve(host, port, family, None if deadline is None else deadline.at)
 
     def release(self) -> None:
         """Close every socket now; only once no thread can still be using one (after the
@@ -383,13 +510,12 @@ def _new_conn(conn: HTTPConnection, lookup: str, adapter: AbortableAdapter) -> s
 def _create_connection(
     conn: HTTPConnection, lookup: str, adapter: AbortableAdapter
 ) -> socket.socket:
-    """``urllib3.util.connection.create_connection`` with :meth:`AbortableAdapter.track` between
-    creating the socket and connecting it: a connect that hangs (a full backlog, a black hole)
-    can be aborted too."""
+    """``urllib3.util.connection.create_connection`` with the name looked up within the
+    attempt's deadline (:meth:`AbortableAdapter.resolve`) and :meth:`AbortableAdapter.track`
+    between creating the socket and connecting it: a connect that hangs (a full backlog, a
+    black hole) can be aborted too."""
     error: OSError | None = None
-    for family, kind, proto, _, address in socket.getaddrinfo(
-        lookup.strip("[]"), conn.port, allowed_gai_family(), socket.SOCK_STREAM
-    ):
+    for family, kind, proto, _, address in adapter.resolve(lookup.strip("[]"), conn.port):
         sock = socket.socket(family, kind, proto)
         try:
             for option in conn.socket_options or ():
@@ -410,6 +536,14 @@ def _create_connection(
             continue
         return sock
     raise error if error is not None else OSError("getaddrinfo returned an empty list")
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _shutdown(sock: socket.socket) -> None:

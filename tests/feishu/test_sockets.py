@@ -4,6 +4,7 @@ handshake, and an attempt's deadline shuts its socket down; what it needs of url
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.metadata
 import inspect
 import socket
@@ -326,3 +327,93 @@ def test_the_lookup_keeps_the_trailing_dot_of_an_absolute_host_name(
     answer = session.post(f"http://localhost.:{port}{path}", json=body, timeout=(5, 5))
     assert answer.json()["code"] == 0
     assert looked_up == ["localhost."]  # as urllib3 looks it up: an absolute name
+
+
+# --- name lookups ----------------------------------------------------------------------------
+
+
+def resolvers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "actors-resolve"]
+
+
+@dataclasses.dataclass
+class HangingName:
+    """A host name whose lookup blocks in ``getaddrinfo`` (as a dead name server holds it)."""
+
+    name: str = "open.hangs.example"
+    asked: threading.Event = dataclasses.field(default_factory=threading.Event)
+    answer: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+@pytest.fixture
+def hanging_name(monkeypatch: pytest.MonkeyPatch) -> Iterator[HangingName]:
+    """Its lookup answers once ``answer`` is set, with a loopback port nothing must connect to."""
+    hanging = HangingName()
+    real = socket.getaddrinfo
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+
+        def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+            if host != hanging.name:
+                return real(host, *args, **kwargs)
+            hanging.asked.set()
+            hanging.answer.wait()
+            return real("127.0.0.1", port, socket.AF_INET, socket.SOCK_STREAM)
+
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+        try:
+            yield hanging
+        finally:
+            hanging.answer.set()
+            for thread in resolvers():
+                thread.join(5)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # the late answer connected nothing
+
+
+def test_a_name_lookup_that_hangs_ends_the_attempt_at_its_deadline(
+    hanging_name: HangingName,
+) -> None:
+    app = actors.AppConfig(APP_ID, SECRET, base_url=f"https://{hanging_name.name}")
+    # Three attempts, each with a 0.4 s deadline: the lookup alone would hold the first forever.
+    policy = actors.RefreshPolicy(request_timeout=(0.2, 0.2), max_attempts=3, retry_base=0.01)
+    with actors.TokenSystem.start(app, policy=policy) as system:
+        with pytest.raises(actors.UpstreamError, match="deadline") as info:
+            system.proxy.get_token().get(timeout=30)
+        assert info.value.attempts == 3
+        assert len(resolvers()) == 1  # the hanging lookup is shared, not one thread per attempt
+
+
+def test_stop_does_not_wait_for_a_name_lookup_that_hangs(hanging_name: HangingName) -> None:
+    before = set(our_threads())
+    app = actors.AppConfig(APP_ID, SECRET, base_url=f"https://{hanging_name.name}")
+    policy = actors.RefreshPolicy(request_timeout=(10.0, 10.0))
+    system = actors.TokenSystem.start(app, policy=policy)
+    pending = system.proxy.get_token()
+    assert hanging_name.asked.wait(5)
+    system.stop()
+    with pytest.raises(actors.SystemStoppedError):
+        pending.get(timeout=0)
+    # No worker is left in the lookup, nor would one connect for 10 s after it: only the
+    # thread still inside getaddrinfo (a C call nothing interrupts) is, until the resolver
+    # answers.
+    assert set(our_threads()) - before <= {"actors-resolve"}
+    hanging_name.answer.set()
+    for thread in resolvers():
+        thread.join(5)
+    assert set(our_threads()) <= before
+
+
+def test_an_ip_address_is_not_looked_up_on_a_thread_of_its_own(server: FakeFeishu) -> None:
+    # A thread start costs more than the rest of a cold fetch's client-side work.
+    session, adapter = tracked_session()
+    path = "/open-apis/auth/v3/tenant_access_token/internal"
+    body = {"app_id": APP_ID, "app_secret": SECRET}
+    with attempt_deadline(5.0):
+        answer = session.post(server.base_url + path, json=body, timeout=(5, 5))
+    assert answer.json()["code"] == 0
+    assert not resolvers()
+    adapter.abort()
