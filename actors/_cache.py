@@ -1,7 +1,7 @@
 """The token cache: one :class:`Entry` per key in an explicit refresh state, and the read
 snapshot that answers hits without a mailbox round trip (with the counts callers' threads
-keep themselves, and fork detection: a snapshot copied into a forked child still serves
-what it holds).
+keep themselves), and fork detection: a process forked after a system started serves nothing
+from the snapshots it copied; its first use of the system starts one of its own there.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import os
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
@@ -28,7 +29,7 @@ __all__ = [
     "RefreshState",
     "TokenCache",
     "current",
-    "forked_error",
+    "process_lock",
     "serve_until",
 ]
 
@@ -247,6 +248,7 @@ class ReadSnapshot:
         self._retired_hits: Counter[tuple[str, str]] = Counter()  # of cells withdrawn
         self._retired_stale = 0
         self._stats = stats
+        _snapshots.add(self)  # closed in a forked child: its actors are not there
 
     # --- readers ---------------------------------------------------------------------------------
 
@@ -375,11 +377,19 @@ class CallerStats:
 
 
 _generation = 0
+_snapshots: weakref.WeakSet[ReadSnapshot] = weakref.WeakSet()
+_process_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
-    global _generation  # noqa: PLW0603 - one process-wide counter is the point
+    # Runs in the child before fork() returns there, with one thread: nothing can be racing.
+    global _generation, _process_lock  # noqa: PLW0603 - one process-wide state is the point
     _generation += 1
+    _process_lock = threading.Lock()  # the parent's may be held by a thread gone here
+    # The tokens the copied snapshots hold would be served with nobody here to refresh them:
+    # every get misses instead, and the first one starts this process's own system.
+    for snapshot in list(_snapshots):
+        snapshot.close()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -390,10 +400,7 @@ def current() -> int:
     return _generation
 
 
-def forked_error() -> Exception:
-    from actors._errors import SystemStoppedError  # noqa: PLC0415 - keeps this module leaf
-
-    return SystemStoppedError(
-        "this TokenSystem was started before the process forked and its threads do not exist "
-        "here; start one TokenSystem per process (e.g. in a post-fork hook)"
-    )
+def process_lock() -> threading.Lock:
+    """A lock made in this process (a new one in each forked child): held while a system
+    starts its own actors in a forked child, so two threads there never both do."""
+    return _process_lock

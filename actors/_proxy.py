@@ -4,8 +4,10 @@ The rule: a plain method returns a ``pykka.Future`` (the sync side: ``.get(timeo
 ``a``-prefixed one is a coroutine that returns the value (the async side). Every method validates
 its arguments and sends at most one message to the TokenActor; a servable cached token (fast
 reads) is an already-resolved future, or a value, without a message. Bad arguments fail the
-future or the await with ``ValueError``; a stopped system, or one used in a process forked after
-it started, with ``SystemStoppedError``. The futures are awaitable too, without blocking the loop.
+future or the await with ``ValueError``; a stopped system with ``SystemStoppedError``. In a
+process forked after the system started, the first call there starts the system's own actors
+in that process (``TokenSystem``), and every call is answered by them from then on. The futures
+are awaitable too, without blocking the loop.
 """
 
 from __future__ import annotations
@@ -50,30 +52,45 @@ class TokenProxy:
 
     def __init__(
         self,
-        ref: pykka.ActorRef[Any],
         *,
         apps: dict[str, AppConfig],
         clock: Clock,
-        pending: PendingFutures,
-        snapshot: ReadSnapshot | None,
-        callers: CallerStats,
-        store: Store | None = None,
+        serve_here: Callable[[], object],
     ) -> None:
-        self._ref = ref
         self._apps = apps
         self._clock = clock
         # The hit path calls the clock on every get: skip the wrapper for real time.
         self._now: Callable[[], float] = time.monotonic if type(clock) is SystemClock else clock.now
-        self._pending = pending
-        self._snapshot = snapshot
         self._keys: dict[tuple[Any, Any, Any], TokenKey] = {}  # validated arguments
+        # In a process forked after start(): starts the system's own there, which calls _serve;
+        # raises if it cannot (SystemStoppedError once stopped).
+        self._serve_here = serve_here
+        # What serves this process, set by _serve: the TokenActor, the futures handed out, the
+        # read snapshot (None without fast reads), the callers' counts, the shared tier.
+        self._ref: pykka.ActorRef[Any]
+        self._pending: PendingFutures
+        self._snapshot: ReadSnapshot | None
+        self._callers: CallerStats
+        self._store: Store | None  # tickets handed to this process serve every process
+        self._generation = -1  # the fork generation _serve was called in
         self._cells: dict[tuple[Any, Any, Any], Cell] = {}  # arguments -> the key's cell
-        self._generation = _fork.current()
-        self._callers = callers
-        self._store = store  # a shared tier: tickets handed to this process serve every process
         # Misses already on their way to the TokenActor, per event loop and key: later awaits
         # of the same key on the same loop join them instead of sending a message each.
         self._awaited: dict[tuple[asyncio.AbstractEventLoop, TokenKey], asyncio.Future[Any]] = {}
+
+    def _serve(
+        self,
+        ref: pykka.ActorRef[Any],
+        pending: PendingFutures,
+        snapshot: ReadSnapshot | None,
+        callers: CallerStats,
+        store: Store | None,
+    ) -> None:
+        """Serve from this process's system (at start, and in a forked child on first use)."""
+        self._ref, self._pending, self._snapshot = ref, pending, snapshot
+        self._callers, self._store = callers, store
+        self._cells, self._awaited = {}, {}  # the inherited cells serve nothing
+        self._generation = _fork.current()  # last: a caller seeing it sees all of the above
 
     def get_token(
         self,
@@ -162,6 +179,9 @@ class TokenProxy:
     async def aset_app_ticket(self, ticket: str, *, app_id: str | None = None) -> None:
         """``set_app_ticket`` for coroutines."""
         app = self._ticket_app(ticket, app_id)
+        refusal = self._refusal()
+        if refusal is not None:
+            raise refusal
         if self._store is not None:
             await asyncio.to_thread(self._store.put_ticket, app, ticket)
         await self._aask(lambda waiter: m.SetTicket(app.app_id, ticket, waiter))
@@ -178,6 +198,9 @@ class TokenProxy:
             app = self._ticket_app(ticket, app_id)
         except ValueError as exc:
             return _failed(exc)
+        refusal = self._refusal()
+        if refusal is not None:
+            return _failed(refusal)  # and no store is told: this system serves nobody
         future = self._ask(lambda waiter: m.SetTicket(app.app_id, ticket, waiter))
         if self._store is not None:
             self._store.put_ticket(app, ticket)  # bounded: short timeouts, a breaker
@@ -215,7 +238,7 @@ class TokenProxy:
         self, kind: Any, tenant_key: Any, app_id: Any, now: float
     ) -> Published | TokenKey | Exception:
         """A get past the memoised hit path: its key (to ask the actor), a servable published
-        token after all, or the error to report (bad arguments, a forked child's miss)."""
+        token after all, or the error to report (bad arguments, a system that cannot serve)."""
         args = (kind, tenant_key, app_id)
         try:
             key = self._keys.get(args)
@@ -227,7 +250,10 @@ class TokenProxy:
             except ValueError as exc:
                 return exc
             _remember(self._keys, args, key)
-        forked = self._generation != _fork.current()
+        if self._generation != _fork.current():
+            refusal = self._refusal()  # a forked child's first use starts its own system
+            if refusal is not None:
+                return refusal
         if self._snapshot is not None:
             cell = self._snapshot.cells.get(key)
             if cell is not None:
@@ -235,7 +261,7 @@ class TokenProxy:
                 published = self._snapshot.hit(cell, now, self._now)
                 if published is not None:
                     return published
-        return _fork.forked_error() if forked else key
+        return key
 
     def _ticket_app(self, ticket: str, app_id: str | None) -> AppConfig:
         app = self._apps[resolve_key(self._apps, TokenKind.APP, None, app_id).app_id]
@@ -249,7 +275,10 @@ class TokenProxy:
 
     def _refusal(self) -> Exception | None:
         if self._generation != _fork.current():
-            return _fork.forked_error()
+            try:
+                self._serve_here()
+            except Exception as exc:  # stopped, or this process could not start its own
+                return exc
         return SystemStoppedError() if self._pending.closed else None
 
     def _ask(self, message: Callable[[FutureWaiter], Any]) -> pykka.Future[Any]:

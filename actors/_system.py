@@ -1,7 +1,8 @@
-"""TokenSystem: starts, wires and stops the actors and their threads."""
+"""TokenSystem: starts, wires and stops the actors and their threads, once per process."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
@@ -10,6 +11,7 @@ from typing import Self, cast
 import pykka
 import requests
 from loguru import logger
+from requests.adapters import HTTPAdapter
 
 from actors import _cache as _fork
 from actors import _messages as m
@@ -39,6 +41,15 @@ class TokenSystem:
     plain methods, values from its ``a``-prefixed coroutines); the system's own methods are
     blocking lifecycle and reporting conveniences that return values: :meth:`settle`,
     :meth:`stop`, :meth:`metrics`, :meth:`performance_report`, :meth:`log_performance_metrics`.
+
+    One system per process: its actors and workers are threads, and ``fork()`` copies memory,
+    not threads. A system used in a process forked after start() (``gunicorn --preload``, a
+    system warmed at import) never hangs and never fails for that: the first use there starts
+    the system's own actors, threads, HTTP session and store connections in that process
+    (with one WARNING), and they serve it from then on; nothing of the parent's (threads,
+    locks, sockets, the tokens it cached) is used there. :meth:`stop` there stops only what
+    that process started. Starting one system per process (in a lifespan or ``post_fork``
+    hook) avoids the extra start.
 
     Example:
         >>> with TokenSystem.start(AppConfig("cli_x", "secret")) as system:  # doctest: +SKIP
@@ -70,9 +81,6 @@ class TokenSystem:
         if not isinstance(clock, Clock):
             msg = f"clock must be an actors.Clock (SystemClock, ManualClock), got {clock!r}"
             raise ValueError(msg)
-        self._apps = apps
-        self._policy = policy
-        self._clock: Clock = clock
         if source is not None and not isinstance(source, TokenSource):
             msg = f"source must be an actors.TokenSource (fetch, resend_ticket), got {source!r}"
             raise ValueError(msg)
@@ -85,61 +93,29 @@ class TokenSystem:
         if store is not None and not isinstance(store, Store):
             msg = f"store must be an actors.stores.Store such as actors.RedisStore, got {store!r}"
             raise ValueError(msg)
-        self._adapter: AbortableAdapter | None = None
-        self._owned_session: requests.Session | None = None
-        if source is None:
-            source = self._feishu_client(session, policy)
-        if store is not None:
-            # The shared tier wraps the source: the TokenActor stays the L1, unchanged.
-            source = store.wrap(source, policy)  # ValueError if it serves another system
-        self._store = store
-        self._pending = PendingFutures()
-        self._events = EventHub()
-        # One worker more than the fetch cap, so an app_ticket resend never queues behind fetches.
-        self._pool = WorkerPool(policy.max_concurrent_fetches + 1)
+        self._apps = apps
+        self._policy = policy
+        self._clock: Clock = clock
+        # What a process forked from this one needs to start the same system there.
+        self._session, self._source, self._fast_reads = session, source, fast_reads
+        self._subscribers: tuple[Subscriber, ...] = ()
         self._stopped = False
-        self._generation = _fork.current()
-        callers = CallerStats()
-        snapshot = self._snapshot = ReadSnapshot(callers) if fast_reads else None
-        self._scheduler: pykka.ActorRef[SchedulerActor] = SchedulerActor.start(clock)
-        try:
-            self._ref: pykka.ActorRef[TokenActor] = TokenActor.start(
-                apps=apps,
-                policy=policy,
-                clock=clock,
-                source=source,
-                pool=self._pool,
-                scheduler=self._scheduler,
-                events=self._events,
-                snapshot=snapshot,
-                callers=callers,
-            )
-        except BaseException:
-            self._scheduler.stop()
-            raise
-        self._proxy = TokenProxy(
-            self._ref,
-            apps=apps,
-            clock=clock,
-            pending=self._pending,
-            snapshot=snapshot,
-            callers=callers,
-            store=store,
-        )
-        if store is not None:
-            store.attach(self._proxy.invalidate)  # other processes' invalidations drop it here
-        logger.bind(apps=list(apps)).debug("TokenSystem started")
+        self._proxy = TokenProxy(apps=apps, clock=clock, serve_here=self._here)
+        self._process = _Process(self, store)
 
-    def _feishu_client(
-        self, session: requests.Session | None, policy: RefreshPolicy
-    ) -> FeishuAuthClient:
-        if session is None:
-            session = self._owned_session = requests.Session()
-            # stop() shuts these sockets down, so no worker stays blocked in a read.
-            self._adapter = AbortableAdapter(pool_maxsize=policy.max_concurrent_fetches + 1)
-            session.mount("https://", self._adapter)
-            session.mount("http://", self._adapter)
-        return FeishuAuthClient(session, timeout=policy.request_timeout)
+    def _here(self) -> _Process:
+        """What serves this system in this process: in a process forked after start(), a
+        system of its own, started on first use (never the parent's threads, locks, sockets)."""
+        process = self._process
+        if process.generation == _fork.current():
+            return process
+        with _fork.process_lock():  # made in this process: nobody can be holding it from before
+            if self._stopped:
+                raise SystemStoppedError()
+            process = self._process
+            if process.generation != _fork.current():
+                process = self._process = process.restarted(self)
+        return process
 
     @classmethod
     def start(
@@ -158,7 +134,7 @@ class TokenSystem:
         ``session`` is the ``requests.Session`` the built-in Feishu client uses; ``source``
         replaces that client with any :class:`TokenSource` (a fake in tests); ``store`` (an
         :class:`actors.stores.Store`, e.g. ``actors.RedisStore``) shares tokens, tickets and
-        invalidations between processes.
+        invalidations between processes (in a forked child, the store's ``reopened()`` copy).
         ``fast_reads=False`` sends every get through the TokenActor's mailbox (pure message
         path); the default answers servable cached tokens from the actor's published snapshot.
         """
@@ -183,8 +159,9 @@ class TokenSystem:
 
     @property
     def actor_ref(self) -> pykka.ActorRef[TokenActor]:
-        """The TokenActor's ref, for other actors: tell it a :class:`GetToken`."""
-        return self._ref
+        """The TokenActor's ref, for other actors: tell it a :class:`GetToken`. (In a process
+        forked after start(), this process's own; a ref read before the fork is the parent's.)"""
+        return self._live().ref
 
     @property
     def apps(self) -> Mapping[str, AppConfig]:
@@ -202,8 +179,21 @@ class TokenSystem:
         return self._policy
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
-        """Deliver TokenRefreshed / RefreshFailed events; returns the unsubscribe function."""
-        return self._events.subscribe(subscriber)
+        """Deliver TokenRefreshed / RefreshFailed events; returns the unsubscribe function.
+
+        A callable subscribed before a fork hears the child's events in the child too; an
+        actor subscribed before it does not (its thread is the parent's).
+        """
+        self._live().subscribe(subscriber)
+        self._subscribers = (*self._subscribers, subscriber)
+
+        def unsubscribe() -> None:
+            self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
+            process = self._process
+            if process.generation == _fork.current():
+                process.unsubscribe(subscriber)
+
+        return unsubscribe
 
     def metrics(self, *, timeout: float = 5.0) -> TokenMetrics:
         """A frozen snapshot of the counters (blocks; ``proxy.metrics()`` is the future)."""
@@ -221,7 +211,7 @@ class TokenSystem:
         """When the system next has something to do on its own (the earliest prewarm, retry or
         ticket deadline), on its clock; None when nothing is scheduled. With a ManualClock, a
         simulation advances the clock to this time, settles, and repeats."""
-        return cast("float | None", self._scheduler.ask(NextDue(), timeout=timeout))
+        return cast("float | None", self._live().scheduler.ask(NextDue(), timeout=timeout))
 
     def settle(self, *, timeout: float = 5.0) -> None:
         """Block until quiescent: mailboxes empty, no upstream call running, nothing due now.
@@ -237,74 +227,36 @@ class TokenSystem:
                 raise TimeoutError(msg)
             return remaining
 
-        if self._stopped or self._generation != _fork.current():
-            raise SystemStoppedError() if self._stopped else _fork.forked_error()
+        if self._stopped:
+            raise SystemStoppedError()
         try:
-            self._settle(left)
+            self._here().settle(left, self._clock)
         except pykka.ActorDeadError:  # stopped while settling
             raise SystemStoppedError() from None
 
-    def _settle(self, left: Callable[[], float]) -> None:
-        # Quiescent once a whole pass saw nothing happen: no timer fired, no fetch running, no
-        # event undelivered, nothing due now, and the TokenActor handled no message since the
-        # previous pass's Probe but that Probe (its count says so; an empty mailbox would not:
-        # the actor may be handling what it just took out of it).
-        expected = None
-        while True:
-            fired = self._scheduler.ask(Tick(), timeout=left())
-            fetches, handled = cast("tuple[int, int]", self._ref.ask(m.Probe(), timeout=left()))
-            if fetches or self._pool.busy:
-                self._pool.wait_idle(left())
-            elif self._events.wait_idle(left()) and not fired:
-                due = cast("float | None", self._scheduler.ask(NextDue(), timeout=left()))
-                if due is None or due > self._clock.now():
-                    if handled == expected:
-                        return
-                    expected = handled + 1
-                    continue
-            expected = None
-
     def stop(self, *, timeout: float = 5.0) -> None:
-        """Stop everything; idempotent. Pending futures fail with SystemStoppedError."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._pending.close()
-        # A forked child has none of the parent's threads to stop and must not touch the
-        # parent's sockets: answering what is pending there is all there is to do.
-        forked = self._generation != _fork.current()
-        try:
-            if not forked:
-                self._stop_threads(timeout)
-        finally:
-            # Whatever went wrong above, nothing more is served and every future a caller
-            # holds gets its answer.
-            if self._snapshot is not None:
-                self._snapshot.close()
-            self._pending.fail_all()
-            if self._owned_session is not None and not forked:
-                self._owned_session.close()
+        """Stop everything; idempotent. Pending futures fail with SystemStoppedError.
+
+        In a process forked after start(), only what this process started is stopped.
+        """
+        with _fork.process_lock():  # not while this process is starting its own system
+            if self._stopped:
+                return
+            self._stopped = True
+            process = self._process
+        if process.generation == _fork.current():
+            process.stop(timeout)
+        # else: a forked child that never used the system has nothing of its own to stop,
+        # and must not touch the parent's threads, locks or sockets.
         logger.debug("TokenSystem stopped")
 
-    def _stop_threads(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    @property
+    def _adapter(self) -> AbortableAdapter | None:
+        return self._process.adapter  # white box for tests: the sockets of the owned session
 
-        def left() -> float:
-            return max(0.01, deadline - time.monotonic())
-
-        if self._store is not None:
-            self._store.close(timeout=left())  # ends lease waits, joins its listener thread
-        for ref in (self._ref, self._scheduler):
-            try:
-                ref.stop(block=True, timeout=left())
-            except pykka.Timeout:
-                logger.warning("{} did not stop within {:g}s", ref, timeout)
-        if self._adapter is not None:
-            self._adapter.abort()
-        joined = self._pool.shutdown(left())
-        if joined and self._adapter is not None:
-            self._adapter.release()  # no worker left to use them: free the descriptors
-        self._events.close(left())
+    def _live(self) -> _Process:
+        # Reporting on a stopped system needs no system of this process's own.
+        return self._process if self._stopped else self._here()
 
     def __enter__(self) -> Self:
         return self
@@ -320,6 +272,188 @@ class TokenSystem:
     def __repr__(self) -> str:
         state = "stopped" if self._stopped else "running"
         return f"<TokenSystem apps={list(self._apps)} {state}>"
+
+
+class _Process:
+    """What serves a system in one process: its actors, worker and event threads, HTTP
+    session, store and the futures handed out there.
+
+    A process forked after start() has none of the parent's threads, and the parent's locks
+    and sockets may be held or in use by threads that do not exist there: it gets a new
+    ``_Process`` (:meth:`restarted`), and the parent's is never touched in it again.
+    """
+
+    def __init__(self, system: TokenSystem, store: Store | None, *, forked: bool = False) -> None:
+        policy, clock = system._policy, system._clock
+        self.generation = _fork.current()
+        self.adapter: AbortableAdapter | None = None
+        self.owned_session: requests.Session | None = None
+        source = system._source
+        if source is None:
+            session = system._session
+            if session is not None and forked:
+                _drop_inherited_connections(session)
+            source = self._feishu_client(session, policy)
+        if store is not None:
+            # The shared tier wraps the source: the TokenActor stays the L1, unchanged.
+            source = store.wrap(source, policy)  # ValueError if it serves another system
+        self.store = store
+        self.pending = PendingFutures()
+        self.events = EventHub()
+        self._unsubscribe: dict[int, Callable[[], None]] = {}
+        for subscriber in system._subscribers:
+            self.subscribe(subscriber)
+        # One worker more than the fetch cap, so an app_ticket resend never queues behind fetches.
+        self.pool = WorkerPool(policy.max_concurrent_fetches + 1)
+        callers = CallerStats()
+        self.snapshot = ReadSnapshot(callers) if system._fast_reads else None
+        self.scheduler: pykka.ActorRef[SchedulerActor] = SchedulerActor.start(clock)
+        try:
+            self.ref: pykka.ActorRef[TokenActor] = TokenActor.start(
+                apps=system._apps,
+                policy=policy,
+                clock=clock,
+                source=source,
+                pool=self.pool,
+                scheduler=self.scheduler,
+                events=self.events,
+                snapshot=self.snapshot,
+                callers=callers,
+            )
+        except BaseException:
+            self.scheduler.stop()
+            raise
+        proxy = system._proxy
+        proxy._serve(self.ref, self.pending, self.snapshot, callers, store)
+        if store is not None:
+            store.attach(proxy.invalidate)  # other processes' invalidations drop it here
+        logger.bind(apps=list(system._apps)).debug("TokenSystem started")
+
+    def _feishu_client(
+        self, session: requests.Session | None, policy: RefreshPolicy
+    ) -> FeishuAuthClient:
+        if session is None:
+            session = self.owned_session = requests.Session()
+            # stop() shuts these sockets down, so no worker stays blocked in a read.
+            self.adapter = AbortableAdapter(pool_maxsize=policy.max_concurrent_fetches + 1)
+            session.mount("https://", self.adapter)
+            session.mount("http://", self.adapter)
+        return FeishuAuthClient(session, timeout=policy.request_timeout)
+
+    def restarted(self, system: TokenSystem) -> _Process:
+        """This system's own for this forked process, started now; one WARNING says so."""
+        store, note = _reopened(self.store)
+        pykka.ActorRegistry.unregister(self.ref)  # the parent's actors do not run here
+        pykka.ActorRegistry.unregister(self.scheduler)
+        # An actor subscribed before the fork runs in the parent; a callable runs anywhere.
+        system._subscribers = tuple(
+            s for s in system._subscribers if not isinstance(s, pykka.ActorRef)
+        )
+        process = _Process(system, store, forked=True)
+        logger.warning(
+            "this TokenSystem was started before fork; started a new one in process {}; start "
+            "one per process, e.g. in a lifespan or post_fork hook{}",
+            os.getpid(),
+            note,
+        )
+        return process
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._unsubscribe[id(subscriber)] = self.events.subscribe(subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        unsubscribe = self._unsubscribe.pop(id(subscriber), None)
+        if unsubscribe is not None:
+            unsubscribe()
+
+    def settle(self, left: Callable[[], float], clock: Clock) -> None:
+        # Quiescent once a whole pass saw nothing happen: no timer fired, no fetch running, no
+        # event undelivered, nothing due now, and the TokenActor handled no message since the
+        # previous pass's Probe but that Probe (its count says so; an empty mailbox would not:
+        # the actor may be handling what it just took out of it).
+        expected = None
+        while True:
+            fired = self.scheduler.ask(Tick(), timeout=left())
+            fetches, handled = cast("tuple[int, int]", self.ref.ask(m.Probe(), timeout=left()))
+            if fetches or self.pool.busy:
+                self.pool.wait_idle(left())
+            elif self.events.wait_idle(left()) and not fired:
+                due = cast("float | None", self.scheduler.ask(NextDue(), timeout=left()))
+                if due is None or due > clock.now():
+                    if handled == expected:
+                        return
+                    expected = handled + 1
+                    continue
+            expected = None
+
+    def stop(self, timeout: float) -> None:
+        self.pending.close()
+        try:
+            self._stop_threads(timeout)
+        finally:
+            # Whatever went wrong above, nothing more is served and every future a caller
+            # holds gets its answer.
+            if self.snapshot is not None:
+                self.snapshot.close()
+            self.pending.fail_all()
+            if self.owned_session is not None:
+                self.owned_session.close()
+
+    def _stop_threads(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.01, deadline - time.monotonic())
+
+        if self.store is not None:
+            self.store.close(timeout=left())  # ends lease waits, joins its listener thread
+        for ref in (self.ref, self.scheduler):
+            try:
+                ref.stop(block=True, timeout=left())
+            except pykka.Timeout:
+                logger.warning("{} did not stop within {:g}s", ref, timeout)
+        if self.adapter is not None:
+            self.adapter.abort()
+        joined = self.pool.shutdown(left())
+        if joined and self.adapter is not None:
+            self.adapter.release()  # no worker left to use them: free the descriptors
+        self.events.close(left())
+
+
+def _reopened(store: Store | None) -> tuple[Store | None, str]:
+    """A store of this process's own like ``store`` (its ``reopened()``), or None and what the
+    WARNING adds about it. The parent's store is never used here: its connection pool may be
+    locked by a thread that does not exist in this process, and its sockets are the
+    parent's."""
+    if store is None:
+        return None, ""
+    reopen = getattr(store, "reopened", None)
+    if not callable(reopen):
+        why = "cannot be reopened in this process"
+    else:
+        try:
+            fresh = reopen()
+        except Exception as exc:  # the store's bug must not stop token service here
+            why = f"could not be reopened in this process ({type(exc).__name__})"
+        else:
+            if isinstance(fresh, Store):
+                return fresh, ""
+            why = f"reopened as {type(fresh).__name__}, not a Store"
+    return None, f"; its store {store!r} {why}, so tokens are not shared through it here"
+
+
+def _drop_inherited_connections(session: requests.Session) -> None:
+    """Give ``session``'s HTTP adapters new, empty connection pools: the pooled connections
+    are sockets the parent uses too (two processes would read one answer), and the pools'
+    locks may be held by a parent thread. The old pools are left alone, not closed."""
+    for adapter in session.adapters.values():
+        if isinstance(adapter, HTTPAdapter):
+            adapter.init_poolmanager(
+                adapter._pool_connections,  # type: ignore[attr-defined]
+                adapter._pool_maxsize,  # type: ignore[attr-defined]
+                block=adapter._pool_block,  # type: ignore[attr-defined]
+            )
+            adapter.proxy_manager = {}
 
 
 def _apps_by_id(app_or_apps: AppConfig | Iterable[AppConfig]) -> dict[str, AppConfig]:
