@@ -24,9 +24,11 @@ that is left to end when the resolver answers (a WARNING names it). It holds a h
 socket, and its answer is dropped: nothing connects after ``stop()``. Every other thread of
 ours has ended when ``stop()`` returns.
 
-Used on the session a TokenSystem creates itself. A session passed in by the application is
-left as it is: its calls end within urllib3's timeouts, and the client checks the deadline
-between the reads of a body (see ``actors.feishu._client``).
+Used on the session a TokenSystem creates itself, for direct connections and for connections
+to an http(s) proxy (``HTTPS_PROXY`` in the environment applies to that session too); a SOCKS
+proxy's connections are urllib3's own and end within their timeouts. A session passed in by
+the application is left as it is: its calls end within urllib3's timeouts, and the client
+checks the deadline between the reads of a body (see ``actors.feishu._client``).
 
 How it hooks into urllib3 (2.x; :func:`require_urllib3_2` refuses 1.x at import): the adapter's
 pool manager picks, by scheme, pool classes whose ``ConnectionCls`` are small subclasses of
@@ -417,10 +419,17 @@ class AbortableAdapter(HTTPAdapter):
         class TrackedHTTPSPool(HTTPSConnectionPool):
             ConnectionCls = TrackedHTTPS
 
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": TrackedHTTPPool,
-            "https": TrackedHTTPSPool,
-        }
+        self._tracked_pools = {"http": TrackedHTTPPool, "https": TrackedHTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = self._tracked_pools
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        """requests' manager for ``proxy`` (an ``HTTPS_PROXY`` from the environment too), its
+        connections to an http(s) proxy tracked as direct ones are. A SOCKS proxy's have
+        classes of their own: they end within their timeouts only."""
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = self._tracked_pools
+        return manager
 
     def track(self, sock: socket.socket | None) -> None:
         """Record ``sock`` for :meth:`abort` and the current attempt's deadline; after abort()

@@ -143,6 +143,20 @@ def test_stop_aborts_a_fetch_whose_connect_hangs(black_hole: Address) -> None:
         pending.get(timeout=0)
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_abort_ends_a_connect_to_a_proxy_that_hangs(black_hole: Address, scheme: str) -> None:
+    # A proxy from the environment (HTTPS_PROXY) is used by the system's own session too.
+    started = connect_started(black_hole)
+    session, adapter = tracked_session()
+    proxies = {scheme: f"http://127.0.0.1:{black_hole[1]}"}
+    url = f"{scheme}://open.feishu.example/"
+    call = in_thread(lambda: session.post(url, proxies=proxies, timeout=(10.0, 10.0)))
+    assert started.wait(5)
+    adapter.abort()
+    with pytest.raises(requests.ConnectionError):
+        call.result(timeout=3)
+
+
 def test_abort_ends_a_tls_handshake_that_hangs() -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
