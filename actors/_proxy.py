@@ -73,6 +73,8 @@ class TokenProxy:
         self._callers: CallerStats
         self._store: Store | None  # tickets handed to this process serve every process
         self._generation = -1  # the fork generation _serve was called in
+        # The app_ticket last handed over, per app: a forked child's own actors start with it.
+        self._tickets: dict[str, str] = {}
         self._cells: dict[tuple[Any, Any, Any], Cell] = {}  # arguments -> the key's cell
         # Misses already on their way to the TokenActor, per event loop and key: later awaits
         # of the same key on the same loop join them instead of sending a message each.
@@ -90,6 +92,9 @@ class TokenProxy:
         self._ref, self._pending, self._snapshot = ref, pending, snapshot
         self._callers, self._store = callers, store
         self._cells, self._awaited = {}, {}  # the inherited cells serve nothing
+        for app_id, ticket in list(self._tickets.items()):
+            # Feishu pushes the next one only about hourly (docs/feishu-protocol.md).
+            ref.tell(m.SetTicket(app_id, ticket, None))
         self._generation = _fork.current()  # last: a caller seeing it sees all of the above
 
     def get_token(
@@ -182,6 +187,7 @@ class TokenProxy:
         refusal = self._refusal()
         if refusal is not None:
             raise refusal
+        self._tickets[app.app_id] = ticket
         if self._store is not None:
             await asyncio.to_thread(self._store.put_ticket, app, ticket)
         await self._aask(lambda waiter: m.SetTicket(app.app_id, ticket, waiter))
@@ -201,6 +207,7 @@ class TokenProxy:
         refusal = self._refusal()
         if refusal is not None:
             return _failed(refusal)  # and no store is told: this system serves nobody
+        self._tickets[app.app_id] = ticket
         future = self._ask(lambda waiter: m.SetTicket(app.app_id, ticket, waiter))
         if self._store is not None:
             self._store.put_ticket(app, ticket)  # bounded: short timeouts, a breaker

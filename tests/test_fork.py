@@ -5,6 +5,7 @@ once at WARNING, and serves from then on."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import select
@@ -114,7 +115,7 @@ def warnings() -> Iterator[list[str]]:
 
 def numbered_source() -> FunctionSource:
     """Grants t-<pid>-<n>-<tenant>: which process fetched a token, and how many it fetched."""
-    count = iter(range(1, 1_000_000))
+    count = itertools.count(1)
 
     def fetch(request: actors.TokenRequest) -> actors.Grant:
         return actors.Grant(f"t-{os.getpid()}-{next(count)}-{request.tenant_key}", 7200.0)
@@ -131,8 +132,7 @@ def test_a_child_starts_its_own_system_on_first_use_and_says_so_once(
         parent_ref = system.actor_ref
 
         def child() -> str:
-            proxy = system.proxy
-            proxy.set_app_ticket("ticket").get(timeout=5)  # this process's actors have none
+            proxy = system.proxy  # the parent's app_ticket serves the child's actors too
             tokens = [proxy.get_token(tenant_key=t).get(timeout=5) for t in ("warm", "cold")]
             system.settle(timeout=5)
             metrics = system.metrics()
