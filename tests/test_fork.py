@@ -24,6 +24,8 @@ import actors
 from actors.stores import Store
 from actors.testing import FakeFeishu, FunctionSource
 from tests.conftest import APP_ID, SECRET, our_threads
+from tests.redis_server import RedisServer
+from tests.stores.conftest import redis_server  # noqa: F401 - the store tests' real redis-server
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -383,21 +385,10 @@ def test_a_coroutine_in_a_child_awaits_the_childs_own_system() -> None:
     assert text.startswith("t-") and text.endswith("-aio")
 
 
-@pytest.fixture
-def redis_server() -> Iterator[Any]:
-    from tests.redis_server import RedisServer, require_redis_binary
-
-    server = RedisServer(require_redis_binary())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 @pytest.mark.parametrize("moment", ["right after start", "while its pool is in use"])
 def test_set_app_ticket_in_a_child_forked_from_a_redis_backed_system_completes(
-    redis_server: Any, moment: str
+    redis_server: RedisServer,  # noqa: F811 - the fixture imported above
+    moment: str,
 ) -> None:
     from actors.stores import RedisStore
 
