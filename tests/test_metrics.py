@@ -10,7 +10,6 @@ import pytest
 from loguru import logger
 
 import actors
-from actors._cache import SAMPLE_EVERY
 from actors._metrics import KIND_COUNTS, Count, LatencyHistogram, MetricsRecorder, Tally
 from actors.testing import FakeFeishu, Reply
 from tests.conftest import SystemFactory
@@ -32,8 +31,8 @@ def test_five_coalesced_waiters_on_one_fetch_are_one_miss_and_four_coalesced(
     assert (m.fetch_success, m.fetch_failure, m.retries) == (1, 0, 0)
     assert m.fetches_by_cause == {"miss": 1}
     assert m.hit_rate == pytest.approx(1 / 6)
-    # Five gets timed by the actor, one fast hit sampled (it stands for SAMPLE_EVERY hits).
-    assert m.get_latency.count == 5 + SAMPLE_EVERY
+    # Five gets timed by the actor, one fast hit sampled: the latency describes all six gets.
+    assert m.get_latency.count == 6 == m.gets
     assert m.fetch_latency.count == 1
     assert m.keys_cached == 1
     assert m.in_flight == 0
