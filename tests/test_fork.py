@@ -4,6 +4,7 @@ once at WARNING, and serves from then on."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -339,18 +340,16 @@ def test_a_child_never_uses_the_parents_store(reopens: bool, warnings: list[str]
 
 def test_a_callable_subscribed_before_fork_hears_the_childs_refreshes() -> None:
     heard: list[str] = []
-    arrived = threading.Event()
 
     def listen(event: actors.TokenRefreshed | actors.RefreshFailed) -> None:
-        heard.append(f"{type(event).__name__} {event.tenant_key} in {os.getpid()}")
-        arrived.set()
+        if event.tenant_key is not None:
+            heard.append(f"{type(event).__name__} {event.tenant_key}")
 
     with actors.TokenSystem.start(MARKET, source=numbered_source()) as system:
         unsubscribe = system.subscribe(listen)
 
         def child() -> str:
             heard.clear()
-            arrived.clear()
             system.proxy.set_app_ticket("ticket").get(timeout=5)
             system.proxy.get_token(tenant_key="cold").get(timeout=5)
             system.settle(timeout=5)
@@ -361,14 +360,10 @@ def test_a_callable_subscribed_before_fork_hears_the_childs_refreshes() -> None:
 
         code, text = in_child(child)
     assert code == 0, text
-    tenant_events = [e for e in json.loads(text) if "None" not in e]
-    assert len(tenant_events) == 1
-    assert tenant_events[0].startswith("TokenRefreshed cold in ")
+    assert json.loads(text) == ["TokenRefreshed cold"]  # and nothing once unsubscribed
 
 
 def test_a_coroutine_in_a_child_awaits_the_childs_own_system() -> None:
-    import asyncio
-
     with actors.TokenSystem.start(MARKET, source=numbered_source()) as system:
         system.proxy.set_app_ticket("ticket").get(timeout=5)
 
