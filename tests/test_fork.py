@@ -264,7 +264,9 @@ class RecordingStore(Store):
     def attach(self, on_notice: Callable[[str], object]) -> None:
         self.calls.append(f"attach in {os.getpid()}")
 
-    def put_ticket(self, app: actors.AppConfig | str, ticket: str) -> bool:
+    def put_ticket(
+        self, app: actors.AppConfig | str, ticket: str, *, made_at: float | None = None
+    ) -> bool:
         self.calls.append(f"put_ticket in {os.getpid()}")
         self.tickets.append(ticket)
         return True

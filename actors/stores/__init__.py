@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from actors.stores._base import Store as Store
+from actors.stores._base import StoreHealth as StoreHealth
 
 if TYPE_CHECKING:
     from actors.stores._redis import RedisStore as RedisStore
 
-__all__ = ["RedisStore", "Store"]
+__all__ = ["RedisStore", "Store", "StoreHealth"]
 
 
 def __getattr__(name: str) -> object:

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import abc
 import collections
+import dataclasses
 import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 
 from actors._config import AppConfig, RefreshPolicy
 from actors._source import TokenSource
 
-__all__ = ["Ledger", "Store", "credentials_digest", "token_digest"]
+__all__ = ["Ledger", "Store", "StoreHealth", "credentials_digest", "token_digest"]
 
 
 class Store(abc.ABC):
@@ -28,6 +30,8 @@ class Store(abc.ABC):
     The system calls, in this order: :meth:`wrap` once while it starts, :meth:`attach` once its
     proxy exists, :meth:`put_ticket` for each app_ticket handed to it, :meth:`close` when it
     stops. One store serves one system: a second ``wrap`` or ``attach`` raises ValueError.
+    :meth:`health` may be called at any time, from any thread. In a process forked from the one
+    that made the store, the system calls :meth:`reopened` and uses only the store it returns.
     """
 
     @abc.abstractmethod
@@ -40,10 +44,17 @@ class Store(abc.ABC):
         each token this process was handed and another process invalidated."""
 
     @abc.abstractmethod
-    def put_ticket(self, app: AppConfig | str, ticket: str) -> bool:
+    def put_ticket(
+        self, app: AppConfig | str, ticket: str, *, made_at: float | None = None
+    ) -> bool:
         """Share the app_ticket the application received for ``app`` (its config; an app_id
-        only names an app the store has served already); False if the store is unreachable
-        or cannot share it (the ticket still serves this process)."""
+        only names an app the store has served already); False if the store is unreachable,
+        cannot share it, or holds a newer one (the ticket still serves this process).
+
+        ``made_at``: when Feishu made the app_ticket event (Unix seconds), if known. The store
+        keeps the newest ticket: one made before the stored one's ``made_at`` is not written,
+        and one without ``made_at`` replaces only a stored one without it too (a replayed or
+        delayed delivery never puts an older ticket back)."""
 
     @abc.abstractmethod
     def close(self, *, timeout: float = 2.0) -> None:
@@ -54,6 +65,56 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
+
+    def reopened(self) -> Store:
+        """A store with this one's configuration, for the current process, which was forked
+        from the process that made this one: its own connections, threads and locks, not
+        wrapped or attached yet.
+
+        It must not take any lock of this store, use or close its connections, or join its
+        threads (they are the parent's: a lock held by a parent thread at the fork stays held
+        here forever); it returns quickly and connects on first use. A store that cannot do
+        this raises NotImplementedError (this default): the forked process's system then
+        serves without a store, and logs that it does."""
+        msg = f"{type(self).__name__} cannot be reopened in a forked process"
+        raise NotImplementedError(msg)
+
+    def health(self) -> StoreHealth:
+        """What the store can tell about itself now, cheaply: never blocks for longer than one
+        store operation's timeout. This default knows only whether the store is open."""
+        return StoreHealth(
+            where=type(self).__name__,
+            reachable=not self.closed,
+            breaker_open=False,
+            faults={},
+            last_error=None,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreHealth:
+    """A store's state, for health checks and dashboards; it holds no secret.
+
+    Attributes:
+        where: What the store talks to, as its repr shows it (a URL's password is never in it).
+        reachable: Whether the store answered lately: a probe within one operation's timeout,
+            or the last operation's outcome while the breaker is open.
+        breaker_open: Whether the circuit breaker skips the store (each process fetches its
+            own tokens meanwhile).
+        faults: How many unusable values the store found and ignored, by fault.
+        last_error: The class name of the store's last failure, if any (never its message,
+            which may quote a value or an address with credentials).
+    """
+
+    where: str
+    reachable: bool
+    breaker_open: bool
+    faults: Mapping[str, int]
+    last_error: str | None
+
+    def __post_init__(self) -> None:
+        # A snapshot: neither the store nor a reader may change it afterwards.
+        object.__setattr__(self, "faults", types.MappingProxyType(dict(self.faults)))
 
 
 def token_digest(token: str) -> str:

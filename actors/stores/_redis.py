@@ -178,7 +178,9 @@ class RedisStore(Store):
             except Exception:  # closing is best effort
                 pass
 
-    def put_ticket(self, app: AppConfig | str, ticket: str) -> bool:
+    def put_ticket(
+        self, app: AppConfig | str, ticket: str, *, made_at: float | None = None
+    ) -> bool:
         """Share the app_ticket the application received (kept 12 h); False if Redis is down
         or the ticket is not one the store may hold (it still serves this process)."""
         if not isinstance(ticket, str) or not ticket.strip():
