@@ -15,13 +15,15 @@ secret itself is in no key and no value. Values are JSON and carry the digest of
 were written under, so a value copied from another key (another app, kind or tenant) is refused:
 
     {"v": 2, "token": "t-…", "owner": "<32 hex>", "ver": 17}      with Redis's own TTL (PX)
-    {"v": 2, "ticket": "…", "owner": "<32 hex>"}
+    {"v": 2, "ticket": "…", "owner": "<32 hex>", "made_at_ms": 1700000000000}
     notice: {"v": 2, "digest": "<sha256 of the token>", "origin": "<store id>", "ver": 17}
 
 A store is a cache, not an authority: every value is checked where it is read, inside the
 scripts (:data:`CHECKS`), and one that fails is deleted and reported, never served. Writes are
 ordered by the key's own version counter, which travels with the data through replication and
-failover, never by a server's clock.
+failover, never by a server's clock. App_tickets are ordered by when Feishu made their event
+(``made_at_ms``, Unix ms; absent when the caller did not know it): an older one, or one of
+unknown age, never replaces a ticket known to be newer.
 
 Each script's ``KEYS``/``ARGV`` order is the argument tuple of the store method that runs it.
 """
@@ -31,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from typing import NamedTuple
 from urllib.parse import quote, urlsplit
@@ -46,13 +49,16 @@ __all__ = [
     "TICKET_TTL_MS",
     "TOKEN_TTL_MAX_MS",
     "WRITE",
+    "WRITE_TICKET",
     "Keys",
     "Notice",
     "channel",
     "check_prefix",
+    "made_at_ms",
     "parse_notice",
     "shareable",
     "ticket_key",
+    "ticket_ttl_ms",
     "ticket_value",
 ]
 
@@ -134,8 +140,37 @@ def ticket_key(prefix: str, app: AppConfig) -> str:
     return f"{app_base(prefix, app)}:ticket"
 
 
-def ticket_value(key: str, ticket: str) -> str:
-    return json.dumps({"v": VERSION, "ticket": ticket, "owner": owner(key)})
+def ticket_value(key: str, ticket: str, *, made_at_ms: int | None = None) -> str:
+    value: dict[str, object] = {"v": VERSION, "ticket": ticket, "owner": owner(key)}
+    if made_at_ms is not None:
+        value["made_at_ms"] = made_at_ms
+    return json.dumps(value)
+
+
+# Unix seconds after which a made_at is surely milliseconds passed as seconds (year 5138).
+_MADE_AT_MAX = 1e11
+
+
+def made_at_ms(made_at: object) -> int | None:
+    """``made_at`` (Unix seconds, or None) as the integer milliseconds a ticket value holds."""
+    if made_at is None:
+        return None
+    if (
+        not isinstance(made_at, int | float)
+        or isinstance(made_at, bool)
+        or not 0 <= made_at < _MADE_AT_MAX
+    ):
+        msg = f"made_at must be None or Unix seconds (a finite number >= 0), got {made_at!r}"
+        raise ValueError(msg)
+    return round(made_at * 1000)
+
+
+def ticket_ttl_ms(made_at_ms: int | None, *, now_ms: float) -> int:
+    """How long a ticket is kept: 12 h from when it was made (or from now, not knowing),
+    never longer; <= 0 for a ticket too old to share."""
+    if made_at_ms is None:
+        return TICKET_TTL_MS
+    return min(TICKET_TTL_MS, math.floor(made_at_ms + TICKET_TTL_MS - now_ms))
 
 
 def channel(prefix: str) -> str:
@@ -209,6 +244,9 @@ local function check(raw, field, owner, pttl, max_ms)
   end
   if value.owner ~= owner then return nil, 'written for another key' end
   if field == 'token' and not integer(value.ver) then return nil, 'no version' end
+  if field == 'ticket' and value.made_at_ms ~= nil and not integer(value.made_at_ms) then
+    return nil, 'not a creation time'
+  end
   if pttl <= 0 or pttl > max_ms then return nil, 'lifetime out of bounds' end
   return value
 end
@@ -326,6 +364,30 @@ if raw then
   fault = why
 end
 return {'', fault}
+"""
+)
+
+# Keep the newest app_ticket. KEYS: ticket. ARGV: the new value, its made_at_ms ('' if not
+# known), owner, ttl ms. A usable stored ticket with a made_at_ms stays if the new one is older
+# or of unknown age; one without a made_at_ms is always replaced. Returns {written, fault}.
+WRITE_TICKET = (
+    CHECKS
+    + """
+local fault = retyped(1)
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local cur, why = check(raw, 'ticket', ARGV[3], redis.call('PTTL', KEYS[1]), """
+    + str(TICKET_TTL_MS)
+    + """)
+  if not cur then
+    fault = why
+  elseif cur.made_at_ms ~= nil then
+    local made = tonumber(ARGV[2])
+    if made == nil or made < cur.made_at_ms then return {0, fault} end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
+return {1, fault}
 """
 )
 

@@ -16,7 +16,6 @@ Redis type) never counts against the breaker, which is for Redis itself failing.
 
 from __future__ import annotations
 
-import collections
 import math
 import secrets
 import threading
@@ -35,7 +34,8 @@ from actors._config import AppConfig, RefreshPolicy
 from actors._errors import SystemStoppedError, UpstreamError
 from actors._source import Grant, TokenRequest, TokenSource
 from actors.feishu import _protocol as feishu
-from actors.stores._base import Ledger, Store, token_digest
+from actors.stores._base import Ledger, Store, StoreHealth, token_digest
+from actors.stores._health import Breaker, FaultLog, Probe
 from actors.stores._layout import Keys
 
 __all__ = ["RedisStore", "SharedSource"]
@@ -48,7 +48,6 @@ _T = TypeVar("_T")
 # keeps the other processes waiting this long at most.
 DEFAULT_LEASE = 1.5
 _RENEWALS_PER_LEASE = 5  # renewals that may be missed (a busy host) before the lease lapses
-_REPORTED_MAX = 4096  # (key, fault) pairs reported at WARNING; later ones at DEBUG
 
 
 class RedisStore(Store):
@@ -68,6 +67,9 @@ class RedisStore(Store):
         cooldown: How long an open breaker skips Redis before probing it again.
         ticket_poll: How long ``resend_ticket`` waits for another process's app_ticket;
             default: half the policy's ``ticket_wait``.
+
+    In a process forked from the one that made it, :meth:`reopened` makes the store that
+    process uses (a store made with ``client=`` cannot be: make one there instead).
     """
 
     def __init__(
@@ -83,27 +85,21 @@ class RedisStore(Store):
         ticket_poll: float | None = None,
     ) -> None:
         self.prefix = layout.check_prefix(prefix)
-        _check_options(
-            url=url,
-            client=client,
-            op_timeout=op_timeout,
-            lease=lease,
-            failure_threshold=failure_threshold,
-            cooldown=cooldown,
-            ticket_poll=ticket_poll,
-        )
+        tuning: dict[str, Any] = {
+            "op_timeout": op_timeout,
+            "lease": lease,
+            "failure_threshold": failure_threshold,
+            "cooldown": cooldown,
+            "ticket_poll": ticket_poll,
+        }
+        _check_options(url=url, client=client, **tuning)
+        self._url, self._tuning = url, tuning  # what reopened() makes a store of
+        self._owns_client = client is None
         if client is None:
             self._where = _describe(cast(str, url))
-            client = redis.Redis.from_url(
-                cast(str, url),
-                socket_timeout=op_timeout,
-                socket_connect_timeout=op_timeout,
-                retry=Retry(NoBackoff(), 0),
-            )
-            self._owns_client = True
+            client = _connect(cast(str, url), op_timeout=op_timeout)
         else:
             self._where = type(client).__name__
-            self._owns_client = False
         self._client = client
         self.lease = lease
         self.lease_ms = max(1, round(lease * 1000))
@@ -111,25 +107,16 @@ class RedisStore(Store):
         self._breaker = Breaker(self._where, threshold=failure_threshold, cooldown=cooldown)
         self._id = secrets.token_hex(8)  # tells this store's own notices from the others'
         self._channel = layout.channel(self.prefix)
-        self._scripts = {
-            name: client.register_script(text)
-            for name, text in (
-                ("acquire", layout.ACQUIRE),
-                ("write", layout.WRITE),
-                ("release", layout.RELEASE),
-                ("renew", layout.RENEW),
-                ("read_ticket", layout.READ_TICKET),
-            )
-        }
-        self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._link = Link(client, self._breaker, closed=self._closed)
+        self._probe = Probe(client.ping, timeout=op_timeout)
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._notices: NoticeListener | None = None
         self._ledger = Ledger()  # shared with the source: tokens handed out, tokens dead
         self._renewer = Renewer(self, every=lease / _RENEWALS_PER_LEASE)
         self._apps: dict[str, AppConfig] = {}  # the apps served, for put_ticket(app_id)
-        self._faults: collections.Counter[str] = collections.Counter()
-        self._reported: set[tuple[str, str]] = set()
+        self.faults = FaultLog()
 
     # --- the system's side ---------------------------------------------------------------------
 
@@ -172,20 +159,57 @@ class RedisStore(Store):
         for thread in threads:
             if thread is not None and thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
+        self._probe.join(max(0.0, deadline - time.monotonic()))
         if self._owns_client:
             try:
                 self._client.close()
             except Exception:  # closing is best effort
                 pass
 
+    def reopened(self) -> RedisStore:
+        """A store like this one for a process forked from the one that made it: a client and
+        pool, breaker, ledger and notice id of its own; it connects on first use. Nothing of
+        this store is touched (its pool's lock may be held forever in the fork).
+
+        Raises NotImplementedError for a store made with ``client=``: a client's pool holds
+        objects bound to it, so the forked process makes its own store (in a ``post_fork``
+        hook or the app's lifespan)."""
+        if not self._owns_client:
+            msg = "a RedisStore made with client= cannot be reopened: make one in the child"
+            raise NotImplementedError(msg)
+        return RedisStore(self._url, prefix=self.prefix, **self._tuning)
+
+    def health(self) -> StoreHealth:
+        """Whether Redis answers a PING now (within ``op_timeout``, never longer; not asked
+        while the breaker is open, which counts as not reachable), the breaker's state, the
+        unusable values found so far by fault, and the class name of the last failure."""
+        breaker_open = not self._breaker.closed
+        reachable = False
+        if not breaker_open and not self.closed:
+            reachable, error = self._probe.check()
+            if error is not None:
+                self._breaker.saw(error)
+            elif not reachable:
+                self._breaker.saw(TimeoutError())
+        return StoreHealth(
+            where=self._where,
+            reachable=reachable,
+            breaker_open=breaker_open,
+            faults=self.faults.counts(),
+            last_error=self._breaker.last_error,
+        )
+
     def put_ticket(
         self, app: AppConfig | str, ticket: str, *, made_at: float | None = None
     ) -> bool:
-        """Share the app_ticket the application received (kept 12 h); False if Redis is down
-        or the ticket is not one the store may hold (it still serves this process)."""
+        """Share the app_ticket the application received, unless Redis holds a newer one
+        (see :meth:`Store.put_ticket`); kept 12 h from ``made_at`` (or from now). False if it
+        was not written: Redis is down, holds a newer ticket, or the ticket is not one the
+        store may hold (it still serves this process)."""
         if not isinstance(ticket, str) or not ticket.strip():
             msg = "app_ticket must be a non-empty string"
             raise ValueError(msg)
+        made_at_ms = layout.made_at_ms(made_at)
         if isinstance(app, AppConfig):
             self.serves(app)
             config: AppConfig | None = app
@@ -199,14 +223,26 @@ class RedisStore(Store):
             return False
         key = layout.ticket_key(self.prefix, config)
         if not layout.shareable(ticket):
-            self.report(key, "not printable ASCII, or too long", what="app_ticket")
+            self.faults.report(key, "not printable ASCII, or too long", what="app_ticket")
             return False
-        value = layout.ticket_value(key, ticket)
+        ttl_ms = layout.ticket_ttl_ms(made_at_ms, now_ms=time.time() * 1000)
+        if ttl_ms <= 0:
+            _log.debug("app_ticket of {} not shared: made over 12 h ago", app_id)
+            return False
+        value = layout.ticket_value(key, ticket, made_at_ms=made_at_ms)
         try:
-            self._run(lambda: self._client.set(key, value, px=layout.TICKET_TTL_MS))
+            written, fault = self._link.script(
+                "write_ticket",
+                [key],
+                (value, "" if made_at_ms is None else made_at_ms, layout.owner(key), ttl_ms),
+                size=2,
+            )
         except Unavailable:
             return False
-        return True
+        self.faults.report(key, _text(fault), what="app_ticket")
+        if not written:
+            _log.debug("app_ticket of {} not shared: the store holds a newer one", app_id)
+        return bool(written)
 
     def serves(self, app: AppConfig) -> None:
         """Remember ``app``'s config, for calls that name it by app_id only."""
@@ -222,52 +258,6 @@ class RedisStore(Store):
 
     # --- Redis operations (the source's side) --------------------------------------------------
 
-    def _run(self, op: Callable[[], _T]) -> _T:
-        if self._closed.is_set() or not self._breaker.allow():
-            raise Unavailable
-        try:
-            result = op()
-        except redis.ResponseError as exc:
-            if "WRONGTYPE" in str(exc):  # one key's problem, not Redis's: no breaker
-                raise Unavailable from exc
-            self._breaker.failed(exc)
-            raise Unavailable from exc
-        except Exception as exc:  # redis-py's errors, socket errors, a malformed answer
-            self._breaker.failed(exc)
-            raise Unavailable from exc
-        self._breaker.succeeded()
-        return result
-
-    def _script(
-        self, name: str, keys: list[str], args: Iterable[str | int], *, size: int
-    ) -> list[Any]:
-        script = self._scripts[name]
-        answer = self._run(lambda: script(keys=keys, args=list(args)))
-        if not isinstance(answer, list) or len(answer) != size:
-            raise Unavailable  # not Redis as the scripts know it
-        return answer
-
-    def report(self, key: str, fault: str, *, what: str = "token") -> None:
-        """An unusable value was found (and deleted) at ``key``: WARNING once per key and
-        fault, never with the value's bytes."""
-        if not fault:
-            return
-        with self._lock:
-            self._faults[fault] += 1
-            first = (key, fault) not in self._reported and len(self._reported) < _REPORTED_MAX
-            if first:
-                self._reported.add((key, fault))
-        if first:
-            _log.warning(
-                "ignored an unusable shared {} at {} ({}): it is not served, and is replaced "
-                "by one from Feishu",
-                what,
-                key,
-                fault,
-            )
-        else:
-            _log.debug("ignored an unusable shared {} at {} ({})", what, key, fault)
-
     def acquire(
         self,
         keys: Keys,
@@ -282,7 +272,7 @@ class RedisStore(Store):
         """Serve the shared value, or take the lease, or say how long the lease has left.
         ``invalidate``: first drop that token from Redis and tell every process, once."""
         digest = token_digest(invalidate) if invalidate else ""
-        kind, token, pttl, version, fault = self._script(
+        kind, token, pttl, version, fault = self._link.script(
             "acquire",
             [keys.value, keys.lease, keys.version, keys.marker + digest[:32]],
             (
@@ -292,37 +282,37 @@ class RedisStore(Store):
             ),
             size=5,
         )
-        self.report(keys.value, _text(fault))
+        self.faults.report(keys.value, _text(fault))
         return Acquired(_text(kind), _text(token), int(pttl), int(version))
 
     def write(
         self, keys: Keys, token: str, ttl_ms: int, seen: int, *, min_ms: int = 0
     ) -> tuple[bool, str, int]:
         """Compare-and-set ``token`` (see ``WRITE``): (written, the token kept, its pttl)."""
-        written, kept, pttl, fault = self._script(
+        written, kept, pttl, fault = self._link.script(
             "write",
             [keys.value, keys.version],
             (token, ttl_ms, seen, keys.owner, layout.TOKEN_TTL_MAX_MS, min_ms),
             size=4,
         )
-        self.report(keys.value, _text(fault))
+        self.faults.report(keys.value, _text(fault))
         return bool(written), _text(kept), int(pttl)
 
     def renew(self, lease_key: str, lease_id: str) -> None:
-        self._run(lambda: self._scripts["renew"](keys=[lease_key], args=[lease_id, self.lease_ms]))
+        self._link.script("renew", [lease_key], (lease_id, self.lease_ms))
 
     def release(self, keys: Keys, lease_id: str) -> None:
         try:
-            self._run(lambda: self._scripts["release"](keys=[keys.lease], args=[lease_id]))
+            self._link.script("release", [keys.lease], (lease_id,))
         except Unavailable:
             pass  # the lease expires by itself
 
     def get_ticket(self, app: AppConfig) -> str | None:
         key = layout.ticket_key(self.prefix, app)
-        ticket, fault = self._script(
+        ticket, fault = self._link.script(
             "read_ticket", [key], (layout.owner(key), layout.TICKET_TTL_MS), size=2
         )
-        self.report(key, _text(fault), what="app_ticket")
+        self.faults.report(key, _text(fault), what="app_ticket")
         return _text(ticket) or None
 
     # --- invalidation notices ------------------------------------------------------------------
@@ -377,6 +367,64 @@ class NoticeListener:
             self._on_notice(token)
         except Exception as exc:
             _log.warning("invalidation notice could not be delivered: {}", type(exc).__name__)
+
+
+class Link:
+    """The store's way to Redis: the client, its breaker and the scripts. Every call answers
+    or raises :class:`Unavailable`; only Redis itself failing counts against the breaker."""
+
+    _SCRIPTS = (
+        ("acquire", layout.ACQUIRE),
+        ("write", layout.WRITE),
+        ("release", layout.RELEASE),
+        ("renew", layout.RENEW),
+        ("read_ticket", layout.READ_TICKET),
+        ("write_ticket", layout.WRITE_TICKET),
+    )
+
+    def __init__(
+        self, client: redis.Redis | redis.RedisCluster, breaker: Breaker, *, closed: threading.Event
+    ) -> None:
+        self._breaker = breaker
+        self._closed = closed
+        self._scripts = {name: client.register_script(text) for name, text in self._SCRIPTS}
+
+    def run(self, op: Callable[[], _T]) -> _T:
+        if self._closed.is_set() or not self._breaker.allow():
+            raise Unavailable
+        try:
+            result = op()
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" in str(exc):  # one key's problem, not Redis's: no breaker
+                raise Unavailable from exc
+            self._breaker.failed(exc)
+            raise Unavailable from exc
+        except Exception as exc:  # redis-py's errors, socket errors, a malformed answer
+            self._breaker.failed(exc)
+            raise Unavailable from exc
+        self._breaker.succeeded()
+        return result
+
+    def script(
+        self, name: str, keys: list[str], args: Iterable[str | int], *, size: int | None = None
+    ) -> Any:
+        """The script's answer; with ``size``, a list of that many items (or Unavailable)."""
+        script = self._scripts[name]
+        answer = self.run(lambda: script(keys=keys, args=list(args)))
+        if size is not None and (not isinstance(answer, list) or len(answer) != size):
+            raise Unavailable  # not Redis as the scripts know it
+        return answer
+
+
+def _connect(url: str, *, op_timeout: float) -> redis.Redis:
+    """A client of its own for ``url`` (no connection yet): every operation is bounded by
+    ``op_timeout`` and tried once (the breaker, not retries, handles a failing Redis)."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=op_timeout,
+        socket_connect_timeout=op_timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 def _describe(url: str) -> str:
@@ -582,7 +630,7 @@ class SharedSource:
         try:
             ttl_ms = self._shared_ttl_ms(grant, started)
             if ttl_ms is not None and not layout.shareable(grant.token):
-                store.report(keys.value, "a token from upstream the store cannot hold")
+                store.faults.report(keys.value, "a token from upstream the store cannot hold")
             elif ttl_ms is not None:
                 written, kept, pttl = store.write(
                     keys, grant.token, ttl_ms, seen, min_ms=self._min_ms
@@ -654,53 +702,3 @@ class Acquired(NamedTuple):
     token: str
     pttl_ms: int
     version: int  # the key's write version when it was read
-
-
-class Breaker:
-    """After ``threshold`` consecutive failures, skip Redis for ``cooldown`` seconds; then let
-    one call probe it. One WARNING when it opens, one when it closes."""
-
-    def __init__(self, where: str, *, threshold: int, cooldown: float) -> None:
-        self._where = where
-        self._threshold = threshold
-        self._cooldown = cooldown
-        self._lock = threading.Lock()
-        self._failures = 0
-        self._open_until: float | None = None
-        self._probing = False
-
-    @property
-    def closed(self) -> bool:
-        return self._open_until is None
-
-    def allow(self) -> bool:
-        with self._lock:
-            if self._open_until is None:
-                return True
-            if self._probing or time.monotonic() < self._open_until:
-                return False
-            self._probing = True
-            return True
-
-    def succeeded(self) -> None:
-        with self._lock:
-            reopened = self._open_until is not None
-            self._failures, self._open_until, self._probing = 0, None, False
-        if reopened:
-            _log.warning("Redis at {} answers again: the shared token tier is back", self._where)
-
-    def failed(self, error: BaseException) -> None:
-        with self._lock:
-            self._failures += 1
-            opens = self._open_until is None and self._failures >= self._threshold
-            if opens or self._open_until is not None:  # opening, or a failed probe: (re)start
-                self._open_until = time.monotonic() + self._cooldown
-                self._probing = False
-        if opens:
-            _log.warning(
-                "Redis at {} is failing ({}): tokens are fetched by each process directly, "
-                "Redis is probed again every {:g}s",
-                self._where,
-                type(error).__name__,
-                self._cooldown,
-            )

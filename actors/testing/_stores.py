@@ -31,5 +31,4 @@ def noticed_count(store: RedisStore) -> int:
 
 def store_faults(store: RedisStore) -> dict[str, int]:
     """How many unusable values ``store`` found and ignored, by fault."""
-    with store._lock:
-        return dict(store._faults)
+    return store.faults.counts()
