@@ -442,6 +442,19 @@ def paused_holder(redis_url: str, prefix: str, app: actors.AppConfig, grant: act
         system.proxy.get_token().get(timeout=120)
 
 
+def ticket_writer(
+    redis_url: str, prefix: str, app: actors.AppConfig, tickets: list[tuple[str, float | None]]
+) -> None:
+    """A process that shares each ``(ticket, made_at)`` of ``tickets`` in turn through a store
+    of its own."""
+    store = RedisStore(redis_url, prefix=prefix)
+    try:
+        for ticket, made_at in tickets:
+            store.put_ticket(app, ticket, made_at=made_at)
+    finally:
+        store.close()
+
+
 def stopped(pid: int) -> bool:
     """Whether process ``pid`` is stopped by a signal (state T in /proc)."""
     try:

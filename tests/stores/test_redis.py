@@ -561,6 +561,69 @@ def test_stop_closes_the_store_and_leaves_no_thread_of_ours(
         store.attach(lambda _token: None)
 
 
+def test_a_reopened_store_has_the_same_configuration_and_nothing_of_the_original(
+    redis_server: RedisServer, stores: Callable[..., RedisStore], systems: list[actors.TokenSystem]
+) -> None:
+    options = {"op_timeout": 0.7, "lease": 2.0, "failure_threshold": 2, "cooldown": 3.0}
+    store = stores(redis_server.url, prefix="reopen:", ticket_poll=0.4, **options)
+    systems.append(actors.TokenSystem.start(MARKET, store=store, source=counting_source()))
+    assert wait_listening(store, 5)
+
+    reopened = store.reopened()
+    try:
+        assert repr(reopened) == repr(store) and not reopened.closed
+        assert (reopened.prefix, reopened.lease, reopened.ticket_poll) == ("reopen:", 2.0, 0.4)
+        ours, theirs = cast(Any, reopened), cast(Any, store)
+        for part in ("_client", "_breaker", "_ledger", "_lock", "_renewer", "_probe"):
+            assert getattr(ours, part) is not getattr(theirs, part), part
+        assert ours._client.connection_pool is not theirs._client.connection_pool
+        assert ours._id != theirs._id  # its notices are the others' to hear, this one's too
+        assert ours._notices is None  # not attached: the forked process's system does that
+        assert reopened.put_ticket(MARKET, "ticket-1")
+    finally:
+        reopened.close()
+    assert store.get_ticket(MARKET) == "ticket-1"  # closing it left the original alone
+
+
+def test_reopening_takes_no_lock_of_the_original(
+    redis_server: RedisServer, stores: Callable[..., RedisStore]
+) -> None:
+    # In a forked process, a lock some parent thread held at the fork stays held forever.
+    store = stores(redis_server.url)
+    internals = cast(Any, store)
+    locks = [internals._lock, internals._client.connection_pool._lock, internals._renewer._cond]
+    release = threading.Event()
+    made: list[RedisStore] = []
+
+    def hold() -> None:
+        with locks[0], locks[1], locks[2]:
+            held.set()
+            release.wait(10)
+
+    held = threading.Event()
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert held.wait(5)
+    try:
+        reopening = threading.Thread(target=lambda: made.append(store.reopened()), daemon=True)
+        reopening.start()
+        reopening.join(5)
+        assert not reopening.is_alive() and len(made) == 1
+    finally:
+        release.set()
+        holder.join(5)
+    made[0].close()
+
+
+def test_a_store_made_with_a_client_cannot_be_reopened(redis_server: RedisServer) -> None:
+    # Its pool holds objects bound to it: the forked process makes a store of its own.
+    with redis.Redis.from_url(redis_server.url) as client:
+        store = RedisStore(client=client)
+        with pytest.raises(NotImplementedError, match="client="):
+            store.reopened()
+        store.close()
+
+
 def test_a_store_serves_one_system_and_validates_its_arguments(
     redis_server: RedisServer, stores: Callable[..., RedisStore], systems: list[actors.TokenSystem]
 ) -> None:
