@@ -36,14 +36,17 @@ from actors._metrics import KindMetrics as KindMetrics
 from actors._metrics import LatencySummary as LatencySummary
 from actors._metrics import TokenMetrics as TokenMetrics
 from actors._proxy import TokenProxy as TokenProxy
+from actors._refresh import SystemHealth as SystemHealth
 from actors._source import Grant as Grant
 from actors._source import TokenRequest as TokenRequest
 from actors._source import TokenSource as TokenSource
+from actors._system import StoreUnavailableError as StoreUnavailableError
 from actors._system import TokenSystem as TokenSystem
 from actors._token_actor import TokenActor as TokenActor
 from actors.callbacks import EventError as EventError
 from actors.callbacks import handle_event as handle_event
 from actors.requests import FeishuAuth as FeishuAuth
+from actors.stores import StoreHealth as StoreHealth
 
 if TYPE_CHECKING:
     from actors.httpx import AsyncFeishuAuth as AsyncFeishuAuth
@@ -70,7 +73,10 @@ __all__ = [
     "RedisStore",
     "RefreshFailed",
     "RefreshPolicy",
+    "StoreHealth",
+    "StoreUnavailableError",
     "SystemClock",
+    "SystemHealth",
     "SystemStoppedError",
     "TokenActor",
     "TokenError",

@@ -14,13 +14,16 @@ import dataclasses
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterable
-from typing import Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import pykka
 
 from actors._config import TokenKey, TokenKind
 from actors._errors import SystemStoppedError, detached, mask_token
 from actors._source import Grant
+
+if TYPE_CHECKING:
+    from actors.stores import StoreHealth
 
 __all__ = [
     "AsyncWaiter",
@@ -31,6 +34,7 @@ __all__ = [
     "FutureWaiter",
     "Get",
     "GetToken",
+    "Health",
     "Invalidate",
     "PendingFutures",
     "Probe",
@@ -404,6 +408,7 @@ class Get:
 class SetTicket:
     app_id: str
     ticket: str = dataclasses.field(repr=False)
+    made_at: float | None  # when Feishu made the ticket's event (Unix seconds), if known
     waiter: Waiter | None
 
 
@@ -416,6 +421,15 @@ class Invalidate:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Snapshot:
     waiter: Waiter
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Health:
+    """Asks for the system's health; ``store`` is the store's own, read by the asker (it may
+    block for a store operation's timeout, which the actor never does)."""
+
+    waiter: Waiter
+    store: StoreHealth | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -27,15 +27,19 @@ from actors._config import AppConfig, AppType, TokenKey, TokenKind, resolve_key
 from actors._errors import SystemStoppedError
 from actors._messages import AsyncWaiter, DeferredFuture, FutureWaiter, PendingFutures
 from actors._metrics import TokenMetrics
+from actors._refresh import SystemHealth, TicketBook
+from actors.stores import StoreHealth
 
 if TYPE_CHECKING:
     from actors.stores import Store
 
-__all__ = ["TokenProxy"]
+__all__ = ["TokenProxy", "store_health"]
 
 # Validated argument tuples remembered per proxy; beyond this many distinct ones (a flood of
 # tenant keys) the memo starts over instead of growing without bound.
 _KEY_MEMO_SIZE = 4096
+# Unix seconds from which a ticket's made_at is surely milliseconds (the year 5138).
+_MADE_AT_MAX = 1e11
 
 
 class TokenProxy:
@@ -73,8 +77,8 @@ class TokenProxy:
         self._callers: CallerStats
         self._store: Store | None  # tickets handed to this process serve every process
         self._generation = -1  # the fork generation _serve was called in
-        # The app_ticket last handed over, per app: a forked child's own actors start with it.
-        self._tickets: dict[str, str] = {}
+        # The newest app_ticket handed over, per app: a forked child's own actors start with it.
+        self._tickets = TicketBook()
         self._cells: dict[tuple[Any, Any, Any], Cell] = {}  # arguments -> the key's cell
         # Misses already on their way to the TokenActor, per event loop and key: later awaits
         # of the same key on the same loop join them instead of sending a message each.
@@ -92,9 +96,9 @@ class TokenProxy:
         self._ref, self._pending, self._snapshot = ref, pending, snapshot
         self._callers, self._store = callers, store
         self._cells, self._awaited = {}, {}  # the inherited cells serve nothing
-        for app_id, ticket in list(self._tickets.items()):
+        for app_id, ticket, made_at in self._tickets:
             # Feishu pushes the next one only about hourly (docs/feishu-protocol.md).
-            ref.tell(m.SetTicket(app_id, ticket, None))
+            ref.tell(m.SetTicket(app_id, ticket, made_at, None))
         self._generation = _fork.current()  # last: a caller seeing it sees all of the above
 
     def get_token(
@@ -181,16 +185,19 @@ class TokenProxy:
         token: str = await asyncio.shield(shared)
         return token
 
-    async def aset_app_ticket(self, ticket: str, *, app_id: str | None = None) -> None:
+    async def aset_app_ticket(
+        self, ticket: str, *, app_id: str | None = None, made_at: float | None = None
+    ) -> None:
         """``set_app_ticket`` for coroutines."""
-        app = self._ticket_app(ticket, app_id)
+        app = _ticket_app(self._apps, ticket, app_id, made_at)
         refusal = self._refusal()
         if refusal is not None:
             raise refusal
-        self._tickets[app.app_id] = ticket
-        if self._store is not None:
-            await asyncio.to_thread(self._store.put_ticket, app, ticket)
-        await self._aask(lambda waiter: m.SetTicket(app.app_id, ticket, waiter))
+        self._tickets.offer(app.app_id, ticket, made_at)
+        store = self._store
+        if store is not None:
+            await asyncio.to_thread(lambda: store.put_ticket(app, ticket, made_at=made_at))
+        await self._aask(lambda waiter: m.SetTicket(app.app_id, ticket, made_at, waiter))
 
     async def ainvalidate(self, token: str) -> bool:
         """``invalidate`` for coroutines: True if ``token`` was the cached one and is dropped."""
@@ -198,19 +205,28 @@ class TokenProxy:
         dropped: bool = await self._aask(lambda waiter: m.Invalidate(token, waiter))
         return dropped
 
-    def set_app_ticket(self, ticket: str, *, app_id: str | None = None) -> pykka.Future[None]:
-        """Hand over the app_ticket Feishu pushed (marketplace apps); waiting gets resume."""
+    def set_app_ticket(
+        self, ticket: str, *, app_id: str | None = None, made_at: float | None = None
+    ) -> pykka.Future[None]:
+        """Hand over the app_ticket Feishu pushed (marketplace apps); waiting gets resume.
+
+        ``made_at`` is when Feishu made the ticket's event (Unix seconds: the event's
+        ``create_time`` / 1000, or ``ts``), if known; ``handle_event`` passes it. A ticket made
+        before the one the app holds is ignored, here and in the store (a replayed or late
+        delivery never puts an older ticket back), and one without ``made_at`` replaces only a
+        ticket that came without it too. The future resolves either way.
+        """
         try:
-            app = self._ticket_app(ticket, app_id)
+            app = _ticket_app(self._apps, ticket, app_id, made_at)
         except ValueError as exc:
             return _failed(exc)
         refusal = self._refusal()
         if refusal is not None:
             return _failed(refusal)  # and no store is told: this system serves nobody
-        self._tickets[app.app_id] = ticket
-        future = self._ask(lambda waiter: m.SetTicket(app.app_id, ticket, waiter))
+        self._tickets.offer(app.app_id, ticket, made_at)
+        future = self._ask(lambda waiter: m.SetTicket(app.app_id, ticket, made_at, waiter))
         if self._store is not None:
-            self._store.put_ticket(app, ticket)  # bounded: short timeouts, a breaker
+            self._store.put_ticket(app, ticket, made_at=made_at)  # bounded: timeouts, a breaker
         return future
 
     def invalidate(self, token: str) -> pykka.Future[bool]:
@@ -229,6 +245,25 @@ class TokenProxy:
         """``metrics`` for coroutines: a frozen snapshot of the counters."""
         metrics: TokenMetrics = await self._aask(m.Snapshot)
         return metrics
+
+    def health(self) -> pykka.Future[SystemHealth]:
+        """A future of the system's health (see ``TokenSystem.health()``). The store is asked
+        now, on this thread, for up to one store operation's timeout: in a coroutine, await
+        :meth:`ahealth` instead."""
+        refusal = self._refusal()  # first: a forked child's first use starts its own store
+        if refusal is not None:
+            return _failed(refusal)
+        store = store_health(self._store)
+        return self._ask(lambda waiter: m.Health(waiter, store))
+
+    async def ahealth(self) -> SystemHealth:
+        """``health`` for coroutines: the store is asked on a worker thread, never on the loop."""
+        refusal = self._refusal()
+        if refusal is not None:
+            raise refusal
+        store = await asyncio.to_thread(store_health, self._store)
+        health: SystemHealth = await self._aask(lambda waiter: m.Health(waiter, store))
+        return health
 
     # --- the shared core of the sync and async fronts --------------------------------------------
 
@@ -270,16 +305,6 @@ class TokenProxy:
                     return published
         return key
 
-    def _ticket_app(self, ticket: str, app_id: str | None) -> AppConfig:
-        app = self._apps[resolve_key(self._apps, TokenKind.APP, None, app_id).app_id]
-        if app.app_type is not AppType.MARKETPLACE:
-            msg = f"app {app.app_id} is self-built: it has no app_ticket"
-            raise ValueError(msg)
-        if not isinstance(ticket, str) or not ticket.strip():
-            msg = "app_ticket must be a non-empty string"
-            raise ValueError(msg)
-        return app
-
     def _refusal(self) -> Exception | None:
         if self._generation != _fork.current():
             try:
@@ -311,6 +336,27 @@ class TokenProxy:
             waiter.fail(SystemStoppedError())
 
 
+def _ticket_app(
+    apps: dict[str, AppConfig], ticket: str, app_id: str | None, made_at: float | None
+) -> AppConfig:
+    """The marketplace app a ticket is handed over for; ValueError for a bad argument."""
+    app = apps[resolve_key(apps, TokenKind.APP, None, app_id).app_id]
+    if app.app_type is not AppType.MARKETPLACE:
+        msg = f"app {app.app_id} is self-built: it has no app_ticket"
+        raise ValueError(msg)
+    if not isinstance(ticket, str) or not ticket.strip():
+        msg = "app_ticket must be a non-empty string"
+        raise ValueError(msg)
+    if made_at is not None and not (
+        isinstance(made_at, int | float)
+        and not isinstance(made_at, bool)
+        and 0 <= made_at < _MADE_AT_MAX  # NaN and infinities too are outside
+    ):
+        msg = f"made_at must be Unix seconds (a number >= 0, not ms) or None, got {made_at!r}"
+        raise ValueError(msg)
+    return app
+
+
 def _check_token(token: object) -> None:
     if not isinstance(token, str):
         msg = f"token must be a string, got {type(token).__name__}"
@@ -323,6 +369,24 @@ def _remember(
     if len(memo) >= _KEY_MEMO_SIZE:
         memo.clear()  # bounded: a flood of distinct tenant keys must not grow it forever
     memo[args] = value
+
+
+def store_health(store: Store | None) -> StoreHealth | None:
+    """``store.health()``; a store whose health() itself fails is reported unreachable with
+    that failure's class name, never raised to whoever asks for the system's health."""
+    if store is None:
+        return None
+    try:
+        return store.health()
+    except Exception as exc:
+        where = type(store).__name__
+        return StoreHealth(
+            where=where,
+            reachable=False,
+            breaker_open=False,
+            faults={},
+            last_error=type(exc).__name__,
+        )
 
 
 def _failed(error: Exception) -> pykka.Future[Any]:

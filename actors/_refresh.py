@@ -13,9 +13,13 @@ one finished attempt means.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
-from collections.abc import Mapping
-from typing import Any
+import threading
+import types
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pykka
 from loguru import logger
@@ -32,6 +36,7 @@ from actors._errors import (
     UpstreamError,
     mask_token,
     plain_traceback,
+    redact,
 )
 from actors._events import EventHub, RefreshFailed, TokenRefreshed
 from actors._messages import Continuation, Waiter
@@ -41,7 +46,22 @@ from actors._source import Grant, TokenSource
 from actors._upstream import Upstream, WorkerPool
 from actors.feishu import _protocol as feishu
 
-__all__ = ["Accept", "Attempt", "Decision", "Fail", "Refresher", "Reticket", "Retry", "decide"]
+if TYPE_CHECKING:
+    from actors.stores import StoreHealth
+
+__all__ = [
+    "Accept",
+    "Attempt",
+    "Decision",
+    "Fail",
+    "Outcomes",
+    "Refresher",
+    "Reticket",
+    "Retry",
+    "SystemHealth",
+    "TicketBook",
+    "decide",
+]
 
 
 _log = logger.bind(component="TokenActor")
@@ -72,8 +92,8 @@ class Refresher:
             source=source, pool=pool, clock=clock, cap=policy.max_concurrent_fetches, ref=me
         )
         self._timers = timers
-        self._tickets: dict[str, str] = {}  # marketplace app_id -> its newest app_ticket
-        self._events = events
+        self._tickets = TicketBook()  # marketplace apps' newest app_tickets
+        self._outcomes = Outcomes(events, apps=apps, forget_after=policy.idle_ttl)
         self._metrics = MetricsRecorder()  # written here only
         self._rng = random.Random(policy.seed)
 
@@ -113,6 +133,9 @@ class Refresher:
     def fetches(self) -> int:  # queued or in flight
         return self._upstream.in_flight + self._upstream.queued
 
+    def health(self, store: StoreHealth | None) -> SystemHealth:
+        return self._outcomes.health(self._clock.now(), store)
+
     def metrics(self, *, mailbox_depth: int, callers: CallerStats) -> TokenMetrics:
         now = self._clock.now()
         expiries = [e.expires_at - now for e in self._cache if e.token is not None]
@@ -142,7 +165,7 @@ class Refresher:
         if app.app_type is AppType.SELF_BUILT:
             self._enqueue(entry)
         elif entry.key.kind is TokenKind.APP:
-            ticket = entry.ticket_used = self._tickets.get(app.app_id)
+            ticket = entry.ticket_used = self._tickets.ticket(app.app_id)
             if ticket is None:
                 self._await_ticket(entry)
             else:
@@ -192,7 +215,7 @@ class Refresher:
             attempts=entry.attempts,
             started_at=done.started_at,
             now=self._clock.now(),
-            ticket_current=self._tickets.get(key.app_id) == entry.ticket_used,
+            ticket_current=self._tickets.ticket(key.app_id) == entry.ticket_used,
         )
         decision = decide(done.result, fact, self._policy, self._rng)
         if isinstance(decision, Accept):
@@ -205,19 +228,13 @@ class Refresher:
             case Retry(error, delay, drop_app_token):
                 self._drop_app_token(entry, drop_app_token)
                 self._metrics.add(Count.retries)
-                _log.info(
-                    "token fetch for {} failed ({}), retrying in {:.2f}s",
-                    key.describe(),
-                    error,
-                    delay,
-                )
-                self._events.publish(RefreshFailed.of(key, error, will_retry=True))
+                self._outcomes.retrying(key, error, fact.now, delay=delay)
                 entry.enter(RefreshState.RETRY_SCHEDULED)
                 self._set_timer(entry, fact.now + delay)
             case Reticket(error, stale):
-                self._events.publish(RefreshFailed.of(key, error, will_retry=True))
+                self._outcomes.retrying(key, error, fact.now)
                 if stale:  # 10012 for our newest ticket: drop it and ask for a new one
-                    self._tickets.pop(key.app_id, None)
+                    self._tickets.refuse(key.app_id)
                 self._attempt(entry)  # with a newer ticket, or waiting for one
             case Fail(error, drop_app_token):
                 self._drop_app_token(entry, drop_app_token)
@@ -232,15 +249,7 @@ class Refresher:
         self._answer(entry.take_waiters(), token=token)
         self._metrics.add(Count.same_token_refreshes, same)
         self._set_timer(entry, due)
-        _log.info(
-            "token refreshed: {} {} expires in {:.0f}s (cause {}, same token {})",
-            entry.key.describe(),
-            mask_token(token),
-            expires_at - now,
-            entry.cause,
-            same,
-        )
-        self._events.publish(TokenRefreshed.of(entry.key, expires_at, entry.cause))
+        self._outcomes.refreshed(entry, now, same=same)
 
     def _set_timer(self, entry: Entry, due: float | None) -> None:
         """Replace the key's one timer (None: just cancel it); one Schedule, no Cancel."""
@@ -271,10 +280,7 @@ class Refresher:
         now = self._clock.now()  # before anyone is answered: they may move a manual clock
         entry.end_refresh()
         self._answer(entry.take_waiters(), error=error)
-        self._events.publish(RefreshFailed.of(entry.key, error, will_retry=False))
-        _log.warning(
-            "token refresh for {} ({}) failed: {}", entry.key.describe(), entry.cause, error
-        )
+        self._outcomes.failed(entry, error, now)
         if entry.servable(now):
             if not isinstance(error, SystemStoppedError):
                 # Stale-while-revalidate: keep serving the valid token and try again later.
@@ -328,7 +334,7 @@ class Refresher:
 
     def resend_done(self, app_id: str, error: Exception | None, ticket: str | None) -> None:
         if ticket is not None:  # the source had one already (a shared store): no need to wait
-            self.set_ticket(app_id, ticket)
+            self.set_ticket(app_id, ticket, None)
             return
         if error is None:
             return
@@ -338,8 +344,10 @@ class Refresher:
             # Wrong credentials: no ticket will ever come, so do not make callers wait for it.
             self._finish_failure(entry, error)
 
-    def set_ticket(self, app_id: str, ticket: str) -> None:
-        self._tickets[app_id] = ticket
+    def set_ticket(self, app_id: str, ticket: str, made_at: float | None) -> None:
+        if not self._tickets.offer(app_id, ticket, made_at):
+            _log.info("an app_ticket for {} made before the one held was ignored", app_id)
+            return
         entry = self._waiting_for_ticket(app_id)
         if entry is not None:
             self._attempt(entry)  # its deadline timer goes stale: the state moves on
@@ -368,6 +376,175 @@ def answer(
                 waiter.fail(error or SystemStoppedError())
         except Exception as exc:
             _log.error("a waiter could not be answered:\n{}", plain_traceback(exc))
+
+
+class TicketBook:
+    """The app_ticket each marketplace app uses, ordered by when Feishu made its event.
+
+    A ticket handed over with ``made_at`` (the event's creation time, Unix seconds) replaces
+    only a ticket made earlier, so a replayed or delayed delivery never puts an older ticket
+    back. One without a time replaces only a ticket without one too, or fills an app that has
+    none. A ticket Feishu refused is dropped but its time is kept: neither it nor anything made
+    before it comes back. Thread-safe: the proxy keeps one too, for a forked child.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[str | None, float | None]] = {}  # app_id -> (ticket, made_at)
+
+    def ticket(self, app_id: str) -> str | None:
+        with self._lock:
+            return self._held.get(app_id, (None, None))[0]
+
+    def offer(self, app_id: str, ticket: str, made_at: float | None) -> bool:
+        """Take ``ticket`` if it is not older than the one held; False if it was ignored."""
+        with self._lock:
+            held, held_at = self._held.get(app_id, (None, None))
+            if ticket == held:
+                return True
+            if made_at is None:
+                newer = held is None or held_at is None
+            else:
+                newer = held_at is None or made_at > held_at
+            if newer:
+                self._held[app_id] = (ticket, held_at if made_at is None else made_at)
+            return newer
+
+    def refuse(self, app_id: str) -> None:
+        """Feishu refused the app's ticket (10012): drop it, keep its time as the floor."""
+        with self._lock:
+            held_at = self._held.get(app_id, (None, None))[1]
+            self._held[app_id] = (None, held_at)
+
+    def __iter__(self) -> Iterator[tuple[str, str, float | None]]:
+        """(app_id, ticket, made_at) for every app holding a ticket."""
+        with self._lock:
+            held = list(self._held.items())
+        return iter([(app_id, t, at) for app_id, (t, at) in held if t is not None])
+
+
+_FAILING_MAX = 4096  # keys remembered as failing: a flood of bogus tenant keys is bounded
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SystemHealth:
+    """What ``TokenSystem.health()`` reports, for health checks and alerts; no secret or token.
+
+    Attributes:
+        running: The system serves (False once stopped).
+        store: The store's own report (reachable, breaker open, faults found, last error),
+            read when the health was asked for; None for a system without a store.
+        keys_failing: Keys whose last refresh ended in an error while they held no token that
+            may still be served: gets for them fail (or wait for the next refresh) until a
+            refresh succeeds. A key counts until a refresh of it succeeds, or until nobody has
+            asked for it for ``RefreshPolicy.idle_ttl``; a key still serving its cached token
+            while its refresh is retried does not count.
+        keys_failing_by_app: ``keys_failing`` for each app that has any.
+        last_refresh_error: The last failed attempt's error, ``"ClassName: message"`` (the
+            message holds no secret, and anything token-shaped in it is masked); None if no
+            attempt has failed.
+        last_refresh_error_age: Seconds since that failure, on the system's clock.
+    """
+
+    running: bool
+    store: StoreHealth | None
+    keys_failing: int
+    keys_failing_by_app: Mapping[str, int]
+    last_refresh_error: str | None
+    last_refresh_error_age: float | None
+
+    def __post_init__(self) -> None:
+        by_app = types.MappingProxyType(dict(self.keys_failing_by_app))  # a snapshot
+        object.__setattr__(self, "keys_failing_by_app", by_app)
+
+    @property
+    def ok(self) -> bool:
+        """Running, no key failing, and the store (if any) reachable with its breaker closed.
+        (Tokens are still served while the store is down; a readiness check that should only
+        take an instance out of service when its gets fail looks at ``keys_failing``.)"""
+        store = self.store
+        up = store is None or (store.reachable and not store.breaker_open)
+        return self.running and self.keys_failing == 0 and up
+
+
+class Outcomes:
+    """What the outcome of each attempt and refresh tells others: events for subscribers, the
+    log, and the health record (:meth:`health`: the keys that cannot be served because their
+    last refresh failed, and the last error of any attempt).
+
+    Owned by the Refresher, on the TokenActor's thread. A failing key is forgotten when a
+    refresh of it succeeds, when ``forget_after`` seconds passed since it last failed (each
+    get of it starts a refresh again, so nobody asked meanwhile), or when more than
+    ``_FAILING_MAX`` keys fail (the oldest goes first).
+    """
+
+    def __init__(
+        self, events: EventHub, *, apps: Mapping[str, AppConfig], forget_after: float
+    ) -> None:
+        self._events = events
+        self._apps = apps  # whose secrets an error's text must not carry
+        self._forget_after = forget_after
+        self._failing: OrderedDict[TokenKey, float] = OrderedDict()  # key -> when; oldest first
+        self._last_error: tuple[str, float] | None = None  # (described, when)
+
+    def refreshed(self, entry: Entry, now: float, *, same: bool) -> None:
+        self._failing.pop(entry.key, None)
+        _log.info(
+            "token refreshed: {} {} expires in {:.0f}s (cause {}, same token {})",
+            entry.key.describe(),
+            mask_token(entry.token),
+            entry.expires_at - now,
+            entry.cause,
+            same,
+        )
+        self._events.publish(TokenRefreshed.of(entry.key, entry.expires_at, entry.cause))
+
+    def retrying(
+        self, key: TokenKey, error: Exception, now: float, *, delay: float | None = None
+    ) -> None:
+        """An attempt failed and the refresh goes on: after ``delay``, or at once (None)."""
+        self._noted(key, error, now)
+        if delay is not None:
+            _log.info(
+                "token fetch for {} failed ({}), retrying in {:.2f}s", key.describe(), error, delay
+            )
+        self._events.publish(RefreshFailed.of(key, error, will_retry=True))
+
+    def failed(self, entry: Entry, error: Exception, now: float) -> None:
+        """The refresh ended without a token (``entry`` may still hold a servable one)."""
+        key = entry.key
+        self._events.publish(RefreshFailed.of(key, error, will_retry=False))
+        _log.warning("token refresh for {} ({}) failed: {}", key.describe(), entry.cause, error)
+        if isinstance(error, SystemStoppedError):
+            return  # the system stops: no fault of the key's
+        self._noted(key, error, now)
+        if not entry.servable(now):
+            self._failing.pop(key, None)
+            self._failing[key] = now
+            while len(self._failing) > _FAILING_MAX:
+                self._failing.popitem(last=False)
+
+    def health(self, now: float, store: StoreHealth | None) -> SystemHealth:
+        failing = self._failing
+        while failing and next(iter(failing.values())) <= now - self._forget_after:
+            failing.popitem(last=False)
+        by_app: dict[str, int] = {}
+        for key in failing:
+            by_app[key.app_id] = by_app.get(key.app_id, 0) + 1
+        error, at = self._last_error if self._last_error is not None else (None, math.nan)
+        return SystemHealth(
+            running=True,
+            store=store,
+            keys_failing=len(failing),
+            keys_failing_by_app=by_app,
+            last_refresh_error=error,
+            last_refresh_error_age=None if error is None else max(0.0, now - at),
+        )
+
+    def _noted(self, key: TokenKey, error: Exception, now: float) -> None:
+        # Errors of ours hold no secret; one a custom source raised may quote anything.
+        text = redact(str(error), [self._apps[key.app_id].app_secret])
+        self._last_error = (f"{type(error).__name__}: {text}", now)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

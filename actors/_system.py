@@ -18,20 +18,37 @@ from actors import _messages as m
 from actors._cache import CallerStats, ReadSnapshot
 from actors._clock import Clock, SystemClock
 from actors._config import AppConfig, RefreshPolicy
-from actors._errors import SystemStoppedError
+from actors._errors import SystemStoppedError, TokenError
 from actors._events import EventHub, Subscriber
 from actors._messages import PendingFutures
 from actors._metrics import TokenMetrics
-from actors._proxy import TokenProxy
+from actors._proxy import TokenProxy, store_health
+from actors._refresh import SystemHealth
 from actors._scheduler import NextDue, SchedulerActor, Tick
 from actors._source import TokenSource
 from actors._token_actor import TokenActor
 from actors._upstream import WorkerPool
 from actors.feishu._client import FeishuAuthClient
 from actors.feishu._sockets import AbortableAdapter
-from actors.stores import Store
+from actors.stores import Store, StoreHealth
 
-__all__ = ["TokenSystem"]
+__all__ = ["StoreUnavailableError", "TokenSystem"]
+
+
+class StoreUnavailableError(TokenError):
+    """``TokenSystem.start(..., store=..., require_store=True)`` found the store unreachable,
+    so nothing was started. ``health`` is what the store said (no secret in it)."""
+
+    def __init__(self, health: StoreHealth) -> None:
+        self.health = health
+        cause = f" ({health.last_error})" if health.last_error else ""
+        super().__init__(
+            f"the store {health.where} is unreachable{cause}; require_store=True refuses to "
+            "start without it"
+        )
+
+    def __reduce__(self) -> tuple[type[StoreUnavailableError], tuple[StoreHealth]]:
+        return type(self), (self.health,)
 
 
 class TokenSystem:
@@ -40,7 +57,8 @@ class TokenSystem:
     Started with :meth:`start` (the only way). :attr:`proxy` is the token API (futures from its
     plain methods, values from its ``a``-prefixed coroutines); the system's own methods are
     blocking lifecycle and reporting conveniences that return values: :meth:`settle`,
-    :meth:`stop`, :meth:`metrics`, :meth:`performance_report`, :meth:`log_performance_metrics`.
+    :meth:`stop`, :meth:`health`, :meth:`metrics`, :meth:`performance_report`,
+    :meth:`log_performance_metrics`.
 
     One system per process: its actors and workers are threads, and ``fork()`` copies memory,
     not threads. A system used in a process forked after start() (``gunicorn --preload``, a
@@ -70,6 +88,7 @@ class TokenSystem:
         session: requests.Session | None = None,
         source: TokenSource | None = None,
         store: Store | None = None,
+        require_store: bool = False,
         fast_reads: bool = True,
     ) -> None:
         apps = _apps_by_id(app_or_apps)
@@ -93,6 +112,13 @@ class TokenSystem:
         if store is not None and not isinstance(store, Store):
             msg = f"store must be an actors.stores.Store such as actors.RedisStore, got {store!r}"
             raise ValueError(msg)
+        if require_store:
+            if store is None:
+                msg = "require_store=True needs a store= to require"
+                raise ValueError(msg)
+            health = store_health(store)
+            if health is not None and not health.reachable:
+                raise StoreUnavailableError(health)  # before anything starts: nothing to stop
         self._apps = apps
         self._policy = policy
         self._clock: Clock = clock
@@ -127,6 +153,7 @@ class TokenSystem:
         session: requests.Session | None = None,
         source: TokenSource | None = None,
         store: Store | None = None,
+        require_store: bool = False,
         fast_reads: bool = True,
     ) -> Self:
         """Start the actors for one app or several; ValueError names a bad argument.
@@ -135,6 +162,12 @@ class TokenSystem:
         replaces that client with any :class:`TokenSource` (a fake in tests); ``store`` (an
         :class:`actors.stores.Store`, e.g. ``actors.RedisStore``) shares tokens, tickets and
         invalidations between processes (in a forked child, the store's ``reopened()`` copy).
+        Without ``require_store``, a store that is down is no reason not to start: each
+        process then fetches its own tokens until it answers (:meth:`health` says so). With
+        ``require_store=True``, a store that does not answer now (its ``health()``) raises
+        :class:`StoreUnavailableError` and nothing is started; the store is left unused, so
+        the same one may be passed again. (Checked by start() only: a process forked later
+        starts with the store's reopened copy whatever it answers.)
         ``fast_reads=False`` sends every get through the TokenActor's mailbox (pure message
         path); the default answers servable cached tokens from the actor's published snapshot.
         """
@@ -146,6 +179,7 @@ class TokenSystem:
             session=session,
             source=source,
             store=store,
+            require_store=require_store,
             fast_reads=fast_reads,
         )
         return system
@@ -198,6 +232,31 @@ class TokenSystem:
     def metrics(self, *, timeout: float = 5.0) -> TokenMetrics:
         """A frozen snapshot of the counters (blocks; ``proxy.metrics()`` is the future)."""
         return self._proxy.metrics().get(timeout=timeout)
+
+    def health(self, *, timeout: float = 5.0) -> SystemHealth:
+        """What a health check needs, now (blocks; ``proxy.health()`` is the future,
+        ``proxy.ahealth()`` the coroutine): whether the system runs, its store's own report
+        (reachable, breaker open, faults), the keys whose gets fail and the last refresh error
+        (:class:`SystemHealth`). A stopped system answers ``running=False`` (with its store's
+        report) rather than raising. The store is asked on this thread, for up to one store
+        operation's timeout; ``timeout`` bounds the TokenActor's answer (``pykka.Timeout``
+        past it, as for :meth:`metrics`).
+        """
+        if not self._stopped:
+            try:
+                return self._proxy.health().get(timeout=timeout)
+            except SystemStoppedError:  # stopped meanwhile
+                pass
+        process = self._process
+        store = process.store if process.generation == _fork.current() else None
+        return SystemHealth(
+            running=False,
+            store=store_health(store),
+            keys_failing=0,
+            keys_failing_by_app={},
+            last_refresh_error=None,
+            last_refresh_error_age=None,
+        )
 
     def performance_report(self, *, timeout: float = 5.0) -> str:
         """The counters as a human-readable report."""
@@ -427,18 +486,16 @@ def _reopened(store: Store | None) -> tuple[Store | None, str]:
     parent's."""
     if store is None:
         return None, ""
-    reopen = getattr(store, "reopened", None)
-    if not callable(reopen):
+    try:
+        fresh = store.reopened()
+    except NotImplementedError:  # Store's default: this store cannot
         why = "cannot be reopened in this process"
+    except Exception as exc:  # the store's bug must not stop token service here
+        why = f"could not be reopened in this process ({type(exc).__name__})"
     else:
-        try:
-            fresh = reopen()
-        except Exception as exc:  # the store's bug must not stop token service here
-            why = f"could not be reopened in this process ({type(exc).__name__})"
-        else:
-            if isinstance(fresh, Store):
-                return fresh, ""
-            why = f"reopened as {type(fresh).__name__}, not a Store"
+        if isinstance(fresh, Store):
+            return fresh, ""
+        why = f"reopened as {type(fresh).__name__}, not a Store"
     return None, f"; its store {store!r} {why}, so tokens are not shared through it here"
 
 

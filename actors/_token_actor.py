@@ -5,7 +5,7 @@ cache, its entries and their refreshes belong to the :class:`~actors._refresh.Re
 the actor feeds its mail and which never calls back. Upstream calls run on worker threads
 (``_upstream``) and come back as FetchDone mail; delays are timers (``_scheduler``) that come
 back as Wake mail. The actor itself speaks the reply protocol for embedding actors
-(:class:`GetToken`), answers metrics snapshots and logs the periodic report.
+(:class:`GetToken`), answers metrics and health snapshots and logs the periodic report.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from actors._errors import plain_traceback
 from actors._events import EventHub
 from actors._messages import GetToken, ReplyWaiter
 from actors._metrics import TokenMetrics
-from actors._refresh import Refresher
+from actors._refresh import Refresher, SystemHealth
 from actors._scheduler import Timers
 from actors._source import TokenSource
 from actors._upstream import WorkerPool
@@ -99,16 +99,16 @@ class TokenActor(pykka.ThreadingActor):
                 refresher.wake(key, timer_id)
             case GetToken():
                 self._on_get_token(message)
-            case m.SetTicket(app_id, ticket, waiter):
-                refresher.set_ticket(app_id, ticket)
+            case m.SetTicket(app_id, ticket, made_at, waiter):
+                refresher.set_ticket(app_id, ticket, made_at)
                 if waiter is not None:
                     waiter.resolve(None)
             case m.ResendDone(app_id, error, ticket):
                 refresher.resend_done(app_id, error, ticket)
             case m.Invalidate(token, waiter):
                 waiter.resolve(refresher.invalidate(token))
-            case m.Snapshot(waiter):
-                waiter.resolve(self._metrics_snapshot())
+            case m.Snapshot(waiter) | m.Health(waiter):
+                waiter.resolve(self._report(message))
             case m.ReportDue():
                 self._log_report()
             case m.Probe():
@@ -144,6 +144,11 @@ class TokenActor(pykka.ThreadingActor):
             waiter.fail(exc)
             return
         self._refresher.get(key, waiter)
+
+    def _report(self, question: m.Snapshot | m.Health) -> TokenMetrics | SystemHealth:
+        if isinstance(question, m.Health):
+            return self._refresher.health(question.store)
+        return self._metrics_snapshot()
 
     def _metrics_snapshot(self) -> TokenMetrics:
         depth = self.actor_inbox.qsize()  # type: ignore[attr-defined]

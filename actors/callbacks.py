@@ -434,7 +434,11 @@ def _feed_ticket(
         if receipt is None:
             return  # seen before, or older than the ticket in use: acknowledged, fed nothing
         # Sent under the lock, so the actor receives the tickets in the order they were judged.
-        future = system.proxy.set_app_ticket(event.ticket, app_id=event.app_id)
+        # made_at orders it in the system's ticket book and in the store, where other
+        # processes' deliveries meet (this ledger sees only this process's).
+        future = system.proxy.set_app_ticket(
+            event.ticket, app_id=event.app_id, made_at=event.created
+        )
     try:
         future.get(timeout=timeout)
     except BaseException:

@@ -325,6 +325,21 @@ def test_a_ticket_made_earlier_never_replaces_one_made_later(
     assert ticket_in_use(system) == later["event"]["app_ticket"]
 
 
+@pytest.mark.parametrize("schema", ["1.0", "2.0"])
+def test_the_events_creation_time_reaches_the_system_with_its_ticket_in_seconds(
+    system: actors.TokenSystem, schema: Literal["1.0", "2.0"]
+) -> None:
+    made = float(int(time.time()) - 60)
+    [event] = events_made_at(schema, made)
+    assert feed(system, *push(event)) == {}
+
+    # Handed over some other way (another endpoint, a store's copy): ordered by the same time.
+    system.proxy.set_app_ticket("made-a-second-earlier", made_at=made - 1).get(timeout=5)
+    assert ticket_in_use(system) == event["event"]["app_ticket"]
+    system.proxy.set_app_ticket("made-a-second-later", made_at=made + 1).get(timeout=5)
+    assert ticket_in_use(system) == "made-a-second-later"
+
+
 def test_a_ticket_event_dated_in_the_future_is_refused(system: actors.TokenSystem) -> None:
     [ahead] = events_made_at("2.0", time.time() + DAY)
 
@@ -355,7 +370,9 @@ class _FailingOnce:
         self.proxy = self
         self.fed: list[str] = []
 
-    def set_app_ticket(self, ticket: str, *, app_id: str | None = None) -> pykka.Future[None]:
+    def set_app_ticket(
+        self, ticket: str, *, app_id: str | None = None, made_at: float | None = None
+    ) -> pykka.Future[None]:
         future: pykka.Future[None] = pykka.ThreadingFuture()
         if self.fed or ticket != "first-try":
             future.set(None)

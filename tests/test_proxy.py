@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import requests
 
 import actors
+from actors.stores import Store
 from actors.testing import FunctionSource
+from tests.test_fork import in_child
 
 APP = actors.AppConfig("cli_px", "secret")
 MARKET = actors.AppConfig("cli_pm", "secret", app_type=actors.AppType.MARKETPLACE)
@@ -91,3 +96,63 @@ def test_invalidate_with_a_non_string_is_a_value_error() -> None:
         pytest.raises(ValueError, match="token must be a string"),
     ):
         system.proxy.invalidate(None).get(timeout=5)  # type: ignore[arg-type]
+
+
+class PassThroughStore(Store):
+    """A store that shares nothing: it serves through the system's own source and records each
+    app_ticket handed to it with its made_at."""
+
+    def __init__(self) -> None:
+        self.tickets: list[tuple[str, float | None]] = []
+        self._closed = False
+
+    def wrap(self, source: actors.TokenSource, policy: actors.RefreshPolicy) -> Any:
+        return source
+
+    def attach(self, on_notice: Callable[[str], object]) -> None:
+        pass
+
+    def put_ticket(
+        self, app: actors.AppConfig | str, ticket: str, *, made_at: float | None = None
+    ) -> bool:
+        self.tickets.append((ticket, made_at))
+        return True
+
+    def close(self, *, timeout: float = 2.0) -> None:
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def test_the_store_is_handed_each_tickets_creation_time_to_order_it_for_every_process() -> None:
+    store = PassThroughStore()
+    with actors.TokenSystem.start(MARKET, source=FunctionSource.constant(), store=store) as system:
+        system.proxy.set_app_ticket("newer", made_at=1_700_000_100.0).get(timeout=5)
+        system.proxy.set_app_ticket("older", made_at=1_700_000_000.0).get(timeout=5)
+        asyncio.run(system.proxy.aset_app_ticket("untimed"))
+    # The store judges for itself: what it holds may be newer than anything this process saw.
+    assert store.tickets == [
+        ("newer", 1_700_000_100.0),
+        ("older", 1_700_000_000.0),
+        ("untimed", None),
+    ]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_with_the_newest_ticket_not_the_last_handed_over() -> None:
+    def fetch(request: actors.TokenRequest) -> actors.Grant:
+        return actors.Grant(f"a-{request.app_ticket}", 7200.0)
+
+    with actors.TokenSystem.start(MARKET, source=FunctionSource(fetch)) as system:
+        system.proxy.set_app_ticket("newer", made_at=1_700_000_100.0).get(timeout=5)
+        system.proxy.set_app_ticket("older", made_at=1_700_000_000.0).get(timeout=5)
+
+        def child() -> str:
+            token = system.proxy.get_token(actors.TokenKind.APP).get(timeout=5)
+            system.stop(timeout=5)
+            return token
+
+        code, text = in_child(child)
+    assert (code, text) == (0, "a-newer")

@@ -6,6 +6,7 @@ safety margin, a mailbox that never waits for a fetch) is in test_read_paths.py,
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -220,7 +221,83 @@ def test_set_app_ticket_validates_its_arguments(
         system.proxy.set_app_ticket("x", app_id=app.app_id).get(timeout=5)
     with pytest.raises(ValueError, match="non-empty"):
         system.proxy.set_app_ticket("", app_id=MARKET_ID).get(timeout=5)
+    for made_at in (float("nan"), float("inf"), -1.0, True, "1700000000", 1_700_000_000_000):
+        with pytest.raises(ValueError, match="made_at"):
+            system.proxy.set_app_ticket("x", app_id=MARKET_ID, made_at=made_at).get(timeout=5)  # type: ignore[arg-type]
     assert system.proxy.set_app_ticket("ticket", app_id=MARKET_ID).get(timeout=5) is None
+    assert system.proxy.set_app_ticket("t", app_id=MARKET_ID, made_at=1.7e9).get(timeout=5) is None
+
+
+# --- the order of app_tickets: the event's creation time (made_at) ------------------------------
+
+MADE = 1_700_000_000.0
+
+
+def hand_over(system: actors.TokenSystem, ticket: str, made_at: float | None, front: str) -> None:
+    if front == "coroutine":
+        asyncio.run(system.proxy.aset_app_ticket(ticket, made_at=made_at))
+    else:
+        system.proxy.set_app_ticket(ticket, made_at=made_at).get(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("late_made_at", "front"),
+    [(MADE - 3600, "future"), (None, "future"), (MADE - 1, "coroutine")],
+    ids=["made-earlier", "no-time", "made-earlier-coroutine"],
+)
+def test_a_ticket_made_earlier_or_without_a_time_never_replaces_one_with_a_time(
+    make_system: SystemFactory,
+    market_app: actors.AppConfig,
+    server: FakeFeishu,
+    late_made_at: float | None,
+    front: str,
+) -> None:
+    system = make_system(market_app)
+    old = server.issue_ticket(MARKET_ID)
+    new = server.issue_ticket(MARKET_ID)  # Feishu's next push: the old ticket dies
+    hand_over(system, new, MADE, front)
+
+    hand_over(system, old, late_made_at, front)  # a late or replayed delivery
+
+    assert server.valid_token(system.proxy.get_token(APP).get(timeout=5))
+    assert (server.count("app"), server.count("resend")) == (1, 0)  # the new ticket, at once
+
+
+def test_tickets_without_times_replace_each_other_in_the_order_handed_over(
+    make_system: SystemFactory, market_app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    system = make_system(market_app)
+    system.proxy.set_app_ticket(server.issue_ticket(MARKET_ID)).get(timeout=5)
+
+    system.proxy.set_app_ticket(server.issue_ticket(MARKET_ID)).get(timeout=5)
+
+    assert server.valid_token(system.proxy.get_token(APP).get(timeout=5))
+    assert (server.count("app"), server.count("resend")) == (1, 0)
+
+
+def test_a_refused_ticket_and_older_ones_stay_out_and_a_newer_one_gets_in(
+    make_system: SystemFactory, market_app: actors.AppConfig, server: FakeFeishu
+) -> None:
+    system = make_system(market_app)
+    older = server.issue_ticket(MARKET_ID)
+    refused = server.issue_ticket(MARKET_ID)
+    server.issue_ticket(MARKET_ID)  # one the system never gets: Feishu refuses the ones before
+    system.proxy.set_app_ticket(refused, made_at=MADE).get(timeout=5)
+    forward_tickets(server, system)  # the app's handler of Feishu's re-push (no time given)
+    token = system.proxy.get_token(APP).get(timeout=5)  # 10012, resend, the pushed ticket
+    assert (server.count("app"), server.count("resend")) == (2, 1)
+
+    system.proxy.set_app_ticket(refused, made_at=MADE).get(timeout=5)  # replayed
+    system.proxy.set_app_ticket(older, made_at=MADE - 60).get(timeout=5)
+    system.proxy.invalidate(token).get(timeout=5)
+    assert server.valid_token(system.proxy.get_token(APP).get(timeout=5))
+    assert (server.count("app"), server.count("resend")) == (3, 1)  # the pushed ticket still
+
+    newest = server.issue_ticket(MARKET_ID)
+    system.proxy.set_app_ticket(newest, made_at=MADE + 3600).get(timeout=5)
+    system.proxy.invalidate(system.proxy.get_token(APP).get(timeout=5)).get(timeout=5)
+    assert server.valid_token(system.proxy.get_token(APP).get(timeout=5))
+    assert (server.count("app"), server.count("resend")) == (4, 1)
 
 
 def test_a_get_token_with_a_bad_reply_to_does_not_strand_the_other_callers(
