@@ -9,7 +9,8 @@ import http.client
 import io
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal, cast
 
@@ -17,7 +18,8 @@ import pytest
 
 import actors
 from actors.testing import FakeFeishu, app_ticket_event, encrypt_event, sign_event
-from tests.conftest import SystemFactory
+from tests.conftest import MARKET_ID, MARKET_SECRET, SystemFactory
+from tests.stores.conftest import redis_server, stores, systems  # noqa: F401 - fixtures
 
 ENCRYPT_KEY = "flow-encrypt-key"
 VERIFICATION_TOKEN = "flow-verification-token"
@@ -196,3 +198,47 @@ def test_with_an_encrypt_key_an_event_in_clear_is_refused(
 
     with pytest.raises(actors.EventError, match="not encrypted"):
         actors.handle_event(system, body, encrypt_key=ENCRYPT_KEY)
+
+
+def delivery(ticket: str, made_at: float) -> tuple[bytes, dict[str, str]]:
+    """An app_ticket event made at ``made_at`` (Unix seconds), delivered now: encrypted and
+    signed as Feishu does (a late redelivery is signed afresh)."""
+    event = app_ticket_event(MARKET_ID, ticket, verification_token=VERIFICATION_TOKEN)
+    event["ts"] = f"{made_at:.6f}"
+    raw = encrypt_event(event, ENCRYPT_KEY)
+    return raw, sign_event(raw, ENCRYPT_KEY)
+
+
+def test_a_late_delivery_in_another_process_never_puts_an_older_ticket_back_in_redis(
+    server: FakeFeishu,
+    stores: Callable[..., actors.RedisStore],  # noqa: F811 - the fixture imported above
+    systems: list[actors.TokenSystem],  # noqa: F811 - the fixture imported above
+) -> None:
+    # Processes A and B each run an event endpoint on one Redis; C starts later and takes its
+    # app_ticket from Redis.
+    market = actors.AppConfig(
+        MARKET_ID, MARKET_SECRET, app_type=actors.AppType.MARKETPLACE, base_url=server.base_url
+    )
+    policy = actors.RefreshPolicy(ticket_wait=2.0)
+    a, b, c = (actors.TokenSystem.start(market, policy=policy, store=stores()) for _ in "abc")
+    systems += [a, b, c]
+    older = server.issue_ticket(MARKET_ID)
+    newer = server.issue_ticket(MARKET_ID)  # Feishu's next push: the older one dies
+    made = time.time() - 60
+
+    def feed(system: actors.TokenSystem, ticket: str, made_at: float) -> None:
+        raw, headers = delivery(ticket, made_at)
+        answer = actors.handle_event(
+            system,
+            raw,
+            headers=headers,
+            verification_token=VERIFICATION_TOKEN,
+            encrypt_key=ENCRYPT_KEY,
+        )
+        assert answer == {}
+
+    feed(a, newer, made)
+    feed(b, older, made - 3600)  # delayed an hour, and B never saw the newer one
+
+    assert server.valid_token(c.proxy.get_token(actors.TokenKind.APP).get(timeout=TIMEOUT))
+    assert (server.count("app"), server.count("resend")) == (1, 0)  # Redis held the newer one
