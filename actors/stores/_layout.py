@@ -312,10 +312,12 @@ return {'wait', '', redis.call('PTTL', KEYS[2]), top, fault}
 
 # Monotone compare-and-set of a token value. KEYS: value, version. ARGV: token, ttl ms, seen
 # (the key's version when the writer took its lease), owner, max pttl ms, min pttl ms.
-# Another usable token stays if it outlives min pttl and either outlives the new one or was
-# written after the writer took its lease (a newer upstream answer). The same token is
-# rewritten (a fresh version) but never with a longer lifetime: a late writer, paused past its
-# lease, cannot extend it.
+# Another usable token stays if it outlives min pttl and was written after the writer took its
+# lease (a newer upstream answer); one the writer saw is the one it fetched to replace. Only
+# versions decide, never lifetimes: after failover to a server whose clock is slower, every
+# PTTL written before it reads longer than it is. The same token is rewritten (a fresh
+# version) but never with a longer lifetime: a late writer, paused past its lease, cannot
+# extend it.
 # Returns {1, token, ttl, fault} if written, else {0, kept token, its pttl, fault}.
 WRITE = (
     CHECKS
@@ -331,7 +333,7 @@ if raw then
     fault = why
   else
     if cur.token ~= ARGV[1] then
-      if pttl > tonumber(ARGV[6]) and (pttl > ttl or cur.ver > tonumber(ARGV[3])) then
+      if pttl > tonumber(ARGV[6]) and cur.ver > tonumber(ARGV[3]) then
         return {0, cur.token, pttl, fault}
       end
     elseif pttl < ttl then

@@ -177,20 +177,19 @@ def test_writes_are_ordered_by_the_keys_version_and_a_late_writer_never_extends_
     store = stores(redis_server.url)
 
     assert store.write(KEYS, "t-long", 100_000, 0)[0]  # version 1
-    # A shorter-lived other token does not replace a longer-lived one: the longer one is kept.
-    written, kept, pttl = store.write(KEYS, "t-short", 50_000, 1)
-    assert (written, kept) == (False, "t-long") and 50_000 < pttl <= 100_000
     # A writer that took its lease before the stored value was written lost the race, however
     # long-lived its token: it saw version 0, the value is version 1.
-    assert store.write(KEYS, "t-stale-writer", 200_000, 0)[:2] == (False, "t-long")
-    # A writer that saw the stored value, with a longer-lived token, wins.
-    assert store.write(KEYS, "t-newer", 200_000, 1)[0]
+    written, kept, pttl = store.write(KEYS, "t-stale-writer", 200_000, 0)
+    assert (written, kept) == (False, "t-long") and 90_000 < pttl <= 100_000
+    # A writer that saw the stored value fetched to replace it: it wins whatever lifetime Redis
+    # reports for the stored one (after failover to a slower clock, each reads too long).
+    assert store.write(KEYS, "t-newer", 50_000, 1)[0]
     # The same token is rewritten (a new version) with a shorter lifetime, never a longer one:
     # a writer that was paused past its lease cannot keep a token beyond its real expiry.
-    assert store.write(KEYS, "t-newer", 150_000, 0)[0]
+    assert store.write(KEYS, "t-newer", 40_000, 0)[0]
     written, kept, pttl = store.write(KEYS, "t-newer", 900_000, 0)
-    assert written and kept == "t-newer" and 140_000 < pttl <= 150_000
-    assert 140_000 < client.pttl(KEYS.value) <= 150_000
+    assert written and kept == "t-newer" and 30_000 < pttl <= 40_000
+    assert 30_000 < client.pttl(KEYS.value) <= 40_000
     assert json.loads(client.get(KEYS.value) or b"{}")["ver"] == 4
     assert client.get(KEYS.version) == b"4"
 
