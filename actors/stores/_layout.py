@@ -352,43 +352,43 @@ return {1, ARGV[1], ttl, fault}
 """
 )
 
-# The app_ticket, if usable; an unusable one is deleted. KEYS: ticket. ARGV: owner, max pttl ms.
-# Returns {ticket or '', fault}.
+# The stored app_ticket if usable, else nil; and why not ('' for none: absent or usable). An
+# unusable one is deleted. KEYS: ticket. ARGV[1]: owner.
+_STORED_TICKET = f"""
+local function stored_ticket()
+  local fault = retyped(1)
+  local raw = redis.call('GET', KEYS[1])
+  if not raw then return nil, fault end
+  local value, why = check(raw, 'ticket', ARGV[1], redis.call('PTTL', KEYS[1]), {TICKET_TTL_MS})
+  if value then return value, fault end
+  redis.call('DEL', KEYS[1])
+  return nil, why
+end
+"""
+
+# The app_ticket, if usable. KEYS: ticket. ARGV: owner. Returns {ticket or '', fault}.
 READ_TICKET = (
     CHECKS
+    + _STORED_TICKET
     + """
-local fault = retyped(1)
-local raw = redis.call('GET', KEYS[1])
-if raw then
-  local value, why = check(raw, 'ticket', ARGV[1], redis.call('PTTL', KEYS[1]), tonumber(ARGV[2]))
-  if value then return {value.ticket, fault} end
-  redis.call('DEL', KEYS[1])
-  fault = why
-end
-return {'', fault}
+local value, fault = stored_ticket()
+return {value and value.ticket or '', fault}
 """
 )
 
-# Keep the newest app_ticket. KEYS: ticket. ARGV: the new value, its made_at_ms ('' if not
-# known), owner, ttl ms. A usable stored ticket with a made_at_ms stays if the new one is older
-# or of unknown age; one without a made_at_ms is always replaced. Returns {written, fault}.
+# Keep the newest app_ticket. KEYS: ticket. ARGV: owner, the new value, its made_at_ms ('' if
+# not known), ttl ms. A usable stored ticket with a made_at_ms stays if the new one is older or
+# of unknown age; one without a made_at_ms is always replaced. Returns {written, fault}.
 WRITE_TICKET = (
     CHECKS
+    + _STORED_TICKET
     + """
-local fault = retyped(1)
-local raw = redis.call('GET', KEYS[1])
-if raw then
-  local cur, why = check(raw, 'ticket', ARGV[3], redis.call('PTTL', KEYS[1]), """
-    + str(TICKET_TTL_MS)
-    + """)
-  if not cur then
-    fault = why
-  elseif cur.made_at_ms ~= nil then
-    local made = tonumber(ARGV[2])
-    if made == nil or made < cur.made_at_ms then return {0, fault} end
-  end
+local cur, fault = stored_ticket()
+if cur and cur.made_at_ms ~= nil then
+  local made = tonumber(ARGV[3])
+  if made == nil or made < cur.made_at_ms then return {0, fault} end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
 return {1, fault}
 """
 )

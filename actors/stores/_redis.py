@@ -234,7 +234,7 @@ class RedisStore(Store):
             written, fault = self._link.script(
                 "write_ticket",
                 [key],
-                (value, "" if made_at_ms is None else made_at_ms, layout.owner(key), ttl_ms),
+                (layout.owner(key), value, "" if made_at_ms is None else made_at_ms, ttl_ms),
                 size=2,
             )
         except Unavailable:
@@ -309,9 +309,7 @@ class RedisStore(Store):
 
     def get_ticket(self, app: AppConfig) -> str | None:
         key = layout.ticket_key(self.prefix, app)
-        ticket, fault = self._link.script(
-            "read_ticket", [key], (layout.owner(key), layout.TICKET_TTL_MS), size=2
-        )
+        ticket, fault = self._link.script("read_ticket", [key], (layout.owner(key),), size=2)
         self.faults.report(key, _text(fault), what="app_ticket")
         return _text(ticket) or None
 
