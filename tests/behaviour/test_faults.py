@@ -1,5 +1,6 @@
 """The fault matrix: every fault the fake server can produce x the phase it hits -> what callers
 see, how many upstream requests it costs, and what stays cached. One table (``FAULTS``), one test.
+Below it, the store's faults on a real redis-server: a second table (``STORE_CASES``).
 
 Phases (on a ManualClock: nothing time-based happens until the test advances it):
 
@@ -28,7 +29,11 @@ Every policy here allows two attempts per refresh (``max_attempts=2``).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import re
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,10 +41,25 @@ from typing import Any
 
 import pykka
 import pytest
+import redis
 
 import actors
-from actors.testing import FakeFeishu, Gate, Reply
+from actors.stores import _layout as layout
+from actors.testing import FakeFeishu, FunctionSource, Gate, Reply, wait_listening
+from actors.testing._stores import noticed_count
 from tests.conftest import APP_ID, MARKET_ID, MARKET_SECRET, SECRET, SystemFactory, our_threads
+from tests.redis_server import RedisServer, Relay
+from tests.stores.conftest import PREFIX, counting_source, text_keys, wait_for
+from tests.stores.test_faults import (
+    BAD_NOTICES,
+    BAD_TICKETS,
+    BAD_VALUES,
+    OTHER_ID,
+    OTHER_SECRET,
+    Mutation,
+    seed,
+)
+from tests.stores.test_faults import BASE_URL as STORE_BASE_URL
 
 APP, TENANT = actors.TokenKind.APP, actors.TokenKind.TENANT
 STEP = 1.0  # virtual seconds per step
@@ -449,3 +469,327 @@ def test_fault_matrix(
     assert expected is not None
     assert observed == expected, f"observed {observed}"
     assert case.min_gap() >= fault.min_gap  # the backoff honoured the rate limit's reset header
+
+
+# --- store faults: what Redis, or anyone who can write to it, hands a process -------------------
+#
+# A second table, on a real redis-server and the real clock: each row is one kind of bad shared
+# state; every row expects service to go on. Phases:
+#
+# - ``cold``: a process with nothing cached meets the fault (its key's value in Redis is bad, its
+#   notices are garbage, its Redis failed over).
+# - ``warm``: a process that cached the shared token before the fault keeps serving it from its
+#   own cache; when it invalidates the token it gets a fresh one, never the bad value.
+#
+# An outcome (``StoreOutcome``): ``sees`` the distinct tokens the process was served, in order
+# ("shared": the one Redis held before the fault, "fresh 1", "fresh 2": the first and second
+# from this test's upstream, anything else is named as it is); ``upstream`` the requests made in
+# the phase; ``next_process`` what a process started afterwards gets ("fresh 1 from Redis": with
+# no upstream request of its own); ``health`` what the faulted process's system.health() says.
+# Each fault's own test, with what it logs and more kinds of each, is in
+# tests/stores/test_faults.py; rows too slow for a matrix (a 20,000-notice flood, four processes
+# across a failover) have a fast representative here and their own test there.
+
+
+STORE_APP = actors.AppConfig(APP_ID, SECRET, base_url=STORE_BASE_URL)
+STORE_OTHER = actors.AppConfig(OTHER_ID, OTHER_SECRET, base_url=STORE_BASE_URL)
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    sees: tuple[str, ...]
+    upstream: int
+    next_process: str
+    health: str = "store up, faults counted"
+
+
+@dataclass
+class StoreCase:
+    """One store fault on a real Redis: the processes (systems), their upstream, the labels."""
+
+    stores: Callable[..., actors.RedisStore]
+    systems: list[actors.TokenSystem]
+    client: redis.Redis
+    upstream: FunctionSource = field(default_factory=lambda: counting_source(name="fresh"))
+    shared: str = ""
+
+    def start(self, apps: Any = STORE_APP, *, url: str | None = None) -> actors.TokenSystem:
+        store = self.stores(url, failure_threshold=1) if url else self.stores(failure_threshold=1)
+        self.systems.append(actors.TokenSystem.start(apps, store=store, source=self.upstream))
+        return self.systems[-1]
+
+    def label(self, token: str) -> str:
+        if token == self.shared:
+            return "shared"
+        if token.startswith("t-") and token.endswith("-fresh"):
+            return f"fresh {int(token.split('-')[1])}"
+        return f"bogus {token[:40]!r}"
+
+    def next_process(self, url: str | None = None) -> str:
+        before = len(self.upstream.requests)
+        token = self.label(self.start(url=url).proxy.get_token().get(timeout=5))
+        return token + (" from Redis" if len(self.upstream.requests) == before else " fetched")
+
+
+def health_label(system: actors.TokenSystem) -> str:
+    health = system.health()
+    store = health.store
+    assert store is not None
+    words = ["store up" if store.reachable else "store down"]
+    words += ["breaker open"] if store.breaker_open else []
+    words += ["faults counted"] if store.faults else []
+    words += [f"{health.keys_failing} keys failing"] if health.keys_failing else []
+    return ", ".join(words)
+
+
+def run_bad_value(case: StoreCase, mutate: Mutation, phase: str) -> StoreOutcome:
+    values = seed(case.stores, case.client)
+    key, value = values[APP_ID]
+    case.shared = str(value["token"])
+    seen = []
+    if phase == "warm":
+        process = case.start()
+        seen.append(process.proxy.get_token().get(timeout=5))
+        base = len(case.upstream.requests)
+        mutate(case.client, key, value, values[OTHER_ID][0])
+        seen.append(process.proxy.get_token().get(timeout=5))  # its own cache
+        process.proxy.invalidate(seen[-1]).get(timeout=5)
+    else:
+        base = len(case.upstream.requests)
+        mutate(case.client, key, value, values[OTHER_ID][0])
+        process = case.start()
+    seen.append(process.proxy.get_token().get(timeout=5))
+    upstream = len(case.upstream.requests) - base
+    return StoreOutcome(
+        distinct([case.label(t) for t in seen]),
+        upstream,
+        case.next_process(),
+        health_label(process),
+    )
+
+
+def run_wrong_type_of_another_app(case: StoreCase, phase: str) -> StoreOutcome:
+    """Item: one app's key of the wrong Redis type is that key's problem only."""
+    values = seed(case.stores, case.client)
+    case.shared = str(values[APP_ID][1]["token"])
+    other_key = values[OTHER_ID][0]
+    case.client.delete(other_key)
+    case.client.hset(other_key, "oops", "a hash")
+    process = case.start([STORE_APP, STORE_OTHER])
+    other = process.proxy.get_token(app_id=OTHER_ID).get(timeout=5)
+    mine = process.proxy.get_token(app_id=APP_ID).get(timeout=5)
+    return StoreOutcome(
+        distinct([case.label(other), case.label(mine)]),
+        len(case.upstream.requests),
+        case.next_process(),
+        health_label(process),
+    )
+
+
+def invalidation_behind(case: StoreCase, publish: Callable[[str], None]) -> StoreOutcome:
+    """Two listening processes share a token; ``publish(channel)`` sends the fault; then the
+    first invalidates the token, and the second must stop serving it at once."""
+    first, second = case.start(), case.start()
+    assert all(wait_listening(s._process.store, 5) for s in (first, second))  # type: ignore[arg-type]
+    held = first.proxy.get_token().get(timeout=5)
+    case.shared = held
+    seen = [second.proxy.get_token().get(timeout=5)]
+    publish(layout.channel(PREFIX))
+    first.proxy.invalidate(held).get(timeout=5)
+
+    def moved_on() -> bool:
+        seen.append(second.proxy.get_token().get(timeout=5))
+        return seen[-1] != held
+
+    wait_for(moved_on, 10.0, "the real invalidation behind the fault")
+    store = second._process.store
+    assert isinstance(store, actors.RedisStore)
+    assert noticed_count(store) <= 4096  # bounded, however many notices came
+    assert case.client.pubsub_numsub(layout.channel(PREFIX))[0][1] == 2  # nobody fell off
+    # The first process fetched the token, and again after its invalidation.
+    return StoreOutcome(
+        distinct([case.label(t) for t in seen]),
+        len(case.upstream.requests) - 1,
+        case.next_process(),
+        health_label(second),
+    )
+
+
+FAST_FLOOD = 2_000  # tests/stores/test_faults.py floods 20,000 (several seconds to publish)
+
+
+def run_notice_flood(case: StoreCase, phase: str) -> StoreOutcome:
+    def publish(channel: str) -> None:
+        pipe = case.client.pipeline(transaction=False)
+        for _ in range(FAST_FLOOD):
+            body = {"v": 2, "digest": secrets.token_hex(32), "origin": "flood", "ver": 1}
+            pipe.publish(channel, json.dumps(body))
+        pipe.execute()
+
+    return invalidation_behind(case, publish)
+
+
+def run_malformed_notices(case: StoreCase, phase: str) -> StoreOutcome:
+    def publish(channel: str) -> None:
+        for notice in BAD_NOTICES.values():
+            case.client.publish(channel, notice)
+
+    return invalidation_behind(case, publish)
+
+
+def run_failover_to_a_slower_clock(
+    case: StoreCase, failover: tuple[RedisServer, RedisServer, Relay]
+) -> StoreOutcome:
+    """A fast representative of the four-process failover test in tests/stores/test_faults.py:
+    one write before the failover, one after it on a primary whose clock is a minute slow."""
+    primary, replica, relay = failover
+    # Ten-minute tokens: the new primary's clock, a minute slow, reads a replicated TTL a minute
+    # longer, and a 2-hour token would then exceed Feishu's bound and be refetched once.
+    case.upstream = counting_source(600.0, name="fresh")
+    with (
+        redis.Redis(port=primary.port, socket_timeout=5) as old,
+        redis.Redis(port=replica.port, socket_timeout=5) as new,
+    ):
+        # Sync the replica at once, not after Redis's default 5 s wait for more replicas.
+        old.config_set("repl-diskless-sync-delay", 0)
+        new.replicaof("NO", "ONE")
+        new.replicaof("127.0.0.1", primary.port)
+        process = case.start(url=relay.url)
+        case.shared = process.proxy.get_token().get(timeout=5)  # fresh 1, on the primary
+
+        def replicated() -> bool:
+            keys = [k for k in old.keys(f"{PREFIX}*") if old.type(k) == b"string"]
+            return bool(keys) and all(new.get(k) == old.get(k) for k in keys)
+
+        wait_for(replicated, 10.0, "the replica to hold the primary's values")
+        relay.switch(replica.port)
+        new.replicaof("NO", "ONE")
+        primary.kill()
+    seen = [case.next_process(relay.url)]  # a process after the failover: the replicated one
+    process.proxy.invalidate(case.shared).get(timeout=5)
+    seen.append(case.label(process.proxy.get_token().get(timeout=5)))
+    return StoreOutcome(
+        tuple(seen), len(case.upstream.requests), case.next_process(relay.url), "store up"
+    )
+
+
+STORE_MARKET = actors.AppConfig(
+    MARKET_ID, MARKET_SECRET, app_type=actors.AppType.MARKETPLACE, base_url=STORE_BASE_URL
+)
+
+
+def run_bad_ticket(
+    case: StoreCase, phase: str, mutate: Callable[[redis.Redis, str], object]
+) -> StoreOutcome:
+    """The shared app_ticket is bad: the app token is fetched with the ticket Feishu pushes
+    again (which is shared in its place), never with the bad one."""
+    assert case.stores().put_ticket(STORE_MARKET, "ticket-good-1")
+    (key,) = text_keys(case.client, "*:ticket")
+    mutate(case.client, key)
+
+    def process() -> tuple[actors.TokenSystem, FunctionSource]:
+        source = FunctionSource(
+            lambda r: actors.Grant(f"a-{r.app_ticket}", 7200.0), resend=lambda _app: "pushed"
+        )
+        store = case.stores(failure_threshold=1, ticket_poll=0.2)
+        case.systems.append(actors.TokenSystem.start(STORE_MARKET, store=store, source=source))
+        return case.systems[-1], source
+
+    faulted, source = process()
+    sees = faulted.proxy.get_token(APP).get(timeout=5)
+    later, later_source = process()
+    next_token = later.proxy.get_token(APP).get(timeout=5)
+    where = "from Redis" if not later_source.resends else "pushed again"
+    return StoreOutcome(
+        (f"{sees} (resends {len(source.resends)})",),
+        len(source.requests),
+        f"{next_token} {where}",
+        health_label(faulted),
+    )
+
+
+BAD_VALUE_COLD = StoreOutcome(("fresh 1",), 1, "fresh 1 from Redis")
+BAD_VALUE_WARM = StoreOutcome(("shared", "fresh 1"), 1, "fresh 1 from Redis")
+# These bad values still hold the token the warm process invalidates: the invalidation's
+# compare-and-delete removes them unread, so no fault is counted (nor needed).
+SAME_TOKEN = {"a 30-day lifetime", "no lifetime and an issue time in the future"}
+
+
+def bad_value_expected(name: str, phase: str) -> StoreOutcome:
+    if phase == "cold":
+        return BAD_VALUE_COLD
+    return (
+        dataclasses.replace(BAD_VALUE_WARM, health="store up")
+        if name in SAME_TOKEN
+        else BAD_VALUE_WARM
+    )
+
+
+STORE_CASES = [
+    *(
+        pytest.param(
+            functools.partial(run_bad_value, mutate=mutate),
+            phase,
+            bad_value_expected(name, phase),
+            id=f"value {name}-{phase}",
+        )
+        for name, mutate in BAD_VALUES.items()
+        for phase in ("cold", "warm")
+    ),
+    *(
+        pytest.param(
+            functools.partial(run_bad_ticket, mutate=mutate),
+            "cold",
+            StoreOutcome(("a-pushed (resends 1)",), 1, "a-pushed from Redis"),
+            id=f"ticket {name}-cold",
+        )
+        for name, mutate in BAD_TICKETS.items()
+    ),
+    pytest.param(
+        run_wrong_type_of_another_app,
+        "cold",
+        StoreOutcome(("fresh 1", "shared"), 1, "shared from Redis"),
+        id="wrong-type-key-of-another-app-cold",
+    ),
+    pytest.param(
+        run_malformed_notices,
+        "warm",
+        StoreOutcome(("shared", "fresh 2"), 1, "fresh 2 from Redis", "store up"),
+        id="malformed-notices-warm",
+    ),
+    pytest.param(
+        run_notice_flood,
+        "warm",
+        StoreOutcome(("shared", "fresh 2"), 1, "fresh 2 from Redis", "store up"),
+        id="notice-flood-warm",
+    ),
+]
+
+
+@pytest.fixture
+def store_case(
+    client: redis.Redis,
+    stores: Callable[..., actors.RedisStore],
+    systems: list[actors.TokenSystem],
+) -> StoreCase:
+    return StoreCase(stores, systems, client)
+
+
+@pytest.mark.parametrize(("run", "phase", "expected"), STORE_CASES)
+def test_store_fault_matrix(
+    run: Callable[..., StoreOutcome], phase: str, expected: StoreOutcome, store_case: StoreCase
+) -> None:
+    observed = run(store_case, phase=phase)
+
+    assert observed == expected, f"observed {observed}"
+
+
+def test_store_fault_matrix_failover_to_a_redis_whose_clock_is_slower(
+    failover: tuple[RedisServer, RedisServer, Relay], store_case: StoreCase
+) -> None:
+    observed = run_failover_to_a_slower_clock(store_case, failover)
+
+    # The newer token is written on the new primary and served from it: one request per refresh.
+    assert observed == StoreOutcome(
+        ("shared from Redis", "fresh 2"), 2, "fresh 2 from Redis", "store up"
+    ), f"observed {observed}"

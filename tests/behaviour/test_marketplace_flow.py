@@ -19,7 +19,6 @@ import pytest
 import actors
 from actors.testing import FakeFeishu, app_ticket_event, encrypt_event, sign_event
 from tests.conftest import MARKET_ID, MARKET_SECRET, SystemFactory
-from tests.stores.conftest import redis_server, stores, systems  # noqa: F401 - fixtures
 
 ENCRYPT_KEY = "flow-encrypt-key"
 VERIFICATION_TOKEN = "flow-verification-token"
@@ -211,8 +210,8 @@ def delivery(ticket: str, made_at: float) -> tuple[bytes, dict[str, str]]:
 
 def test_a_late_delivery_in_another_process_never_puts_an_older_ticket_back_in_redis(
     server: FakeFeishu,
-    stores: Callable[..., actors.RedisStore],  # noqa: F811 - the fixture imported above
-    systems: list[actors.TokenSystem],  # noqa: F811 - the fixture imported above
+    stores: Callable[..., actors.RedisStore],
+    systems: list[actors.TokenSystem],
 ) -> None:
     # Processes A and B each run an event endpoint on one Redis; C starts later and takes its
     # app_ticket from Redis.
