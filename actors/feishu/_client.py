@@ -111,12 +111,15 @@ class FeishuAuthClient:
     def _post(self, app: AppConfig, path: str, form: _Form) -> dict[str, Any]:
         with attempt_deadline(sum(self._timeout)) as deadline:
             try:
+                # Never followed: requests would re-send the body, the app secret in it, to
+                # wherever the Location header points.
                 response = self._session.post(
                     app.base_url + path,
                     data=form.body,
                     headers=_HEADERS,
                     timeout=self._timeout,
                     stream=True,
+                    allow_redirects=False,
                 )
             except requests.RequestException as exc:
                 raise _failed(exc, deadline, None) from None
@@ -209,6 +212,8 @@ def _classify(
     secrets: list[str | None],
 ) -> dict[str, Any]:
     """The one response handler: success body, or the typed error its code stands for."""
+    if 300 <= status < 400:
+        raise UpstreamError(None, status, 1, detail="redirect refused (credentials stay put)")
     try:
         data = json.loads(content)
     except (ValueError, RecursionError):  # not JSON (or nested beyond reason)

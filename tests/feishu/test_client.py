@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import socket
+import threading
 import time
 from typing import Any
 
@@ -16,7 +18,7 @@ from actors.feishu import _protocol as feishu
 from actors.feishu._client import FeishuAuthClient
 from actors.feishu._sockets import AbortableAdapter
 from actors.testing import FakeFeishu, Reply
-from tests.conftest import MARKET_SECRET, SECRET, SystemFactory, drive
+from tests.conftest import APP_ID, MARKET_SECRET, SECRET, SystemFactory, drive
 
 TENANT = actors.TokenKind.TENANT
 APP = actors.TokenKind.APP
@@ -344,3 +346,52 @@ def test_an_adapter_answering_without_a_stream_is_read_too(app: actors.AppConfig
     session.mount("http://", Canned())
     grant = FeishuAuthClient(session, timeout=(1.0, 2.0)).fetch(TokenRequest(app=app, kind=TENANT))
     assert (grant.token, grant.expire) == ("t-canned", 60)
+
+
+def test_a_redirect_from_the_token_endpoint_is_refused_and_the_secret_goes_nowhere_else() -> None:
+    received: list[bytes] = []
+
+    class Foreign(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            body = (
+                b'{"code":0,"msg":"ok","tenant_access_token":"t-foreign-token-0001","expire":7200}'
+            )
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    foreign = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Foreign)
+
+    class Own(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.2:{foreign.server_port}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    own = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Own)
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (foreign, own)]
+    for thread in threads:
+        thread.start()
+    try:
+        app = actors.AppConfig(APP_ID, SECRET, base_url=f"http://127.0.0.1:{own.server_port}")
+        with requests.Session() as session:
+            client = FeishuAuthClient(session, timeout=(2.0, 2.0))
+            with pytest.raises(actors.UpstreamError, match="redirect refused") as info:
+                client.fetch(TokenRequest(app=app, kind=TENANT))
+        assert info.value.status == 307 and SECRET not in str(info.value)
+        assert received == []  # the foreign host saw nothing, let alone the secret
+    finally:
+        for server in (foreign, own):
+            server.shutdown()
+            server.server_close()
