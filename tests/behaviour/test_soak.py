@@ -1,5 +1,7 @@
-"""A bounded soak: a minute of real time, 64 caller threads, a marketplace app with 200 tenants and
-a self-built app, 8-second tokens, 10% random 503s plus a stream of other scripted faults.
+"""A bounded soak: 64 caller threads, a marketplace app with 200 tenants and a self-built app,
+8-second tokens, 10% random 503s plus a stream of other scripted faults; 30 s of real time
+without a store and 30 s with a ``RedisStore`` on a real redis-server (every fetch then goes
+through its leases, writes and notices).
 
 It checks what a long run would break: every get resolves within its timeout; no caller gets an
 error while a valid token was cached for its key; upstream calls stay within 10% of the ideal;
@@ -26,8 +28,9 @@ import pytest
 import actors
 from actors.testing import FakeFeishu, RecordedRequest, Reply
 from tests.conftest import APP_ID, MARKET_ID, MARKET_SECRET, SECRET, our_threads
+from tests.redis_server import RedisServer
 
-SOAK_SECONDS = 60.0  # the whole run, warm-up included; it ends by itself
+SOAK_SECONDS = 30.0  # each run (without and with a store), warm-up included; it ends by itself
 WARMUP_SECONDS = 10.0  # memory is measured from here (after all first fetches and pools)
 THREADS = 64
 TENANTS = 200
@@ -233,9 +236,9 @@ def fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def start(server: FakeFeishu, seen: Seen) -> actors.TokenSystem:
+def start(server: FakeFeishu, seen: Seen, store: actors.RedisStore | None) -> actors.TokenSystem:
     """The system under soak: both apps, the marketplace app's ticket, its re-push wired, its
-    refresh events recorded in ``seen``."""
+    refresh events recorded in ``seen``; with ``store`` when one is given."""
     server.add_app(APP_ID, SECRET)
     server.add_app(MARKET_ID, MARKET_SECRET, marketplace=True)
     server.set_failure_rate(FAILURE_RATE, seed=5)
@@ -244,7 +247,7 @@ def start(server: FakeFeishu, seen: Seen) -> actors.TokenSystem:
         actors.AppConfig(APP_ID, SECRET, base_url=server.base_url),
         actors.AppConfig(MARKET_ID, MARKET_SECRET, app_type=market, base_url=server.base_url),
     ]
-    system = actors.TokenSystem.start(apps, policy=POLICY)
+    system = actors.TokenSystem.start(apps, policy=POLICY, store=store)
     system.subscribe(lambda event: seen.refreshed(event, time.monotonic()))
 
     def push(app_id: str, ticket: str) -> None:  # the app's app_ticket event handler
@@ -306,12 +309,18 @@ def test_the_oracle_owes_a_token_only_while_the_systems_own_expiry_leaves_it_ser
 
 @pytest.mark.soak
 @pytest.mark.timeout(SOAK_SECONDS + 120)
-def test_soak(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["no store", "RedisStore"])
+def test_soak(
+    shared: bool, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The redis-server (a process of its own, with its pipes) is up before anything is counted.
+    redis_server: RedisServer | None = request.getfixturevalue("redis_server") if shared else None
     threads_before, fds_before = sorted(our_threads()), fds()
     started = time.monotonic()
     seen = Seen()
     with FakeFeishu(token_lifetime=LIFETIME) as server:
-        system = start(server, seen)
+        store = None if redis_server is None else actors.RedisStore(redis_server.url)
+        system = start(server, seen, store)
         try:
             run = load(system, server, seen, started + SOAK_SECONDS)
             # The system keeps refreshing until stop(): bracket the snapshot with the server's
@@ -333,7 +342,8 @@ def test_soak(capsys: pytest.CaptureFixture[str]) -> None:
     grown = sum(stat.size_diff for stat in growth)
     top = ", ".join(f"{s.traceback[0]} {s.size_diff / 1024:+.0f} KiB" for s in growth[:3])
     figures = (
-        f"soak: {end - started:.0f}s, {THREADS} threads, {len(KEYS)} keys: {seen.gets} gets, "
+        f"soak ({'RedisStore' if shared else 'no store'}): {end - started:.0f}s, "
+        f"{THREADS} threads, {len(KEYS)} keys: {seen.gets} gets, "
         f"{seen.hung} hung, errors {dict(seen.errors)} ({len(seen.while_valid)} while a token "
         f"was valid); upstream {made} vs ideal {ideal:.0f} ({made / ideal - 1:+.1%}; "
         f"{metrics.fetch_success} ok, {metrics.fetch_failure} failed, {metrics.retries} retries, "
