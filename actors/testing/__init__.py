@@ -28,8 +28,8 @@ The faults a misbehaving upstream or gateway can produce, for a client's fault m
 Drips and resets need the loopback socket; :meth:`FakeFeishu.adapter` (in-process) answers a
 drip at once and raises ``requests.ConnectionError`` for a reset.
 
-Business Open API routes (loopback only: the in-process adapter passes no headers), answered
-with Feishu's codes for a revoked, expired, unknown or missing bearer token:
+Business Open API routes, answered with Feishu's codes for a revoked, expired, unknown or
+missing bearer token:
 
 - ``GET /open-apis/im/v1/chats`` and ``POST /open-apis/im/v1/messages?receive_id_type=...``
   take a tenant token (99991663 when it is not one the server accepts),
@@ -38,6 +38,29 @@ with Feishu's codes for a revoked, expired, unknown or missing bearer token:
   ``body``; scripted and held like token requests: ``server.script("business", Reply.http(502))``,
   ``Reply.code(99991672, "...", status=400)`` (a missing scope), ...;
 - ``server.business.set_invalid_status(200)``: invalid-token answers with HTTP 200, not 400.
+
+User access tokens (``server.oauth``, an ``OAuthApi``; ``docs/feishu-protocol.md``, "User access
+tokens"):
+
+- test users: ``server.oauth.add_user("ou_1", name=..., tenant_key=...)``, ``sign_in("ou_1")``
+  (who consents on the authorize page), ``deny_next()``;
+- ``GET /open-apis/authen/v1/authorize?client_id=...&redirect_uri=...&scope=...&state=...``
+  (PKCE ``code_challenge`` with ``code_challenge_method=S256``) redirects (302) to
+  ``redirect_uri?code=...&state=...``; ``server.oauth.issue_code(app_id, redirect_uri)`` skips
+  the browser;
+- ``POST /oauth/v3/token`` and ``POST /open-apis/authen/v2/oauth/token``: single-use codes,
+  single-use rotating refresh tokens (a reuse answers 20064 and counts in
+  ``server.oauth.refresh_reuses``; every answer in ``server.oauth.redemptions`` as a
+  :class:`Redemption`), a refresh token only with the ``offline_access`` scope;
+- lifetimes on the server's clock: ``server.oauth.set_lifetimes(access_token=...,
+  refresh_token=..., code=..., grant=...)`` (past them: 20004, 20037, 99991677);
+- ``server.oauth.configure(app_id, redirect_uris=..., offline_access=..., refresh_enabled=...)``,
+  ``revoke(open_id)``, ``lose_answer()`` (the rotation happens, the answer never arrives),
+  ``grant_alive(open_id)``;
+- any code on demand: ``server.script("user", oauth_error(20050))`` (HTTP 500), ``20037``,
+  ``20074``, ...; recorded, scripted and held as kinds ``"user"`` and ``"authorize"``;
+- ``GET /open-apis/authen/v1/user_info`` and ``GET /open-apis/calendar/v4/calendars`` take a
+  user token: 99991668 for one never issued or revoked, 99991677 for an expired one.
 
 Event push: ``server.push_events_to(url, verification_token=..., encrypt_key=...)`` POSTs an
 encrypted, signed app_ticket event (:func:`encrypt_event`, :func:`sign_event`,
@@ -51,6 +74,8 @@ from actors.testing._events import app_ticket_event as app_ticket_event
 from actors.testing._events import encrypt_event as encrypt_event
 from actors.testing._events import sign_event as sign_event
 from actors.testing._fake_feishu import FakeFeishu as FakeFeishu
+from actors.testing._oauth import Redemption as Redemption
+from actors.testing._oauth import oauth_error as oauth_error
 from actors.testing._replies import Gate as Gate
 from actors.testing._replies import RecordedRequest as RecordedRequest
 from actors.testing._replies import Reply as Reply
@@ -67,9 +92,11 @@ __all__ = [
     "Gate",
     "Push",
     "RecordedRequest",
+    "Redemption",
     "Reply",
     "app_ticket_event",
     "encrypt_event",
+    "oauth_error",
     "sign_event",
     "store_available",
     "wait_listening",

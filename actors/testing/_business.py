@@ -3,7 +3,8 @@
 A few real routes, answered the way Feishu answers them: with a token the server issued and still
 accepts (not rotated away, not expired) ``{"code": 0, "msg": "success", "data": {...}}``; with a
 revoked, expired or unknown token the invalid-token code of the route's token kind (99991663 for
-tenant routes, 99991664 for the app route, 99991671 for a token not even shaped like one), with
+tenant routes, 99991664 for the app route, 99991671 for a token not even shaped like one; on user
+routes 99991668, or 99991677 for a user token the server issued that has expired), with
 HTTP 400 by default (real Feishu uses 200 as well: :meth:`BusinessApi.set_invalid_status`);
 without a bearer token 99991661. The codes are the fake's own (``actors.testing._protocol``),
 written out independently of the client's table.
@@ -14,7 +15,11 @@ The routes are those of the official SDK's requests (``lark_oapi``):
 - ``POST /open-apis/im/v1/messages?receive_id_type=...`` (``CreateMessageRequest``, tenant
   token, JSON body with ``receive_id``, ``msg_type``, ``content``): the message created;
 - ``POST /open-apis/authen/v1/oidc/access_token`` (``CreateOidcAccessTokenRequest``, app token,
-  JSON body with ``grant_type`` and ``code``): a user access token.
+  JSON body with ``grant_type`` and ``code``): a user access token;
+- ``GET /open-apis/authen/v1/user_info`` (``GetUserInfoRequest``, user token): who the token's
+  user is (``open_id``, ``union_id``, ``name``, ``tenant_key``, ...);
+- ``GET /open-apis/calendar/v4/calendars`` (``ListCalendarRequest``, user token here; Feishu
+  takes a tenant token too): the user's primary calendar.
 
 Business calls are recorded as ``RecordedRequest`` of kind ``"business"`` with the token they
 carried, their headers and body, and take scripted replies (``server.script("business", ...)``)
@@ -42,11 +47,15 @@ from actors.feishu._protocol import CODE_FIELD, MSG_FIELD
 from actors.testing._ledger import Issued, Ledger
 from actors.testing._protocol import (
     APP_TOKEN_INVALID,
+    CALENDARS_PATH,
     FIELD_INVALID,
     OK,
     TENANT_TOKEN_INVALID,
     TOKEN_MALFORMED,
     TOKEN_MISSING,
+    USER,
+    USER_INFO_PATH,
+    UserCode,
 )
 from actors.testing._replies import Exchange, Headers, RecordedRequest, Reply, dump_json
 
@@ -54,7 +63,11 @@ __all__ = ["BUSINESS", "ROUTES", "BusinessApi", "BusinessServer", "Route"]
 
 BUSINESS = "business"  # the kind business calls are recorded, scripted and held under
 
-_INVALID = {TokenKind.TENANT: TENANT_TOKEN_INVALID, TokenKind.APP: APP_TOKEN_INVALID}
+_INVALID: dict[str, int] = {
+    TokenKind.TENANT: TENANT_TOKEN_INVALID,
+    TokenKind.APP: APP_TOKEN_INVALID,
+    USER: UserCode.USER_TOKEN_INVALID,
+}
 _MESSAGES = {
     TOKEN_MISSING: "Missing access token for authorization. Please make a request with token "
     "attached.",
@@ -64,6 +77,10 @@ _MESSAGES = {
     "app access token attached.",
     TOKEN_MALFORMED: "Invalid access token for authorization. Please check the access token "
     "format.",
+    UserCode.USER_TOKEN_INVALID: "Invalid access token for authorization. Please make a request "
+    "with token attached.",
+    UserCode.USER_TOKEN_EXPIRED: "Authentication token expired. Please refresh the user access "
+    "token.",
 }
 _TOKEN_PREFIXES = ("t-", "a-", "u-")  # how tenant, app and user tokens start
 _RECEIVE_ID_TYPES = frozenset({"open_id", "user_id", "union_id", "email", "chat_id"})
@@ -88,7 +105,7 @@ class Route:
 
     method: str
     path: str
-    kind: TokenKind
+    kind: str  # a TokenKind, or USER
     answer: Callable[[Call], Data | Reply]
 
 
@@ -151,6 +168,36 @@ def _user_access_token(call: Call) -> Data | Reply:
     }
 
 
+def _user_info(call: Call) -> Data:
+    user = call.issued.user
+    assert user is not None  # only user tokens reach user routes
+    data: Data = {
+        "name": user.name,
+        "en_name": user.name,
+        "avatar_url": "",
+        "open_id": user.open_id,
+        "union_id": user.union_id,
+        "tenant_key": user.tenant_key,
+    }
+    return data | ({"user_id": user.user_id} if user.user_id is not None else {})
+
+
+def _list_calendars(call: Call) -> Data:
+    user = call.issued.user
+    assert user is not None  # only user tokens reach user routes
+    calendar = {
+        "calendar_id": f"feishu.cn_{user.open_id}@group.calendar.feishu.cn",
+        "summary": user.name,
+        "description": "",
+        "permissions": "private",
+        "type": "primary",
+        "role": "owner",
+        "is_deleted": False,
+        "is_third_party": False,
+    }
+    return {"has_more": False, "page_token": "", "sync_token": "", "calendar_list": [calendar]}
+
+
 def _field_invalid(detail: str) -> Reply:
     return Reply.code(FIELD_INVALID, f"field validation failed: {detail}", status=400)
 
@@ -164,6 +211,8 @@ ROUTES: Mapping[tuple[str, str], Route] = MappingProxyType(
             Route(
                 "POST", "/open-apis/authen/v1/oidc/access_token", TokenKind.APP, _user_access_token
             ),
+            Route("GET", USER_INFO_PATH, USER, _user_info),
+            Route("GET", CALENDARS_PATH, USER, _list_calendars),
         )
     }
 )
@@ -222,8 +271,11 @@ class BusinessApi:
             return self._refuse(TOKEN_MISSING)
         issued = self._ledger.alive(req.token)
         if issued is None or issued.kind != route.kind:
-            malformed = not req.token.startswith(_TOKEN_PREFIXES)
-            return self._refuse(TOKEN_MALFORMED if malformed else _INVALID[route.kind])
+            if not req.token.startswith(_TOKEN_PREFIXES):
+                return self._refuse(TOKEN_MALFORMED)
+            known = self._ledger.find(req.token)
+            expired = known is not None and known.kind == USER == route.kind
+            return self._refuse(UserCode.USER_TOKEN_EXPIRED if expired else _INVALID[route.kind])
         body = _json_object(raw)
         if raw.strip() and body is None:
             return _field_invalid("the body is not a JSON object")

@@ -6,7 +6,7 @@ error codes and the 30-minute same-token rule, with expiry computed on an inject
 Tests steer it with scripted :class:`Reply` objects, :class:`Gate` holds and latency,
 and inspect it through :class:`RecordedRequest` records and concurrency counters. Business
 Open API routes that take a bearer token live in ``_business``, the app_ticket event push
-in ``_events``.
+in ``_events``, the authorize page and user-token endpoints in ``_oauth``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from actors.feishu._protocol import Endpoint
 from actors.testing._business import BUSINESS, BusinessApi, BusinessServer
 from actors.testing._events import EventPusher, Schema
 from actors.testing._ledger import App, Ledger
+from actors.testing._oauth import OAuthApi
 from actors.testing._replies import (
     Exchange,
     Gate,
@@ -45,7 +46,11 @@ def _route_kind(endpoint: Endpoint) -> str:
     return endpoint.kind.value if endpoint.kind is not None else "resend"
 
 
-_KINDS = frozenset({"any", BUSINESS, *(_route_kind(e) for e in wire.ROUTES.values())})
+_KINDS = frozenset(
+    {"any", BUSINESS, *wire.OAUTH_KINDS, *(_route_kind(e) for e in wire.ROUTES.values())}
+)
+# The token requests that outages and the failure rate answer with an HTML 503.
+_FAILING = frozenset({TokenKind.APP, TokenKind.TENANT, wire.USER})
 _Body: TypeAlias = dict[str, object]
 
 
@@ -60,7 +65,8 @@ class FakeFeishu:
 
     Every request is recorded on arrival, then passes the matching holds, then the latency,
     then takes the first matching scripted reply, if any, else the normal answer.
-    :attr:`business` serves Open API calls with bearer tokens (``_business``);
+    :attr:`business` serves Open API calls with bearer tokens (``_business``), :attr:`oauth`
+    the authorize page and user tokens (``_oauth``);
     :meth:`push_events_to` delivers app_ticket events over HTTP after each resend.
 
     Args:
@@ -82,6 +88,7 @@ class FakeFeishu:
         self._ledger = Ledger(self._clock, lifetime=token_lifetime, window=refresh_window)
         self._lock = threading.Lock()
         self.business = BusinessApi(self._ledger, self._lock)
+        self.oauth = OAuthApi(self._ledger, self._lock, self._clock)
         self._pushers: dict[str | None, EventPusher] = {}
         self._latency = _non_negative(latency)
         self._tenant_latency: dict[str, float] = {}
@@ -294,14 +301,8 @@ class FakeFeishu:
         body = _parse(raw)
         path, _, query = path.partition("?")
         route = wire.ROUTES.get(path) if method == "POST" else None
-        business = self.business.route(method, path)
         with self._lock:
-            now = self._clock.now()
-            if business is not None:
-                req = self.business.identify(business, query, headers, raw, now)
-            else:
-                line = (method, path, query)
-                req = _identify(self._ledger, line, headers, route, body, now=now)
+            req = _identify(self, (method, path, query), headers, route, (raw, body))
             self._traffic.arrive(req)
             gates = [g for g in self._gates if matches(g.match, req)]
             latency = self._latency
@@ -329,12 +330,14 @@ class FakeFeishu:
                         reply.token, req.app_id, req.kind, req.tenant_key, reply.expire
                     )
                 return _Answer(reply)
-        if req.kind in (TokenKind.APP, TokenKind.TENANT) and (
+        if req.kind in _FAILING and (
             self._outage or (self._failure_rate and self._rng.random() < self._failure_rate)
         ):
             return _Answer(Reply.http(503, "<html><body>503 Service Unavailable</body></html>"))
         if req.kind == BUSINESS:
             return _Answer(self.business.answer(req))
+        if req.kind in wire.OAUTH_KINDS:
+            return _Answer(self.oauth.answer(req, body))
         if body is None:
             msg = "Bad Request: body is not a JSON object"
             return _Answer(Reply.code(wire.BAD_BODY, msg, status=400))
@@ -353,15 +356,21 @@ class FakeFeishu:
 
 
 def _identify(
-    ledger: Ledger,
+    fake: FakeFeishu,
     line: tuple[str, str, str],
     headers: Headers,
     route: Endpoint | None,
-    body: _Body | None,
-    *,
-    now: float,
+    content: tuple[bytes, _Body | None],
 ) -> RecordedRequest:
+    """The record of a request on arrival, by the part of the server it is for."""
     method, path, query = line
+    (raw, body), ledger, now = content, fake._ledger, fake._clock.now()
+    business = fake.business.route(method, path)
+    if business is not None:
+        return fake.business.identify(business, query, headers, raw, now)
+    oauth = fake.oauth.route(method, path)
+    if oauth is not None:
+        return fake.oauth.identify(oauth, line, headers, body, now)
     kind = _route_kind(route) if route is not None else "unknown"
     app_id = _str(body, wire.APP_ID)
     tenant_key = None

@@ -1,5 +1,7 @@
-"""What the fake server knows: the registered apps with their app_tickets, and every token it
-has issued, under the 30-minute same-token rule with expiry on the server's clock."""
+"""What the fake server knows: the registered apps with their app_tickets, the test users, and
+every token it has issued, under the 30-minute same-token rule with expiry on the server's clock.
+User access tokens are recorded here too (by ``_users``), so business routes check every bearer
+token against one record."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from dataclasses import dataclass, field
 
 from actors._clock import Clock
 
-__all__ = ["App", "Issued", "Ledger"]
+__all__ = ["App", "Issued", "Ledger", "User"]
 
 # Expired tokens are pruned once the record has doubled since the last prune (and holds at least
 # this many): pruning on every mint, or every N mints, would make long simulations quadratic.
@@ -23,12 +25,24 @@ class App:
 
 
 @dataclass(frozen=True)
+class User:
+    """A test user who can sign in on the authorize page; ``open_id`` is the same for every app."""
+
+    open_id: str
+    name: str
+    tenant_key: str
+    union_id: str
+    user_id: str | None = None
+
+
+@dataclass(frozen=True)
 class Issued:
     token: str
     app_id: str
     kind: str
     tenant_key: str | None
     expires_at: float
+    user: User | None = None  # whose user access token this is
 
 
 class Ledger:
@@ -67,11 +81,22 @@ class Ledger:
         return current.token, int(current.expires_at - now)
 
     def record(
-        self, token: str, app_id: str, kind: str, tenant_key: str | None, expire: float
+        self,
+        token: str,
+        app_id: str,
+        kind: str,
+        tenant_key: str | None,
+        expire: float,
+        *,
+        user: User | None = None,
     ) -> None:
-        """Accept a token the server did not mint (a scripted one) for ``expire`` seconds."""
+        """Accept a token minted elsewhere (a scripted one, a user's) for ``expire`` seconds."""
         expires_at = self._clock.now() + expire
-        self._issued[token] = Issued(token, app_id, kind, tenant_key, expires_at)
+        self._issued[token] = Issued(token, app_id, kind, tenant_key, expires_at, user)
+
+    def forget(self, token: str) -> None:
+        """Stop accepting ``token`` (a user withdrew the app's authorization)."""
+        self._issued.pop(token, None)
 
     def find(self, token: str) -> Issued | None:
         """The record of ``token`` if it was issued and not rotated away, expired or not."""

@@ -23,7 +23,7 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
-from actors.testing._replies import Exchange, Reply, render_body
+from actors.testing._replies import Exchange, Headers, Reply, render_body
 
 __all__ = ["Handler", "InProcessAdapter", "InProcessSession", "LoopbackServer", "Served"]
 
@@ -31,8 +31,10 @@ __all__ = ["Handler", "InProcessAdapter", "InProcessSession", "LoopbackServer", 
 class Handler(Protocol):
     """What a transport needs from the server behind it (a FakeFeishu): one answer per request."""
 
-    def handle(self, path: str, raw: bytes) -> Exchange:
-        """Answer a POST of ``raw`` to ``path``, blocking for any hold or latency."""
+    def handle(
+        self, path: str, raw: bytes, *, method: str = "POST", headers: Headers = ()
+    ) -> Exchange:
+        """Answer a request of ``raw`` to ``path``, blocking for any hold or latency."""
         ...
 
 
@@ -176,7 +178,8 @@ class _Handler(BaseHTTPRequestHandler):
 class InProcessAdapter(BaseAdapter):
     """Mount on a ``requests.Session`` to reach a FakeFeishu without a socket.
 
-    The same recording, holds, latency, scripts and token rules apply; only the HTTP wire (about
+    The same recording, holds, latency, scripts and token rules apply, to every method and with
+    the request's headers (business routes, the authorize page); only the HTTP wire (about
     2 ms of CPU per request through ``requests`` and ``http.server`` in one process) is skipped.
     Long simulations use it. Timeouts are not enforced: there is no socket to time out, and a
     dripping reply arrives at once.
@@ -191,7 +194,8 @@ class InProcessAdapter(BaseAdapter):
     ) -> requests.Response:
         body = request.body or b""
         raw = body.encode() if isinstance(body, str) else body
-        exchange = self._fake.handle(request.path_url, raw)
+        method, headers = request.method or "POST", tuple(request.headers.items())
+        exchange = self._fake.handle(request.path_url, raw, method=method, headers=headers)
         reply = exchange.reply
         if reply.drop or reply.cut_after is not None:
             what = "dropped the connection" if reply.drop else "reset the connection mid-body"
