@@ -46,6 +46,7 @@ from actors._token_actor import TokenActor as TokenActor
 from actors.callbacks import EventError as EventError
 from actors.callbacks import handle_event as handle_event
 from actors.requests import FeishuAuth as FeishuAuth
+from actors.stores import SqliteStore as SqliteStore
 from actors.stores import StoreHealth as StoreHealth
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ __all__ = [
     "RedisStore",
     "RefreshFailed",
     "RefreshPolicy",
+    "SqliteStore",
     "StoreHealth",
     "StoreUnavailableError",
     "SystemClock",

@@ -32,6 +32,7 @@ PUBLIC_SURFACE = [
     "actors.RedisStore",
     "actors.RefreshFailed",
     "actors.RefreshPolicy",
+    "actors.SqliteStore",
     "actors.StoreHealth",
     "actors.StoreUnavailableError",
     "actors.SystemClock",

@@ -2,8 +2,9 @@
 
 :class:`Store` is the contract a TokenSystem relies on (``TokenSystem.start(app, store=...)``);
 each store wraps the system's token source, so the TokenActor's logic is the same with or
-without one. :class:`RedisStore` shares tokens, app_tickets and invalidations between processes
-on many hosts (the ``redis`` extra: imported on first use).
+without one. :class:`SqliteStore` shares tokens, app_tickets and invalidations between the
+processes of one host through one file (stdlib ``sqlite3``); :class:`RedisStore` does it for
+processes on many hosts (the ``redis`` extra: imported on first use).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from typing import TYPE_CHECKING
 
 from actors.stores._base import Store as Store
 from actors.stores._base import StoreHealth as StoreHealth
+from actors.stores._sqlite import SqliteStore as SqliteStore
 
 if TYPE_CHECKING:
     from actors.stores._redis import RedisStore as RedisStore
 
-__all__ = ["RedisStore", "Store", "StoreHealth"]
+__all__ = ["RedisStore", "SqliteStore", "Store", "StoreHealth"]
 
 
 def __getattr__(name: str) -> object:

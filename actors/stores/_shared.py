@@ -1,0 +1,357 @@
+"""The read path every shared store has in common: the shared tier first, one process per key
+upstream under a lease, the others wait for its value.
+
+A store provides a :class:`Tier`: the few operations that need its storage (read the value or
+take the lease, write a value, renew and release leases, read and write app_tickets), each one
+atomic and each one answering or raising :class:`Unavailable`. :class:`SharedSource` is the
+:class:`~actors._source.TokenSource` a TokenSystem uses with the store; :class:`Renewer` keeps
+the leases of this process alive while it fetches; :func:`deliver_notice` turns another
+process's invalidation notice into a call for the token this process was handed. Keys and
+value checks are the stores' common :mod:`actors.stores._layout`.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol
+
+from loguru import logger
+
+import actors.stores._layout as layout
+from actors._config import AppConfig, RefreshPolicy, TokenKind
+from actors._errors import SystemStoppedError, UpstreamError
+from actors._source import Grant, TokenRequest, TokenSource
+from actors.feishu import _protocol as feishu
+from actors.stores._base import Ledger, token_digest
+from actors.stores._health import FaultLog
+from actors.stores._layout import Keys, Notice
+
+__all__ = ["Acquired", "Renewer", "SharedSource", "Tier", "Unavailable", "deliver_notice"]
+
+_log = logger.bind(component="store")
+
+
+class Unavailable(Exception):
+    """The store did not answer (or is skipped for now): fall back to the wrapped source."""
+
+
+class Acquired(NamedTuple):
+    kind: str  # value | lease | wait
+    token: str
+    pttl_ms: int  # the value's remaining lifetime, the lease taken, or the lease's rest
+    version: int  # the key's write version when it was read
+
+
+class Tier(Protocol):
+    """What :class:`SharedSource` needs of a store. Every operation is atomic and either
+    answers or raises :class:`Unavailable`; a bad value is the store's to report (``faults``)
+    and to overwrite, never a reason to fail."""
+
+    ticket_poll: float | None
+    faults: FaultLog
+
+    @property
+    def lease(self) -> float:
+        """How long a lease outlives its holder's last renewal, in seconds."""
+        ...
+
+    @property
+    def lease_ms(self) -> int: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def renewer(self) -> Renewer: ...
+
+    def keys(self, app: AppConfig, kind: TokenKind, tenant_key: str | None) -> Keys: ...
+
+    def serves(self, app: AppConfig) -> None:
+        """Remember ``app``'s config, for calls that name it by app_id only."""
+        ...
+
+    def acquire(
+        self,
+        keys: Keys,
+        lease_id: str,
+        *,
+        lease_ms: int,
+        replaces: str,
+        min_ms: int,
+        since: int,
+        invalidate: str = "",
+    ) -> Acquired:
+        """Serve the stored value, or take the lease, or say how long the lease has left.
+
+        A usable value is served if it outlives ``min_ms`` and is not ``replaces``, or
+        (``since`` >= 0) if it was written after version ``since``. ``invalidate``: first
+        drop that token from the store (if it still holds exactly it) and tell every process,
+        once per token."""
+        ...
+
+    def write(
+        self, keys: Keys, token: str, ttl_ms: int, seen: int, *, min_ms: int = 0
+    ) -> tuple[bool, str, int]:
+        """Compare-and-set: (written, the token kept, its remaining ms). Another usable token
+        stays if it outlives ``min_ms`` and was written after version ``seen``; the same token
+        is rewritten but never with a longer lifetime."""
+        ...
+
+    def renew(self, held: Sequence[tuple[Keys, str]]) -> None:
+        """Extend each of these (keys, lease id) leases that is still held by that id."""
+        ...
+
+    def release(self, keys: Keys, lease_id: str) -> None:
+        """Drop the lease if ``lease_id`` still holds it; never raises."""
+        ...
+
+    def get_ticket(self, app: AppConfig) -> str | None: ...
+
+    def put_ticket(
+        self, app: AppConfig | str, ticket: str, *, made_at: float | None = None
+    ) -> bool: ...
+
+
+class Renewer:
+    """Keeps the leases this process holds alive while it fetches, so that a holder that was
+    killed or paused is noticed within one lease, however long a live fetch may take.
+
+    One thread per store, started with the first lease held, renewing every held lease each
+    ``every`` seconds until its ``until`` (the longest a fetch may take) or its release.
+    """
+
+    def __init__(self, tier: Tier, *, every: float, closed: threading.Event, name: str) -> None:
+        self._tier = tier
+        self._every = every
+        self._closed = closed
+        self._name = name
+        self._cond = threading.Condition()
+        self._held: dict[str, tuple[Keys, float]] = {}  # lease id -> (keys, renew until)
+        self.thread: threading.Thread | None = None
+
+    def hold(self, keys: Keys, lease_id: str, *, until: float) -> None:
+        with self._cond:
+            self._held[lease_id] = (keys, until)
+            if self.thread is None and not self._closed.is_set():
+                self.thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self.thread.start()
+            self._cond.notify()
+
+    def drop(self, lease_id: str) -> None:
+        with self._cond:
+            self._held.pop(lease_id, None)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            with self._cond:
+                while not self._held and not self._closed.is_set():
+                    self._cond.wait()
+                now = time.monotonic()
+                due = [(keys, i) for i, (keys, until) in self._held.items() if until > now]
+            if due:
+                try:
+                    self._tier.renew(due)
+                except Unavailable:
+                    pass  # the leases lapse; another process takes over
+            self._closed.wait(self._every)
+
+
+def deliver_notice(
+    ledger: Ledger, own_id: str, notice: Notice, on_notice: Callable[[str], object]
+) -> None:
+    """Act on another process's invalidation notice: remember the token as dead and, if this
+    process was handed it, drop it here (``on_notice``). A store's own notices are ignored:
+    the process that invalidated has dropped the token already."""
+    if notice.origin == own_id:
+        return
+    ledger.note_dead(notice.digest, notice.version)
+    token = ledger.token(notice.digest)
+    if token is None:
+        return  # never cached here
+    try:
+        on_notice(token)
+    except Exception as exc:
+        _log.warning("invalidation notice could not be delivered: {}", type(exc).__name__)
+
+
+# A shared value is served only with this much more than the safety margin left, so that the
+# reader's clock, counting from before the read, still finds it servable.
+_SLACK_MS = 500
+_POLL_FIRST, _POLL_MAX = 0.005, 0.05  # a loser's polls for the holder's value
+_TICKET_POLL_MAX = 0.25
+
+
+class SharedSource:
+    """The :class:`TokenSource` of a TokenSystem with a shared store: the store first, one
+    process per key upstream (``inner``), the others wait for its value.
+
+    It shares the store's ``ledger`` (tokens it hands out, tokens dead) with the notice
+    listener, and the store's ``closed`` event ends its waits.
+    """
+
+    def __init__(
+        self,
+        tier: Tier,
+        inner: TokenSource,
+        policy: RefreshPolicy,
+        *,
+        ledger: Ledger,
+        closed: threading.Event,
+    ) -> None:
+        self._tier = tier
+        self._inner = inner
+        self._ledger = ledger
+        self._closed = closed
+        # The longest a live holder fetches (one attempt's timeouts, and some) while renewing.
+        self._hold_for = sum(policy.request_timeout) + 2.0
+        self._max_wait = 3 * (self._hold_for + tier.lease)  # a holder, and two after it died
+        self._min_ms = round(policy.safety_margin * 1000) + _SLACK_MS
+        poll = tier.ticket_poll
+        self._ticket_poll = poll if poll is not None else policy.ticket_wait / 2
+
+    def fetch(self, request: TokenRequest) -> Grant:
+        if self._closed.is_set():
+            raise SystemStoppedError()
+        tier = self._tier
+        tier.serves(request.app)
+        keys = tier.keys(request.app, request.kind, request.tenant_key)
+        since, invalidate = -1, ""
+        if request.cause == "invalidate" and request.replaces:
+            noticed = self._ledger.noticed_at(request.replaces)
+            if noticed is None:  # found invalid here: drop it from the store, tell the others
+                invalidate = request.replaces
+                self._ledger.note_dead(token_digest(invalidate), -1)
+            else:  # another process's notice: it dropped the value; serve what came since
+                since = noticed
+        try:
+            return self._shared(request, keys, since, invalidate)
+        except Unavailable:
+            pass
+        if self._closed.is_set():
+            raise SystemStoppedError()
+        # The store is failing: this process fetches for itself (its TokenActor still
+        # single-flights).
+        return self._handed(self._inner.fetch(request))
+
+    def _shared(self, request: TokenRequest, keys: Keys, since: int, invalidate: str) -> Grant:
+        """``since`` < 0: the first read never serves ``request.replaces``; later reads (and a
+        first one with ``since`` >= 0) do if it was written after version ``since``.
+        ``invalidate``: the first read drops that token from the store and tells the others."""
+        tier = self._tier
+        lease_id = secrets.token_hex(16)
+        excluded = request.replaces or ""
+        give_up_at: float | None = None
+        delay = _POLL_FIRST
+        while True:
+            got = tier.acquire(
+                keys,
+                lease_id,
+                lease_ms=tier.lease_ms,
+                replaces=excluded,
+                min_ms=self._min_ms,
+                since=since,
+                invalidate=invalidate,
+            )
+            invalidate = ""
+            if since < 0:
+                since = got.version
+            if got.kind == "value":
+                if got.token == excluded or not self._ledger.is_dead(got.token):
+                    return self._handed(Grant(got.token, got.pttl_ms / 1000))
+                excluded, since = got.token, got.version  # invalidated elsewhere a moment ago
+                continue
+            if got.kind == "lease":
+                return self._hold(request, keys, lease_id, got.version)
+            now = time.monotonic()
+            if give_up_at is None:
+                give_up_at = now + self._max_wait
+            elif now >= give_up_at:
+                detail = "shared store: no token from the processes holding the lease"
+                raise UpstreamError(None, None, 1, detail=detail)
+            if self._closed.wait(min(delay, max(got.pttl_ms, 1) / 1000)):
+                raise SystemStoppedError()
+            delay = min(delay * 2, _POLL_MAX)
+
+    def _hold(self, request: TokenRequest, keys: Keys, lease_id: str, seen: int) -> Grant:
+        tier = self._tier
+        started = time.monotonic()  # before the request leaves: the lifetime counts from here
+        tier.renewer.hold(keys, lease_id, until=started + self._hold_for)
+        try:
+            grant = self._inner.fetch(request)
+        except BaseException:
+            tier.renewer.drop(lease_id)
+            tier.release(keys, lease_id)
+            raise
+        answer = grant
+        try:
+            ttl_ms = self._shared_ttl_ms(grant, started)
+            if ttl_ms is not None and not layout.shareable(grant.token):
+                tier.faults.report(keys.value, "a token from upstream the store cannot hold")
+            elif ttl_ms is not None:
+                written, kept, pttl = tier.write(
+                    keys, grant.token, ttl_ms, seen, min_ms=self._min_ms
+                )
+                if not written and kept != request.replaces and not self._ledger.is_dead(kept):
+                    answer = Grant(kept, pttl / 1000)  # a longer-lived token is shared already
+        except Unavailable:
+            pass  # the store went away meanwhile: the grant is still good for this process
+        finally:
+            tier.renewer.drop(lease_id)
+            tier.release(keys, lease_id)  # after the write: waiters find the value first
+        return self._handed(answer)
+
+    def _shared_ttl_ms(self, grant: Grant, started: float) -> int | None:
+        """What is left of ``grant`` now, counted from before its request left (a holder
+        paused after the answer came writes what is really left, never its stale lifetime);
+        None for a lifetime not to share. A lifetime the TokenActor will refuse (NaN, longer
+        than Feishu's, within the margin) is not shared: the caller gets the grant and
+        reports the failed attempt."""
+        expire = grant.expire
+        if not feishu.usable_expire(expire) or expire * 1000 > layout.TOKEN_TTL_MAX_MS:
+            return None
+        left_ms = math.floor((expire - (time.monotonic() - started)) * 1000)
+        return left_ms if left_ms > self._min_ms else None
+
+    def _handed(self, grant: Grant) -> Grant:
+        """``grant``, remembered as gone to this process's cache (for the notices)."""
+        self._ledger.handed(grant.token)
+        return grant
+
+    def resend_ticket(self, app: AppConfig) -> str | None:
+        """The stored app_ticket if this process has not used it yet; otherwise ask Feishu to
+        push it again and wait (up to ``ticket_poll``) for a process to share a new one."""
+        tier = self._tier
+        tier.serves(app)
+        try:
+            first = tier.get_ticket(app)
+        except Unavailable:
+            return self._inner.resend_ticket(app)
+        if first is not None and first != self._ledger.ticket(app.app_id):
+            self._ledger.use_ticket(app.app_id, first)
+            return first
+        pushed = self._inner.resend_ticket(app)
+        if isinstance(pushed, str) and pushed:
+            tier.put_ticket(app, pushed)
+            return pushed
+        deadline = time.monotonic() + self._ticket_poll
+        delay = 0.05
+        while (left := deadline - time.monotonic()) > 0:
+            if self._closed.wait(min(delay, left)):
+                return None
+            delay = min(delay * 2, _TICKET_POLL_MAX)
+            try:
+                ticket = tier.get_ticket(app)
+            except Unavailable:
+                return None
+            if ticket is not None and ticket != first:
+                self._ledger.use_ticket(app.app_id, ticket)
+                return ticket
+        return None

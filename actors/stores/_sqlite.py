@@ -1,0 +1,614 @@
+"""SqliteStore: tokens and app_tickets shared by the processes of one host through one file.
+
+Every process keeps its own TokenActor (L1); the file is the shared L2, as Redis is for many
+hosts: :meth:`SqliteStore.wrap` puts the system's :class:`TokenSource` behind a
+:class:`~actors.stores._shared.SharedSource` (the file first, one process per key upstream
+under a lease, the others wait for its value). The store owns what the sources of one system
+share: its connections (:class:`Database`), the process's
+:class:`~actors.stores._base.Ledger`, the :class:`~actors.stores._shared.Renewer` of this
+process's leases, and the thread that polls the notices table for other processes'
+invalidations (started by :meth:`SqliteStore.attach`, stopped by :meth:`SqliteStore.close`).
+
+A locked or failing file never holds up a get: a write waits at most ``busy_timeout`` for the
+lock, and while writes fail the next ones do not wait at all; each process then fetches its own
+tokens until a write succeeds again. The file is a cache, not an authority: rows are checked
+where they are read (:mod:`actors.stores._sqlite_schema`) and an unusable one is overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+from cryptography.fernet import Fernet
+from loguru import logger
+
+import actors.stores._layout as layout
+import actors.stores._sqlite_schema as schema
+from actors._config import AppConfig, RefreshPolicy, TokenKind
+from actors._source import TokenSource
+from actors.stores._base import Ledger, Store, StoreHealth, token_digest
+from actors.stores._health import FaultLog
+from actors.stores._layout import Keys
+from actors.stores._shared import (
+    Acquired,
+    Renewer,
+    SharedSource,
+    Unavailable,
+    deliver_notice,
+)
+
+__all__ = ["SqliteStore"]
+
+_log = logger.bind(component="SqliteStore")
+_T = TypeVar("_T")
+
+# How long a lease outlives its holder's last renewal: a holder killed or paused mid-fetch
+# keeps the other processes waiting this long at most.
+DEFAULT_LEASE = 1.5
+_RENEWALS_PER_LEASE = 5  # renewals that may be missed (a busy host) before the lease lapses
+_IDLE_MAX = 8  # connections a store keeps open for reuse
+_SWEEP_EVERY = 60.0  # how often a listener deletes what nobody reads again
+_MIN_SQLITE = (3, 24, 0)  # upserts (INSERT ... ON CONFLICT DO UPDATE)
+
+FernetKeys = str | bytes | Sequence[str | bytes]
+
+
+class SqliteStore(Store):
+    """The shared token tier of one host: ``TokenSystem.start(app, store=SqliteStore(path))``.
+
+    Every process on the host that uses the same file shares its tokens, app_tickets and
+    invalidations: one upstream request per refresh across all of them. The file must be on a
+    local file system (SQLite's locks do not hold over network file systems); it is created
+    with permissions 0600, readable by its owner only.
+
+    Args:
+        path: The database file (created if missing, in a folder that must exist).
+        key: A Fernet key (``python -m actors keygen``), or a list of them (the first
+            encrypts, all decrypt), for the user grants the store keeps encrypted. A store
+            without a key serves app and tenant tokens.
+        busy_timeout: How long a write waits for the file's lock, in seconds; while writes
+            fail, they do not wait at all (each process fetches its own tokens meanwhile).
+        lease: How long a key's lease outlives its holder's last renewal, in seconds: the
+            holder renews it while it fetches, so a holder that was killed or paused is taken
+            over after this long.
+        ticket_poll: How long ``resend_ticket`` waits for another process's app_ticket;
+            default: half the policy's ``ticket_wait``.
+        notice_poll: How often the notices table is read, in seconds: an invalidation reaches
+            every process within about this long.
+
+    In a process forked from the one that made it, :meth:`reopened` makes the store that
+    process uses.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        key: FernetKeys | None = None,
+        busy_timeout: float = 0.25,
+        lease: float = DEFAULT_LEASE,
+        ticket_poll: float | None = None,
+        notice_poll: float = 0.1,
+    ) -> None:
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:  # pragma: no cover - the build's SQLite
+            msg = (
+                f"SqliteStore needs SQLite 3.24 or newer, this Python has {sqlite3.sqlite_version}"
+            )
+            raise RuntimeError(msg)
+        self.path = _check_path(path)
+        self._fernet_keys = fernet_keys(key)
+        for name, value in (("busy_timeout", busy_timeout), ("notice_poll", notice_poll)):
+            _check_seconds(name, value, most=60.0)
+        _check_seconds("lease", lease, most=schema.LEASE_MAX_MS / 1000)
+        if ticket_poll is not None:
+            _check_seconds("ticket_poll", ticket_poll, most=3600.0)
+        _create(self.path)
+        self._busy_timeout = busy_timeout
+        self._lease = lease
+        self._lease_ms = max(1, round(lease * 1000))
+        self.ticket_poll = ticket_poll
+        self._notice_poll = notice_poll
+        self._closed = threading.Event()
+        self._db = Database(self.path, busy_timeout=busy_timeout, closed=self._closed)
+        self._id = secrets.token_hex(8)  # tells this store's own notices from the others'
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._notices: NoticeListener | None = None
+        self._ledger = Ledger()  # shared with the source: tokens handed out, tokens dead
+        self._renewer = Renewer(
+            self,
+            every=lease / _RENEWALS_PER_LEASE,
+            closed=self._closed,
+            name="actors-sqlite-leases",
+        )
+        self._apps: dict[str, AppConfig] = {}  # the apps served, for put_ticket(app_id)
+        self.faults = FaultLog()
+
+    # --- the system's side ---------------------------------------------------------------------
+
+    def wrap(self, source: TokenSource, policy: RefreshPolicy) -> SharedSource:
+        """The token source a TokenSystem uses with this store: ``source`` behind the file."""
+        if not isinstance(source, TokenSource):
+            msg = f"SqliteStore.wrap needs a TokenSource, got {source!r}"
+            raise ValueError(msg)
+        with self._lock:
+            self._refuse_reuse()
+        return SharedSource(self, source, policy, ledger=self._ledger, closed=self._closed)
+
+    def attach(self, on_notice: Callable[[str], object]) -> None:
+        """Start polling for invalidation notices; ``on_notice(token)`` is called (on the
+        listener thread) for each token this process was handed and another one invalidated.
+        One store serves one TokenSystem."""
+        with self._lock:
+            self._refuse_reuse()
+            self._notices = NoticeListener(self, on_notice)
+            self._thread = threading.Thread(
+                target=self._notices.run, name="actors-sqlite-notices", daemon=True
+            )
+            self._thread.start()
+
+    def _refuse_reuse(self) -> None:
+        if self._closed.is_set():
+            msg = "this SqliteStore is closed; make a new one"
+            raise ValueError(msg)
+        if self._thread is not None:
+            msg = "this SqliteStore already serves a TokenSystem; give each system its own"
+            raise ValueError(msg)
+
+    def close(self, *, timeout: float = 2.0) -> None:
+        """Stop the store's threads, end every wait and close the connections. Idempotent."""
+        self._closed.set()
+        self._renewer.stop()
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = [self._thread, self._renewer.thread]
+        for thread in threads:
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        self._db.close()
+
+    def reopened(self) -> SqliteStore:
+        """A store like this one for a process forked from the one that made it: connections,
+        ledger, threads and notice id of its own; it opens the file on first use. Nothing of
+        this store is touched (a connection must never cross a fork)."""
+        return SqliteStore(
+            self.path,
+            key=self._fernet_keys or None,
+            busy_timeout=self._busy_timeout,
+            lease=self._lease,
+            ticket_poll=self.ticket_poll,
+            notice_poll=self._notice_poll,
+        )
+
+    def health(self) -> StoreHealth:
+        """Whether the file's write lock can be taken now (within ``busy_timeout``, never
+        longer), whether writes are failing (``breaker_open``: they do not wait for the lock
+        meanwhile), the unusable rows found so far by fault, and the class name of the last
+        failure."""
+        reachable = not self.closed and self._db.probe()
+        return StoreHealth(
+            where=f"sqlite:{self.path}",
+            reachable=reachable,
+            breaker_open=self._db.failing,
+            faults=self.faults.counts(),
+            last_error=self._db.last_error,
+        )
+
+    def put_ticket(
+        self, app: AppConfig | str, ticket: str, *, made_at: float | None = None
+    ) -> bool:
+        """Share the app_ticket the application received, unless the file holds a newer one
+        (see :meth:`Store.put_ticket`); kept 12 h from ``made_at`` (or from now). False if it
+        was not written: the file is failing, holds a newer ticket, or the ticket is not one
+        the store may hold (it still serves this process)."""
+        if not isinstance(ticket, str) or not ticket.strip():
+            msg = "app_ticket must be a non-empty string"
+            raise ValueError(msg)
+        made_at_ms = layout.made_at_ms(made_at)
+        if isinstance(app, AppConfig):
+            self.serves(app)
+            config: AppConfig | None = app
+        else:
+            with self._lock:
+                config = self._apps.get(app)
+        app_id = config.app_id if config is not None else str(app)
+        self._ledger.use_ticket(app_id, ticket)
+        if config is None:
+            _log.debug("app_ticket of {} not shared: the store has not served that app", app_id)
+            return False
+        key = layout.ticket_key("", config)
+        if not layout.shareable(ticket):
+            self.faults.report(key, "not printable ASCII, or too long", what="app_ticket")
+            return False
+        now = _now_ms()
+        ttl_ms = layout.ticket_ttl_ms(made_at_ms, now_ms=now)
+        if ttl_ms <= 0:
+            _log.debug("app_ticket of {} not shared: made over 12 h ago", app_id)
+            return False
+        try:
+            written, fault = self._db.write(
+                lambda conn: schema.write_ticket(
+                    conn, key, ticket, made_at_ms=made_at_ms, ttl_ms=ttl_ms, now_ms=now
+                )
+            )
+        except Unavailable:
+            return False
+        self.faults.report(key, fault, what="app_ticket")
+        if not written:
+            _log.debug("app_ticket of {} not shared: the store holds a newer one", app_id)
+        return written
+
+    def serves(self, app: AppConfig) -> None:
+        """Remember ``app``'s config, for calls that name it by app_id only."""
+        with self._lock:
+            self._apps[app.app_id] = app
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def __repr__(self) -> str:
+        return f"<SqliteStore {self.path}>"
+
+    # --- the tier (the source's side) ----------------------------------------------------------
+
+    @property
+    def lease(self) -> float:
+        return self._lease
+
+    @property
+    def lease_ms(self) -> int:
+        return self._lease_ms
+
+    @property
+    def renewer(self) -> Renewer:
+        return self._renewer
+
+    def keys(self, app: AppConfig, kind: TokenKind, tenant_key: str | None) -> Keys:
+        return Keys.of("", app, kind, tenant_key)
+
+    def acquire(
+        self,
+        keys: Keys,
+        lease_id: str,
+        *,
+        lease_ms: int,
+        replaces: str,
+        min_ms: int,
+        since: int,
+        invalidate: str = "",
+    ) -> Acquired:
+        """Serve the stored value, or take the lease, or say how long the lease has left
+        (see :meth:`~actors.stores._shared.Tier.acquire`). A value to serve and a live lease
+        are read without the write lock."""
+        if not invalidate:
+            now = _now_ms()
+            seen = self._db.read(
+                lambda conn: schema.peek(
+                    conn, keys, replaces=replaces, min_ms=min_ms, since=since, now_ms=now
+                )
+            )
+            if seen is not None:
+                return seen
+        now = _now_ms()
+        digest = token_digest(invalidate) if invalidate else ""
+        got, fault = self._db.write(
+            lambda conn: schema.acquire(
+                conn,
+                keys,
+                lease_id,
+                lease_ms=lease_ms,
+                invalidate=invalidate,
+                digest=digest,
+                origin=self._id,
+                now_ms=now,
+                replaces=replaces,
+                min_ms=min_ms,
+                since=since,
+            )
+        )
+        self.faults.report(keys.value, fault)
+        return got
+
+    def write(
+        self, keys: Keys, token: str, ttl_ms: int, seen: int, *, min_ms: int = 0
+    ) -> tuple[bool, str, int]:
+        now = _now_ms()
+        written, kept, pttl, fault = self._db.write(
+            lambda conn: schema.write(conn, keys, token, ttl_ms, seen, min_ms=min_ms, now_ms=now)
+        )
+        self.faults.report(keys.value, fault)
+        return written, kept, pttl
+
+    def renew(self, held: Sequence[tuple[Keys, str]]) -> None:
+        now = _now_ms()
+        self._db.write(lambda conn: schema.renew(conn, held, lease_ms=self._lease_ms, now_ms=now))
+
+    def release(self, keys: Keys, lease_id: str) -> None:
+        try:
+            self._db.write(lambda conn: schema.release(conn, keys, lease_id))
+        except Unavailable:
+            pass  # the lease lapses by itself
+
+    def get_ticket(self, app: AppConfig) -> str | None:
+        key = layout.ticket_key("", app)
+        now = _now_ms()
+        ticket, fault = self._db.read(lambda conn: schema.read_ticket(conn, key, now_ms=now))
+        if fault:
+            self.faults.report(key, fault, what="app_ticket")
+            with contextlib.suppress(Unavailable):
+                self._db.write(lambda conn: schema.clear_ticket(conn, key, now_ms=now))
+        return ticket
+
+
+class NoticeListener:
+    """Polls the notices table: other processes' invalidation notices become
+    ``on_notice(token)`` calls for the tokens this process was handed (on its own thread).
+    Each poll reads a bounded batch after its cursor; it also prunes the file now and then."""
+
+    def __init__(self, store: SqliteStore, on_notice: Callable[[str], object]) -> None:
+        self._store = store
+        self._on_notice = on_notice
+        self.listening = threading.Event()  # the cursor is set: notices posted from now arrive
+
+    def run(self) -> None:
+        store = self._store
+        db, closed = store._db, store._closed
+        cursor: int | None = None
+        sweep_at = time.monotonic()
+        while not closed.is_set():
+            full = False
+            try:
+                if cursor is None:
+                    cursor = db.read(schema.last_notice)
+                    self.listening.set()
+                cursor, full = self._poll(cursor)
+                if time.monotonic() >= sweep_at:
+                    sweep_at = time.monotonic() + _SWEEP_EVERY
+                    self._sweep()
+            except Unavailable:
+                pass  # the store said so; the next poll tries again
+            if not full:
+                closed.wait(store._notice_poll)
+
+    def _poll(self, cursor: int) -> tuple[int, bool]:
+        """Deliver the notices after ``cursor``: (the new cursor, whether the batch was full)."""
+        batch = self._store._db.read(lambda conn: schema.notices_after(conn, cursor))
+        for _, raw in batch:
+            self._deliver(raw)
+        return (batch[-1][0] if batch else cursor), len(batch) == schema.NOTICE_BATCH
+
+    def _sweep(self) -> None:
+        now = _now_ms()
+        self._store._db.write(lambda conn: schema.prune(conn, now_ms=now))
+
+    def _deliver(self, raw: object) -> None:
+        """One row of the table: anyone who can write the file may put anything there, so
+        nothing in it may stop the listener."""
+        notice = layout.parse_notice(raw)
+        if notice is None:
+            _log.debug("ignored a malformed invalidation notice")
+            return
+        deliver_notice(self._store._ledger, self._store._id, notice, self._on_notice)
+
+
+class Database:
+    """The store's way to its file: a small pool of connections, and whether writes fail.
+
+    Every call answers or raises :class:`Unavailable`. A write waits at most ``busy_timeout``
+    for the lock; after one failed, writes do not wait (``failing``, one WARNING) until one
+    succeeds again (one more). Reads never need the write lock in WAL mode.
+    """
+
+    def __init__(self, path: str, *, busy_timeout: float, closed: threading.Event) -> None:
+        self._path = path
+        self._wait_ms = max(1, round(busy_timeout * 1000))
+        self._closed = closed
+        self._lock = threading.Lock()
+        self._idle: list[_Connection] = []
+        self._prepared = False
+        self.failing = False
+        self.last_error: str | None = None
+
+    def read(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
+        return self._run(op, write=False)
+
+    def write(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
+        return self._run(op, write=True)
+
+    def probe(self) -> bool:
+        """Whether the write lock can be taken now (waiting ``busy_timeout`` at most, even
+        while writes fail). A failed probe is remembered as the last error, nothing more."""
+        try:
+            with self._connection(wait=True) as conn:
+                schema.probe(conn)
+        except (sqlite3.Error, OSError, Unavailable) as exc:
+            self.last_error = type(exc).__name__
+            return False
+        self._succeeded()
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+    def _run(self, op: Callable[[sqlite3.Connection], _T], *, write: bool) -> _T:
+        try:
+            with self._connection(wait=not (write and self.failing)) as conn:
+                result = op(conn)
+        except (sqlite3.Error, OSError) as exc:
+            self._failed(exc)
+            raise Unavailable from exc
+        if write:
+            self._succeeded()
+        return result
+
+    @contextlib.contextmanager
+    def _connection(self, *, wait: bool) -> Iterator[sqlite3.Connection]:
+        if self._closed.is_set():
+            raise Unavailable
+        with self._lock:
+            connection = self._idle.pop() if self._idle else None
+        if connection is None:
+            connection = _Connection(self._path, wait_ms=self._wait_ms)
+        try:
+            connection.waits(wait_ms=self._wait_ms if wait else 0)
+            if not self._prepared:
+                mode = schema.prepare(connection.db)
+                if mode != "wal":
+                    _log.warning(
+                        "SQLite at {} is in journal mode {}, not WAL: readers wait for writers",
+                        self._path,
+                        mode,
+                    )
+                self._prepared = True
+            yield connection.db
+        except sqlite3.Error as exc:
+            if "no such table" in str(exc):
+                self._prepared = False  # someone dropped a table: make them again
+            raise
+        finally:
+            reusable = connection.settled()
+            with self._lock:
+                keep = reusable and not self._closed.is_set() and len(self._idle) < _IDLE_MAX
+                if keep:
+                    self._idle.append(connection)
+            if not keep:
+                connection.close()
+
+    def _failed(self, error: BaseException) -> None:
+        self.last_error = type(error).__name__
+        with self._lock:
+            began, self.failing = not self.failing, True
+        if began:
+            _log.warning(
+                "SQLite at {} is failing ({}): tokens are fetched by each process directly "
+                "until a write succeeds again",
+                self._path,
+                type(error).__name__,
+            )
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            ended, self.failing = self.failing, False
+        if ended:
+            _log.warning("SQLite at {} answers again: the shared token tier is back", self._path)
+
+
+class _Connection:
+    """One connection: autocommit (transactions are explicit), usable from any thread (one at
+    a time: the pool hands it out), refusing schema code it did not write."""
+
+    def __init__(self, path: str, *, wait_ms: int) -> None:
+        self.db = sqlite3.connect(
+            path, timeout=wait_ms / 1000, isolation_level=None, check_same_thread=False
+        )
+        self._wait_ms = wait_ms
+        try:
+            # Whoever can write the file could add triggers or views: none of them may call
+            # functions with side effects from this process.
+            self.db.execute("PRAGMA trusted_schema = OFF")
+            self.db.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            self.db.close()
+            raise
+
+    def waits(self, *, wait_ms: int) -> None:
+        if wait_ms != self._wait_ms:
+            self.db.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+            self._wait_ms = wait_ms
+
+    def settled(self) -> bool:
+        """Whether no transaction is left open (one that could not be rolled back is not
+        reused: the connection is closed instead)."""
+        try:
+            if self.db.in_transaction:
+                self.db.rollback()
+        except sqlite3.Error:
+            return False
+        return True
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def fernet_keys(key: object) -> tuple[bytes, ...]:
+    """``key`` (None, one Fernet key, or a non-empty list of them) as the keys' bytes; a
+    ValueError that says how to make one, and never quotes it, for anything else."""
+    if key is None:
+        return ()
+    keys = [key] if isinstance(key, str | bytes) else key
+    how = "a Fernet key (make one with: python -m actors keygen) or a non-empty list of them"
+    if not isinstance(keys, Sequence) or isinstance(keys, str | bytes) or not keys:
+        msg = f"SqliteStore key must be {how}"
+        raise ValueError(msg)
+    found = []
+    for index, each in enumerate(keys):
+        raw = each.encode() if isinstance(each, str) else each
+        try:
+            Fernet(raw)
+        except (ValueError, TypeError):
+            position = f" (item {index} of the list is not one)" if len(keys) > 1 else ""
+            msg = f"SqliteStore key must be {how}{position}"
+            raise ValueError(msg) from None
+        found.append(bytes(raw))
+    return tuple(found)
+
+
+def _check_path(path: object) -> str:
+    if not isinstance(path, str | os.PathLike):
+        msg = f"SqliteStore path must be a file path, got {path!r}"
+        raise ValueError(msg)
+    text = os.fspath(path)
+    if not isinstance(text, str) or not text or text == ":memory:" or text.startswith("file:"):
+        msg = f"SqliteStore path must be a file on this host, got {path!r}"
+        raise ValueError(msg)
+    return os.path.abspath(text)
+
+
+def _create(path: str) -> None:
+    """The file, made readable by its owner only if it is new; an existing file others may
+    read is used as it is, with one WARNING."""
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        msg = f"SqliteStore path: the folder {folder} does not exist"
+        raise ValueError(msg)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        msg = f"SqliteStore cannot open {path}: {exc.strerror}"
+        raise ValueError(msg) from None
+    try:
+        mode = os.fstat(fd).st_mode
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(mode):
+        msg = f"SqliteStore path {path} is not a regular file"
+        raise ValueError(msg)
+    if mode & stat.S_IRWXO:
+        _log.warning(
+            "{} is open to other users (mode {:o}): its tokens can be read by them",
+            path,
+            stat.S_IMODE(mode),
+        )
+
+
+def _check_seconds(name: str, value: object, *, most: float) -> None:
+    if not (isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= most):
+        msg = f"SqliteStore {name} must be a number of seconds in (0, {most:g}], got {value!r}"
+        raise ValueError(msg)
