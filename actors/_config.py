@@ -286,6 +286,25 @@ def _checked_base_url(url: object) -> str:
     return url.rstrip("/")
 
 
+# Unix seconds from which a ticket's made_at is surely milliseconds (the year 5138).
+_MADE_AT_MAX = 1e11
+
+
+def check_made_at(made_at: object) -> float | None:
+    """An app_ticket event's creation time as given to ``set_app_ticket`` / ``put_ticket``:
+    None, or Unix seconds (a finite number >= 0, not milliseconds); ValueError otherwise."""
+    if made_at is None:
+        return None
+    if (
+        not isinstance(made_at, int | float)
+        or isinstance(made_at, bool)
+        or not 0 <= made_at < _MADE_AT_MAX  # NaN and infinities too are outside
+    ):
+        msg = f"made_at must be Unix seconds (a number >= 0, not ms) or None, got {made_at!r}"
+        raise ValueError(msg)
+    return float(made_at)
+
+
 def _loopback(host: str | None) -> bool:
     if host is None:
         return False

@@ -23,7 +23,7 @@ from actors import _cache as _fork
 from actors import _messages as m
 from actors._cache import SAMPLE_MASK, CallerStats, Cell, Published, ReadSnapshot
 from actors._clock import Clock, SystemClock
-from actors._config import AppConfig, AppType, TokenKey, TokenKind, resolve_key
+from actors._config import AppConfig, AppType, TokenKey, TokenKind, check_made_at, resolve_key
 from actors._errors import SystemStoppedError
 from actors._messages import AsyncWaiter, DeferredFuture, FutureWaiter, PendingFutures
 from actors._metrics import TokenMetrics
@@ -38,8 +38,6 @@ __all__ = ["TokenProxy", "store_health"]
 # Validated argument tuples remembered per proxy; beyond this many distinct ones (a flood of
 # tenant keys) the memo starts over instead of growing without bound.
 _KEY_MEMO_SIZE = 4096
-# Unix seconds from which a ticket's made_at is surely milliseconds (the year 5138).
-_MADE_AT_MAX = 1e11
 
 
 class TokenProxy:
@@ -347,13 +345,7 @@ def _ticket_app(
     if not isinstance(ticket, str) or not ticket.strip():
         msg = "app_ticket must be a non-empty string"
         raise ValueError(msg)
-    if made_at is not None and not (
-        isinstance(made_at, int | float)
-        and not isinstance(made_at, bool)
-        and 0 <= made_at < _MADE_AT_MAX  # NaN and infinities too are outside
-    ):
-        msg = f"made_at must be Unix seconds (a number >= 0, not ms) or None, got {made_at!r}"
-        raise ValueError(msg)
+    check_made_at(made_at)
     return app
 
 

@@ -38,7 +38,7 @@ import re
 from typing import NamedTuple
 from urllib.parse import quote, urlsplit
 
-from actors._config import AppConfig, TokenKind
+from actors._config import AppConfig, TokenKind, check_made_at
 from actors.stores._base import credentials_digest
 
 __all__ = [
@@ -147,22 +147,10 @@ def ticket_value(key: str, ticket: str, *, made_at_ms: int | None = None) -> str
     return json.dumps(value)
 
 
-# Unix seconds after which a made_at is surely milliseconds passed as seconds (year 5138).
-_MADE_AT_MAX = 1e11
-
-
 def made_at_ms(made_at: object) -> int | None:
     """``made_at`` (Unix seconds, or None) as the integer milliseconds a ticket value holds."""
-    if made_at is None:
-        return None
-    if (
-        not isinstance(made_at, int | float)
-        or isinstance(made_at, bool)
-        or not 0 <= made_at < _MADE_AT_MAX
-    ):
-        msg = f"made_at must be None or Unix seconds (a finite number >= 0), got {made_at!r}"
-        raise ValueError(msg)
-    return round(made_at * 1000)
+    seconds = check_made_at(made_at)
+    return None if seconds is None else round(seconds * 1000)
 
 
 def ticket_ttl_ms(made_at_ms: int | None, *, now_ms: float) -> int:
