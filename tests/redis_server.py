@@ -326,7 +326,7 @@ class _Child:
         self.system = actors.TokenSystem.start(
             app, store=self.store, policy=_policy(config["policy"])
         )
-        return "ok" if wait_listening(self.store, 5) else "not listening"
+        return "ok" if wait_listening(self.store, timeout=5) else "not listening"
 
     def stop(self) -> str:
         system, self.system = self.system, None

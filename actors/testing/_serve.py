@@ -330,7 +330,7 @@ class FakeFeishuProcess:
             raise
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, *, timeout: float = 10.0) -> None:
         """SIGTERM, then wait (kill after ``timeout``). Idempotent."""
         process, self._process = self._process, None
         if process is None:

@@ -10,7 +10,7 @@ if TYPE_CHECKING:  # redis-py is an optional extra
 __all__ = ["noticed_count", "store_available", "store_faults", "wait_listening"]
 
 
-def wait_listening(store: RedisStore, timeout: float) -> bool:
+def wait_listening(store: RedisStore, *, timeout: float) -> bool:
     """Block until ``store``'s notice listener is subscribed (notices published from then on
     reach it); False if it is not within ``timeout`` seconds."""
     notices = store._notices

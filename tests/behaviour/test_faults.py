@@ -590,7 +590,7 @@ def invalidation_behind(case: StoreCase, publish: Callable[[str], None]) -> Stor
     """Two listening processes share a token; ``publish(channel)`` sends the fault; then the
     first invalidates the token, and the second must stop serving it at once."""
     first, second = case.start(), case.start()
-    assert all(wait_listening(s._process.store, 5) for s in (first, second))  # type: ignore[arg-type]
+    assert all(wait_listening(s._process.store, timeout=5) for s in (first, second))  # type: ignore[arg-type]
     held = first.proxy.get_token().get(timeout=5)
     case.shared = held
     seen = [second.proxy.get_token().get(timeout=5)]

@@ -266,7 +266,7 @@ def listening_pair(
     source = counting_source()
     made = [stores() for _ in range(2)]
     systems.extend(actors.TokenSystem.start(APP, store=s, source=source) for s in made)
-    assert all(wait_listening(s, 5) for s in made)
+    assert all(wait_listening(s, timeout=5) for s in made)
     return made
 
 

@@ -445,7 +445,7 @@ def test_an_invalidation_deletes_the_shared_value_and_every_system_drops_the_tok
     source = counting_source()
     made = [stores(redis_server.url) for _ in range(3)]
     systems.extend(actors.TokenSystem.start(APP, store=store, source=source) for store in made)
-    assert all(wait_listening(store, 5) for store in made)
+    assert all(wait_listening(store, timeout=5) for store in made)
     first = {s.proxy.get_token().get(timeout=5) for s in systems}
     assert first == {"t-000001-shared-token"}
     pubsub = cast(Any, client).pubsub(ignore_subscribe_messages=True)
@@ -478,7 +478,7 @@ def test_after_a_notice_the_others_take_the_fresh_value_even_when_it_is_the_same
     source = FunctionSource.constant("t-same-token-again-0", 7200.0)
     made = [stores(redis_server.url) for _ in range(3)]
     systems.extend(actors.TokenSystem.start(APP, store=store, source=source) for store in made)
-    assert all(wait_listening(store, 5) for store in made)
+    assert all(wait_listening(store, timeout=5) for store in made)
     assert {s.proxy.get_token().get(timeout=5) for s in systems} == {"t-same-token-again-0"}
 
     assert systems[0].proxy.invalidate("t-same-token-again-0").get(timeout=5)
@@ -495,7 +495,7 @@ def test_a_notice_of_the_previous_format_still_drops_the_token_during_a_rolling_
 ) -> None:
     store = stores()
     systems.append(actors.TokenSystem.start(APP, store=store, source=counting_source()))
-    assert wait_listening(store, 5)
+    assert wait_listening(store, timeout=5)
     held = systems[0].proxy.get_token().get(timeout=5)
     digest = base.token_digest(held)
 
@@ -550,7 +550,7 @@ def test_stop_closes_the_store_and_leaves_no_thread_of_ours(
 ) -> None:
     store = stores(redis_server.url)
     system = actors.TokenSystem.start(APP, store=store, source=counting_source())
-    assert wait_listening(store, 5)
+    assert wait_listening(store, timeout=5)
     system.proxy.get_token().get(timeout=5)
 
     system.stop()
@@ -566,7 +566,7 @@ def test_a_reopened_store_has_the_same_configuration_and_nothing_of_the_original
     options = {"op_timeout": 0.7, "lease": 2.0, "failure_threshold": 2, "cooldown": 3.0}
     store = stores(redis_server.url, prefix="reopen:", ticket_poll=0.4, **options)
     systems.append(actors.TokenSystem.start(MARKET, store=store, source=counting_source()))
-    assert wait_listening(store, 5)
+    assert wait_listening(store, timeout=5)
 
     reopened = store.reopened()
     try:
