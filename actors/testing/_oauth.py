@@ -22,6 +22,7 @@ that takes user tokens live in ``_business``.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -121,7 +122,6 @@ class OAuthApi:
     def __init__(self, ledger: Ledger, lock: threading.Lock, clock: Clock) -> None:
         self._ledger = ledger
         self._lock = lock
-        self._clock = clock
         self._users = UserLedger(ledger, clock)
         self._redemptions: list[Redemption] = []
         self._lost: list[_Lost] = []
@@ -201,7 +201,7 @@ class OAuthApi:
         given = {"access_token": access_token, "refresh_token": refresh_token}
         given |= {"code": code, "grant": grant}
         for name, value in given.items():
-            if value is not None and not value >= 1:
+            if value is not None and not (math.isfinite(value) and value >= 1):
                 raise ValueError(f"FakeFeishu.oauth: {name} lifetime must be >= 1 s: {value!r}")
         with self._lock:
             changes = {k: float(v) for k, v in given.items() if v is not None}
@@ -256,7 +256,8 @@ class OAuthApi:
 
     @property
     def redemptions(self) -> list[Redemption]:
-        """A copy of every token-endpoint request the fake answered itself, in order."""
+        """A copy of every token-endpoint request the fake answered itself, in order (a ledger
+        of the grants' chains: ``server.reset_stats()`` leaves it alone)."""
         with self._lock:
             return list(self._redemptions)
 

@@ -31,12 +31,8 @@ TIMEOUT = 5.0
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(start=1000.0)
-
-
-@pytest.fixture
 def server(clock: ManualClock) -> Iterator[FakeFeishu]:
+    # ``clock`` is the suite's ManualClock; Alice is signed in (added first).
     with serve_two_apps(clock) as fake:
         fake.oauth.add_user("ou_alice", name="Alice", tenant_key="tenant_a", user_id="u_alice")
         fake.oauth.add_user("ou_bob", name="Bob", tenant_key="tenant_b")
@@ -447,6 +443,8 @@ def test_lifetimes_must_be_at_least_a_second(server: FakeFeishu) -> None:
         server.oauth.set_lifetimes(access_token=0)
     with pytest.raises(ValueError, match="refresh_token"):
         server.oauth.set_lifetimes(refresh_token=float("nan"))
+    with pytest.raises(ValueError, match="grant"):
+        server.oauth.set_lifetimes(grant=float("inf"))
     assert server.oauth.lifetimes.refresh_token == 604800
 
 
