@@ -354,9 +354,9 @@ def test_recorded_requests_never_contain_secrets_or_tickets(server: FakeFeishu) 
 
 def test_unknown_kinds_are_refused(server: FakeFeishu) -> None:
     with pytest.raises(ValueError, match="kind"):
-        server.script("user", Reply.code(1))
+        server.script("nobody", Reply.code(1))
     with pytest.raises(ValueError, match="kind"):
-        server.hold("user")
+        server.hold("nobody")
 
 
 def test_outage_answers_every_token_request_with_503_until_lifted(server: FakeFeishu) -> None:
