@@ -588,6 +588,9 @@ def _create(path: str) -> None:
     if not os.path.isdir(folder):
         msg = f"SqliteStore path: the folder {folder} does not exist"
         raise ValueError(msg)
+    if os.path.isdir(path):
+        msg = f"SqliteStore path {path} is a folder, not a regular file"
+        raise ValueError(msg)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:

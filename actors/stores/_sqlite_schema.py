@@ -116,28 +116,34 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 def prepare(conn: sqlite3.Connection) -> str:
-    """Make the file ours (WAL, tables) or refuse it; returns the journal mode in effect."""
+    """Make the file ours (WAL, tables) or refuse it, changing nothing in a file that is not
+    ours; returns the journal mode in effect."""
+    _refuse_foreign(conn)
     mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
     with immediate(conn):
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if app_id == 0:
-            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            if tables:
-                msg = "the file is another application's SQLite database"
-                raise SchemaRefused(msg)
-        elif app_id != APPLICATION_ID:
-            msg = "the file is another application's SQLite database"
-            raise SchemaRefused(msg)
-        if version > SCHEMA_VERSION:
-            msg = f"the file has schema {version}, newer than this release's {SCHEMA_VERSION}"
-            raise SchemaRefused(msg)
+        _refuse_foreign(conn)
         for statement in _TABLES.split(";"):
             if statement.strip():
                 conn.execute(statement)
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return mode
+
+
+def _refuse_foreign(conn: sqlite3.Connection) -> None:
+    """Raise SchemaRefused unless the file is ours or empty."""
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if app_id == 0:
+        if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            msg = "the file is another application's SQLite database"
+            raise SchemaRefused(msg)
+    elif app_id != APPLICATION_ID:
+        msg = "the file is another application's SQLite database"
+        raise SchemaRefused(msg)
+    if version > SCHEMA_VERSION:
+        msg = f"the file has schema {version}, newer than this release's {SCHEMA_VERSION}"
+        raise SchemaRefused(msg)
 
 
 def probe(conn: sqlite3.Connection) -> None:
