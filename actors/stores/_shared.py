@@ -3,7 +3,9 @@ upstream under a lease, the others wait for its value.
 
 A store provides a :class:`Tier`: the few operations that need its storage (read the value or
 take the lease, write a value, renew and release leases, read and write app_tickets), each one
-atomic and each one answering or raising :class:`Unavailable`. :class:`SharedSource` is the
+atomic and each one answering or raising :class:`Unavailable`. :class:`SharedStore` is what
+such a store does for its system whatever it keeps values in (one system per store, the
+listener thread, closing, sharing app_tickets); :class:`SharedSource` is the
 :class:`~actors._source.TokenSource` a TokenSystem uses with the store; :class:`Renewer` keeps
 the leases of this process alive while it fetches; :func:`deliver_notice` turns another
 process's invalidation notice into a call for the token this process was handed. Keys and
@@ -12,12 +14,13 @@ value checks are the stores' common :mod:`actors.stores._layout`.
 
 from __future__ import annotations
 
+import abc
 import math
 import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, cast
 
 from loguru import logger
 
@@ -26,13 +29,28 @@ from actors._config import AppConfig, RefreshPolicy, TokenKind
 from actors._errors import SystemStoppedError, UpstreamError
 from actors._source import Grant, TokenRequest, TokenSource
 from actors.feishu import _protocol as feishu
-from actors.stores._base import Ledger, token_digest
+from actors.stores._base import Ledger, Store, token_digest
 from actors.stores._health import FaultLog
 from actors.stores._layout import Keys, Notice
 
-__all__ = ["Acquired", "Renewer", "SharedSource", "Tier", "Unavailable", "deliver_notice"]
+__all__ = [
+    "Acquired",
+    "Listener",
+    "Renewer",
+    "SharedSource",
+    "SharedStore",
+    "Tier",
+    "Unavailable",
+    "deliver_notice",
+    "wall_ms",
+]
 
 _log = logger.bind(component="store")
+
+
+def wall_ms() -> int:
+    """Now on the wall clock, in Unix milliseconds."""
+    return time.time_ns() // 1_000_000
 
 
 class Unavailable(Exception):
@@ -114,6 +132,175 @@ class Tier(Protocol):
     def put_ticket(
         self, app: AppConfig | str, ticket: str, *, made_at: float | None = None
     ) -> bool: ...
+
+
+class Listener(Protocol):
+    """A store's notice listener: :meth:`run` (on the store's thread, until the store closes)
+    calls :func:`deliver_notice` for each notice of another process."""
+
+    listening: threading.Event  # notices posted from now on reach it
+
+    def run(self) -> None: ...
+
+
+_RENEWALS_PER_LEASE = 5  # renewals that may be missed (a busy host) before a lease lapses
+
+
+class SharedStore(Store):
+    """A store that shares tokens between processes, whatever it keeps them in: one system
+    per store, a listener thread for the notices, a renewer for the leases held, closing,
+    and sharing app_tickets. A subclass calls :meth:`_setup` first thing, and provides the
+    :class:`Tier` operations, :meth:`ticket_key`, :meth:`_listener`, :meth:`_write_ticket`
+    and :meth:`_disconnect`."""
+
+    def _setup(self, *, lease: float, ticket_poll: float | None, threads: str) -> None:
+        """``threads``: the stem of the store's thread names (``actors-<store>``)."""
+        self._lease = lease
+        self._lease_ms = max(1, round(lease * 1000))
+        self.ticket_poll = ticket_poll
+        self._closed = threading.Event()
+        self._id = secrets.token_hex(8)  # tells this store's own notices from the others'
+        self._lock = threading.Lock()
+        self._threads = threads
+        self._thread: threading.Thread | None = None
+        self._notices: Listener | None = None
+        self._ledger = Ledger()  # shared with the source: tokens handed out, tokens dead
+        self._renewer = Renewer(
+            cast(Tier, self),
+            every=lease / _RENEWALS_PER_LEASE,
+            closed=self._closed,
+            name=f"{threads}-leases",
+        )
+        self._apps: dict[str, AppConfig] = {}  # the apps served, for put_ticket(app_id)
+        self.faults = FaultLog()
+
+    @abc.abstractmethod
+    def ticket_key(self, app: AppConfig) -> str:
+        """Where ``app``'s app_ticket is kept."""
+
+    @abc.abstractmethod
+    def _listener(self, on_notice: Callable[[str], object]) -> Listener:
+        """The listener :meth:`attach` runs on the store's thread."""
+
+    @abc.abstractmethod
+    def _write_ticket(
+        self, key: str, ticket: str, *, made_at_ms: int | None, ttl_ms: int, now_ms: int
+    ) -> bool:
+        """Keep the newest app_ticket at ``key`` (see :meth:`Store.put_ticket`), for
+        ``ttl_ms``: whether it was written; raises :class:`Unavailable`."""
+
+    @abc.abstractmethod
+    def _disconnect(self) -> None:
+        """Release the store's connections (its threads have stopped)."""
+
+    # --- the system's side ---------------------------------------------------------------------
+
+    def wrap(self, source: TokenSource, policy: RefreshPolicy) -> SharedSource:
+        """The token source a TokenSystem uses with this store: ``source`` behind the store."""
+        if not isinstance(source, TokenSource):
+            msg = f"{type(self).__name__}.wrap needs a TokenSource, got {source!r}"
+            raise ValueError(msg)
+        with self._lock:
+            self._refuse_reuse()
+        tier = cast(Tier, self)
+        return SharedSource(tier, source, policy, ledger=self._ledger, closed=self._closed)
+
+    def attach(self, on_notice: Callable[[str], object]) -> None:
+        """Start listening for invalidation notices; ``on_notice(token)`` is called (on the
+        listener thread) for each token this process was handed and another one invalidated.
+        One store serves one TokenSystem."""
+        with self._lock:
+            self._refuse_reuse()
+            self._notices = self._listener(on_notice)
+            self._thread = threading.Thread(
+                target=self._notices.run, name=f"{self._threads}-notices", daemon=True
+            )
+            self._thread.start()
+
+    def _refuse_reuse(self) -> None:
+        name = type(self).__name__
+        if self._closed.is_set():
+            msg = f"this {name} is closed; make a new one"
+            raise ValueError(msg)
+        if self._thread is not None:
+            msg = f"this {name} already serves a TokenSystem; give each system its own"
+            raise ValueError(msg)
+
+    def close(self, *, timeout: float = 2.0) -> None:
+        """Stop the store's threads, end every wait and release the connections. Idempotent."""
+        self._closed.set()
+        self._renewer.stop()
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = [self._thread, self._renewer.thread]
+        for thread in threads:
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        self._disconnect()
+
+    def put_ticket(
+        self, app: AppConfig | str, ticket: str, *, made_at: float | None = None
+    ) -> bool:
+        """Share the app_ticket the application received, unless the store holds a newer one
+        (see :meth:`Store.put_ticket`); kept 12 h from ``made_at`` (or from now). False if it
+        was not written: the store is failing, holds a newer ticket, or the ticket is not one
+        the store may hold (it still serves this process)."""
+        if not isinstance(ticket, str) or not ticket.strip():
+            msg = "app_ticket must be a non-empty string"
+            raise ValueError(msg)
+        made_at_ms = layout.made_at_ms(made_at)
+        if isinstance(app, AppConfig):
+            self.serves(app)
+            config: AppConfig | None = app
+        else:
+            with self._lock:
+                config = self._apps.get(app)
+        app_id = config.app_id if config is not None else str(app)
+        self._ledger.use_ticket(app_id, ticket)
+        if config is None:
+            _log.debug("app_ticket of {} not shared: the store has not served that app", app_id)
+            return False
+        key = self.ticket_key(config)
+        if not layout.shareable(ticket):
+            self.faults.report(key, "not printable ASCII, or too long", what="app_ticket")
+            return False
+        now_ms = wall_ms()
+        ttl_ms = layout.ticket_ttl_ms(made_at_ms, now_ms=now_ms)
+        if ttl_ms <= 0:
+            _log.debug("app_ticket of {} not shared: made over 12 h ago", app_id)
+            return False
+        try:
+            written = self._write_ticket(
+                key, ticket, made_at_ms=made_at_ms, ttl_ms=ttl_ms, now_ms=now_ms
+            )
+        except Unavailable:
+            return False
+        if not written:
+            _log.debug("app_ticket of {} not shared: the store holds a newer one", app_id)
+        return written
+
+    def serves(self, app: AppConfig) -> None:
+        """Remember ``app``'s config, for calls that name it by app_id only."""
+        with self._lock:
+            self._apps[app.app_id] = app
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    # --- the tier's common part ----------------------------------------------------------------
+
+    @property
+    def lease(self) -> float:
+        return self._lease
+
+    @property
+    def lease_ms(self) -> int:
+        return self._lease_ms
+
+    @property
+    def renewer(self) -> Renewer:
+        return self._renewer
 
 
 class Renewer:

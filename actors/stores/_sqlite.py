@@ -3,11 +3,11 @@
 Every process keeps its own TokenActor (L1); the file is the shared L2, as Redis is for many
 hosts: :meth:`SqliteStore.wrap` puts the system's :class:`TokenSource` behind a
 :class:`~actors.stores._shared.SharedSource` (the file first, one process per key upstream
-under a lease, the others wait for its value). The store owns what the sources of one system
-share: its connections (:class:`Database`), the process's
-:class:`~actors.stores._base.Ledger`, the :class:`~actors.stores._shared.Renewer` of this
-process's leases, and the thread that polls the notices table for other processes'
-invalidations (started by :meth:`SqliteStore.attach`, stopped by :meth:`SqliteStore.close`).
+under a lease, the others wait for its value). What every shared store does for its system
+(one system per store, the ledger, the lease renewer, the listener thread, app_tickets) is
+:class:`~actors.stores._shared.SharedStore`'s; this store adds its connections
+(:class:`Database`) and the :class:`NoticeListener` that polls the notices table for other
+processes' invalidations.
 
 A locked or failing file never holds up a get: a write waits at most ``busy_timeout`` for the
 lock, and while writes fail the next ones do not wait at all; each process then fetches its own
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import sqlite3
 import stat
 import threading
@@ -32,18 +31,10 @@ from loguru import logger
 
 import actors.stores._layout as layout
 import actors.stores._sqlite_schema as schema
-from actors._config import AppConfig, RefreshPolicy, TokenKind
-from actors._source import TokenSource
-from actors.stores._base import Ledger, Store, StoreHealth, token_digest
-from actors.stores._health import FaultLog
+from actors._config import AppConfig, TokenKind
+from actors.stores._base import StoreHealth, token_digest
 from actors.stores._layout import Keys
-from actors.stores._shared import (
-    Acquired,
-    Renewer,
-    SharedSource,
-    Unavailable,
-    deliver_notice,
-)
+from actors.stores._shared import Acquired, SharedStore, Unavailable, deliver_notice, wall_ms
 
 __all__ = ["SqliteStore"]
 
@@ -53,7 +44,6 @@ _T = TypeVar("_T")
 # How long a lease outlives its holder's last renewal: a holder killed or paused mid-fetch
 # keeps the other processes waiting this long at most.
 DEFAULT_LEASE = 1.5
-_RENEWALS_PER_LEASE = 5  # renewals that may be missed (a busy host) before the lease lapses
 _IDLE_MAX = 8  # connections a store keeps open for reuse
 _SWEEP_EVERY = 60.0  # how often a listener deletes what nobody reads again
 _MIN_SQLITE = (3, 24, 0)  # upserts (INSERT ... ON CONFLICT DO UPDATE)
@@ -61,7 +51,7 @@ _MIN_SQLITE = (3, 24, 0)  # upserts (INSERT ... ON CONFLICT DO UPDATE)
 FernetKeys = str | bytes | Sequence[str | bytes]
 
 
-class SqliteStore(Store):
+class SqliteStore(SharedStore):
     """The shared token tier of one host: ``TokenSystem.start(app, store=SqliteStore(path))``.
 
     Every process on the host that uses the same file shares its tokens, app_tickets and
@@ -111,69 +101,12 @@ class SqliteStore(Store):
         if ticket_poll is not None:
             _check_seconds("ticket_poll", ticket_poll, most=3600.0)
         _create(self.path)
+        self._setup(lease=lease, ticket_poll=ticket_poll, threads="actors-sqlite")
         self._busy_timeout = busy_timeout
-        self._lease = lease
-        self._lease_ms = max(1, round(lease * 1000))
-        self.ticket_poll = ticket_poll
         self._notice_poll = notice_poll
-        self._closed = threading.Event()
         self._db = Database(self.path, busy_timeout=busy_timeout, closed=self._closed)
-        self._id = secrets.token_hex(8)  # tells this store's own notices from the others'
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._notices: NoticeListener | None = None
-        self._ledger = Ledger()  # shared with the source: tokens handed out, tokens dead
-        self._renewer = Renewer(
-            self,
-            every=lease / _RENEWALS_PER_LEASE,
-            closed=self._closed,
-            name="actors-sqlite-leases",
-        )
-        self._apps: dict[str, AppConfig] = {}  # the apps served, for put_ticket(app_id)
-        self.faults = FaultLog()
 
     # --- the system's side ---------------------------------------------------------------------
-
-    def wrap(self, source: TokenSource, policy: RefreshPolicy) -> SharedSource:
-        """The token source a TokenSystem uses with this store: ``source`` behind the file."""
-        if not isinstance(source, TokenSource):
-            msg = f"SqliteStore.wrap needs a TokenSource, got {source!r}"
-            raise ValueError(msg)
-        with self._lock:
-            self._refuse_reuse()
-        return SharedSource(self, source, policy, ledger=self._ledger, closed=self._closed)
-
-    def attach(self, on_notice: Callable[[str], object]) -> None:
-        """Start polling for invalidation notices; ``on_notice(token)`` is called (on the
-        listener thread) for each token this process was handed and another one invalidated.
-        One store serves one TokenSystem."""
-        with self._lock:
-            self._refuse_reuse()
-            self._notices = NoticeListener(self, on_notice)
-            self._thread = threading.Thread(
-                target=self._notices.run, name="actors-sqlite-notices", daemon=True
-            )
-            self._thread.start()
-
-    def _refuse_reuse(self) -> None:
-        if self._closed.is_set():
-            msg = "this SqliteStore is closed; make a new one"
-            raise ValueError(msg)
-        if self._thread is not None:
-            msg = "this SqliteStore already serves a TokenSystem; give each system its own"
-            raise ValueError(msg)
-
-    def close(self, *, timeout: float = 2.0) -> None:
-        """Stop the store's threads, end every wait and close the connections. Idempotent."""
-        self._closed.set()
-        self._renewer.stop()
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            threads = [self._thread, self._renewer.thread]
-        for thread in threads:
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
-        self._db.close()
 
     def reopened(self) -> SqliteStore:
         """A store like this one for a process forked from the one that made it: connections,
@@ -202,78 +135,33 @@ class SqliteStore(Store):
             last_error=self._db.last_error,
         )
 
-    def put_ticket(
-        self, app: AppConfig | str, ticket: str, *, made_at: float | None = None
-    ) -> bool:
-        """Share the app_ticket the application received, unless the file holds a newer one
-        (see :meth:`Store.put_ticket`); kept 12 h from ``made_at`` (or from now). False if it
-        was not written: the file is failing, holds a newer ticket, or the ticket is not one
-        the store may hold (it still serves this process)."""
-        if not isinstance(ticket, str) or not ticket.strip():
-            msg = "app_ticket must be a non-empty string"
-            raise ValueError(msg)
-        made_at_ms = layout.made_at_ms(made_at)
-        if isinstance(app, AppConfig):
-            self.serves(app)
-            config: AppConfig | None = app
-        else:
-            with self._lock:
-                config = self._apps.get(app)
-        app_id = config.app_id if config is not None else str(app)
-        self._ledger.use_ticket(app_id, ticket)
-        if config is None:
-            _log.debug("app_ticket of {} not shared: the store has not served that app", app_id)
-            return False
-        key = layout.ticket_key("", config)
-        if not layout.shareable(ticket):
-            self.faults.report(key, "not printable ASCII, or too long", what="app_ticket")
-            return False
-        now = _now_ms()
-        ttl_ms = layout.ticket_ttl_ms(made_at_ms, now_ms=now)
-        if ttl_ms <= 0:
-            _log.debug("app_ticket of {} not shared: made over 12 h ago", app_id)
-            return False
-        try:
-            written, fault = self._db.write(
-                lambda conn: schema.write_ticket(
-                    conn, key, ticket, made_at_ms=made_at_ms, ttl_ms=ttl_ms, now_ms=now
-                )
-            )
-        except Unavailable:
-            return False
-        self.faults.report(key, fault, what="app_ticket")
-        if not written:
-            _log.debug("app_ticket of {} not shared: the store holds a newer one", app_id)
-        return written
-
-    def serves(self, app: AppConfig) -> None:
-        """Remember ``app``'s config, for calls that name it by app_id only."""
-        with self._lock:
-            self._apps[app.app_id] = app
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
-
     def __repr__(self) -> str:
         return f"<SqliteStore {self.path}>"
 
     # --- the tier (the source's side) ----------------------------------------------------------
 
-    @property
-    def lease(self) -> float:
-        return self._lease
-
-    @property
-    def lease_ms(self) -> int:
-        return self._lease_ms
-
-    @property
-    def renewer(self) -> Renewer:
-        return self._renewer
-
     def keys(self, app: AppConfig, kind: TokenKind, tenant_key: str | None) -> Keys:
         return Keys.of("", app, kind, tenant_key)
+
+    def ticket_key(self, app: AppConfig) -> str:
+        return layout.ticket_key("", app)
+
+    def _listener(self, on_notice: Callable[[str], object]) -> NoticeListener:
+        return NoticeListener(self, on_notice)
+
+    def _write_ticket(
+        self, key: str, ticket: str, *, made_at_ms: int | None, ttl_ms: int, now_ms: int
+    ) -> bool:
+        written, fault = self._db.write(
+            lambda conn: schema.write_ticket(
+                conn, key, ticket, made_at_ms=made_at_ms, ttl_ms=ttl_ms, now_ms=now_ms
+            )
+        )
+        self.faults.report(key, fault, what="app_ticket")
+        return written
+
+    def _disconnect(self) -> None:
+        self._db.close()
 
     def acquire(
         self,
@@ -290,7 +178,7 @@ class SqliteStore(Store):
         (see :meth:`~actors.stores._shared.Tier.acquire`). A value to serve and a live lease
         are read without the write lock."""
         if not invalidate:
-            now = _now_ms()
+            now = wall_ms()
             seen = self._db.read(
                 lambda conn: schema.peek(
                     conn, keys, replaces=replaces, min_ms=min_ms, since=since, now_ms=now
@@ -298,7 +186,7 @@ class SqliteStore(Store):
             )
             if seen is not None:
                 return seen
-        now = _now_ms()
+        now = wall_ms()
         digest = token_digest(invalidate) if invalidate else ""
         got, fault = self._db.write(
             lambda conn: schema.acquire(
@@ -321,7 +209,7 @@ class SqliteStore(Store):
     def write(
         self, keys: Keys, token: str, ttl_ms: int, seen: int, *, min_ms: int = 0
     ) -> tuple[bool, str, int]:
-        now = _now_ms()
+        now = wall_ms()
         written, kept, pttl, fault = self._db.write(
             lambda conn: schema.write(conn, keys, token, ttl_ms, seen, min_ms=min_ms, now_ms=now)
         )
@@ -329,7 +217,7 @@ class SqliteStore(Store):
         return written, kept, pttl
 
     def renew(self, held: Sequence[tuple[Keys, str]]) -> None:
-        now = _now_ms()
+        now = wall_ms()
         self._db.write(lambda conn: schema.renew(conn, held, lease_ms=self._lease_ms, now_ms=now))
 
     def release(self, keys: Keys, lease_id: str) -> None:
@@ -339,8 +227,8 @@ class SqliteStore(Store):
             pass  # the lease lapses by itself
 
     def get_ticket(self, app: AppConfig) -> str | None:
-        key = layout.ticket_key("", app)
-        now = _now_ms()
+        key = self.ticket_key(app)
+        now = wall_ms()
         ticket, fault = self._db.read(lambda conn: schema.read_ticket(conn, key, now_ms=now))
         if fault:
             self.faults.report(key, fault, what="app_ticket")
@@ -387,7 +275,7 @@ class NoticeListener:
         return (batch[-1][0] if batch else cursor), len(batch) == schema.NOTICE_BATCH
 
     def _sweep(self) -> None:
-        now = _now_ms()
+        now = wall_ms()
         self._store._db.write(lambda conn: schema.prune(conn, now_ms=now))
 
     def _deliver(self, raw: object) -> None:
@@ -541,10 +429,6 @@ class _Connection:
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.db.close()
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def fernet_keys(key: object) -> tuple[bytes, ...]:
