@@ -183,9 +183,7 @@ class SharedStore(Store):
         """The listener :meth:`attach` runs on the store's thread."""
 
     @abc.abstractmethod
-    def _write_ticket(
-        self, key: str, ticket: str, *, made_at_ms: int | None, ttl_ms: int, now_ms: int
-    ) -> bool:
+    def _write_ticket(self, key: str, ticket: str, *, made_at_ms: int | None, ttl_ms: int) -> bool:
         """Keep the newest app_ticket at ``key`` (see :meth:`Store.put_ticket`), for
         ``ttl_ms``: whether it was written; raises :class:`Unavailable`."""
 
@@ -264,15 +262,12 @@ class SharedStore(Store):
         if not layout.shareable(ticket):
             self.faults.report(key, "not printable ASCII, or too long", what="app_ticket")
             return False
-        now_ms = wall_ms()
-        ttl_ms = layout.ticket_ttl_ms(made_at_ms, now_ms=now_ms)
+        ttl_ms = layout.ticket_ttl_ms(made_at_ms, now_ms=wall_ms())
         if ttl_ms <= 0:
             _log.debug("app_ticket of {} not shared: made over 12 h ago", app_id)
             return False
         try:
-            written = self._write_ticket(
-                key, ticket, made_at_ms=made_at_ms, ttl_ms=ttl_ms, now_ms=now_ms
-            )
+            written = self._write_ticket(key, ticket, made_at_ms=made_at_ms, ttl_ms=ttl_ms)
         except Unavailable:
             return False
         if not written:

@@ -23,8 +23,9 @@ import sqlite3
 import stat
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from cryptography.fernet import Fernet
 from loguru import logger
@@ -34,7 +35,7 @@ import actors.stores._sqlite_schema as schema
 from actors._config import AppConfig, TokenKind
 from actors.stores._base import StoreHealth, token_digest
 from actors.stores._layout import Keys
-from actors.stores._shared import Acquired, SharedStore, Unavailable, deliver_notice, wall_ms
+from actors.stores._shared import Acquired, SharedStore, Unavailable, deliver_notice
 
 __all__ = ["SqliteStore"]
 
@@ -149,12 +150,10 @@ class SqliteStore(SharedStore):
     def _listener(self, on_notice: Callable[[str], object]) -> NoticeListener:
         return NoticeListener(self, on_notice)
 
-    def _write_ticket(
-        self, key: str, ticket: str, *, made_at_ms: int | None, ttl_ms: int, now_ms: int
-    ) -> bool:
+    def _write_ticket(self, key: str, ticket: str, *, made_at_ms: int | None, ttl_ms: int) -> bool:
         written, fault = self._db.write(
             lambda conn: schema.write_ticket(
-                conn, key, ticket, made_at_ms=made_at_ms, ttl_ms=ttl_ms, now_ms=now_ms
+                conn, key, ticket, made_at_ms=made_at_ms, ttl_ms=ttl_ms
             )
         )
         self.faults.report(key, fault, what="app_ticket")
@@ -178,15 +177,11 @@ class SqliteStore(SharedStore):
         (see :meth:`~actors.stores._shared.Tier.acquire`). A value to serve and a live lease
         are read without the write lock."""
         if not invalidate:
-            now = wall_ms()
             seen = self._db.read(
-                lambda conn: schema.peek(
-                    conn, keys, replaces=replaces, min_ms=min_ms, since=since, now_ms=now
-                )
+                lambda conn: schema.peek(conn, keys, replaces=replaces, min_ms=min_ms, since=since)
             )
             if seen is not None:
                 return seen
-        now = wall_ms()
         digest = token_digest(invalidate) if invalidate else ""
         got, fault = self._db.write(
             lambda conn: schema.acquire(
@@ -197,7 +192,6 @@ class SqliteStore(SharedStore):
                 invalidate=invalidate,
                 digest=digest,
                 origin=self._id,
-                now_ms=now,
                 replaces=replaces,
                 min_ms=min_ms,
                 since=since,
@@ -209,16 +203,14 @@ class SqliteStore(SharedStore):
     def write(
         self, keys: Keys, token: str, ttl_ms: int, seen: int, *, min_ms: int = 0
     ) -> tuple[bool, str, int]:
-        now = wall_ms()
         written, kept, pttl, fault = self._db.write(
-            lambda conn: schema.write(conn, keys, token, ttl_ms, seen, min_ms=min_ms, now_ms=now)
+            lambda conn: schema.write(conn, keys, token, ttl_ms, seen, min_ms=min_ms)
         )
         self.faults.report(keys.value, fault)
         return written, kept, pttl
 
     def renew(self, held: Sequence[tuple[Keys, str]]) -> None:
-        now = wall_ms()
-        self._db.write(lambda conn: schema.renew(conn, held, lease_ms=self._lease_ms, now_ms=now))
+        self._db.write(lambda conn: schema.renew(conn, held, lease_ms=self._lease_ms))
 
     def release(self, keys: Keys, lease_id: str) -> None:
         try:
@@ -228,12 +220,11 @@ class SqliteStore(SharedStore):
 
     def get_ticket(self, app: AppConfig) -> str | None:
         key = self.ticket_key(app)
-        now = wall_ms()
-        ticket, fault = self._db.read(lambda conn: schema.read_ticket(conn, key, now_ms=now))
+        ticket, fault = self._db.read(lambda conn: schema.read_ticket(conn, key))
         if fault:
             self.faults.report(key, fault, what="app_ticket")
             with contextlib.suppress(Unavailable):
-                self._db.write(lambda conn: schema.clear_ticket(conn, key, now_ms=now))
+                self._db.write(lambda conn: schema.clear_ticket(conn, key))
         return ticket
 
 
@@ -275,8 +266,7 @@ class NoticeListener:
         return (batch[-1][0] if batch else cursor), len(batch) == schema.NOTICE_BATCH
 
     def _sweep(self) -> None:
-        now = wall_ms()
-        self._store._db.write(lambda conn: schema.prune(conn, now_ms=now))
+        self._store._db.write(schema.prune)
 
     def _deliver(self, raw: object) -> None:
         """One row of the table: anyone who can write the file may put anything there, so
@@ -300,9 +290,14 @@ class Database:
         self._path = path
         self._wait_ms = max(1, round(busy_timeout * 1000))
         self._closed = closed
-        self._lock = threading.Lock()
+        # A plain lock under the condition: the fork hooks take it in one thread and give it
+        # back in the child's, where the taking thread has another identity.
+        self._lock = threading.Condition(threading.Lock())
         self._idle: list[_Connection] = []
+        self._in_use = 0
+        self._preparing = threading.Lock()
         self._prepared = False
+        _DATABASES.add(self)
         self.failing = False
         self.last_error: str | None = None
 
@@ -330,6 +325,26 @@ class Database:
         for connection in idle:
             connection.close()
 
+    def hold_for_fork(self, wait: float) -> bool:
+        """Before ``fork()``: close every connection (waiting up to ``wait`` for the ones in
+        use), and keep the pool's lock until :meth:`fork_done`, so that none opens before the
+        fork. A child that inherited an open connection would inherit SQLite's record of the
+        locks this process holds on the file, without the locks themselves. False if the
+        lock was not free within ``wait`` (the pool is left as it is)."""
+        deadline = time.monotonic() + wait
+        if not self._lock.acquire(timeout=wait):
+            return False
+        while self._in_use and (left := deadline - time.monotonic()) > 0:
+            self._lock.wait(left)
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+        return True
+
+    def fork_done(self) -> None:
+        """After ``fork()``, in the parent and in the child: the pool's lock is free again."""
+        self._lock.release()
+
     def _run(self, op: Callable[[sqlite3.Connection], _T], *, write: bool) -> _T:
         try:
             with self._connection(wait=not (write and self.failing)) as conn:
@@ -347,32 +362,41 @@ class Database:
             raise Unavailable
         with self._lock:
             connection = self._idle.pop() if self._idle else None
-        if connection is None:
-            connection = _Connection(self._path, wait_ms=self._wait_ms)
+            self._in_use += 1
         try:
+            if connection is None:
+                connection = _Connection(self._path, wait_ms=self._wait_ms)
             connection.waits(wait_ms=self._wait_ms if wait else 0)
             if not self._prepared:
-                mode = schema.prepare(connection.db)
-                if mode != "wal":
-                    _log.warning(
-                        "SQLite at {} is in journal mode {}, not WAL: readers wait for writers",
-                        self._path,
-                        mode,
-                    )
-                self._prepared = True
+                self._prepare(connection)
             yield connection.db
         except sqlite3.Error as exc:
             if "no such table" in str(exc):
                 self._prepared = False  # someone dropped a table: make them again
             raise
         finally:
-            reusable = connection.settled()
+            reusable = connection is not None and connection.settled()
             with self._lock:
+                self._in_use -= 1
+                self._lock.notify_all()
                 keep = reusable and not self._closed.is_set() and len(self._idle) < _IDLE_MAX
                 if keep:
-                    self._idle.append(connection)
-            if not keep:
+                    self._idle.append(cast(_Connection, connection))
+            if not keep and connection is not None:
                 connection.close()
+
+    def _prepare(self, connection: _Connection) -> None:
+        with self._preparing:  # one thread of this process at a time (each would do it all)
+            if self._prepared:
+                return
+            mode = schema.prepare(connection.db)
+            if mode != "wal":
+                _log.warning(
+                    "SQLite at {} is in journal mode {}, not WAL: readers wait for writers",
+                    self._path,
+                    mode,
+                )
+            self._prepared = True
 
     def _failed(self, error: BaseException) -> None:
         self.last_error = type(error).__name__
@@ -499,3 +523,25 @@ def _check_seconds(name: str, value: object, *, most: float) -> None:
     if not (isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= most):
         msg = f"SqliteStore {name} must be a number of seconds in (0, {most:g}], got {value!r}"
         raise ValueError(msg)
+
+
+# --- fork -----------------------------------------------------------------------------------------
+
+_FORK_WAIT = 1.0  # how long a fork waits for a store's connections in use
+_DATABASES: weakref.WeakSet[Database] = weakref.WeakSet()
+_HELD: list[Database] = []  # the pools whose locks the forking thread holds
+
+
+def _before_fork() -> None:
+    _HELD.extend(db for db in list(_DATABASES) if db.hold_for_fork(_FORK_WAIT))
+
+
+def _after_fork() -> None:
+    while _HELD:
+        _HELD.pop().fork_done()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork
+    )

@@ -13,7 +13,9 @@ copied under another key is refused::
     notices (id, digest, at_ms, notice)                   invalidation notices, oldest pruned
 
 Times are wall-clock Unix milliseconds: every process using the file runs on one host, so on
-one clock. A token's ``expires_ms`` counts from before its request left. ``version`` orders the
+one clock. Each operation reads the clock after it has the row (and, writing, the lock), so it
+is never earlier than the clock of a write it sees. A token's ``expires_ms`` counts from before
+its request left. ``version`` orders the
 writes of one key (each write adds one; invalidating keeps it); a notice carries the version at
 which its token was dropped, so that a value written since may be served. A notice is the same
 JSON as on Redis's channel (:func:`~actors.stores._layout.parse_notice` reads both).
@@ -33,7 +35,7 @@ from typing import NamedTuple
 
 import actors.stores._layout as layout
 from actors.stores._layout import Keys
-from actors.stores._shared import Acquired
+from actors.stores._shared import Acquired, wall_ms
 
 __all__ = [
     "APPLICATION_ID",
@@ -116,10 +118,9 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 def prepare(conn: sqlite3.Connection) -> str:
-    """Make the file ours (WAL, tables) or refuse it, changing nothing in a file that is not
-    ours; returns the journal mode in effect."""
-    _refuse_foreign(conn)
-    mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+    """Make the file ours (tables, then WAL) or refuse it, changing nothing in a file that is
+    not ours; returns the journal mode in effect. The check and the tables are one write
+    transaction: processes preparing a new file at once see it empty or made, never between."""
     with immediate(conn):
         _refuse_foreign(conn)
         for statement in _TABLES.split(";"):
@@ -127,7 +128,7 @@ def prepare(conn: sqlite3.Connection) -> str:
                 conn.execute(statement)
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    return mode
+    return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
 
 
 def _refuse_foreign(conn: sqlite3.Connection) -> None:
@@ -156,13 +157,14 @@ def probe(conn: sqlite3.Connection) -> None:
 
 
 class Stored(NamedTuple):
-    """A token row as read: its usable value (None if absent, expired or unusable), the key's
-    version, and why the row is unusable ('' if it is not)."""
+    """A token row as read: its usable value (None if absent, expired or unusable), its ms
+    left and expiry, the key's version, and why the row is unusable ('' if it is not)."""
 
     token: str | None
     pttl_ms: int
     version: int
     fault: str
+    expires_ms: int = 0
 
 
 _TOKEN = (
@@ -176,8 +178,9 @@ def _integer(value: object) -> bool:
     return type(value) is int and 0 <= value < _MAX_VERSION
 
 
-def _stored_token(conn: sqlite3.Connection, keys: Keys, now_ms: int) -> Stored:
+def _stored_token(conn: sqlite3.Connection, keys: Keys) -> Stored:
     row = conn.execute(_TOKEN, (keys.value,)).fetchone()
+    now_ms = wall_ms()
     if row is None:
         return Stored(None, 0, 0, "")
     kind, size, token, owner, version, expires_ms = row
@@ -198,7 +201,7 @@ def _stored_token(conn: sqlite3.Connection, keys: Keys, now_ms: int) -> Stored:
     if fault:
         return Stored(None, 0, top, fault)
     pttl = expires_ms - now_ms
-    return Stored(token, pttl, top, "") if pttl > 0 else Stored(None, 0, top, "")
+    return Stored(token, pttl, top, "", expires_ms) if pttl > 0 else Stored(None, 0, top, "")
 
 
 def _servable(stored: Stored, *, replaces: str, min_ms: int, since: int) -> Acquired | None:
@@ -209,11 +212,12 @@ def _servable(stored: Stored, *, replaces: str, min_ms: int, since: int) -> Acqu
     return None
 
 
-def _live_lease(conn: sqlite3.Connection, keys: Keys, now_ms: int) -> tuple[int | None, str]:
+def _live_lease(conn: sqlite3.Connection, keys: Keys) -> tuple[int | None, str]:
     """The ms left of another holder's lease (None if there is none to respect), and why a
     lease row was not respected ('' if it was absent, lapsed or live)."""
     row = conn.execute("SELECT holder, until_ms FROM leases WHERE key = ?", (keys.value,))
     found = row.fetchone()
+    now_ms = wall_ms()
     if found is None:
         return None, ""
     holder, until_ms = found
@@ -226,17 +230,17 @@ def _live_lease(conn: sqlite3.Connection, keys: Keys, now_ms: int) -> tuple[int 
 
 
 def peek(
-    conn: sqlite3.Connection, keys: Keys, *, replaces: str, min_ms: int, since: int, now_ms: int
+    conn: sqlite3.Connection, keys: Keys, *, replaces: str, min_ms: int, since: int
 ) -> Acquired | None:
     """Without any lock: the value to serve, or 'wait' while another process's lease is live;
     None when the answer needs the write lock (take the lease, overwrite an unusable row)."""
-    stored = _stored_token(conn, keys, now_ms)
+    stored = _stored_token(conn, keys)
     served = _servable(stored, replaces=replaces, min_ms=min_ms, since=since)
     if served is not None:
         return served
     if stored.fault:
         return None
-    left, _ = _live_lease(conn, keys, now_ms)
+    left, _ = _live_lease(conn, keys)
     if left is None:
         return None
     return Acquired("wait", "", left, stored.version)
@@ -254,38 +258,37 @@ def acquire(
     invalidate: str,
     digest: str,
     origin: str,
-    now_ms: int,
 ) -> tuple[Acquired, str]:
     """Under the write lock: first, if asked, drop ``invalidate`` (if the key still holds
     exactly it) and post one notice per token; then serve the value, or take the lease, or
     say how long the live lease has left. An unusable row is emptied (its version kept).
     Returns the answer and the fault found ('' for none)."""
     with immediate(conn):
-        stored = _stored_token(conn, keys, now_ms)
+        stored = _stored_token(conn, keys)
         if invalidate:
             conn.execute(
                 "UPDATE tokens SET token = NULL WHERE key = ? AND token = ?",
                 (keys.value, invalidate),
             )
-            _post_notice(conn, digest, origin, stored.version, now_ms)
-            stored = _stored_token(conn, keys, now_ms)
+            _post_notice(conn, digest, origin, stored.version)
+            stored = _stored_token(conn, keys)
         fault = stored.fault
         if fault:
             conn.execute(
                 "UPDATE tokens SET token = NULL, owner = NULL, version = ?, expires_ms = ? "
                 "WHERE key = ?",
-                (stored.version, now_ms, keys.value),
+                (stored.version, wall_ms(), keys.value),
             )
         served = _servable(stored, replaces=replaces, min_ms=min_ms, since=since)
         if served is not None:
             return served, fault
-        left, why = _live_lease(conn, keys, now_ms)
+        left, why = _live_lease(conn, keys)
         if left is not None:
             return Acquired("wait", "", left, stored.version), fault
         conn.execute(
             "INSERT INTO leases (key, holder, until_ms) VALUES (?, ?, ?) ON CONFLICT (key) "
             "DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms",
-            (keys.value, lease_id, now_ms + lease_ms),
+            (keys.value, lease_id, wall_ms() + lease_ms),
         )
         return Acquired("lease", "", lease_ms, stored.version), fault or why
 
@@ -298,7 +301,6 @@ def write(
     seen: int,
     *,
     min_ms: int,
-    now_ms: int,
 ) -> tuple[bool, str, int, str]:
     """Compare-and-set ``token`` for ``ttl_ms`` from now. Another usable token stays if it
     outlives ``min_ms`` and was written after version ``seen`` (the writer took its lease
@@ -306,28 +308,29 @@ def write(
     is rewritten (a new version) but never with a longer lifetime: a writer paused past its
     lease cannot extend it. Returns (written, the token kept, its ms left, the fault)."""
     with immediate(conn):
-        stored = _stored_token(conn, keys, now_ms)
+        stored = _stored_token(conn, keys)
+        now_ms = wall_ms()
+        expires_ms = now_ms + ttl_ms
         if stored.token is not None:
             if stored.token != token:
                 if stored.pttl_ms > min_ms and stored.version > seen:
                     return False, stored.token, stored.pttl_ms, stored.fault
-            elif stored.pttl_ms < ttl_ms:
-                ttl_ms = stored.pttl_ms
+            else:
+                expires_ms = min(expires_ms, stored.expires_ms)
         version = stored.version + 1
         conn.execute(
             "INSERT INTO tokens (key, token, owner, version, expires_ms) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (key) DO UPDATE SET token = excluded.token, owner = excluded.owner, "
             "version = excluded.version, expires_ms = excluded.expires_ms",
-            (keys.value, token, keys.owner, version, now_ms + ttl_ms),
+            (keys.value, token, keys.owner, version, expires_ms),
         )
-        return True, token, ttl_ms, stored.fault
+        return True, token, expires_ms - now_ms, stored.fault
 
 
-def renew(
-    conn: sqlite3.Connection, held: Sequence[tuple[Keys, str]], *, lease_ms: int, now_ms: int
-) -> None:
+def renew(conn: sqlite3.Connection, held: Sequence[tuple[Keys, str]], *, lease_ms: int) -> None:
     """Extend every lease still held by its id, in one transaction."""
     with immediate(conn):
+        now_ms = wall_ms()
         conn.executemany(
             "UPDATE leases SET until_ms = ? WHERE key = ? AND holder = ?",
             [(now_ms + lease_ms, keys.value, lease_id) for keys, lease_id in held],
@@ -355,8 +358,9 @@ _TICKET = (
 )
 
 
-def _stored_ticket(conn: sqlite3.Connection, key: str, now_ms: int) -> tuple[Ticket | None, str]:
+def _stored_ticket(conn: sqlite3.Connection, key: str) -> tuple[Ticket | None, str]:
     row = conn.execute(_TICKET, (key,)).fetchone()
+    now_ms = wall_ms()
     if row is None:
         return None, ""
     kind, size, ticket, owner, made_at_ms, expires_ms = row
@@ -378,10 +382,10 @@ def _stored_ticket(conn: sqlite3.Connection, key: str, now_ms: int) -> tuple[Tic
     return Ticket(ticket, made_at_ms), ""
 
 
-def read_ticket(conn: sqlite3.Connection, key: str, *, now_ms: int) -> tuple[str | None, str]:
+def read_ticket(conn: sqlite3.Connection, key: str) -> tuple[str | None, str]:
     """The usable app_ticket at ``key`` (None if none), and why the row is unusable ('' if
     it is not; the caller then overwrites it)."""
-    found, fault = _stored_ticket(conn, key, now_ms)
+    found, fault = _stored_ticket(conn, key)
     return (found.ticket if found is not None else None), fault
 
 
@@ -392,12 +396,12 @@ def write_ticket(
     *,
     made_at_ms: int | None,
     ttl_ms: int,
-    now_ms: int,
 ) -> tuple[bool, str]:
-    """Keep the newest app_ticket: a usable stored one with a ``made_at_ms`` stays if the new
-    one is older or of unknown age; one without is always replaced. (written, fault)."""
+    """Keep the newest app_ticket, for ``ttl_ms`` from now: a usable stored one with a
+    ``made_at_ms`` stays if the new one is older or of unknown age; one without is always
+    replaced. (written, fault)."""
     with immediate(conn):
-        current, fault = _stored_ticket(conn, key, now_ms)
+        current, fault = _stored_ticket(conn, key)
         stored_at = current.made_at_ms if current is not None else None
         if stored_at is not None and (made_at_ms is None or made_at_ms < stored_at):
             return False, fault
@@ -406,25 +410,24 @@ def write_ticket(
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET ticket = excluded.ticket, "
             "owner = excluded.owner, made_at_ms = excluded.made_at_ms, "
             "expires_ms = excluded.expires_ms",
-            (key, ticket, layout.owner(key), made_at_ms, now_ms + ttl_ms),
+            (key, ticket, layout.owner(key), made_at_ms, wall_ms() + ttl_ms),
         )
         return True, fault
 
 
-def clear_ticket(conn: sqlite3.Connection, key: str, *, now_ms: int) -> None:
+def clear_ticket(conn: sqlite3.Connection, key: str) -> None:
     """Delete the row at ``key`` if it is (still) unusable."""
     with immediate(conn):
-        if _stored_ticket(conn, key, now_ms)[1]:
+        if _stored_ticket(conn, key)[1]:
             conn.execute("DELETE FROM tickets WHERE key = ?", (key,))
 
 
 # --- notices -----------------------------------------------------------------------------------
 
 
-def _post_notice(
-    conn: sqlite3.Connection, digest: str, origin: str, version: int, now_ms: int
-) -> None:
+def _post_notice(conn: sqlite3.Connection, digest: str, origin: str, version: int) -> None:
     """One notice per token within NOTICE_TTL_MS; the old and the surplus ones go."""
+    now_ms = wall_ms()
     recent = conn.execute(
         "SELECT 1 FROM notices WHERE digest = ? AND at_ms > ? LIMIT 1",
         (digest, now_ms - NOTICE_TTL_MS),
@@ -453,10 +456,11 @@ def notices_after(conn: sqlite3.Connection, cursor: int) -> list[tuple[int, obje
     return [(int(found_id), notice) for found_id, notice in rows.fetchall()]
 
 
-def prune(conn: sqlite3.Connection, *, now_ms: int) -> None:
+def prune(conn: sqlite3.Connection) -> None:
     """Delete what nobody reads again: old notices, lapsed leases and tickets, token rows a
     day past their value (keys this host no longer serves)."""
     with immediate(conn):
+        now_ms = wall_ms()
         conn.execute("DELETE FROM notices WHERE at_ms <= ?", (now_ms - NOTICE_TTL_MS,))
         conn.execute("DELETE FROM leases WHERE until_ms < ?", (now_ms - LEASE_MAX_MS,))
         conn.execute("DELETE FROM tickets WHERE expires_ms < ?", (now_ms,))

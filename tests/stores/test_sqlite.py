@@ -158,6 +158,22 @@ def test_the_file_is_created_readable_by_its_owner_only_with_its_wal_and_marked_
     assert {"tokens", "leases", "tickets", "notices"} <= tables
 
 
+def test_stores_making_a_new_file_at_once_all_find_it_theirs(
+    stores: Callable[..., SqliteStore], warnings: list[str]
+) -> None:
+    made = [stores() for _ in range(8)]  # each with connections of its own, as processes have
+    barrier = threading.Barrier(len(made))
+
+    def share(store: SqliteStore) -> bool:
+        barrier.wait(5)
+        return store.put_ticket(MARKET, "ticket-1")
+
+    for _ in range(5):  # a few rounds: the race, if any, is narrow
+        with ThreadPoolExecutor(len(made)) as pool:
+            assert list(pool.map(share, made)) == [True] * len(made)
+    assert warnings == []
+
+
 def test_the_token_row_carries_its_owner_version_and_an_expiry_counted_from_before_the_request(
     path: str, stores: Callable[..., SqliteStore]
 ) -> None:

@@ -356,3 +356,39 @@ def test_a_child_forked_from_a_sqlite_backed_system_shares_through_a_store_of_it
         assert system.proxy.get_token(tenant_key="t").get(timeout=5) == text
     finally:
         system.stop()
+
+
+def open_files_under(folder: str) -> list[str]:
+    """The files under ``folder`` this process has open (from /proc)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(folder):
+            found.append(os.path.basename(target))
+    return sorted(found)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_a_forked_child_inherits_no_connection_to_the_file(path: str) -> None:
+    # SQLite keeps, per process, a record of the locks its connections hold on the file; a
+    # child that inherited an open connection would believe it holds them (and the real ones
+    # stay the parent's): the parent closes its connections for the fork.
+    store = SqliteStore(path)
+    system = actors.TokenSystem.start(MARKET, source=numbered_source(), store=store)
+    try:
+        system.proxy.set_app_ticket("ticket-1").get(timeout=5)
+        system.proxy.get_token(tenant_key="t").get(timeout=5)
+        folder = os.path.dirname(path)
+        assert "tokens.db" in open_files_under(folder)  # the pool's connections, and the WAL
+
+        code, text = in_child(lambda: open_files_under(folder), timeout=15)
+
+        assert code == 0, text
+        assert text == "[]"
+        # The parent goes on, opening connections anew.
+        assert store.get_ticket(MARKET) == "ticket-1"
+    finally:
+        system.stop()
