@@ -449,9 +449,12 @@ def last_notice(conn: sqlite3.Connection) -> int:
 
 
 def notices_after(conn: sqlite3.Connection, cursor: int) -> list[tuple[int, object]]:
-    """Up to NOTICE_BATCH notices after id ``cursor``, oldest first: (id, the raw notice)."""
+    """Up to NOTICE_BATCH notices after id ``cursor``, oldest first: (id, the raw notice, or
+    None for one too large to be a notice, never read into memory)."""
     rows = conn.execute(
-        "SELECT id, notice FROM notices WHERE id > ? ORDER BY id LIMIT ?", (cursor, NOTICE_BATCH)
+        "SELECT id, CASE WHEN length(CAST(notice AS BLOB)) <= ? THEN notice END FROM notices "
+        "WHERE id > ? ORDER BY id LIMIT ?",
+        (layout.MAX_NOTICE_BYTES, cursor, NOTICE_BATCH),
     )
     return [(int(found_id), notice) for found_id, notice in rows.fetchall()]
 
