@@ -161,7 +161,10 @@ def test_the_file_is_created_readable_by_its_owner_only_with_its_wal_and_marked_
 def test_stores_making_a_new_file_at_once_all_find_it_theirs(
     stores: Callable[..., SqliteStore], warnings: list[str]
 ) -> None:
-    made = [stores() for _ in range(8)]  # each with connections of its own, as processes have
+    # Each with connections of its own, as processes have. Eight writers at once on a loaded
+    # machine can outwait the default busy_timeout (then a store fetches locally, by design);
+    # this test is about the file's creation, so its writers may wait.
+    made = [stores(busy_timeout=10.0) for _ in range(8)]
     barrier = threading.Barrier(len(made))
 
     def share(store: SqliteStore) -> bool:
