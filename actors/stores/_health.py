@@ -1,5 +1,5 @@
-"""What a RedisStore knows about its own health: the circuit breaker, the probe behind
-:meth:`RedisStore.health`, and the log of unusable values it found.
+"""What a shared store knows about its own health: the circuit breaker and the probe behind
+a RedisStore's ``health()``, and the log of unusable values a store found.
 
 Each is bounded: the breaker's state is a few numbers, the probe has at most one PING in
 flight, and the fault log remembers a bounded number of (key, fault) pairs.
@@ -16,16 +16,20 @@ from loguru import logger
 
 __all__ = ["Breaker", "FaultLog", "Probe"]
 
-_log = logger.bind(component="RedisStore")
 _REPORTED_MAX = 4096  # (key, fault) pairs reported at WARNING; later ones at DEBUG
 
 
 class Breaker:
-    """After ``threshold`` consecutive failures, skip Redis for ``cooldown`` seconds; then let
-    one call probe it. One WARNING when it opens, one when it closes."""
+    """After ``threshold`` consecutive failures, skip the backend for ``cooldown`` seconds;
+    then let one call probe it. One WARNING when it opens, one when it closes, tagged with
+    ``store`` (the store's name) and naming the ``backend`` (what fails, e.g. ``Redis``)."""
 
-    def __init__(self, where: str, *, threshold: int, cooldown: float) -> None:
+    def __init__(
+        self, where: str, *, store: str, backend: str, threshold: int, cooldown: float
+    ) -> None:
         self._where = where
+        self._backend = backend
+        self._log = logger.bind(component=store)
         self._threshold = threshold
         self._cooldown = cooldown
         self._lock = threading.Lock()
@@ -40,7 +44,7 @@ class Breaker:
 
     @property
     def last_error(self) -> str | None:
-        """The class name of the last failure seen (kept after Redis recovers)."""
+        """The class name of the last failure seen (kept after the backend recovers)."""
         return self._last_error
 
     def allow(self) -> bool:
@@ -57,7 +61,9 @@ class Breaker:
             reopened = self._open_until is not None
             self._failures, self._open_until, self._probing = 0, None, False
         if reopened:
-            _log.warning("Redis at {} answers again: the shared token tier is back", self._where)
+            self._log.warning(
+                "{} at {} answers again: the shared token tier is back", self._backend, self._where
+            )
 
     def saw(self, error: BaseException) -> None:
         """Remember ``error`` as the last one, without counting it as a failure."""
@@ -72,11 +78,13 @@ class Breaker:
                 self._open_until = time.monotonic() + self._cooldown
                 self._probing = False
         if opens:
-            _log.warning(
-                "Redis at {} is failing ({}): tokens are fetched by each process directly, "
-                "Redis is probed again every {:g}s",
+            self._log.warning(
+                "{} at {} is failing ({}): tokens are fetched by each process directly, "
+                "{} is probed again every {:g}s",
+                self._backend,
                 self._where,
                 type(error).__name__,
+                self._backend,
                 self._cooldown,
             )
 
@@ -136,9 +144,10 @@ class _Flight:
 
 class FaultLog:
     """The unusable values a store found (and deleted), counted by fault: a WARNING once per
-    key and fault, never with the value's bytes."""
+    key and fault (tagged with ``store``, the store's name), never with the value's bytes."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, store: str) -> None:
+        self._log = logger.bind(component=store)
         self._lock = threading.Lock()
         self._counts: collections.Counter[str] = collections.Counter()
         self._reported: set[tuple[str, str]] = set()
@@ -153,7 +162,7 @@ class FaultLog:
             if first:
                 self._reported.add((key, fault))
         if first:
-            _log.warning(
+            self._log.warning(
                 "ignored an unusable shared {} at {} ({}): it is not served, and is replaced "
                 "by one from Feishu",
                 what,
@@ -161,7 +170,7 @@ class FaultLog:
                 fault,
             )
         else:
-            _log.debug("ignored an unusable shared {} at {} ({})", what, key, fault)
+            self._log.debug("ignored an unusable shared {} at {} ({})", what, key, fault)
 
     def counts(self) -> dict[str, int]:
         with self._lock:

@@ -1,14 +1,14 @@
 """The read path every shared store has in common: the shared tier first, one process per key
 upstream under a lease, the others wait for its value.
 
-A store provides a :class:`Tier`: the few operations that need its storage (read the value or
-take the lease, write a value, renew and release leases, read and write app_tickets), each one
-atomic and each one answering or raising :class:`Unavailable`. :class:`SharedStore` is what
-such a store does for its system whatever it keeps values in (one system per store, the
-listener thread, closing, sharing app_tickets); :class:`SharedSource` is the
-:class:`~actors._source.TokenSource` a TokenSystem uses with the store; :class:`Renewer` keeps
-the leases of this process alive while it fetches; :func:`deliver_notice` turns another
-process's invalidation notice into a call for the token this process was handed. Keys and
+A store is a :class:`SharedStore`: it provides the few operations that need its storage (read
+the value or take the lease, write a value, renew and release leases, read and write
+app_tickets), each one atomic and each one answering or raising :class:`Unavailable`, and
+inherits what such a store does for its system whatever it keeps values in (one system per
+store, the listener thread, closing, sharing app_tickets, turning another process's
+invalidation notice into a call for the token this process was handed).
+:class:`SharedSource` is the :class:`~actors._source.TokenSource` a TokenSystem uses with the
+store; :class:`Renewer` keeps the leases of this process alive while it fetches. Keys and
 value checks are the stores' common :mod:`actors.stores._layout`.
 """
 
@@ -20,7 +20,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol, cast
+from typing import NamedTuple, Protocol
 
 from loguru import logger
 
@@ -31,21 +31,18 @@ from actors._source import Grant, TokenRequest, TokenSource
 from actors.feishu import _protocol as feishu
 from actors.stores._base import Ledger, Store, token_digest
 from actors.stores._health import FaultLog
-from actors.stores._layout import Keys, Notice
+from actors.stores._layout import Keys
 
 __all__ = [
     "Acquired",
+    "Ask",
     "Listener",
     "Renewer",
     "SharedSource",
     "SharedStore",
-    "Tier",
     "Unavailable",
-    "deliver_notice",
     "wall_ms",
 ]
-
-_log = logger.bind(component="store")
 
 
 def wall_ms() -> int:
@@ -64,33 +61,97 @@ class Acquired(NamedTuple):
     version: int  # the key's write version when it was read
 
 
-class Tier(Protocol):
-    """What :class:`SharedSource` needs of a store. Every operation is atomic and either
-    answers or raises :class:`Unavailable`; a bad value is the store's to report (``faults``)
-    and to overwrite, never a reason to fail."""
+class Ask(NamedTuple):
+    """One read of a key by :meth:`SharedStore.acquire`: its arguments, and the digest of the
+    token to invalidate (empty if none)."""
+
+    lease_id: str
+    lease_ms: int
+    replaces: str
+    min_ms: int
+    since: int
+    invalidate: str
+    digest: str
+
+
+class Listener(Protocol):
+    """A store's notice listener: :meth:`run` (on the store's thread, until the store closes)
+    calls :meth:`SharedStore.deliver_notice` for each notice it reads."""
+
+    listening: threading.Event  # notices posted from now on reach it
+
+    def run(self) -> None: ...
+
+
+_RENEWALS_PER_LEASE = 5  # renewals that may be missed (a busy host) before a lease lapses
+
+
+class SharedStore(Store):
+    """A store that shares tokens between processes, whatever it keeps them in: one system
+    per store, a listener thread for the notices, a renewer for the leases held, closing,
+    and sharing app_tickets. A subclass calls :meth:`_setup` first thing, and provides the
+    storage operations :class:`SharedSource` needs (:meth:`keys`, :meth:`_acquire`,
+    :meth:`write`, :meth:`renew`, :meth:`release`, :meth:`get_ticket`), and
+    :meth:`ticket_key`, :meth:`_listener`, :meth:`_write_ticket`, :meth:`_failing` and
+    :meth:`_disconnect`. Every storage operation is atomic and either answers or raises
+    :class:`Unavailable`; a bad value is the store's to report (``faults``) and to
+    overwrite, never a reason to fail."""
 
     ticket_poll: float | None
     faults: FaultLog
 
-    @property
-    def lease(self) -> float:
-        """How long a lease outlives its holder's last renewal, in seconds."""
-        ...
+    def _setup(self, *, name: str, lease: float, ticket_poll: float | None, threads: str) -> None:
+        """``name``: the store's name in its log lines; ``threads``: the stem of the store's
+        thread names (``actors-<store>``)."""
+        self._log = logger.bind(component=name)
+        self._lease = lease
+        self._lease_ms = max(1, round(lease * 1000))
+        self.ticket_poll = ticket_poll
+        self._closed = threading.Event()
+        self._id = secrets.token_hex(8)  # tells this store's own notices from the others'
+        self._lock = threading.Lock()
+        self._threads = threads
+        self._thread: threading.Thread | None = None
+        self._notices: Listener | None = None
+        self._ledger = Ledger()  # shared with the source: tokens handed out, tokens dead
+        self._renewer = Renewer(
+            self,
+            every=lease / _RENEWALS_PER_LEASE,
+            closed=self._closed,
+            name=f"{threads}-leases",
+        )
+        self._apps: dict[str, AppConfig] = {}  # the apps served, for put_ticket(app_id)
+        self.faults = FaultLog(store=name)
 
-    @property
-    def lease_ms(self) -> int: ...
+    # --- the storage operations ----------------------------------------------------------------
 
-    @property
-    def closed(self) -> bool: ...
+    @abc.abstractmethod
+    def keys(self, app: AppConfig, kind: TokenKind, tenant_key: str | None) -> Keys:
+        """Where the token of ``app``, ``kind`` and ``tenant_key`` is kept, with its lease."""
 
-    @property
-    def renewer(self) -> Renewer: ...
+    @abc.abstractmethod
+    def _acquire(self, keys: Keys, ask: Ask) -> Acquired:
+        """:meth:`acquire`, its arguments in ``ask``."""
 
-    def keys(self, app: AppConfig, kind: TokenKind, tenant_key: str | None) -> Keys: ...
+    @abc.abstractmethod
+    def write(
+        self, keys: Keys, token: str, ttl_ms: int, seen: int, *, min_ms: int = 0
+    ) -> tuple[bool, str, int]:
+        """Compare-and-set: (written, the token kept, its remaining ms). Another usable token
+        stays if it outlives ``min_ms`` and was written after version ``seen``; the same token
+        is rewritten but never with a longer lifetime."""
 
-    def serves(self, app: AppConfig) -> None:
-        """Remember ``app``'s config, for calls that name it by app_id only."""
-        ...
+    @abc.abstractmethod
+    def renew(self, held: Sequence[tuple[Keys, str]]) -> None:
+        """Extend each of these (keys, lease id) leases that is still held by that id."""
+
+    @abc.abstractmethod
+    def release(self, keys: Keys, lease_id: str) -> None:
+        """Drop the lease if ``lease_id`` still holds it; never raises."""
+
+    @abc.abstractmethod
+    def get_ticket(self, app: AppConfig) -> str | None:
+        """The app_ticket kept for ``app``, if a usable one is."""
 
     def acquire(
         self,
@@ -109,70 +170,9 @@ class Tier(Protocol):
         (``since`` >= 0) if it was written after version ``since``. ``invalidate``: first
         drop that token from the store (if it still holds exactly it) and tell every process,
         once per token."""
-        ...
-
-    def write(
-        self, keys: Keys, token: str, ttl_ms: int, seen: int, *, min_ms: int = 0
-    ) -> tuple[bool, str, int]:
-        """Compare-and-set: (written, the token kept, its remaining ms). Another usable token
-        stays if it outlives ``min_ms`` and was written after version ``seen``; the same token
-        is rewritten but never with a longer lifetime."""
-        ...
-
-    def renew(self, held: Sequence[tuple[Keys, str]]) -> None:
-        """Extend each of these (keys, lease id) leases that is still held by that id."""
-        ...
-
-    def release(self, keys: Keys, lease_id: str) -> None:
-        """Drop the lease if ``lease_id`` still holds it; never raises."""
-        ...
-
-    def get_ticket(self, app: AppConfig) -> str | None: ...
-
-    def put_ticket(
-        self, app: AppConfig | str, ticket: str, *, made_at: float | None = None
-    ) -> bool: ...
-
-
-class Listener(Protocol):
-    """A store's notice listener: :meth:`run` (on the store's thread, until the store closes)
-    calls :func:`deliver_notice` for each notice of another process."""
-
-    listening: threading.Event  # notices posted from now on reach it
-
-    def run(self) -> None: ...
-
-
-_RENEWALS_PER_LEASE = 5  # renewals that may be missed (a busy host) before a lease lapses
-
-
-class SharedStore(Store):
-    """A store that shares tokens between processes, whatever it keeps them in: one system
-    per store, a listener thread for the notices, a renewer for the leases held, closing,
-    and sharing app_tickets. A subclass calls :meth:`_setup` first thing, and provides the
-    :class:`Tier` operations, :meth:`ticket_key`, :meth:`_listener`, :meth:`_write_ticket`
-    and :meth:`_disconnect`."""
-
-    def _setup(self, *, lease: float, ticket_poll: float | None, threads: str) -> None:
-        """``threads``: the stem of the store's thread names (``actors-<store>``)."""
-        self._lease = lease
-        self._lease_ms = max(1, round(lease * 1000))
-        self.ticket_poll = ticket_poll
-        self._closed = threading.Event()
-        self._id = secrets.token_hex(8)  # tells this store's own notices from the others'
-        self._lock = threading.Lock()
-        self._threads = threads
-        self._thread: threading.Thread | None = None
-        self._notices: Listener | None = None
-        self._ledger = Ledger()  # shared with the source: tokens handed out, tokens dead
-        self._renewer = Renewer(
-            cast(Tier, self),
-            every=lease / _RENEWALS_PER_LEASE,
-            closed=self._closed,
-            name=f"{threads}-leases",
-        )
-        self._apps: dict[str, AppConfig] = {}  # the apps served, for put_ticket(app_id)
-        self.faults = FaultLog()
+        digest = token_digest(invalidate) if invalidate else ""
+        ask = Ask(lease_id, lease_ms, replaces, min_ms, since, invalidate, digest)
+        return self._acquire(keys, ask)
 
     @abc.abstractmethod
     def ticket_key(self, app: AppConfig) -> str:
@@ -188,8 +188,13 @@ class SharedStore(Store):
         ``ttl_ms``: whether it was written; raises :class:`Unavailable`."""
 
     @abc.abstractmethod
-    def _disconnect(self) -> None:
-        """Release the store's connections (its threads have stopped)."""
+    def _failing(self) -> bool:
+        """Whether the store is skipped for now (its backend failed) rather than asked."""
+
+    @abc.abstractmethod
+    def _disconnect(self, *, deadline: float) -> None:
+        """Release the store's connections (its threads have stopped); waits for anything
+        else of its own until ``deadline`` (on the monotonic clock) at most."""
 
     # --- the system's side ---------------------------------------------------------------------
 
@@ -200,8 +205,7 @@ class SharedStore(Store):
             raise ValueError(msg)
         with self._lock:
             self._refuse_reuse()
-        tier = cast(Tier, self)
-        return SharedSource(tier, source, policy, ledger=self._ledger, closed=self._closed)
+        return SharedSource(self, source, policy, ledger=self._ledger, closed=self._closed)
 
     def attach(self, on_notice: Callable[[str], object]) -> None:
         """Start listening for invalidation notices; ``on_notice(token)`` is called (on the
@@ -234,7 +238,7 @@ class SharedStore(Store):
         for thread in threads:
             if thread is not None and thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
-        self._disconnect()
+        self._disconnect(deadline=deadline)
 
     def put_ticket(
         self, app: AppConfig | str, ticket: str, *, made_at: float | None = None
@@ -256,7 +260,9 @@ class SharedStore(Store):
         app_id = config.app_id if config is not None else str(app)
         self._ledger.use_ticket(app_id, ticket)
         if config is None:
-            _log.debug("app_ticket of {} not shared: the store has not served that app", app_id)
+            self._log.debug(
+                "app_ticket of {} not shared: the store has not served that app", app_id
+            )
             return False
         key = self.ticket_key(config)
         if not layout.shareable(ticket):
@@ -264,14 +270,14 @@ class SharedStore(Store):
             return False
         ttl_ms = layout.ticket_ttl_ms(made_at_ms, now_ms=wall_ms())
         if ttl_ms <= 0:
-            _log.debug("app_ticket of {} not shared: made over 12 h ago", app_id)
+            self._log.debug("app_ticket of {} not shared: made over 12 h ago", app_id)
             return False
         try:
             written = self._write_ticket(key, ticket, made_at_ms=made_at_ms, ttl_ms=ttl_ms)
         except Unavailable:
             return False
         if not written:
-            _log.debug("app_ticket of {} not shared: the store holds a newer one", app_id)
+            self._log.debug("app_ticket of {} not shared: the store holds a newer one", app_id)
         return written
 
     def serves(self, app: AppConfig) -> None:
@@ -282,6 +288,27 @@ class SharedStore(Store):
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
+
+    def deliver_notice(self, raw: object, on_notice: Callable[[str], object]) -> None:
+        """Act on another process's invalidation notice (``raw``, as read): remember the token
+        as dead and, if this process was handed it, drop it here (``on_notice``). Anyone who
+        can post a notice may post anything, so nothing in it may stop the listener. The
+        store's own notices are ignored: the process that invalidated has dropped the token
+        already."""
+        notice = layout.parse_notice(raw)
+        if notice is None:
+            self._log.debug("ignored a malformed invalidation notice")
+            return
+        if notice.origin == self._id:
+            return
+        self._ledger.note_dead(notice.digest, notice.version)
+        token = self._ledger.token(notice.digest)
+        if token is None:
+            return  # never cached here
+        try:
+            on_notice(token)
+        except Exception as exc:
+            self._log.warning("invalidation notice could not be delivered: {}", type(exc).__name__)
 
     # --- the tier's common part ----------------------------------------------------------------
 
@@ -306,7 +333,9 @@ class Renewer:
     ``every`` seconds until its ``until`` (the longest a fetch may take) or its release.
     """
 
-    def __init__(self, tier: Tier, *, every: float, closed: threading.Event, name: str) -> None:
+    def __init__(
+        self, tier: SharedStore, *, every: float, closed: threading.Event, name: str
+    ) -> None:
         self._tier = tier
         self._every = every
         self._closed = closed
@@ -346,24 +375,6 @@ class Renewer:
             self._closed.wait(self._every)
 
 
-def deliver_notice(
-    ledger: Ledger, own_id: str, notice: Notice, on_notice: Callable[[str], object]
-) -> None:
-    """Act on another process's invalidation notice: remember the token as dead and, if this
-    process was handed it, drop it here (``on_notice``). A store's own notices are ignored:
-    the process that invalidated has dropped the token already."""
-    if notice.origin == own_id:
-        return
-    ledger.note_dead(notice.digest, notice.version)
-    token = ledger.token(notice.digest)
-    if token is None:
-        return  # never cached here
-    try:
-        on_notice(token)
-    except Exception as exc:
-        _log.warning("invalidation notice could not be delivered: {}", type(exc).__name__)
-
-
 # A shared value is served only with this much more than the safety margin left, so that the
 # reader's clock, counting from before the read, still finds it servable.
 _SLACK_MS = 500
@@ -381,7 +392,7 @@ class SharedSource:
 
     def __init__(
         self,
-        tier: Tier,
+        tier: SharedStore,
         inner: TokenSource,
         policy: RefreshPolicy,
         *,

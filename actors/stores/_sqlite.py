@@ -33,9 +33,9 @@ from loguru import logger
 import actors.stores._layout as layout
 import actors.stores._sqlite_schema as schema
 from actors._config import AppConfig, TokenKind
-from actors.stores._base import StoreHealth, token_digest
+from actors.stores._base import StoreHealth
 from actors.stores._layout import Keys
-from actors.stores._shared import Acquired, SharedStore, Unavailable, deliver_notice
+from actors.stores._shared import Acquired, Ask, SharedStore, Unavailable
 
 __all__ = ["SqliteStore"]
 
@@ -102,7 +102,9 @@ class SqliteStore(SharedStore):
         if ticket_poll is not None:
             _check_seconds("ticket_poll", ticket_poll, most=3600.0)
         _create(self.path)
-        self._setup(lease=lease, ticket_poll=ticket_poll, threads="actors-sqlite")
+        self._setup(
+            name="SqliteStore", lease=lease, ticket_poll=ticket_poll, threads="actors-sqlite"
+        )
         self._busy_timeout = busy_timeout
         self._notice_poll = notice_poll
         self._db = Database(self.path, busy_timeout=busy_timeout, closed=self._closed)
@@ -159,42 +161,35 @@ class SqliteStore(SharedStore):
         self.faults.report(key, fault, what="app_ticket")
         return written
 
-    def _disconnect(self) -> None:
+    def _failing(self) -> bool:
+        return self._db.failing
+
+    def _disconnect(self, *, deadline: float) -> None:
         self._db.close()
 
-    def acquire(
-        self,
-        keys: Keys,
-        lease_id: str,
-        *,
-        lease_ms: int,
-        replaces: str,
-        min_ms: int,
-        since: int,
-        invalidate: str = "",
-    ) -> Acquired:
-        """Serve the stored value, or take the lease, or say how long the lease has left
-        (see :meth:`~actors.stores._shared.Tier.acquire`). A value to serve and a live lease
-        are read without the write lock."""
-        if not invalidate:
+    def _acquire(self, keys: Keys, ask: Ask) -> Acquired:
+        """See :meth:`~actors.stores._shared.SharedStore.acquire`. A value to serve and a
+        live lease are read without the write lock."""
+        if not ask.invalidate:
             seen = self._db.read(
-                lambda conn: schema.peek(conn, keys, replaces=replaces, min_ms=min_ms, since=since)
+                lambda conn: schema.peek(
+                    conn, keys, replaces=ask.replaces, min_ms=ask.min_ms, since=ask.since
+                )
             )
             if seen is not None:
                 return seen
-        digest = token_digest(invalidate) if invalidate else ""
         got, fault = self._db.write(
             lambda conn: schema.acquire(
                 conn,
                 keys,
-                lease_id,
-                lease_ms=lease_ms,
-                invalidate=invalidate,
-                digest=digest,
+                ask.lease_id,
+                lease_ms=ask.lease_ms,
+                invalidate=ask.invalidate,
+                digest=ask.digest,
                 origin=self._id,
-                replaces=replaces,
-                min_ms=min_ms,
-                since=since,
+                replaces=ask.replaces,
+                min_ms=ask.min_ms,
+                since=ask.since,
             )
         )
         self.faults.report(keys.value, fault)
@@ -262,20 +257,11 @@ class NoticeListener:
         """Deliver the notices after ``cursor``: (the new cursor, whether the batch was full)."""
         batch = self._store._db.read(lambda conn: schema.notices_after(conn, cursor))
         for _, raw in batch:
-            self._deliver(raw)
+            self._store.deliver_notice(raw, self._on_notice)
         return (batch[-1][0] if batch else cursor), len(batch) == schema.NOTICE_BATCH
 
     def _sweep(self) -> None:
         self._store._db.write(schema.prune)
-
-    def _deliver(self, raw: object) -> None:
-        """One row of the table: anyone who can write the file may put anything there, so
-        nothing in it may stop the listener."""
-        notice = layout.parse_notice(raw)
-        if notice is None:
-            _log.debug("ignored a malformed invalidation notice")
-            return
-        deliver_notice(self._store._ledger, self._store._id, notice, self._on_notice)
 
 
 class Database:
