@@ -178,20 +178,7 @@ class SqliteStore(SharedStore):
             )
             if seen is not None:
                 return seen
-        got, fault = self._db.write(
-            lambda conn: schema.acquire(
-                conn,
-                keys,
-                ask.lease_id,
-                lease_ms=ask.lease_ms,
-                invalidate=ask.invalidate,
-                digest=ask.digest,
-                origin=self._id,
-                replaces=ask.replaces,
-                min_ms=ask.min_ms,
-                since=ask.since,
-            )
-        )
+        got, fault = self._db.write(lambda conn: schema.acquire(conn, keys, ask, origin=self._id))
         self.faults.report(keys.value, fault)
         return got
 

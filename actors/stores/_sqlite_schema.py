@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import actors.stores._layout as layout
 from actors.stores._layout import Keys
-from actors.stores._shared import Acquired, wall_ms
+from actors.stores._shared import Acquired, Ask, wall_ms
 
 __all__ = [
     "APPLICATION_ID",
@@ -246,31 +246,19 @@ def peek(
     return Acquired("wait", "", left, stored.version)
 
 
-def acquire(
-    conn: sqlite3.Connection,
-    keys: Keys,
-    lease_id: str,
-    *,
-    lease_ms: int,
-    replaces: str,
-    min_ms: int,
-    since: int,
-    invalidate: str,
-    digest: str,
-    origin: str,
-) -> tuple[Acquired, str]:
-    """Under the write lock: first, if asked, drop ``invalidate`` (if the key still holds
+def acquire(conn: sqlite3.Connection, keys: Keys, ask: Ask, *, origin: str) -> tuple[Acquired, str]:
+    """Under the write lock: first, if asked, drop ``ask.invalidate`` (if the key still holds
     exactly it) and post one notice per token; then serve the value, or take the lease, or
     say how long the live lease has left. An unusable row is emptied (its version kept).
     Returns the answer and the fault found ('' for none)."""
     with immediate(conn):
         stored = _stored_token(conn, keys)
-        if invalidate:
+        if ask.invalidate:
             conn.execute(
                 "UPDATE tokens SET token = NULL WHERE key = ? AND token = ?",
-                (keys.value, invalidate),
+                (keys.value, ask.invalidate),
             )
-            _post_notice(conn, digest, origin, stored.version)
+            _post_notice(conn, ask.digest, origin, stored.version)
             stored = _stored_token(conn, keys)
         fault = stored.fault
         if fault:
@@ -279,7 +267,7 @@ def acquire(
                 "WHERE key = ?",
                 (stored.version, wall_ms(), keys.value),
             )
-        served = _servable(stored, replaces=replaces, min_ms=min_ms, since=since)
+        served = _servable(stored, replaces=ask.replaces, min_ms=ask.min_ms, since=ask.since)
         if served is not None:
             return served, fault
         left, why = _live_lease(conn, keys)
@@ -288,9 +276,9 @@ def acquire(
         conn.execute(
             "INSERT INTO leases (key, holder, until_ms) VALUES (?, ?, ?) ON CONFLICT (key) "
             "DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms",
-            (keys.value, lease_id, wall_ms() + lease_ms),
+            (keys.value, ask.lease_id, wall_ms() + ask.lease_ms),
         )
-        return Acquired("lease", "", lease_ms, stored.version), fault or why
+        return Acquired("lease", "", ask.lease_ms, stored.version), fault or why
 
 
 def write(
