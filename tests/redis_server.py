@@ -397,8 +397,13 @@ class _Child:
 
 
 def fleet_child(conn: Connection) -> None:
-    """Serve commands ``(name, args)`` from ``conn`` until ``exit``; answer ``(status, value)``."""
-    child = _Child(conn)
+    """A fleet process: :func:`serve_commands` for a :class:`_Child`."""
+    serve_commands(conn, _Child(conn))
+
+
+def serve_commands(conn: Connection, child: Any) -> None:
+    """Serve commands ``(name, args)`` from ``conn`` as ``child``'s methods until ``exit``;
+    answer ``(status, value)``; stop ``child`` at the end."""
     try:
         while True:
             name, args = conn.recv()

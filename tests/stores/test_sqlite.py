@@ -60,14 +60,6 @@ def stores(path: str) -> Iterator[Callable[..., SqliteStore]]:
 
 
 @pytest.fixture
-def systems() -> Iterator[list[actors.TokenSystem]]:
-    started: list[actors.TokenSystem] = []
-    yield started
-    for system in started:
-        system.stop()
-
-
-@pytest.fixture
 def warnings() -> Iterator[list[str]]:
     """Every WARNING line of the library."""
     lines: list[str] = []

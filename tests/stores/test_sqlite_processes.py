@@ -19,9 +19,9 @@ import pytest
 import actors
 from actors.stores import SqliteStore
 from actors.stores._sqlite import DEFAULT_LEASE
-from actors.testing import FakeFeishu, FunctionSource
+from actors.testing import FakeFeishu, FunctionSource, wait_listening
 from tests.conftest import APP_ID, MARKET_ID, MARKET_SECRET, SECRET
-from tests.redis_server import _Child, stopped
+from tests.redis_server import _Child, serve_commands, stopped
 from tests.stores.conftest import SPAWN, Fleet, counting_source, wait_for
 from tests.test_fork import held_by_another_thread, in_child, numbered_source
 
@@ -46,24 +46,12 @@ class SqliteChild(_Child):
         )
         policy = actors.RefreshPolicy(**config["policy"])
         self.system = actors.TokenSystem.start(self.app, store=store, policy=policy)
-        notices = cast(Any, store)._notices
-        return "ok" if notices is not None and notices.listening.wait(5) else "not listening"
+        return "ok" if wait_listening(store, timeout=5) else "not listening"
 
 
 def sqlite_fleet_child(conn: Connection) -> None:
-    """Serve commands ``(name, args)`` from ``conn`` until ``exit``; answer ``(status, value)``."""
-    child = SqliteChild(conn)
-    try:
-        while True:
-            name, args = conn.recv()
-            if name == "exit":
-                break
-            try:
-                conn.send(("ok", getattr(child, name)(*args)))
-            except Exception as exc:
-                conn.send(("error", repr(exc)))
-    finally:
-        child.stop()
+    """A fleet process: :func:`tests.redis_server.serve_commands` for a :class:`SqliteChild`."""
+    serve_commands(conn, SqliteChild(conn))
 
 
 def blocking_holder(path: str, app: actors.AppConfig, lease: float) -> None:
