@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "ManualClock", "SystemClock"]
+__all__ = ["Clock", "ManualClock", "SystemClock", "wall_time"]
 
 
 @runtime_checkable
@@ -38,6 +38,10 @@ class SystemClock:
 
     def now(self) -> float:
         return time.monotonic()
+
+    def wall(self) -> float:
+        """Unix seconds: what processes sharing a store compare (grant lifetimes)."""
+        return time.time()
 
     def wait(self, event: threading.Event, deadline: float | None) -> bool:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -70,6 +74,11 @@ class ManualClock:
 
     def now(self) -> float:
         return self._now
+
+    def wall(self) -> float:
+        """A virtual wall clock: Unix seconds that move with :meth:`advance` (every
+        ManualClock shares its epoch, so systems on one store and one virtual time agree)."""
+        return _VIRTUAL_EPOCH + self._now
 
     def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds`` and tell every subscriber (the scheduler fires what
@@ -107,6 +116,13 @@ class ManualClock:
 
 
 _LONGEST_WAIT = 3600.0
+_VIRTUAL_EPOCH = 1_800_000_000.0  # 2027-01-15: where every ManualClock's wall time starts
+
+
+def wall_time(clock: Clock) -> float:
+    """``clock``'s wall time in Unix seconds (its ``wall()``; a clock without one: real time)."""
+    wall = getattr(clock, "wall", None)
+    return float(wall()) if callable(wall) else time.time()
 
 
 def _noop() -> None:

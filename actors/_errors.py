@@ -25,9 +25,13 @@ from typing import Any, TypeVar
 from urllib.parse import quote, quote_plus
 
 __all__ = [
+    "REAUTHORIZATION_REASONS",
     "AppTicketError",
     "AuthError",
+    "AuthorizationCodeError",
     "RateLimitedError",
+    "ReauthorizationRequired",
+    "StoreKeyError",
     "SystemStoppedError",
     "TokenError",
     "UpstreamError",
@@ -143,6 +147,91 @@ class AppTicketError(TokenError):
 
     def __reduce__(self) -> tuple[type[AppTicketError], tuple[str, str]]:
         return (type(self), (self.app_id, self.reason))
+
+
+# What ReauthorizationRequired.reason may be, with what the user must do about it.
+REAUTHORIZATION_REASONS = {
+    "revoked": "the refresh token was revoked or already used, and no newer grant is stored",
+    "expired": "the refresh token expired (7 days unused, or 365 days since the login)",
+    "invalid": "Feishu does not know the refresh token",
+    "wrong_app": "the refresh token belongs to another app (check app_id)",
+    "refresh_disabled": (
+        'the app has not enabled refreshing user tokens (switch on "refresh user_access_token" '
+        "in the console's security settings)"
+    ),
+    "no_refresh_token": (
+        "the grant has no refresh token (ask for the offline_access scope, and enable it in the "
+        "console)"
+    ),
+    "unknown_user": "no grant is stored for this user",
+    "interrupted": (
+        "a process died while rotating this grant, after sending its refresh token and before "
+        "storing the answer"
+    ),
+}
+
+
+class ReauthorizationRequired(TokenError):
+    """The user must log in again (send them through ``authorize_url``): their grant ended.
+
+    ``reason`` is one of :data:`REAUTHORIZATION_REASONS`; ``code`` is Feishu's code, if Feishu
+    gave one; ``app_id`` and ``user`` (the open_id) say whose grant it was.
+    """
+
+    def __init__(self, reason: str, *, app_id: str, user: str, code: int | None = None) -> None:
+        self.reason = reason
+        self.code = code
+        self.app_id = app_id
+        self.user = user
+        why = REAUTHORIZATION_REASONS.get(reason, reason)
+        said = f" (code {code})" if code is not None else ""
+        super().__init__(
+            f"user {user} of app {app_id} must authorize again: {why}{said}; send them "
+            "through authorize_url()."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_reauthorization, (self.reason, self.app_id, self.user, self.code))
+
+
+def _reauthorization(
+    reason: str, app_id: str, user: str, code: int | None
+) -> ReauthorizationRequired:
+    return ReauthorizationRequired(reason, app_id=app_id, user=user, code=code)
+
+
+class AuthorizationCodeError(TokenError):
+    """Exchanging an authorization code failed: the login did not complete; the user tries
+    again. ``code`` is Feishu's code (20003 not found, 20065 already used, 20004 expired, ...)
+    or None when no answer came."""
+
+    def __init__(self, code: int | None, msg: str) -> None:
+        self.code = code
+        self.msg = msg
+        said = f"code {code}: " if code is not None else ""
+        super().__init__(
+            f"the authorization code could not be exchanged ({said}{msg}); codes work once, "
+            "within 5 minutes: send the user through authorize_url() again."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.code, self.msg))
+
+
+class StoreKeyError(TokenError):
+    """A user grant in a store could not be decrypted with the store's key(s): the key is wrong
+    or was removed from the list. Nothing was changed in the store; give the store the key
+    the grant was written with (as a later item of ``key=[new, old]``)."""
+
+    def __init__(self, store: str) -> None:
+        self.store = store
+        super().__init__(
+            f"{store}: a stored user grant does not decrypt with the key(s) given; nothing was "
+            "changed. Pass the key it was written with too (key=[new_key, old_key])."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.store,))
 
 
 class SystemStoppedError(TokenError):

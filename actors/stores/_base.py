@@ -17,9 +17,13 @@ import threading
 import time
 import types
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from actors._config import AppConfig, RefreshPolicy
 from actors._source import TokenSource
+
+if TYPE_CHECKING:
+    from actors.stores._grants import GrantBook
 
 __all__ = ["Ledger", "Store", "StoreHealth", "credentials_digest", "token_digest"]
 
@@ -78,6 +82,12 @@ class Store(abc.ABC):
         serves without a store, and logs that it does."""
         msg = f"{type(self).__name__} cannot be reopened in a forked process"
         raise NotImplementedError(msg)
+
+    def grants(self) -> GrantBook | None:
+        """Where this store keeps user grants (``actors.stores._grants.GrantBook``), durably and
+        shared by every process using it; None (this default) for a store that keeps none (the
+        system then keeps them in memory, with a WARNING at the first login)."""
+        return None
 
     def health(self) -> StoreHealth:
         """What the store can tell about itself now, cheaply: never blocks for longer than one
