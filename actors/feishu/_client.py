@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
 import urllib3
@@ -55,6 +55,9 @@ from actors._source import Grant, TokenRequest
 from actors.feishu import _protocol as feishu
 from actors.feishu._sockets import Deadline, attempt_deadline
 
+if TYPE_CHECKING:
+    from actors.feishu._oauth import FeishuOAuth
+
 __all__ = ["FeishuAuthClient"]
 
 
@@ -69,33 +72,29 @@ R = TypeVar("R")
 
 
 class FeishuAuthClient:
-    """A :class:`~actors._source.TokenSource` over one pooled ``requests.Session``."""
+    """A :class:`~actors._source.TokenSource` over one pooled ``requests.Session``;
+    :attr:`oauth` speaks the user-token endpoints over the same session and timeout."""
 
     def __init__(self, session: requests.Session, *, timeout: tuple[float, float]) -> None:
+        # Imported here: the OAuth client is built on this module's transport.
+        from actors.feishu._oauth import FeishuOAuth  # noqa: PLC0415
+
         self._session = session
         self._timeout = timeout
+        self.oauth: FeishuOAuth = FeishuOAuth(session, timeout=timeout)  # user tokens
 
     def fetch(self, request: TokenRequest) -> Grant:
         """One attempt at the token ``request`` names (marketplace: ticket or app token)."""
-        outcome = self._attempt(self._fetch, request)
+        outcome = _attempt(self._fetch, request)
         if isinstance(outcome, TokenError):
             raise outcome  # from this frame: its locals hold no credential
         return outcome
 
     def resend_ticket(self, app: AppConfig) -> None:  # the ticket comes back as an event
         """Ask Feishu to push the app_ticket event again; the ticket never comes back here."""
-        outcome = self._attempt(self._resend, app)
+        outcome = _attempt(self._resend, app)
         if isinstance(outcome, TokenError):
             raise outcome
-
-    def _attempt(self, call: Callable[[A], R], arg: A) -> R | TokenError:
-        """``call(arg)``, or the TokenError it raised without the frames that raised it: those
-        held the request body, and an error's traceback is printed with its frames' variables
-        (loguru's defaults, Sentry)."""
-        try:
-            return call(arg)
-        except TokenError as exc:
-            return detached(exc)
 
     def _fetch(self, request: TokenRequest) -> Grant:
         endpoint = feishu.endpoint_for(request.app.app_type, request.kind)
@@ -109,25 +108,51 @@ class FeishuAuthClient:
         self._post(app, feishu.RESEND.path, _Form.of(feishu.RESEND, app))
 
     def _post(self, app: AppConfig, path: str, form: _Form) -> dict[str, Any]:
-        with attempt_deadline(sum(self._timeout)) as deadline:
-            try:
-                # Never followed: requests would re-send the body, the app secret in it, to
-                # wherever the Location header points.
-                response = self._session.post(
-                    app.base_url + path,
-                    data=form.body,
-                    headers=_HEADERS,
-                    timeout=self._timeout,
-                    stream=True,
-                    allow_redirects=False,
-                )
-            except requests.RequestException as exc:
-                raise _failed(exc, deadline, None) from None
-            try:
-                content = _read_body(response, deadline)
-            finally:
-                response.close()
-        return _classify(app, response.status_code, response.headers, content, form.secrets)
+        answer = _send(
+            self._session.post, app.base_url + path, self._timeout, _HEADERS, body=form.body
+        )
+        return _classify(app, *answer, form.secrets)
+
+
+def _attempt(call: Callable[[A], R], arg: A) -> R | TokenError:
+    """``call(arg)``, or the TokenError it raised without the frames that raised it: those
+    held the request body, and an error's traceback is printed with its frames' variables
+    (loguru's defaults, Sentry)."""
+    try:
+        return call(arg)
+    except TokenError as exc:
+        return detached(exc)
+
+
+def _send(
+    send: Callable[..., requests.Response],
+    url: str,
+    timeout: tuple[float, float],
+    headers: Mapping[str, str],
+    *,
+    body: bytes | None = None,
+) -> tuple[int, Mapping[str, str], bytes]:
+    """One request with ``send`` (a session's ``post`` or ``get``) under the attempt's overall
+    deadline: its status, headers and whole body, or the UpstreamError it ended in."""
+    with attempt_deadline(sum(timeout)) as deadline:
+        try:
+            # Never followed: requests would re-send the body (the app secret in it) and the
+            # headers to wherever the Location header points.
+            response = send(
+                url,
+                data=body,
+                headers=headers,
+                timeout=timeout,
+                stream=True,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise _failed(exc, deadline, None) from None
+        try:
+            content = _read_body(response, deadline)
+        finally:
+            response.close()
+    return response.status_code, response.headers, content
 
 
 class _Form:
@@ -138,10 +163,12 @@ class _Form:
 
     __slots__ = ("body", "fields", "secrets")
 
-    def __init__(self, values: Mapping[str, str]) -> None:
+    def __init__(
+        self, values: Mapping[str, str], *, secret_fields: Sequence[str] = _SECRET_FIELDS
+    ) -> None:
         self.fields = tuple(values)
         self.body = json.dumps(dict(values)).encode()
-        self.secrets = [values.get(name) for name in _SECRET_FIELDS]
+        self.secrets = [values.get(name) for name in secret_fields]
 
     @classmethod
     def of(
@@ -209,23 +236,12 @@ def _classify(
     status: int,
     headers: Mapping[str, str],
     content: bytes,
-    secrets: list[str | None],
+    secrets: Sequence[str | None],
 ) -> dict[str, Any]:
     """The one response handler: success body, or the typed error its code stands for."""
-    if 300 <= status < 400:
-        raise UpstreamError(None, status, 1, detail="redirect refused (credentials stay put)")
-    try:
-        data = json.loads(content)
-    except (ValueError, RecursionError):  # not JSON (or nested beyond reason)
-        data = None
-    if not isinstance(data, dict) or not isinstance(data.get(feishu.CODE_FIELD), int):
-        if status == 429:  # a gateway's page, not Feishu's JSON: rate limiting all the same
-            raise _rate_limited(None, status, headers)
-        kind = redact(headers.get("Content-Type", "unknown content").split(";")[0], secrets)
-        raise UpstreamError(None, status, 1, detail=f"non-JSON or malformed body ({kind[:60]})")
+    data = _answer(status, headers, content, secrets)
     code: int = data[feishu.CODE_FIELD]
-    # Redacted before it is cut short: a cut must not leave half a secret behind.
-    msg = redact(str(data.get(feishu.MSG_FIELD, "")), secrets)[:_MAX_MSG]
+    msg = _upstream_text(data.get(feishu.MSG_FIELD, ""), secrets)
     rule = feishu.rule_for(code, status)
     if rule is feishu.Rule.OK:
         return data
@@ -238,6 +254,31 @@ def _classify(
     # Everything else (token-invalid codes, unknown codes) is one transient failed attempt; the
     # outcome decision reads the code to see whether it also means "drop the app token".
     raise UpstreamError(code, status, 1, detail=msg)
+
+
+def _answer(
+    status: int, headers: Mapping[str, str], content: bytes, secrets: Sequence[str | None]
+) -> dict[str, Any]:
+    """The JSON object of an answer, with an integer ``code``; a redirect, a body that is not
+    such an object (a gateway's page) and an HTTP 429 page are failed attempts."""
+    if 300 <= status < 400:
+        raise UpstreamError(None, status, 1, detail="redirect refused (credentials stay put)")
+    try:
+        data = json.loads(content)
+    except (ValueError, RecursionError):  # not JSON (or nested beyond reason)
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get(feishu.CODE_FIELD), int):
+        if status == 429:  # a gateway's page, not Feishu's JSON: rate limiting all the same
+            raise _rate_limited(None, status, headers)
+        kind = redact(headers.get("Content-Type", "unknown content").split(";")[0], secrets)
+        raise UpstreamError(None, status, 1, detail=f"non-JSON or malformed body ({kind[:60]})")
+    return data
+
+
+def _upstream_text(value: object, secrets: Sequence[str | None]) -> str:
+    """Text from an answer as an error may carry it: redacted, then cut short (redacted first:
+    a cut must not leave half a secret behind)."""
+    return redact(str(value), secrets)[:_MAX_MSG]
 
 
 def _rate_limited(code: int | None, status: int, headers: Mapping[str, str]) -> RateLimitedError:

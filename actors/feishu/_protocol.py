@@ -2,9 +2,10 @@
 
 Paths, request fields, response fields, and what each response code means for a token manager.
 The client (``_client``), the outcome decision (``actors._refresh``), the HTTP integrations and
-the benchmarks read it from here: a new code or endpoint is one row. The embedded fake server
-(``actors.testing``) reads the routes and fields but writes its codes out itself, so that its
-answers check this table rather than echo it.
+the benchmarks read it from here: a new code or endpoint is one row. The user-token (OAuth) side has
+hosts, paths and a code table of its own (:data:`USER_TOKEN_CODES`, read by ``_oauth``). The
+embedded fake server (``actors.testing``) reads the routes and fields but writes its codes out
+itself, so that its answers check this table rather than echo it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import math
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from actors._config import AppType, TokenKind
+from actors._config import FEISHU, LARK, AppType, TokenKind
 
 __all__ = [
+    "ACCOUNTS_HOSTS",
+    "AUTHORIZE_PATH",
     "AUTH_PREFIX",
     "CODES",
     "CODE_FIELD",
@@ -25,17 +28,26 @@ __all__ = [
     "ENDPOINTS",
     "EXPIRE_FIELD",
     "MAX_EXPIRE",
+    "MAX_REFRESH_EXPIRE",
     "MAX_RETRY_AFTER",
     "MSG_FIELD",
+    "OAUTH_V2_PATH",
+    "OAUTH_V3_PATH",
     "RATE_LIMIT_RESET_HEADER",
+    "REFRESH_EXPIRE_DEFAULT",
     "RESEND",
     "TOKEN_INVALID_CODES",
+    "USER_INFO_PATH",
+    "USER_TOKEN_CODES",
     "CodeRule",
     "Endpoint",
     "Rule",
+    "UserCodeRule",
+    "UserRule",
     "endpoint_for",
     "rule_for",
     "usable_expire",
+    "user_rule_for",
 ]
 
 
@@ -54,13 +66,14 @@ EXPIRE_FIELD = "expire"  # the token's *remaining* lifetime in seconds
 MAX_EXPIRE = 86400.0
 
 
-def usable_expire(value: object) -> bool:
-    """Whether ``value`` is a lifetime a token may have: a finite number in (0, MAX_EXPIRE]."""
+def usable_expire(value: object, *, limit: float = MAX_EXPIRE) -> bool:
+    """Whether ``value`` is a lifetime a token may have: a finite number in (0, ``limit``]
+    (:data:`MAX_EXPIRE`; a refresh token's: :data:`MAX_REFRESH_EXPIRE`)."""
     return (
         isinstance(value, int | float)
         and not isinstance(value, bool)
         and math.isfinite(value)
-        and 0 < value <= MAX_EXPIRE
+        and 0 < value <= limit
     )
 
 
@@ -178,3 +191,95 @@ def rule_for(code: int | None, status: int | None = None) -> Rule:
 
 # Codes whose meaning wins over an HTTP 429 status.
 _BEFORE_STATUS = frozenset({Rule.OK, Rule.PERMANENT, Rule.TICKET_INVALID, Rule.RATE_LIMITED})
+
+
+# --- user access tokens (OAuth 2.0; docs/feishu-protocol.md, "User access tokens") ----------------
+
+# The authorize page and the v3 token endpoint live on the accounts host of the app's domain; the
+# v2 token endpoint and user_info on the Open Platform host (the app's base_url). A base_url of
+# neither domain (a proxy, a test server) serves both.
+ACCOUNTS_HOSTS: Mapping[str, str] = MappingProxyType(
+    {FEISHU: "https://accounts.feishu.cn", LARK: "https://accounts.larksuite.com"}
+)
+AUTHORIZE_PATH = "/open-apis/authen/v1/authorize"  # GET, in the user's browser
+OAUTH_V3_PATH = "/oauth/v3/token"  # POST, on the accounts host
+OAUTH_V2_PATH = "/open-apis/authen/v2/oauth/token"  # POST, on the Open Platform host
+USER_INFO_PATH = "/open-apis/authen/v1/user_info"  # GET, Authorization: Bearer <user token>
+
+# A refresh token lives about 7 days and a grant at most 365 days; a lifetime beyond a year and
+# a day is nonsense, never one to keep. Without the field, larksuite/cli assumes 7 days.
+MAX_REFRESH_EXPIRE = 366 * 86400.0
+REFRESH_EXPIRE_DEFAULT = 604800.0
+
+
+class UserRule(enum.StrEnum):
+    """What the OAuth client makes of a user-token endpoint's answer code."""
+
+    OK = "ok"
+    # A refresh refused for good: the grant is over (ReauthorizationRequired, with the row's
+    # reason; for 20064 / 20073 the caller first re-reads its store for a newer grant).
+    REAUTHORIZE = "reauthorize"
+    CODE_REFUSED = "code_refused"  # the authorization code is dead: the login failed
+    # The app or the user is refused (client credentials, an access policy, a malformed
+    # request): AuthError on a refresh, which keeps the grant; a failed login on a code exchange.
+    PERMANENT = "permanent"
+    RATE_LIMITED = "rate_limited"  # RateLimitedError, as for app tokens
+    TOKEN_INVALID = "token_invalid"  # business APIs: the user token sent is invalid or expired
+    TRANSIENT = "transient"  # UpstreamError: retry with backoff, keep the grant
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UserCodeRule:
+    code: int
+    rule: UserRule
+    meaning: str
+    reason: str | None = None  # ReauthorizationRequired.reason, for the REAUTHORIZE rows
+
+
+_U = UserRule
+USER_TOKEN_CODES: Mapping[int, UserCodeRule] = MappingProxyType(
+    {
+        row.code: row
+        for row in (
+            UserCodeRule(0, _U.OK, "ok"),
+            UserCodeRule(20003, _U.CODE_REFUSED, "authorization code not found"),
+            UserCodeRule(20004, _U.CODE_REFUSED, "authorization code expired"),
+            UserCodeRule(20065, _U.CODE_REFUSED, "authorization code already used"),
+            UserCodeRule(20064, _U.REAUTHORIZE, "refresh token revoked", "revoked"),
+            UserCodeRule(20073, _U.REAUTHORIZE, "refresh token already used", "revoked"),
+            UserCodeRule(20037, _U.REAUTHORIZE, "refresh token expired", "expired"),
+            UserCodeRule(20026, _U.REAUTHORIZE, "refresh token invalid", "invalid"),
+            UserCodeRule(
+                20024, _U.REAUTHORIZE, "code or refresh token of another app", "wrong_app"
+            ),
+            UserCodeRule(
+                20074, _U.REAUTHORIZE, "refreshing user tokens not enabled", "refresh_disabled"
+            ),
+            UserCodeRule(20050, _U.TRANSIENT, "server error"),
+            UserCodeRule(20001, _U.PERMANENT, "a parameter missing or malformed"),
+            UserCodeRule(20002, _U.PERMANENT, "client_id or client_secret invalid"),
+            UserCodeRule(20049, _U.PERMANENT, "code_verifier missing or not matching"),
+            UserCodeRule(20071, _U.PERMANENT, "redirect_uri not allowed or not the code's"),
+            UserCodeRule(21000, _U.PERMANENT, "blocked by an access-control policy"),
+            UserCodeRule(21001, _U.PERMANENT, "blocked by an access-control policy"),
+            UserCodeRule(99991668, _U.TOKEN_INVALID, "user access token invalid"),
+            UserCodeRule(99991677, _U.TOKEN_INVALID, "user access token expired"),
+        )
+    }
+)
+
+
+def user_rule_for(code: int, status: int | None = None) -> UserRule:
+    """The rule for a user-token answer. A definite refusal wins over the HTTP status; rate
+    limiting (99991400, HTTP 429) and the app-credential codes mean what they mean for app
+    tokens (:func:`rule_for`); any other code is transient: a grant is never ended on an
+    answer that is not a definite refusal."""
+    row = USER_TOKEN_CODES.get(code)
+    if row is not None and row.rule is not UserRule.TRANSIENT:
+        return row.rule
+    app_rule = rule_for(code, status)
+    if app_rule is Rule.RATE_LIMITED:
+        return UserRule.RATE_LIMITED
+    if app_rule is Rule.PERMANENT:
+        return UserRule.PERMANENT
+    return UserRule.TRANSIENT
