@@ -29,6 +29,7 @@ __all__ = [
     "CommandError",
     "UsageError",
     "cmd_demo",
+    "cmd_keygen",
     "cmd_report",
     "cmd_serve_metrics",
     "cmd_simulate",
@@ -88,7 +89,7 @@ def _build_parser() -> _Parser:
     parser = _Parser(
         prog=PROG,
         description="Feishu/Lark access tokens from an actor-owned cache: demos, a token "
-        "fetcher, a simulation harness and a Prometheus endpoint.",
+        "fetcher, a simulation harness, a Prometheus endpoint and a key generator.",
         epilog=f"Real credentials come from {ENV_ID}, {ENV_SECRET} and optionally {ENV_URL} "
         f"(default {FEISHU}).",
     )
@@ -216,6 +217,16 @@ def _build_parser() -> _Parser:
     # For tests and scripted runs: stop after this many seconds instead of waiting for Ctrl-C.
     serve.add_argument("--duration", type=_non_negative_float, help=argparse.SUPPRESS)
     serve.set_defaults(run=cmd_serve_metrics)
+
+    keygen = commands.add_parser(
+        "keygen",
+        help="print a new key for encrypting stored user tokens",
+        description="Print a new Fernet key, alone on stdout (export FEISHU_TOKEN_KEY=$("
+        f"{PROG} keygen) works), and how to use it on stderr. Stores encrypt user access and "
+        "refresh tokens with it: set FEISHU_TOKEN_KEY, or pass SqliteStore(path, key=...) or "
+        "RedisStore(url, key=...).",
+    )
+    keygen.set_defaults(run=cmd_keygen)
     return parser
 
 
@@ -616,6 +627,23 @@ def cmd_report(args: argparse.Namespace) -> int:
             )
             print()
             print(system.performance_report())
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Print a new Fernet key on stdout, and how to use it on stderr."""
+    # Only this command needs them (cryptography is not a small import).
+    from cryptography.fernet import Fernet  # noqa: PLC0415
+
+    from actors.stores._grants import KEY_ENV  # noqa: PLC0415
+
+    print(Fernet.generate_key().decode("ascii"))
+    print(
+        f"{PROG}: a new key, shown once: keep it secret. Use it as {KEY_ENV} (a comma-separated "
+        "list, newest first, rotates keys) or SqliteStore(path, key=...) / RedisStore(url, "
+        "key=...).",
+        file=sys.stderr,
+    )
     return 0
 
 
