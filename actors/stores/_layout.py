@@ -7,6 +7,10 @@ Keys (``P`` = the store's prefix; one Cluster hash tag per app, domain and crede
     P{...}:tenant:<tenant>:<kind>:version        the key's last write version (integer)
     P{...}:tenant:<tenant>:<kind>:invalidated:<digest>   "a notice went out for this token"
     P{...}:ticket                                the app_ticket value
+    P{...}:user:<open_id>                        a user's grant (a hash, no TTL)
+    P{...}:user:<open_id>:lease                  the rotating process's lease id (PX)
+    P{...}:users                                 the open_ids holding a grant (a set)
+    P{...}:users:version                         the last grant version of the app (integer)
     Pnotices                                     pub/sub channel of invalidation notices
 
 The credentials digest (:func:`~actors.stores._base.credentials_digest`) keeps the same app_id on
@@ -17,6 +21,13 @@ were written under, so a value copied from another key (another app, kind or ten
     {"v": 2, "token": "t-…", "owner": "<32 hex>", "ver": 17}      with Redis's own TTL (PX)
     {"v": 2, "ticket": "…", "owner": "<32 hex>", "made_at_ms": 1700000000000}
     notice: {"v": 2, "digest": "<sha256 of the token>", "origin": "<store id>", "ver": 17}
+
+A user's grant is a hash of text fields (:data:`GRANT_FIELDS`): who, which scope, until when
+(Unix ms on the system clock's wall), its version, a rotation in progress, why it ended, and
+``sealed``, the only field that holds tokens: Fernet's base64 text of both, never the clear
+bytes. It has no TTL: a refresh token outlives the access token by days, and its expiry is on
+the system's wall clock (virtual under a ``ManualClock``), which Redis's clock is not. Its
+versions come from one counter per app, so a grant forgotten and made again never reuses one.
 
 A store is a cache, not an authority: every value is checked where it is read, inside the
 scripts (:data:`CHECKS`), and one that fails is deleted and reported, never served. Writes are
@@ -43,6 +54,14 @@ from actors.stores._base import credentials_digest
 
 __all__ = [
     "ACQUIRE",
+    "GRANT_BEGIN",
+    "GRANT_COMMIT",
+    "GRANT_END",
+    "GRANT_FIELDS",
+    "GRANT_FORGET",
+    "GRANT_LEASE",
+    "GRANT_READ",
+    "GRANT_USERS",
     "READ_TICKET",
     "RELEASE",
     "RENEW",
@@ -50,6 +69,7 @@ __all__ = [
     "TOKEN_TTL_MAX_MS",
     "WRITE",
     "WRITE_TICKET",
+    "GrantKeys",
     "Keys",
     "Notice",
     "channel",
@@ -60,6 +80,8 @@ __all__ = [
     "ticket_key",
     "ticket_ttl_ms",
     "ticket_value",
+    "tokens_fault",
+    "users_key",
 ]
 
 VERSION = 2
@@ -138,6 +160,35 @@ class Keys:
 
 def ticket_key(prefix: str, app: AppConfig) -> str:
     return f"{app_base(prefix, app)}:ticket"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GrantKeys:
+    """The keys of one user's grant: the grant, its rotation lease, the app's index of users
+    and grant version counter, and the owner digest the grant carries."""
+
+    value: str
+    lease: str
+    index: str
+    counter: str
+    owner: str
+
+    @classmethod
+    def of(cls, prefix: str, app: AppConfig, user: str) -> GrantKeys:
+        value = f"{app_base(prefix, app)}:user:{_part(user)}"
+        index = users_key(prefix, app)
+        return cls(
+            value=value,
+            lease=f"{value}:lease",
+            index=index,
+            counter=f"{index}:version",
+            owner=owner(value),
+        )
+
+
+def users_key(prefix: str, app: AppConfig) -> str:
+    """The set of the open_ids that hold a grant of ``app``."""
+    return f"{app_base(prefix, app)}:users"
 
 
 def ticket_value(key: str, ticket: str, *, made_at_ms: int | None = None) -> str:
@@ -396,3 +447,257 @@ if redis.call('TYPE', KEYS[1])['ok'] == 'string' and redis.call('GET', KEYS[1]) 
 end
 return 0
 """
+
+
+# --- user grants ---------------------------------------------------------------------------------
+
+# The fields of a grant's hash ('' for None), in the order the read script answers them.
+GRANT_FIELDS = (
+    "v",
+    "owner",
+    "app_id",
+    "open_id",
+    "scope",
+    "expires_at_ms",
+    "refresh_expires_at_ms",
+    "granted_at_ms",
+    "ver",
+    "rotating",
+    "ended",
+    "sealed",
+)
+# Fernet's base64 text of two tokens of MAX_TEXT characters each (about 11 000), and some.
+MAX_SEALED = 4 * MAX_TEXT
+MAX_REASON = 64
+_FERNET_OVERHEAD = 1 + 8 + 16 + 32  # version byte, timestamp, IV, HMAC; then 16-byte blocks
+
+
+def tokens_fault(access_token: object, refresh_token: object) -> str:
+    """Why these tokens cannot be a live grant's ('' if they can): the checks of a token
+    shared in a store, on the tokens a grant seals."""
+    if not shareable(access_token):
+        return "not an access token"
+    if refresh_token is not None and not shareable(refresh_token):
+        return "not a refresh token"
+    return ""
+
+
+# Shared by the grant scripts, after CHECKS. ``stored_grant(key, owner, app_id, open_id)`` is
+# the grant (field -> text) if it is usable, else nil and why ('' when there is none); an
+# unusable grant is left as it is (a durable record is overwritten by a new login, never
+# deleted by a reader). ``grant_fault`` is the one check of a grant, also run on every new one
+# before it is written: a store never writes what it would refuse to read.
+GRANT_CHECKS = f"""
+local FIELDS = {{{", ".join(f"'{field}'" for field in GRANT_FIELDS)}}}
+local function count(text, optional)
+  if optional and text == '' then return true end
+  return #text > 0 and #text <= 16 and not string.find(text, '[^0-9]')
+    and tonumber(text) < {_MAX_VERSION}
+end
+local function printable(text, max)
+  return #text > 0 and #text <= max and not string.find(text, '[^{_FIRST}-{_LAST}]')
+end
+local function scope_list(text)
+  if #text > {MAX_VALUE_BYTES} then return false end
+  local ok, value = pcall(cjson.decode, text)
+  if not ok or type(value) ~= 'table' then return false end
+  for index, item in pairs(value) do
+    if type(index) ~= 'number' or type(item) ~= 'string' then return false end
+  end
+  return true
+end
+-- Whether text can be a Fernet token at all (its version byte, its length in blocks): one that
+-- cannot is a broken grant, not one sealed with a key this store lacks.
+local function fernet_shaped(text)
+  if #text == 0 or #text > {MAX_SEALED} or #text % 4 ~= 0 or string.sub(text, 1, 1) ~= 'g' then
+    return false
+  end
+  local padding = string.match(text, '^[%w_%-]+(=*)$')
+  if not padding or #padding > 2 then return false end
+  local size = #text / 4 * 3 - #padding
+  return size > {_FERNET_OVERHEAD} and (size - {_FERNET_OVERHEAD}) % 16 == 0
+end
+local function grant_fault(g, owner, app_id, open_id)
+  for _, field in ipairs(FIELDS) do
+    if type(g[field]) ~= 'string' then return 'no ' .. field end
+  end
+  if g.v ~= '{VERSION}' then return 'unknown format' end
+  if g.owner ~= owner then return 'written for another key' end
+  if g.app_id ~= app_id or g.open_id ~= open_id or not printable(open_id, {MAX_TEXT}) then
+    return 'written for another app or user'
+  end
+  if not (count(g.expires_at_ms) and count(g.granted_at_ms) and count(g.ver)
+      and count(g.refresh_expires_at_ms, true) and count(g.rotating, true)) then
+    return 'not a time or version'
+  end
+  if tonumber(g.ver) == 0 then return 'not a time or version' end
+  if not scope_list(g.scope) then return 'not a scope' end
+  if g.ended == '' then
+    if not fernet_shaped(g.sealed) then return 'not sealed tokens' end
+  elseif not printable(g.ended, {MAX_REASON}) or g.sealed ~= '' then
+    return 'not an ended grant'
+  end
+  return nil
+end
+local function stored_grant(key, owner, app_id, open_id)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then return nil, '' end
+  if kind ~= 'hash' then return nil, 'another Redis type' end
+  local values = redis.call('HMGET', key, unpack(FIELDS))
+  local g = {{}}
+  for i, field in ipairs(FIELDS) do
+    if values[i] then g[field] = values[i] end
+  end
+  local why = grant_fault(g, owner, app_id, open_id)
+  if why then return nil, why end
+  return g, ''
+end
+local function typed(key, kind)
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= kind then
+    redis.call('DEL', key)
+    return 'another Redis type'
+  end
+  return ''
+end
+local function either(fault, other)
+  if fault ~= '' then return fault end
+  return other
+end
+local function next_version(key, floor)
+  local fault = typed(key, 'string')
+  local top = version(key)
+  if floor > top then top = floor end
+  top = top + 1
+  redis.call('SET', key, string.format('%.0f', top))
+  return string.format('%.0f', top), fault
+end
+"""
+
+# The grant, if usable. KEYS: grant, index. ARGV: owner, app_id, open_id.
+# Returns {found (1/0), fault, the GRANT_FIELDS' texts ('' each when not found)}. A user in the
+# index without any grant (deleted by hand, evicted) leaves the index.
+GRANT_READ = (
+    CHECKS
+    + GRANT_CHECKS
+    + """
+local g, fault = stored_grant(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+local answer = {g and 1 or 0, fault}
+for _, field in ipairs(FIELDS) do table.insert(answer, g and g[field] or '') end
+if not g and fault == '' and redis.call('TYPE', KEYS[2])['ok'] == 'set' then
+  redis.call('SREM', KEYS[2], ARGV[3])
+end
+return answer
+"""
+)
+
+# The users of the app's index. KEYS: index. Returns {fault, {open_id, ...}}.
+GRANT_USERS = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'set' then return {'', redis.call('SMEMBERS', KEYS[1])} end
+if kind == 'none' then return {'', {}} end
+return {'another Redis type', {}}
+"""
+
+# Take a user's rotation lease. KEYS: lease. ARGV: lease id, lease ms. A lease already held by
+# that id is renewed. Returns {0, fault} when taken, else {the holder's pttl (> 0), fault}; a
+# lease without a lifetime (not one a store wrote) is given one, so that it lapses too.
+GRANT_LEASE = (
+    CHECKS
+    + """
+local fault = retyped(1)
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0, fault} end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {0, fault}
+end
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  pttl = tonumber(ARGV[2])
+end
+return {math.max(pttl, 1), fault}
+"""
+)
+
+# Record that grant `version`'s refresh token is about to be sent, if `lease id` holds the
+# lease and the grant is still that version. KEYS: grant, lease. ARGV: owner, app_id, open_id,
+# lease id, version. Returns {1 or 0, fault}.
+GRANT_BEGIN = (
+    CHECKS
+    + GRANT_CHECKS
+    + """
+if redis.call('TYPE', KEYS[2])['ok'] ~= 'string' or redis.call('GET', KEYS[2]) ~= ARGV[4] then
+  return {0, ''}
+end
+local g, fault = stored_grant(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+if not g or tonumber(g.ver) ~= tonumber(ARGV[5]) then return {0, fault} end
+redis.call('HSET', KEYS[1], 'rotating', g.ver)
+return {1, fault}
+"""
+)
+
+# Compare-and-set a grant on its version, clearing any rotation in progress. KEYS: grant,
+# counter, index. ARGV: owner, app_id, open_id, expect ('' for whatever is stored; 0 for none,
+# which an unusable grant counts as), scope, expires_at_ms, refresh_expires_at_ms,
+# granted_at_ms, sealed. The new version is one past both the app's counter and the stored
+# grant's. Returns {the new version, fault}, {0, fault} when another write came first, or
+# {-1, why} for a grant this layout cannot keep (nothing written).
+GRANT_COMMIT = (
+    CHECKS
+    + GRANT_CHECKS
+    + """
+local owner, app_id, open_id = ARGV[1], ARGV[2], ARGV[3]
+local cur, fault = stored_grant(KEYS[1], owner, app_id, open_id)
+local stored = cur and tonumber(cur.ver) or 0
+if ARGV[4] ~= '' and stored ~= tonumber(ARGV[4]) then return {0, fault} end
+local new = {v = '2', owner = owner, app_id = app_id, open_id = open_id, scope = ARGV[5],
+  expires_at_ms = ARGV[6], refresh_expires_at_ms = ARGV[7], granted_at_ms = ARGV[8],
+  ver = '1', rotating = '', ended = '', sealed = ARGV[9]}
+local why = grant_fault(new, owner, app_id, open_id)
+if why then return {-1, why} end
+fault = either(fault, typed(KEYS[3], 'set'))
+local top, retyped_counter = next_version(KEYS[2], stored)
+new.ver = top
+local fields = {}
+for _, field in ipairs(FIELDS) do
+  table.insert(fields, field)
+  table.insert(fields, new[field])
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('SADD', KEYS[3], open_id)
+return {tonumber(top), either(fault, retyped_counter)}
+"""
+)
+
+# Mark grant `expect` ended, its tokens erased. KEYS: grant, counter. ARGV: owner, app_id,
+# open_id, reason, expect. Returns {1 or 0, fault}, or {-1, why} for a reason this layout
+# cannot keep (nothing written).
+GRANT_END = (
+    CHECKS
+    + GRANT_CHECKS
+    + """
+if not printable(ARGV[4], """
+    + str(MAX_REASON)
+    + """) then return {-1, 'not a reason'} end
+local g, fault = stored_grant(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+if not g or tonumber(g.ver) ~= tonumber(ARGV[5]) then return {0, fault} end
+local top, retyped_counter = next_version(KEYS[2], tonumber(g.ver))
+redis.call('HSET', KEYS[1], 'ver', top, 'rotating', '', 'ended', ARGV[4], 'sealed', '')
+return {1, either(fault, retyped_counter)}
+"""
+)
+
+# Delete a user's grant, usable or not (a logout). KEYS: grant, index. ARGV: owner, app_id,
+# open_id. Returns {1 if a usable grant was there else 0, fault}.
+GRANT_FORGET = (
+    CHECKS
+    + GRANT_CHECKS
+    + """
+local g, fault = stored_grant(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+redis.call('DEL', KEYS[1])
+if redis.call('TYPE', KEYS[2])['ok'] == 'set' then redis.call('SREM', KEYS[2], ARGV[3]) end
+return {g and 1 or 0, fault}
+"""
+)

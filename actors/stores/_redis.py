@@ -5,7 +5,8 @@ turns the system's :class:`TokenSource` into a :class:`~actors.stores._shared.Sh
 Redis first, one process per key upstream under a lease, the others wait for its value. What
 every shared store does for its system (one system per store, the ledger, the lease renewer,
 the listener thread, app_tickets) is :class:`~actors.stores._shared.SharedStore`'s; this store
-adds the Redis client and its :class:`Breaker`, the scripts, and the notice subscriber.
+adds the Redis client and its :class:`Breaker`, the scripts, and the notice subscriber; and
+:class:`RedisGrants`, the user grants it keeps (``store.grants()``), sealed with the store's key.
 
 Redis is a cache, not an authority: the scripts (:mod:`actors.stores._layout`) check every
 value they read and delete an unusable one; the store reports it once and the process fetches
@@ -15,10 +16,11 @@ Redis type) never counts against the breaker, which is for Redis itself failing.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 from urllib.parse import urlsplit
 
 import redis
@@ -29,11 +31,12 @@ from redis.retry import Retry
 import actors.stores._layout as layout
 from actors._config import AppConfig, TokenKind
 from actors.stores._base import StoreHealth
+from actors.stores._grants import FernetKeys, GrantBook, Sealer, StoredGrant, fernet_keys
 from actors.stores._health import Breaker, Probe
-from actors.stores._layout import Keys
+from actors.stores._layout import GRANT_FIELDS, GrantKeys, Keys
 from actors.stores._shared import Acquired, Ask, SharedStore, Unavailable
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisGrants", "RedisStore"]
 
 
 _log = logger.bind(component="RedisStore")
@@ -61,6 +64,12 @@ class RedisStore(SharedStore):
         cooldown: How long an open breaker skips Redis before probing it again.
         ticket_poll: How long ``resend_ticket`` waits for another process's app_ticket;
             default: half the policy's ``ticket_wait``.
+        key: A Fernet key (``python -m actors keygen``), or a list of them (the first
+            encrypts, all decrypt), for the user grants the store keeps encrypted; default:
+            ``FEISHU_TOKEN_KEY``. A store without a key serves app and tenant tokens.
+
+    User grants need a Redis that keeps its data (AOF or RDB): the first grant written checks
+    ``CONFIG GET appendonly``/``save`` and warns once if Redis persists nothing.
 
     In a process forked from the one that made it, :meth:`reopened` makes the store that
     process uses (a store made with ``client=`` cannot be: make one there instead).
@@ -77,8 +86,10 @@ class RedisStore(SharedStore):
         failure_threshold: int = 3,
         cooldown: float = 5.0,
         ticket_poll: float | None = None,
+        key: FernetKeys | None = None,
     ) -> None:
         self.prefix = layout.check_prefix(prefix)
+        self._fernet_keys = fernet_keys(key, owner="RedisStore")
         tuning: dict[str, Any] = {
             "op_timeout": op_timeout,
             "lease": lease,
@@ -106,6 +117,10 @@ class RedisStore(SharedStore):
         self._channel = layout.channel(self.prefix)
         self._link = Link(client, self._breaker, closed=self._closed)
         self._probe = Probe(client.ping, timeout=op_timeout)
+        name = f"RedisStore {self._where} prefix={self.prefix!r}"
+        self._grants = RedisGrants(self, Sealer(self._fernet_keys, owner=name), name=name)
+        self._persistence = threading.Lock()  # held while the one check of it runs
+        self._persistence_checked = False
 
     # --- the system's side ---------------------------------------------------------------------
 
@@ -120,7 +135,14 @@ class RedisStore(SharedStore):
         if not self._owns_client:
             msg = "a RedisStore made with client= cannot be reopened: make one in the child"
             raise NotImplementedError(msg)
-        return RedisStore(self._url, prefix=self.prefix, **self._tuning)
+        return RedisStore(
+            self._url, prefix=self.prefix, key=self._fernet_keys or None, **self._tuning
+        )
+
+    def grants(self) -> RedisGrants:
+        """The user grants this store keeps (one book per store), shared by every process on
+        this Redis and prefix."""
+        return self._grants
 
     def health(self) -> StoreHealth:
         """Whether Redis answers a PING now (within ``op_timeout``, never longer; not asked
@@ -225,6 +247,217 @@ class RedisStore(SharedStore):
         self.faults.report(key, _text(fault), what="app_ticket")
         return _text(ticket) or None
 
+    # --- user grants' side ----------------------------------------------------------------------
+
+    def served(self, app_id: str) -> AppConfig | None:
+        """The config of ``app_id`` if this store has served that app."""
+        with self._lock:
+            return self._apps.get(app_id)
+
+    def check_persistence(self) -> None:
+        """Once per store: warn if this Redis keeps nothing across a restart (no AOF, no RDB
+        snapshots), since the user grants it holds would die with it. A Redis that refuses
+        ``CONFIG`` (managed services often do) is not judged; one that does not answer now
+        is asked again at the next grant written."""
+        if self._persistence_checked or not self._persistence.acquire(blocking=False):
+            return  # checked, or being checked by another thread
+        try:
+            if not self._persistence_checked and self._breaker.closed:
+                self._persistence_checked = self._judge_persistence()
+        finally:
+            self._persistence.release()
+
+    def _judge_persistence(self) -> bool:
+        """Warn if Redis persists nothing; whether it could tell. Never counts against the
+        breaker: CONFIG is not what the store needs Redis for."""
+        try:
+            settings = {
+                **self._client.config_get("appendonly"),
+                **self._client.config_get("save"),
+            }
+        except redis.ResponseError as exc:  # CONFIG disabled or not permitted
+            _log.debug("persistence of {} not checked: {}", self._where, type(exc).__name__)
+            return True
+        except Exception as exc:  # not answering now
+            _log.debug("persistence of {} not checked yet ({})", self._where, type(exc).__name__)
+            return False
+        if settings.get("appendonly") == "no" and settings.get("save") == "":
+            _log.warning(
+                'Redis at {} persists nothing (appendonly no, save ""): the user grants kept '
+                "there are lost when it restarts, and every user must log in again. Enable AOF "
+                "(appendonly yes) or RDB snapshots (e.g. save 3600 1) in its redis.conf, or run "
+                "CONFIG SET appendonly yes and CONFIG REWRITE",
+                self._where,
+            )
+        return True
+
+
+class RedisGrants(GrantBook):
+    """The user grants of a :class:`RedisStore`: one hash per grant (``layout.GrantKeys``), its
+    tokens sealed, every operation one script through the store's breaker (so a failing Redis
+    raises :class:`Unavailable` within ``op_timeout``). An unusable grant is reported in the
+    store's ``faults`` and read as none; one sealed with a key the store does not have raises
+    :class:`~actors._errors.StoreKeyError` and is left as it is."""
+
+    def __init__(self, store: RedisStore, sealer: Sealer, *, name: str) -> None:
+        self.name = name
+        self._store = store
+        self._sealer = sealer
+
+    def check_writable(self) -> None:
+        self._sealer.check()
+
+    def read(self, app: AppConfig, user: str) -> StoredGrant | None:
+        at = self._at(app, user)
+        found, fault, *texts = at.run("grant_read", at.keys.index, size=2 + len(GRANT_FIELDS))
+        self._report(at.keys.value, fault)
+        return self._opened(at, texts) if int(found) else None
+
+    def lease(self, app: AppConfig, user: str, lease_id: str, *, lease_ms: int) -> int:
+        if type(lease_ms) is not int or not 0 < lease_ms < 2**31:
+            msg = f"lease_ms must be a positive int, got {lease_ms!r}"
+            raise ValueError(msg)
+        lease = self._at(app, user).keys.lease
+        pttl, fault = self._store._link.script("grant_lease", [lease], (lease_id, lease_ms), size=2)
+        self._report(lease, fault)
+        return int(pttl)
+
+    def release(self, app: AppConfig, user: str, lease_id: str) -> None:
+        try:
+            self._store._link.script("release", [self._at(app, user).keys.lease], (lease_id,))
+        except Unavailable:
+            pass  # the lease expires by itself
+
+    def begin(self, app: AppConfig, user: str, lease_id: str, *, version: int) -> bool:
+        at = self._at(app, user)
+        began, fault = at.run("grant_begin", at.keys.lease, args=(lease_id, str(version)))
+        self._report(at.keys.value, fault)
+        return bool(int(began))
+
+    def commit(self, grant: StoredGrant, *, expect: int | None) -> int | None:
+        if expect is not None and (type(expect) is not int or expect < 0):
+            msg = f"expect must be a version (an int >= 0) or None, got {expect!r}"
+            raise ValueError(msg)
+        app = self._store.served(grant.app_id)
+        if app is None:
+            msg = f"{self.name} has not served app {grant.app_id!r}: read its user's grant first"
+            raise ValueError(msg)
+        problem = layout.tokens_fault(grant.access_token, grant.refresh_token)
+        if problem:
+            msg = f"{self.name} cannot keep this grant: {problem}"
+            raise ValueError(msg)
+        sealed = self._sealer.seal(grant.secrets()).decode()
+        at = self._at(app, grant.open_id)
+        args = (
+            "" if expect is None else str(expect),
+            json.dumps(list(grant.scope)),
+            str(grant.expires_at_ms),
+            "" if grant.refresh_expires_at_ms is None else str(grant.refresh_expires_at_ms),
+            str(grant.granted_at_ms),
+            sealed,
+        )
+        version, fault = at.run("grant_commit", at.keys.counter, at.keys.index, args=args)
+        written = self._written(at, int(version), fault)
+        if written:
+            self._store.check_persistence()
+        return written or None
+
+    def end(self, app: AppConfig, user: str, reason: str, *, expect: int) -> bool:
+        at = self._at(app, user)
+        ended, fault = at.run("grant_end", at.keys.counter, args=(str(reason), str(expect)))
+        return self._written(at, int(ended), fault) > 0
+
+    def forget(self, app: AppConfig, user: str) -> bool:
+        at = self._at(app, user)
+        forgotten, fault = at.run("grant_forget", at.keys.index)
+        self._report(at.keys.value, fault)
+        return bool(int(forgotten))
+
+    def grants(self, app: AppConfig) -> list[StoredGrant]:
+        index = layout.users_key(self._store.prefix, app)
+        fault, members = self._store._link.script("grant_users", [index], (), size=2)
+        self._report(index, fault)
+        users = sorted({m.decode() for m in members if isinstance(m, bytes) and _utf8(m)})
+        found = (self.read(app, user) for user in users)
+        return [grant for grant in found if grant is not None and grant.ended is None]
+
+    def _at(self, app: AppConfig, user: str) -> _Where:
+        self._store.serves(app)  # commit(grant) names its app by app_id only
+        return _Where(self._store._link, GrantKeys.of(self._store.prefix, app, user), app, user)
+
+    def _opened(self, at: _Where, texts: list[Any]) -> StoredGrant | None:
+        """The grant the read script answered (its fields checked there), tokens opened."""
+        try:
+            fields = dict(zip(GRANT_FIELDS, (_text(text) for text in texts), strict=True))
+            scope = tuple(json.loads(fields["scope"]))
+        except (ValueError, TypeError):  # not UTF-8, or JSON only Redis's cjson accepts
+            self._report(at.keys.value, "not text")
+            return None
+        access, refresh = "", None
+        if not fields["ended"]:
+            plain = self._sealer.open(fields["sealed"].encode())  # StoreKeyError: left as is
+            try:
+                access, refresh = StoredGrant.opened(plain)
+            except ValueError:
+                self._report(at.keys.value, "sealed tokens malformed")
+                return None
+            problem = layout.tokens_fault(access, refresh)
+            if problem:
+                self._report(at.keys.value, f"sealed {problem}")
+                return None
+        return StoredGrant(
+            app_id=at.app.app_id,
+            open_id=at.user,
+            access_token=access,
+            refresh_token=refresh,
+            expires_at_ms=int(fields["expires_at_ms"]),
+            refresh_expires_at_ms=_optional_int(fields["refresh_expires_at_ms"]),
+            scope=scope,
+            granted_at_ms=int(fields["granted_at_ms"]),
+            version=int(fields["ver"]),
+            rotating=_optional_int(fields["rotating"]),
+            ended=fields["ended"] or None,
+        )
+
+    def _written(self, at: _Where, answer: int, fault: object) -> int:
+        """A writing script's answer: > 0 written, 0 not (another write came first); < 0 is
+        a grant the layout refuses to keep (``fault`` says why), raised as ValueError."""
+        if answer < 0:
+            msg = f"{self.name} cannot keep this grant of {at.user!r}: {_text(fault)}"
+            raise ValueError(msg)
+        self._report(at.keys.value, fault)
+        return answer
+
+    def _report(self, key: str, fault: object) -> None:
+        self._store.faults.report(key, _text(fault), what="user grant")
+
+
+class _Where(NamedTuple):
+    """One user's grant in one store: the keys, and the owner, app and user its scripts check."""
+
+    link: Link
+    keys: GrantKeys
+    app: AppConfig
+    user: str
+
+    def run(self, name: str, *more_keys: str, args: Iterable[str] = (), size: int = 2) -> Any:
+        """Grant script ``name``: KEYS the grant then ``more_keys``, ARGV the grant's owner,
+        app_id and user then ``args``."""
+        keys, who = self.keys, (self.keys.owner, self.app.app_id, self.user)
+        return self.link.script(name, [keys.value, *more_keys], (*who, *args), size=size)
+
+
+def _optional_int(text: str) -> int | None:
+    return int(text) if text else None
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
 
 class NoticeListener:
     """The subscriber of a store's notice channel: turns other processes' invalidation notices
@@ -270,6 +503,13 @@ class Link:
         ("renew", layout.RENEW),
         ("read_ticket", layout.READ_TICKET),
         ("write_ticket", layout.WRITE_TICKET),
+        ("grant_read", layout.GRANT_READ),
+        ("grant_users", layout.GRANT_USERS),
+        ("grant_lease", layout.GRANT_LEASE),
+        ("grant_begin", layout.GRANT_BEGIN),
+        ("grant_commit", layout.GRANT_COMMIT),
+        ("grant_end", layout.GRANT_END),
+        ("grant_forget", layout.GRANT_FORGET),
     )
 
     def __init__(
