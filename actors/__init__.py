@@ -24,10 +24,14 @@ from actors._config import RefreshPolicy as RefreshPolicy
 from actors._config import TokenKind as TokenKind
 from actors._errors import AppTicketError as AppTicketError
 from actors._errors import AuthError as AuthError
+from actors._errors import AuthorizationCodeError as AuthorizationCodeError
 from actors._errors import RateLimitedError as RateLimitedError
+from actors._errors import ReauthorizationRequired as ReauthorizationRequired
+from actors._errors import StoreKeyError as StoreKeyError
 from actors._errors import SystemStoppedError as SystemStoppedError
 from actors._errors import TokenError as TokenError
 from actors._errors import UpstreamError as UpstreamError
+from actors._events import ReauthorizationNeeded as ReauthorizationNeeded
 from actors._events import RefreshFailed as RefreshFailed
 from actors._events import TokenRefreshed as TokenRefreshed
 from actors._messages import GetToken as GetToken
@@ -48,6 +52,8 @@ from actors.callbacks import handle_event as handle_event
 from actors.requests import FeishuAuth as FeishuAuth
 from actors.stores import SqliteStore as SqliteStore
 from actors.stores import StoreHealth as StoreHealth
+from actors.users import UserGrant as UserGrant
+from actors.users import pkce_pair as pkce_pair
 
 if TYPE_CHECKING:
     from actors.httpx import AsyncFeishuAuth as AsyncFeishuAuth
@@ -62,6 +68,7 @@ __all__ = [
     "AppType",
     "AsyncFeishuAuth",
     "AuthError",
+    "AuthorizationCodeError",
     "Clock",
     "EventError",
     "FeishuAuth",
@@ -71,11 +78,14 @@ __all__ = [
     "LatencySummary",
     "ManualClock",
     "RateLimitedError",
+    "ReauthorizationNeeded",
+    "ReauthorizationRequired",
     "RedisStore",
     "RefreshFailed",
     "RefreshPolicy",
     "SqliteStore",
     "StoreHealth",
+    "StoreKeyError",
     "StoreUnavailableError",
     "SystemClock",
     "SystemHealth",
@@ -91,8 +101,10 @@ __all__ = [
     "TokenSource",
     "TokenSystem",
     "UpstreamError",
+    "UserGrant",
     "handle_event",
     "is_token_invalid",
+    "pkce_pair",
 ]
 
 __version__ = "0.1.0"

@@ -65,6 +65,7 @@ class Entry:
         "expires_at",
         "key",
         "last_read",
+        "refresh_until",
         "serve_until",
         "ticket_used",
         "timer",
@@ -86,6 +87,7 @@ class Entry:
         self.attempts = 0  # upstream requests made by the refresh under way
         self.last_read = 0.0
         self.ticket_used: str | None = None  # the app_ticket the last app-token request carried
+        self.refresh_until: float | None = None  # a user token's refresh token expires then
         # The key's one pending timer (prewarm, retry backoff or app_ticket deadline: which one
         # its state says), by id; a delivery with another id is stale.
         self.timer: int | None = None
@@ -151,6 +153,7 @@ class Entry:
             app=self.app,
             kind=self.key.kind,
             tenant_key=self.key.tenant_key,
+            user=self.key.user,
             app_ticket=app_ticket,
             app_token=app_token,
             cause=self.cause,

@@ -26,6 +26,8 @@ __all__ = [
     "RefreshPolicy",
     "TokenKey",
     "TokenKind",
+    "check_user",
+    "resolve_app",
     "resolve_key",
 ]
 
@@ -45,6 +47,7 @@ class AppType(enum.StrEnum):
 class TokenKind(enum.StrEnum):
     TENANT = "tenant"
     APP = "app"
+    USER = "user"  # a user_access_token: keyed by the user's open_id
 
     # Enum hashes the member's *name* in Python code; a StrEnum equals its value, so hashing the
     # value (in C) is both consistent with ``TokenKind.TENANT == "tenant"`` and cheaper on the
@@ -59,10 +62,12 @@ class TokenKey(NamedTuple):
     app_id: str
     kind: TokenKind
     tenant_key: str | None = None
+    user: str | None = None  # the open_id, for TokenKind.USER only
 
     def describe(self) -> str:
         tenant = f"/{self.tenant_key}" if self.tenant_key else ""
-        return f"{self.app_id}:{self.kind.value}{tenant}"
+        user = f"/{self.user}" if self.user else ""
+        return f"{self.app_id}:{self.kind.value}{tenant}{user}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -122,8 +127,10 @@ class AppConfig:
             msg = f"{prefix}BASE_URL: {exc}" if "base_url" in str(exc) else str(exc)
             raise ValueError(msg) from None
 
-    def key(self, kind: TokenKind, tenant_key: str | None = None) -> TokenKey:
-        return TokenKey(self.base_url, self.app_id, kind, tenant_key)
+    def key(
+        self, kind: TokenKind, tenant_key: str | None = None, user: str | None = None
+    ) -> TokenKey:
+        return TokenKey(self.base_url, self.app_id, kind, tenant_key, user)
 
     def __repr__(self) -> str:
         return (
@@ -152,6 +159,9 @@ class RefreshPolicy:
     max_concurrent_fetches: int = 8
     ticket_wait: float = 60.0
     idle_ttl: float = 4 * 7200.0
+    # A stored user grant whose refresh token expires within this is rotated although nobody
+    # reads it, so an idle user is not logged out when the refresh token's ~7 days run out.
+    user_keepalive_lead: float = 86400.0
     report_interval: float | None = None  # log the performance report this often (INFO)
     seed: int | None = None
 
@@ -166,6 +176,7 @@ class RefreshPolicy:
             "retry_cap",
             "ticket_wait",
             "idle_ttl",
+            "user_keepalive_lead",
         ):
             value = getattr(self, name)
             if not _finite(value) or value < 0:
@@ -217,6 +228,18 @@ class RefreshPolicy:
         """
         due = expires_at - self.prewarm_lead * (1 + rng.uniform(-1.0, 1.0) * self.jitter)
         return max(due, now + (serve_until - now) / 2)
+
+    def keepalive_due(self, refresh_until: float, now: float, rng: random.Random) -> float:
+        """When to rotate a user's grant whose refresh token expires at ``refresh_until``
+        although nobody reads it: ``user_keepalive_lead`` before, jittered, and never earlier
+        than halfway from now (a server issuing short-lived refresh tokens costs a logarithmic
+        number of rotations, never a loop)."""
+        lead = self.user_keepalive_lead * (1 + rng.uniform(-1.0, 1.0) * self.jitter)
+        return max(refresh_until - lead, now + (refresh_until - now) / 2)
+
+    def keepalive_now(self, refresh_until: float, now: float) -> bool:
+        """Whether an idle user's grant is due for its keep-alive rotation at ``now``."""
+        return refresh_until - now <= self.user_keepalive_lead * (1 + self.jitter)
 
     def backoff(
         self, attempt: int, rng: random.Random, *, retry_after: float | None = None
@@ -320,30 +343,34 @@ def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+_USER_MAX = 256  # an open_id is ~35 characters; nothing this long is one
+
+
 def resolve_key(
-    apps: Mapping[str, AppConfig], kind: Any, tenant_key: str | None, app_id: str | None
+    apps: Mapping[str, AppConfig],
+    kind: Any,
+    tenant_key: str | None,
+    app_id: str | None,
+    user: str | None = None,
 ) -> TokenKey:
     """Validate a get's arguments against the served apps; ValueError says what is wrong."""
     try:
         kind = TokenKind(kind)
     except ValueError:
-        msg = f"kind must be TokenKind.TENANT or TokenKind.APP, got {kind!r}"
+        kinds = ", ".join(f"TokenKind.{k.name}" for k in TokenKind)
+        msg = f"kind must be one of {kinds}, got {kind!r}"
         raise ValueError(msg) from None
-    if app_id is not None and not isinstance(app_id, str):
-        msg = f"app_id must be a string or None, got {type(app_id).__name__}"
-        raise ValueError(msg)
+    app = resolve_app(apps, app_id)
     if tenant_key is not None and not isinstance(tenant_key, str):
         msg = f"tenant_key must be a string or None, got {type(tenant_key).__name__}"
         raise ValueError(msg)
-    if app_id is None:
-        if len(apps) != 1:
-            msg = f"app_id is required: this system serves {len(apps)} apps ({', '.join(apps)})"
+    if kind is TokenKind.USER:
+        if tenant_key is not None:
+            msg = "tenant_key is not accepted for a user token; name the user with user=open_id"
             raise ValueError(msg)
-        app = next(iter(apps.values()))
-    elif app_id in apps:
-        app = apps[app_id]
-    else:
-        msg = f"unknown app_id {app_id!r}; this system serves: {', '.join(apps)}"
+        return app.key(kind, None, check_user(user))
+    if user is not None:
+        msg = f"user= is only accepted for TokenKind.USER, not for {kind.value} tokens"
         raise ValueError(msg)
     if kind is TokenKind.APP or app.app_type is AppType.SELF_BUILT:
         if tenant_key is not None:
@@ -354,3 +381,30 @@ def resolve_key(
         msg = f"tenant_key is required for marketplace app {app.app_id}'s tenant token"
         raise ValueError(msg)
     return app.key(kind, tenant_key)
+
+
+def resolve_app(apps: Mapping[str, AppConfig], app_id: str | None) -> AppConfig:
+    """The app ``app_id`` names (None: the only one served); ValueError otherwise."""
+    if app_id is not None and not isinstance(app_id, str):
+        msg = f"app_id must be a string or None, got {type(app_id).__name__}"
+        raise ValueError(msg)
+    if app_id is None:
+        if len(apps) != 1:
+            msg = f"app_id is required: this system serves {len(apps)} apps ({', '.join(apps)})"
+            raise ValueError(msg)
+        return next(iter(apps.values()))
+    if app_id in apps:
+        return apps[app_id]
+    msg = f"unknown app_id {app_id!r}; this system serves: {', '.join(apps)}"
+    raise ValueError(msg)
+
+
+def check_user(user: object) -> str:
+    """``user`` if it can be a user's open_id: a non-empty printable string without spaces."""
+    if not isinstance(user, str) or not user:
+        msg = "user= (the user's open_id) is required for TokenKind.USER"
+        raise ValueError(msg)
+    if len(user) > _USER_MAX or not user.isprintable() or any(c.isspace() for c in user):
+        msg = "user= must be an open_id: printable, without spaces, at most 256 characters"
+        raise ValueError(msg)
+    return user

@@ -18,22 +18,31 @@ from loguru import logger
 from actors._config import TokenKey, TokenKind
 from actors._errors import plain_traceback
 
-__all__ = ["EventHub", "RefreshEvent", "RefreshFailed", "Subscriber", "TokenRefreshed"]
+__all__ = [
+    "EventHub",
+    "ReauthorizationNeeded",
+    "RefreshEvent",
+    "RefreshFailed",
+    "Subscriber",
+    "TokenRefreshed",
+]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TokenRefreshed:
-    """A key got a token (``cause``: miss, prewarm, invalidate)."""
+    """A key got a token (``cause``: miss, prewarm, invalidate, keepalive, login); ``user`` is
+    the open_id of a user token."""
 
     app_id: str
     kind: TokenKind
     tenant_key: str | None
     expires_at: float
     cause: str
+    user: str | None = None
 
     @classmethod
     def of(cls, key: TokenKey, expires_at: float, cause: str) -> TokenRefreshed:
-        return cls(key.app_id, key.kind, key.tenant_key, expires_at, cause)
+        return cls(key.app_id, key.kind, key.tenant_key, expires_at, cause, key.user)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,13 +54,24 @@ class RefreshFailed:
     tenant_key: str | None
     error: Exception
     will_retry: bool
+    user: str | None = None
 
     @classmethod
     def of(cls, key: TokenKey, error: Exception, *, will_retry: bool) -> RefreshFailed:
-        return cls(key.app_id, key.kind, key.tenant_key, error, will_retry)
+        return cls(key.app_id, key.kind, key.tenant_key, error, will_retry, key.user)
 
 
-RefreshEvent = TokenRefreshed | RefreshFailed
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReauthorizationNeeded:
+    """A user's grant ended (``reason`` as in ``ReauthorizationRequired``): send them through
+    the login again. Published once per grant."""
+
+    app_id: str
+    user: str
+    reason: str
+
+
+RefreshEvent = TokenRefreshed | RefreshFailed | ReauthorizationNeeded
 Subscriber = Callable[[RefreshEvent], Any] | pykka.ActorRef[Any]
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import pykka
 
-from actors._config import TokenKey, TokenKind
+from actors._config import AppConfig, TokenKey, TokenKind
 from actors._errors import SystemStoppedError, detached, mask_token
 from actors._source import Grant
 
@@ -31,13 +31,17 @@ __all__ = [
     "Continuation",
     "DeferredFuture",
     "FetchDone",
+    "ForgetUser",
     "FutureWaiter",
     "Get",
     "GetToken",
     "Health",
     "Invalidate",
+    "KeepGrants",
     "PendingFutures",
     "Probe",
+    "Redeem",
+    "Redeemed",
     "ReplyWaiter",
     "ReportDue",
     "ResendDone",
@@ -47,6 +51,7 @@ __all__ = [
     "TokenReply",
     "Waiter",
     "Wake",
+    "failed_future",
     "resolved_future",
 ]
 
@@ -68,6 +73,7 @@ class GetToken:
     tenant_key: str | None = None
     app_id: str | None = None
     tag: Any = None
+    user: str | None = None  # the open_id, for TokenKind.USER
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -166,6 +172,13 @@ class ResolvedFuture(AwaitableFuture[T]):
     def set_exception(self, exc_info: Any = None) -> None:
         msg = "a ResolvedFuture is resolved on creation; it cannot fail afterwards"
         raise RuntimeError(msg)
+
+
+def failed_future(error: Exception) -> pykka.Future[Any]:
+    """A future that already holds ``error``."""
+    future: DeferredFuture[Any] = DeferredFuture()
+    future.set_exception((type(error), error, None))
+    return future
 
 
 def resolved_future(value: T) -> ResolvedFuture[T]:
@@ -416,6 +429,42 @@ class SetTicket:
 class Invalidate:
     token: str = dataclasses.field(repr=False)
     waiter: Waiter
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Redeem:
+    """A login's authorization code to exchange for a user grant."""
+
+    app: AppConfig
+    code: str = dataclasses.field(repr=False)
+    redirect_uri: str
+    code_verifier: str | None = dataclasses.field(repr=False)
+    waiter: Waiter
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Redeemed:
+    """A worker redeemed a login: the token to cache for ``key`` (``grant``), and the answer
+    for the waiter (a UserGrant or the error)."""
+
+    key: TokenKey | None
+    grant: Grant | None
+    started_at: float
+    answer: object
+    waiter: Waiter
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ForgetUser:
+    key: TokenKey
+    waiter: Waiter
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeepGrants:
+    """Grants found in the store: (key, when its refresh token expires on the system clock)."""
+
+    grants: tuple[tuple[TokenKey, float], ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

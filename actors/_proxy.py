@@ -23,12 +23,21 @@ from actors import _cache as _fork
 from actors import _messages as m
 from actors._cache import SAMPLE_MASK, CallerStats, Cell, Published, ReadSnapshot
 from actors._clock import Clock, SystemClock
-from actors._config import AppConfig, AppType, TokenKey, TokenKind, check_made_at, resolve_key
+from actors._config import (
+    AppConfig,
+    AppType,
+    TokenKey,
+    TokenKind,
+    check_made_at,
+    resolve_key,
+)
 from actors._errors import SystemStoppedError
-from actors._messages import AsyncWaiter, DeferredFuture, FutureWaiter, PendingFutures
+from actors._messages import AsyncWaiter, FutureWaiter, PendingFutures
+from actors._messages import failed_future as _failed
 from actors._metrics import TokenMetrics
 from actors._refresh import SystemHealth, TicketBook
 from actors.stores import StoreHealth
+from actors.users._logins import UserLogins
 
 if TYPE_CHECKING:
     from actors.stores import Store
@@ -40,7 +49,7 @@ __all__ = ["TokenProxy", "store_health"]
 _KEY_MEMO_SIZE = 4096
 
 
-class TokenProxy:
+class TokenProxy(UserLogins):
     """``system.proxy``: the token API. Plain methods return ``pykka.Future``s, ``a``-prefixed
     methods are coroutines that return values.
 
@@ -63,7 +72,7 @@ class TokenProxy:
         self._clock = clock
         # The hit path calls the clock on every get: skip the wrapper for real time.
         self._now: Callable[[], float] = time.monotonic if type(clock) is SystemClock else clock.now
-        self._keys: dict[tuple[Any, Any, Any], TokenKey] = {}  # validated arguments
+        self._keys: dict[tuple[Any, ...], TokenKey] = {}  # validated arguments
         # In a process forked after start(): starts the system's own there, which calls _serve;
         # raises if it cannot (SystemStoppedError once stopped).
         self._serve_here = serve_here
@@ -77,7 +86,7 @@ class TokenProxy:
         self._generation = -1  # the fork generation _serve was called in
         # The newest app_ticket handed over, per app: a forked child's own actors start with it.
         self._tickets = TicketBook()
-        self._cells: dict[tuple[Any, Any, Any], Cell] = {}  # arguments -> the key's cell
+        self._cells: dict[tuple[Any, ...], Cell] = {}  # arguments -> the key's cell
         # Misses already on their way to the TokenActor, per event loop and key: later awaits
         # of the same key on the same loop join them instead of sending a message each.
         self._awaited: dict[tuple[asyncio.AbstractEventLoop, TokenKey], asyncio.Future[Any]] = {}
@@ -105,8 +114,10 @@ class TokenProxy:
         *,
         tenant_key: str | None = None,
         app_id: str | None = None,
+        user: str | None = None,
     ) -> pykka.Future[str]:
-        """A future of the token of ``kind`` (a miss fetches; concurrent misses share one fetch).
+        """A future of the token of ``kind`` (a miss fetches; concurrent misses share one fetch);
+        ``user`` is the open_id of a user token (``TokenKind.USER``) and required for it.
 
         With fast reads on (the default), a servable cached token comes back as an
         already-resolved future without a mailbox round trip.
@@ -114,7 +125,7 @@ class TokenProxy:
         # The hit path, inlined: ReadSnapshot.lookup does the same steps for a key.
         now = self._now()
         try:
-            cell = self._cells.get((kind, tenant_key, app_id))
+            cell = self._cells.get((kind, tenant_key, app_id, user))
         except TypeError:  # an unhashable argument: the slow path says which one is wrong
             cell = None
         if cell is not None:
@@ -126,7 +137,7 @@ class TokenProxy:
                 if not next(cell.hits) & SAMPLE_MASK:
                     self._snapshot.sample(self._now() - now)  # type: ignore[union-attr]
                 return published.future
-        return self._get(kind, tenant_key, app_id, now)
+        return self._get(kind, tenant_key, app_id, user, now)
 
     async def aget_token(
         self,
@@ -134,6 +145,7 @@ class TokenProxy:
         *,
         tenant_key: str | None = None,
         app_id: str | None = None,
+        user: str | None = None,
     ) -> str:
         """Await the token of ``kind`` without blocking the event loop.
 
@@ -143,14 +155,14 @@ class TokenProxy:
         """
         now = self._now()
         try:
-            cell = self._cells.get((kind, tenant_key, app_id))
+            cell = self._cells.get((kind, tenant_key, app_id, user))
         except TypeError:
             cell = None
         if cell is not None:
             published = self._snapshot.hit(cell, now, self._now)  # type: ignore[union-attr]
             if published is not None:
                 return published.token
-        found = self._prepare(kind, tenant_key, app_id, now)
+        found = self._prepare(kind, tenant_key, app_id, user, now)
         if isinstance(found, Published):
             return found.token
         if isinstance(found, Exception):
@@ -265,8 +277,10 @@ class TokenProxy:
 
     # --- the shared core of the sync and async fronts --------------------------------------------
 
-    def _get(self, kind: Any, tenant_key: Any, app_id: Any, now: float) -> pykka.Future[str]:
-        found = self._prepare(kind, tenant_key, app_id, now)
+    def _get(
+        self, kind: Any, tenant_key: Any, app_id: Any, user: Any, now: float
+    ) -> pykka.Future[str]:
+        found = self._prepare(kind, tenant_key, app_id, user, now)
         if isinstance(found, Published):
             return found.future
         if isinstance(found, Exception):
@@ -275,18 +289,18 @@ class TokenProxy:
         return self._ask(lambda waiter: m.Get(key, waiter))
 
     def _prepare(
-        self, kind: Any, tenant_key: Any, app_id: Any, now: float
+        self, kind: Any, tenant_key: Any, app_id: Any, user: Any, now: float
     ) -> Published | TokenKey | Exception:
         """A get past the memoised hit path: its key (to ask the actor), a servable published
         token after all, or the error to report (bad arguments, a system that cannot serve)."""
-        args = (kind, tenant_key, app_id)
+        args = (kind, tenant_key, app_id, user)
         try:
             key = self._keys.get(args)
         except TypeError:
             key = None
         if key is None:
             try:
-                key = resolve_key(self._apps, kind, tenant_key, app_id)
+                key = resolve_key(self._apps, kind, tenant_key, app_id, user)
             except ValueError as exc:
                 return exc
             _remember(self._keys, args, key)
@@ -355,9 +369,7 @@ def _check_token(token: object) -> None:
         raise ValueError(msg)
 
 
-def _remember(
-    memo: dict[tuple[Any, Any, Any], Any], args: tuple[Any, Any, Any], value: Any
-) -> None:
+def _remember(memo: dict[tuple[Any, ...], Any], args: tuple[Any, ...], value: Any) -> None:
     if len(memo) >= _KEY_MEMO_SIZE:
         memo.clear()  # bounded: a flood of distinct tenant keys must not grow it forever
     memo[args] = value
@@ -379,9 +391,3 @@ def store_health(store: Store | None) -> StoreHealth | None:
             faults={},
             last_error=type(exc).__name__,
         )
-
-
-def _failed(error: Exception) -> pykka.Future[Any]:
-    future: DeferredFuture[Any] = DeferredFuture()
-    future.set_exception((type(error), error, None))
-    return future

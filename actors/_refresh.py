@@ -32,13 +32,14 @@ from actors._errors import (
     AppTicketError,
     AuthError,
     RateLimitedError,
+    ReauthorizationRequired,
     SystemStoppedError,
     UpstreamError,
     mask_token,
     plain_traceback,
     redact,
 )
-from actors._events import EventHub, RefreshFailed, TokenRefreshed
+from actors._events import EventHub, ReauthorizationNeeded, RefreshFailed, TokenRefreshed
 from actors._messages import Continuation, Waiter
 from actors._metrics import Count, MetricsRecorder, TokenMetrics
 from actors._scheduler import Timers
@@ -67,7 +68,63 @@ __all__ = [
 _log = logger.bind(component="TokenActor")
 
 
-class Refresher:
+class _TicketWaits:
+    """The Refresher's app_ticket part (marketplace apps): asking Feishu to push the ticket
+    again, waiting for it with a deadline, and resuming the app token's refresh when it comes."""
+
+    _apps: Mapping[str, AppConfig]
+    _cache: TokenCache
+    _policy: RefreshPolicy
+    _clock: Clock
+    _metrics: MetricsRecorder
+    _upstream: Upstream
+    _tickets: TicketBook
+
+    def _attempt(self, entry: Entry) -> None:
+        raise NotImplementedError
+
+    def _finish_failure(self, entry: Entry, error: Exception) -> None:
+        raise NotImplementedError
+
+    def _set_timer(self, entry: Entry, due: float | None) -> None:
+        raise NotImplementedError
+
+    # --- app_ticket ----------------------------------------------------------------------------
+
+    def _await_ticket(self, entry: Entry) -> None:
+        """Ask Feishu to push the app's ticket again; the key's timer is the wait's deadline."""
+        entry.enter(RefreshState.AWAITING_TICKET)
+        self._set_timer(entry, self._clock.now() + self._policy.ticket_wait)
+        self._metrics.add(Count.ticket_resends)
+        if not self._upstream.resend_ticket(entry.app):
+            self._finish_failure(entry, SystemStoppedError())
+
+    def resend_done(self, app_id: str, error: Exception | None, ticket: str | None) -> None:
+        if ticket is not None:  # the source had one already (a shared store): no need to wait
+            self.set_ticket(app_id, ticket, None)
+            return
+        if error is None:
+            return
+        _log.warning("app_ticket resend for {} failed: {}", app_id, error)
+        entry = self._waiting_for_ticket(app_id)
+        if isinstance(error, AuthError) and entry is not None:
+            # Wrong credentials: no ticket will ever come, so do not make callers wait for it.
+            self._finish_failure(entry, error)
+
+    def set_ticket(self, app_id: str, ticket: str, made_at: float | None) -> None:
+        if not self._tickets.offer(app_id, ticket, made_at):
+            _log.info("an app_ticket for {} made before the one held was ignored", app_id)
+            return
+        entry = self._waiting_for_ticket(app_id)
+        if entry is not None:
+            self._attempt(entry)  # its deadline timer goes stale: the state moves on
+
+    def _waiting_for_ticket(self, app_id: str) -> Entry | None:
+        entry = self._cache.get(self._apps[app_id].key(TokenKind.APP))
+        return entry if entry is not None and entry.state is RefreshState.AWAITING_TICKET else None
+
+
+class Refresher(_TicketWaits):
     """The cache, its entries and their refreshes; the TokenActor hands it its mail."""
 
     def __init__(
@@ -162,7 +219,7 @@ class Refresher:
 
     def _attempt(self, entry: Entry) -> None:
         app = entry.app
-        if app.app_type is AppType.SELF_BUILT:
+        if app.app_type is AppType.SELF_BUILT or entry.key.kind is TokenKind.USER:
             self._enqueue(entry)
         elif entry.key.kind is TokenKind.APP:
             ticket = entry.ticket_used = self._tickets.ticket(app.app_id)
@@ -220,7 +277,10 @@ class Refresher:
         decision = decide(done.result, fact, self._policy, self._rng)
         if isinstance(decision, Accept):
             self._metrics.count(key.app_id, key.kind, Count.fetch_success)
-            self._store(entry, decision.grant.token, decision.expires_at, fact.now)
+            grant = decision.grant
+            if grant.refresh_expire is not None:
+                entry.refresh_until = done.started_at + grant.refresh_expire
+            self._store(entry, grant.token, decision.expires_at, fact.now)
             return
         self._metrics.count(key.app_id, key.kind, Count.fetch_failure)
         self._metrics.failures_by_error[type(decision.error).__name__] += 1
@@ -245,6 +305,8 @@ class Refresher:
         due = self._policy.prewarm_due(  # as of the answer, not later
             expires_at, serve_until=entry.serve_until, now=now, rng=self._rng
         )
+        if entry.refresh_until is not None:  # a user's grant: rotated before it expires
+            due = min(due, self._policy.keepalive_due(entry.refresh_until, now, self._rng))
         # Callers first: the timer, the log and the events can wait for them.
         self._answer(entry.take_waiters(), token=token)
         self._metrics.add(Count.same_token_refreshes, same)
@@ -286,6 +348,8 @@ class Refresher:
                 # Stale-while-revalidate: keep serving the valid token and try again later.
                 hard = entry.serve_until
                 self._set_timer(entry, min(now + self._policy.retry_cap, now + (hard - now) / 2))
+        elif entry.refresh_until is not None and not isinstance(error, _GRANT_OVER):
+            self._set_timer(entry, now + self._policy.retry_cap)  # a user's grant stays alive
         else:
             self._set_timer(entry, None)
             if not entry.busy and not entry.waiters:
@@ -293,10 +357,49 @@ class Refresher:
                 # gets for bogus tenant keys must not pile up entries). The next get starts afresh.
                 self._cache.remove(entry)
 
+    # --- user grants: a login, a logout, a grant found in the store --------------------------
+
+    def adopt(self, key: TokenKey, grant: Grant, started_at: float) -> None:
+        """A login redeemed ``grant`` for ``key``'s user: cache it as a refresh's answer."""
+        entry = self._cache.entry(key, self._apps[key.app_id])
+        entry.last_read = now = self._clock.now()
+        entry.cause = "login"
+        entry.refresh_until = (
+            None if grant.refresh_expire is None else started_at + grant.refresh_expire
+        )
+        self._store(entry, grant.token, started_at + grant.expire, now)
+
+    def keep(self, key: TokenKey, refresh_until: float) -> None:
+        """A stored grant this process has not cached: keep it alive from here too (the
+        store's lease lets one process per grant rotate it)."""
+        entry = self._cache.entry(key, self._apps[key.app_id])
+        if entry.refresh_until is None and not entry.busy and entry.timer is None:
+            entry.refresh_until = refresh_until
+            now = self._clock.now()
+            self._set_timer(entry, self._policy.keepalive_due(refresh_until, now, self._rng))
+
+    def forget(self, key: TokenKey, error: Exception) -> None:
+        """The user logged out: nothing of theirs is served or refreshed here any more."""
+        entry = self._cache.get(key)
+        if entry is not None:
+            entry.drop_token()
+            self._set_timer(entry, None)
+            self._answer(entry.take_waiters(), error=error)
+            if not entry.busy:
+                self._cache.remove(entry)
+
     # --- prewarm, idle eviction, invalidation ----------------------------------------------------
 
     def _prewarm(self, entry: Entry) -> None:
-        if self._clock.now() - self._cache.last_read(entry) > self._policy.idle_ttl:
+        now = self._clock.now()
+        if now - self._cache.last_read(entry) > self._policy.idle_ttl:
+            until = entry.refresh_until
+            if until is not None:  # an idle user's grant is still kept alive
+                if self._policy.keepalive_now(until, now):
+                    self._start(entry, "keepalive")
+                else:
+                    self._set_timer(entry, self._policy.keepalive_due(until, now, self._rng))
+                return
             # Nobody has read this key for a long time: stop refreshing it forever.
             self._cache.remove(entry)
             self._metrics.add(Count.idle_evictions)
@@ -321,40 +424,6 @@ class Refresher:
             app_entry.drop_token()
             if not app_entry.busy:  # its prewarm: nothing to refresh until a get asks
                 self._set_timer(app_entry, None)
-
-    # --- app_ticket ----------------------------------------------------------------------------
-
-    def _await_ticket(self, entry: Entry) -> None:
-        """Ask Feishu to push the app's ticket again; the key's timer is the wait's deadline."""
-        entry.enter(RefreshState.AWAITING_TICKET)
-        self._set_timer(entry, self._clock.now() + self._policy.ticket_wait)
-        self._metrics.add(Count.ticket_resends)
-        if not self._upstream.resend_ticket(entry.app):
-            self._finish_failure(entry, SystemStoppedError())
-
-    def resend_done(self, app_id: str, error: Exception | None, ticket: str | None) -> None:
-        if ticket is not None:  # the source had one already (a shared store): no need to wait
-            self.set_ticket(app_id, ticket, None)
-            return
-        if error is None:
-            return
-        _log.warning("app_ticket resend for {} failed: {}", app_id, error)
-        entry = self._waiting_for_ticket(app_id)
-        if isinstance(error, AuthError) and entry is not None:
-            # Wrong credentials: no ticket will ever come, so do not make callers wait for it.
-            self._finish_failure(entry, error)
-
-    def set_ticket(self, app_id: str, ticket: str, made_at: float | None) -> None:
-        if not self._tickets.offer(app_id, ticket, made_at):
-            _log.info("an app_ticket for {} made before the one held was ignored", app_id)
-            return
-        entry = self._waiting_for_ticket(app_id)
-        if entry is not None:
-            self._attempt(entry)  # its deadline timer goes stale: the state moves on
-
-    def _waiting_for_ticket(self, app_id: str) -> Entry | None:
-        entry = self._cache.get(self._apps[app_id].key(TokenKind.APP))
-        return entry if entry is not None and entry.state is RefreshState.AWAITING_TICKET else None
 
 
 def answer(
@@ -423,6 +492,9 @@ class TicketBook:
         return iter([(app_id, t, at) for app_id, (t, at) in held if t is not None])
 
 
+# Errors after which a user's grant is over (or the system): no keep-alive to try again.
+_GRANT_OVER = (ReauthorizationRequired, SystemStoppedError)
+
 _FAILING_MAX = 4096  # keys remembered as failing: a flood of bogus tenant keys is bounded
 
 
@@ -486,9 +558,11 @@ class Outcomes:
         self._forget_after = forget_after
         self._failing: OrderedDict[TokenKey, float] = OrderedDict()  # key -> when; oldest first
         self._last_error: tuple[str, float] | None = None  # (described, when)
+        self._ended: OrderedDict[TokenKey, None] = OrderedDict()  # users told to log in again
 
     def refreshed(self, entry: Entry, now: float, *, same: bool) -> None:
         self._failing.pop(entry.key, None)
+        self._ended.pop(entry.key, None)
         _log.info(
             "token refreshed: {} {} expires in {:.0f}s (cause {}, same token {})",
             entry.key.describe(),
@@ -514,6 +588,11 @@ class Outcomes:
         """The refresh ended without a token (``entry`` may still hold a servable one)."""
         key = entry.key
         self._events.publish(RefreshFailed.of(key, error, will_retry=False))
+        if isinstance(error, ReauthorizationRequired) and key not in self._ended:
+            self._ended[key] = None  # once per grant: the next gets fail alike, silently
+            while len(self._ended) > _FAILING_MAX:
+                self._ended.popitem(last=False)
+            self._events.publish(ReauthorizationNeeded(key.app_id, error.user, error.reason))
         _log.warning("token refresh for {} ({}) failed: {}", key.describe(), entry.cause, error)
         if isinstance(error, SystemStoppedError):
             return  # the system stops: no fault of the key's

@@ -17,10 +17,12 @@ __all__ = ["Grant", "TokenRequest", "TokenSource"]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Grant:
-    """A token and its remaining lifetime in seconds, as the endpoint returned them."""
+    """A token and its remaining lifetime in seconds, as the endpoint returned them; for a user
+    token also its refresh token's remaining lifetime (None: the grant has no refresh token)."""
 
     token: str = dataclasses.field(repr=False)
     expire: float
+    refresh_expire: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,16 +32,17 @@ class TokenRequest:
     app: AppConfig
     kind: TokenKind
     tenant_key: str | None = None
+    user: str | None = None  # the open_id, for TokenKind.USER
     app_ticket: str | None = dataclasses.field(default=None, repr=False)
     app_token: str | None = dataclasses.field(default=None, repr=False)
-    cause: str = "miss"  # miss | prewarm | invalidate: why the cache wants a token
+    cause: str = "miss"  # miss | prewarm | invalidate | keepalive: why the cache wants a token
     # The token the cache holds now (a prewarm) or has just dropped (an invalidation): a shared
     # store must not hand it back as the answer.
     replaces: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def key(self) -> TokenKey:
-        return self.app.key(self.kind, self.tenant_key)
+        return self.app.key(self.kind, self.tenant_key, self.user)
 
 
 @runtime_checkable

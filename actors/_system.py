@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
@@ -17,7 +18,7 @@ from actors import _cache as _fork
 from actors import _messages as m
 from actors._cache import CallerStats, ReadSnapshot
 from actors._clock import Clock, SystemClock
-from actors._config import AppConfig, RefreshPolicy
+from actors._config import AppConfig, RefreshPolicy, TokenKind, resolve_app
 from actors._errors import SystemStoppedError, TokenError
 from actors._events import EventHub, Subscriber
 from actors._messages import PendingFutures
@@ -27,10 +28,13 @@ from actors._refresh import SystemHealth
 from actors._scheduler import NextDue, SchedulerActor, Tick
 from actors._source import TokenSource
 from actors._token_actor import TokenActor
-from actors._upstream import WorkerPool
+from actors._upstream import WorkerPool, tell
 from actors.feishu._client import FeishuAuthClient
 from actors.feishu._sockets import AbortableAdapter
 from actors.stores import Store, StoreHealth
+from actors.stores._grants import MemoryGrants
+from actors.users._grant import UserGrant, authorize_url
+from actors.users._rotation import UserSource
 
 __all__ = ["StoreUnavailableError", "TokenSystem"]
 
@@ -212,6 +216,26 @@ class TokenSystem:
         """The refresh policy this system was started with."""
         return self._policy
 
+    def authorize_url(
+        self,
+        redirect_uri: str,
+        *,
+        state: str,
+        scope: Iterable[str] = (),
+        code_challenge: str | None = None,
+        app_id: str | None = None,
+    ) -> str:
+        """The login page for a user's browser, on the app's accounts host (a custom
+        ``base_url``: that URL); ``offline_access`` is always asked for. The callback's ``code``
+        goes to ``proxy.redeem_code``; ``code_challenge`` comes from :func:`actors.pkce_pair`."""
+        app, challenge = resolve_app(self._apps, app_id), code_challenge
+        return authorize_url(app, redirect_uri, state=state, scope=scope, code_challenge=challenge)
+
+    def users(self, *, app_id: str | None = None) -> list[UserGrant]:
+        """The store's live user grants of the app, by open_id (no tokens in them; blocks)."""
+        app, users = resolve_app(self._apps, app_id), self._live().users
+        return sorted((users.user_grant(g) for g in users.grants(app)), key=lambda g: g.open_id)
+
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Deliver TokenRefreshed / RefreshFailed events; returns the unsubscribe function.
 
@@ -353,9 +377,21 @@ class _Process:
             if session is not None and forked:
                 _drop_inherited_connections(session)
             source = self._feishu_client(session, policy)
+        oauth = getattr(source, "oauth", None)  # the default client's user-token side
+        book = store.grants() if store is not None else None
         if store is not None:
             # The shared tier wraps the source: the TokenActor stays the L1, unchanged.
             source = store.wrap(source, policy)  # ValueError if it serves another system
+        self.closed = threading.Event()
+        self.users = UserSource(
+            source,
+            apps=system._apps,
+            oauth=oauth,
+            book=MemoryGrants() if book is None else book,
+            policy=policy,
+            clock=clock,
+            closed=self.closed,
+        )
         self.store = store
         self.pending = PendingFutures()
         self.events = EventHub()
@@ -372,12 +408,13 @@ class _Process:
                 apps=system._apps,
                 policy=policy,
                 clock=clock,
-                source=source,
+                source=self.users,
                 pool=self.pool,
                 scheduler=self.scheduler,
                 events=self.events,
                 snapshot=self.snapshot,
                 callers=callers,
+                users=self.users,
             )
         except BaseException:
             self.scheduler.stop()
@@ -386,7 +423,31 @@ class _Process:
         proxy._serve(self.ref, self.pending, self.snapshot, callers, store)
         if store is not None:
             store.attach(proxy.invalidate)  # other processes' invalidations drop it here
+            if book is not None:
+                self._keep_stored_grants(system, clock)
         logger.bind(apps=list(system._apps)).debug("TokenSystem started")
+
+    def _keep_stored_grants(self, system: TokenSystem, clock: Clock) -> None:
+        """Keep every grant the store holds alive from this process too (on a worker: the
+        store is I/O): one whose refresh token nears its end is rotated, by one process."""
+        users, ref, apps = self.users, self.ref, list(system._apps.values())
+
+        def job() -> None:
+            found = []
+            for app in apps:
+                try:
+                    grants = users.grants(app)
+                except Exception as exc:  # a wrong key, a failing store: logged, not fatal
+                    logger.warning("user grants of {} not listed: {}", app.app_id, exc)
+                    continue
+                for grant in grants:
+                    until = users.user_grant(grant).refresh_expires_at
+                    if until is not None:
+                        found.append((app.key(TokenKind.USER, None, grant.open_id), until))
+            if found:
+                tell(ref, m.KeepGrants(tuple(found)))
+
+        self.pool.submit(job)
 
     def _feishu_client(
         self, session: requests.Session | None, policy: RefreshPolicy
@@ -447,6 +508,7 @@ class _Process:
 
     def stop(self, timeout: float) -> None:
         self.pending.close()
+        self.closed.set()  # ends the user grants' background commits
         try:
             self._stop_threads(timeout)
         finally:
@@ -474,6 +536,7 @@ class _Process:
         if self.adapter is not None:
             self.adapter.abort()
         joined = self.pool.shutdown(left())
+        self.users.join(left())
         if joined and self.adapter is not None:
             self.adapter.release()  # no worker left to use them: free the descriptors
         self.events.close(left())

@@ -10,8 +10,8 @@ back as Wake mail. The actor itself speaks the reply protocol for embedding acto
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pykka
 from loguru import logger
@@ -19,15 +19,23 @@ from loguru import logger
 from actors import _messages as m
 from actors._cache import CallerStats, ReadSnapshot
 from actors._clock import Clock
-from actors._config import AppConfig, RefreshPolicy, resolve_key
-from actors._errors import plain_traceback
+from actors._config import AppConfig, RefreshPolicy, TokenKey, TokenKind, resolve_key
+from actors._errors import (
+    ReauthorizationRequired,
+    SystemStoppedError,
+    detached,
+    plain_traceback,
+)
 from actors._events import EventHub
-from actors._messages import GetToken, ReplyWaiter
+from actors._messages import GetToken, ReplyWaiter, Waiter
 from actors._metrics import TokenMetrics
 from actors._refresh import Refresher, SystemHealth
 from actors._scheduler import Timers
 from actors._source import TokenSource
-from actors._upstream import WorkerPool
+from actors._upstream import WorkerPool, tell
+
+if TYPE_CHECKING:
+    from actors.users._rotation import UserSource
 
 __all__ = ["TokenActor"]
 
@@ -51,8 +59,11 @@ class TokenActor(pykka.ThreadingActor):
         events: EventHub,
         snapshot: ReadSnapshot | None = None,
         callers: CallerStats | None = None,
+        users: UserSource | None = None,
     ) -> None:
         super().__init__()
+        self._pool = pool
+        self._users = users
         self._apps = dict(apps)
         self._policy = policy
         self._clock = clock
@@ -103,8 +114,6 @@ class TokenActor(pykka.ThreadingActor):
                 refresher.set_ticket(app_id, ticket, made_at)
                 if waiter is not None:
                     waiter.resolve(None)
-            case m.ResendDone(app_id, error, ticket):
-                refresher.resend_done(app_id, error, ticket)
             case m.Invalidate(token, waiter):
                 waiter.resolve(refresher.invalidate(token))
             case m.Snapshot(waiter) | m.Health(waiter):
@@ -113,6 +122,8 @@ class TokenActor(pykka.ThreadingActor):
                 self._log_report()
             case m.Probe():
                 return refresher.fetches, self._handled - 1
+            case m.ResendDone() | m.Redeem() | m.Redeemed() | m.ForgetUser() | m.KeepGrants():
+                self._on_worker_mail(message)
             case _:
                 _log.warning("TokenActor ignored an unknown message {!r}", type(message).__name__)
         return None
@@ -125,6 +136,77 @@ class TokenActor(pykka.ThreadingActor):
 
     def on_failure(self, *_: object) -> None:
         self._refresher.stop()
+
+    # --- worker mail; user logins and logouts (their store I/O runs on a worker) ------------
+
+    def _on_worker_mail(
+        self, message: m.ResendDone | m.Redeem | m.Redeemed | m.ForgetUser | m.KeepGrants
+    ) -> None:
+        """Mail about work done on (or sent to) a worker: ticket resends, logins, logouts."""
+        refresher = self._refresher
+        match message:
+            case m.ResendDone(app_id, error, ticket):
+                refresher.resend_done(app_id, error, ticket)
+            case m.Redeem():
+                self._redeem(message)
+            case m.Redeemed(key, grant, started_at, answer, waiter):
+                if key is not None and grant is not None:
+                    refresher.adopt(key, grant, started_at)
+                if isinstance(answer, Exception):
+                    waiter.fail(answer)
+                else:
+                    waiter.resolve(answer)
+            case m.ForgetUser(key, waiter):
+                self._forget(key, waiter)
+            case m.KeepGrants(grants):
+                for key, refresh_until in grants:
+                    refresher.keep(key, refresh_until)
+
+    def _redeem(self, message: m.Redeem) -> None:
+        users, clock, me = self._users, self._clock, self.actor_ref
+        if users is None:
+            message.waiter.fail(ValueError("this system cannot keep user grants"))
+            return
+
+        def job() -> None:
+            started = clock.now()
+            try:
+                grant, token = users.redeem(
+                    message.app,
+                    code=message.code,
+                    redirect_uri=message.redirect_uri,
+                    code_verifier=message.code_verifier,
+                )
+            except Exception as exc:  # the waiter's answer: typed, without the code
+                done = m.Redeemed(None, None, started, detached(exc), message.waiter)
+            else:
+                key = message.app.key(TokenKind.USER, None, grant.open_id)
+                done = m.Redeemed(key, token, started, grant, message.waiter)
+            tell(me, done)
+
+        self._submit(job, message.waiter)
+
+    def _forget(self, key: TokenKey, waiter: Waiter) -> None:
+        error = ReauthorizationRequired("unknown_user", app_id=key.app_id, user=key.user or "")
+        self._refresher.forget(key, error)
+        users, app = self._users, self._apps[key.app_id]
+        if users is None:
+            waiter.resolve(False)
+            return
+
+        def job() -> None:
+            try:
+                waiter.resolve(users.forget(app, key.user or ""))
+            except Exception as exc:
+                waiter.fail(detached(exc))
+
+        self._submit(job, waiter)
+
+    def _submit(self, job: Callable[[], None], waiter: Waiter) -> None:
+        try:
+            self._pool.submit(job)
+        except RuntimeError:  # the pool shut down: the system is stopping
+            waiter.fail(SystemStoppedError())
 
     # --- the reply protocol, metrics -----------------------------------------------------------
 
@@ -139,7 +221,9 @@ class TokenActor(pykka.ThreadingActor):
             return
         waiter = ReplyWaiter(self._clock.now(), message.reply_to, message.tag)
         try:
-            key = resolve_key(self._apps, message.kind, message.tenant_key, message.app_id)
+            key = resolve_key(
+                self._apps, message.kind, message.tenant_key, message.app_id, message.user
+            )
         except ValueError as exc:
             waiter.fail(exc)
             return

@@ -20,8 +20,9 @@ def test_callables_get_refreshed_and_failed_events_without_token_values(
     events: list[actors.TokenRefreshed | actors.RefreshFailed] = []
     threads: set[str] = set()
 
-    def on_event(event: actors.TokenRefreshed | actors.RefreshFailed) -> None:
+    def on_event(event: object) -> None:
         threads.add(threading.current_thread().name)
+        assert isinstance(event, actors.TokenRefreshed | actors.RefreshFailed)
         events.append(event)
 
     system.subscribe(on_event)

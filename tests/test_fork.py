@@ -343,7 +343,8 @@ def test_a_child_never_uses_the_parents_store(reopens: bool, warnings: list[str]
 def test_a_callable_subscribed_before_fork_hears_the_childs_refreshes() -> None:
     heard: list[str] = []
 
-    def listen(event: actors.TokenRefreshed | actors.RefreshFailed) -> None:
+    def listen(event: object) -> None:
+        assert isinstance(event, actors.TokenRefreshed | actors.RefreshFailed)
         if event.tenant_key is not None:
             heard.append(f"{type(event).__name__} {event.tenant_key}")
 

@@ -127,7 +127,7 @@ class GrantBook(abc.ABC):
     def grants(self, app: AppConfig) -> list[StoredGrant]:
         """Every live (not ended) grant of ``app``."""
 
-    def check_writable(self) -> None:
+    def check_writable(self) -> None:  # noqa: B027 - a hook: most books can always write
         """Raise ValueError (saying how to fix it) if this book cannot keep grants: a store
         without a key. Called before a login is redeemed."""
 
