@@ -77,21 +77,28 @@ def store_of(book: RedisGrants) -> RedisStore:
     return store
 
 
-def everything(redis_client: redis.Redis) -> dict[bytes, list[bytes]]:
-    """Every key of the server with every byte of its value (fields and members too)."""
+def contents(redis_client: redis.Redis, key: bytes | str) -> list[bytes]:
+    """Every byte of a key's value, in an order of their own (a hash's DUMP follows its table,
+    which rehashing reorders): a string, a hash's fields and values, a set's members."""
     client: Any = redis_client  # answers are bytes: the client does not decode them
-    found: dict[bytes, list[bytes]] = {}
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key)
-        if kind == b"string":
-            found[key] = [client.get(key) or b""]
-        elif kind == b"hash":
-            found[key] = [part for pair in client.hgetall(key).items() for part in pair]
-        elif kind == b"set":
-            found[key] = sorted(client.smembers(key))
-        else:
-            found[key] = [client.dump(key) or b""]
-    return found
+    kind = client.type(key)
+    if kind == b"string":
+        return [client.get(key) or b""]
+    if kind == b"hash":
+        return [part for pair in sorted(client.hgetall(key).items()) for part in pair]
+    if kind == b"set":
+        return sorted(client.smembers(key))
+    return [client.dump(key) or b""]
+
+
+def everything(client: redis.Redis) -> dict[bytes, list[bytes]]:
+    """Every key of the server with every byte of its value."""
+    return {key: contents(client, key) for key in cast(Any, client).scan_iter(count=1000)}
+
+
+def snapshot(client: redis.Redis, key: str) -> tuple[object, object, list[bytes]]:
+    """A key's type, lifetime and contents."""
+    return client.type(key), client.pttl(key), contents(client, key)
 
 
 def committed(book: RedisGrants, written: StoredGrant, *, expect: int | None = 0) -> int:
@@ -194,7 +201,7 @@ def test_a_grant_sealed_with_another_key_raises_store_key_error_and_stays_as_it_
 ) -> None:
     written = grant()
     committed(books(), written)
-    before = client.dump(ALICE.value)
+    before = snapshot(client, ALICE.value)
     stranger = books(key=OTHER_KEY)
 
     with pytest.raises(actors.StoreKeyError) as raised:
@@ -204,7 +211,7 @@ def test_a_grant_sealed_with_another_key_raises_store_key_error_and_stays_as_it_
 
     assert raised.value.store == stranger.name
     assert written.refresh_token is not None and written.refresh_token not in str(raised.value)
-    assert client.dump(ALICE.value) == before
+    assert snapshot(client, ALICE.value) == before
     assert books().read(APP, USER) is not None  # the right key still opens it
 
 
@@ -435,7 +442,7 @@ def test_an_unusable_grant_is_a_fault_read_as_none_and_a_new_login_replaces_it(
     assert book.lease(APP, USER, "holder-a", lease_ms=LEASE_MS) == 0
     damage, fault = GARBAGE[spoil]
     damage(client)
-    spoiled = client.dump(ALICE.value)
+    spoiled = snapshot(client, ALICE.value)
 
     assert book.read(APP, USER) is None
     assert book.grants(APP) == []
@@ -444,7 +451,7 @@ def test_an_unusable_grant_is_a_fault_read_as_none_and_a_new_login_replaces_it(
     assert book.commit(grant(), expect=version) is None
 
     assert store_faults(store_of(book)).get(fault, 0) >= 1, store_faults(store_of(book))
-    assert client.dump(ALICE.value) == spoiled  # a durable record: readers leave it as it is
+    assert snapshot(client, ALICE.value) == spoiled  # a durable record: readers leave it be
     login = grant()
     again = committed(book, login, expect=0)  # an unusable grant counts as none
     assert again > version and book.read(APP, USER) == dataclasses.replace(login, version=again)
