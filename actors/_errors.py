@@ -267,7 +267,7 @@ _TOKEN_SHAPED = re.compile(r"(?<![\w-])(?:[a-z]|ur)-\w[\w-]{15,}")
 # The value after a credential field's name, as JSON (``"app_secret": "…"``) or a form
 # (``app_secret=…``) would spell it: also caught when the value is cut short or not this app's.
 _SECRET_FIELD = re.compile(
-    r"""((?:app_secret|app_ticket|app_access_token|tenant_access_token)\\?["']?\s*[:=]\s*\\?["']?)"""
+    r"""((?:app_secret|app_ticket|app_access_token|tenant_access_token|client_secret|refresh_token|access_token|code_verifier|client_assertion)\\?["']?\s*[:=]\s*\\?["']?)"""
     r"""[^\s"'\\&,;}]+"""
 )
 

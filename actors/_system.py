@@ -30,6 +30,7 @@ from actors._source import TokenSource
 from actors._token_actor import TokenActor
 from actors._upstream import WorkerPool, tell
 from actors.feishu._client import FeishuAuthClient
+from actors.feishu._oauth import FeishuOAuth
 from actors.feishu._sockets import AbortableAdapter
 from actors.stores import Store, StoreHealth
 from actors.stores._grants import MemoryGrants
@@ -371,13 +372,12 @@ class _Process:
         self.generation = _fork.current()
         self.adapter: AbortableAdapter | None = None
         self.owned_session: requests.Session | None = None
-        source = system._source
-        if source is None:
-            session = system._session
-            if session is not None and forked:
-                _drop_inherited_connections(session)
-            source = self._feishu_client(session, policy)
-        oauth = getattr(source, "oauth", None)  # the default client's user-token side
+        session = system._session
+        if session is not None and forked:
+            _drop_inherited_connections(session)
+        session = self._session(session, policy)
+        source = system._source or FeishuAuthClient(session, timeout=policy.request_timeout)
+        oauth = FeishuOAuth(session, timeout=policy.request_timeout)  # user tokens: always HTTP
         book = store.grants() if store is not None else None
         if store is not None:
             # The shared tier wraps the source: the TokenActor stays the L1, unchanged.
@@ -449,16 +449,14 @@ class _Process:
 
         self.pool.submit(job)
 
-    def _feishu_client(
-        self, session: requests.Session | None, policy: RefreshPolicy
-    ) -> FeishuAuthClient:
+    def _session(self, session: requests.Session | None, policy: RefreshPolicy) -> requests.Session:
         if session is None:
             session = self.owned_session = requests.Session()
             # stop() shuts these sockets down, so no worker stays blocked in a read.
             self.adapter = AbortableAdapter(pool_maxsize=policy.max_concurrent_fetches + 1)
             session.mount("https://", self.adapter)
             session.mount("http://", self.adapter)
-        return FeishuAuthClient(session, timeout=policy.request_timeout)
+        return session
 
     def restarted(self, system: TokenSystem) -> _Process:
         """This system's own for this forked process, started now; one WARNING says so."""

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import requests
 import urllib3
@@ -55,9 +55,6 @@ from actors._source import Grant, TokenRequest
 from actors.feishu import _protocol as feishu
 from actors.feishu._sockets import Deadline, attempt_deadline
 
-if TYPE_CHECKING:
-    from actors.feishu._oauth import FeishuOAuth
-
 __all__ = ["FeishuAuthClient"]
 
 
@@ -72,16 +69,12 @@ R = TypeVar("R")
 
 
 class FeishuAuthClient:
-    """A :class:`~actors._source.TokenSource` over one pooled ``requests.Session``;
-    :attr:`oauth` speaks the user-token endpoints over the same session and timeout."""
+    """A :class:`~actors._source.TokenSource` over one pooled ``requests.Session`` (the
+    user-token endpoints are :class:`~actors.feishu._oauth.FeishuOAuth`'s, on the same one)."""
 
     def __init__(self, session: requests.Session, *, timeout: tuple[float, float]) -> None:
-        # Imported here: the OAuth client is built on this module's transport.
-        from actors.feishu._oauth import FeishuOAuth  # noqa: PLC0415
-
         self._session = session
         self._timeout = timeout
-        self.oauth: FeishuOAuth = FeishuOAuth(session, timeout=timeout)  # user tokens
 
     def fetch(self, request: TokenRequest) -> Grant:
         """One attempt at the token ``request`` names (marketplace: ticket or app token)."""

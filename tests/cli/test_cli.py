@@ -55,7 +55,7 @@ def test_help_is_available_for_every_command_and_exits_0(
     out = capsys.readouterr().out
     assert out.startswith(f"usage: lark-token-actors {' '.join(argv)}".rstrip())
     if not argv:
-        for command in ("demo", "token", "simulate", "report", "serve-metrics"):
+        for command in ("demo", "token", "simulate", "report", "serve-metrics", "keygen"):
             assert command in out
 
 

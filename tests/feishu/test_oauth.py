@@ -16,7 +16,6 @@ import requests
 import actors
 from actors._errors import REAUTHORIZATION_REASONS
 from actors.feishu import _protocol as feishu
-from actors.feishu._client import FeishuAuthClient
 from actors.feishu._oauth import (
     FeishuOAuth,
     UserTokens,
@@ -200,14 +199,6 @@ def test_user_info_names_the_user_the_token_belongs_to(
     assert oauth.user_info(app, bob.access_token) == BOB
 
 
-def test_the_auth_client_carries_an_oauth_client_on_its_own_session(
-    server: FakeFeishu, session: requests.Session, app: actors.AppConfig
-) -> None:
-    client = FeishuAuthClient(session, timeout=(1.0, 2.0))
-    tokens = login(server, client.oauth, app)
-    assert client.oauth.user_info(app, tokens.access_token) == ALICE
-
-
 class RecordingSession(requests.Session):
     """Records what every call would send, and fails it as a network error would."""
 
@@ -228,7 +219,7 @@ def test_every_call_has_the_timeout_follows_no_redirect_and_sends_the_documented
     app: actors.AppConfig,
 ) -> None:
     session = RecordingSession()
-    oauth = FeishuAuthClient(session, timeout=(3.05, 10.0)).oauth
+    oauth = FeishuOAuth(session, timeout=(3.05, 10.0))
     calls: list[Callable[[], object]] = [
         lambda: oauth.exchange_code(app, code="c0de", redirect_uri=REDIRECT, code_verifier="v1"),
         lambda: oauth.exchange_code(app, code="c0de", redirect_uri=REDIRECT, code_verifier=None),
