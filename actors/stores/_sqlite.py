@@ -1,4 +1,5 @@
-"""SqliteStore: tokens and app_tickets shared by the processes of one host through one file.
+"""SqliteStore: tokens, app_tickets and user grants shared by the processes of one host
+through one file.
 
 Every process keeps its own TokenActor (L1); the file is the shared L2, as Redis is for many
 hosts: :meth:`SqliteStore.wrap` puts the system's :class:`TokenSource` behind a
@@ -6,8 +7,8 @@ hosts: :meth:`SqliteStore.wrap` puts the system's :class:`TokenSource` behind a
 under a lease, the others wait for its value). What every shared store does for its system
 (one system per store, the ledger, the lease renewer, the listener thread, app_tickets) is
 :class:`~actors.stores._shared.SharedStore`'s; this store adds its connections
-(:class:`Database`) and the :class:`NoticeListener` that polls the notices table for other
-processes' invalidations.
+(:class:`Database`), the :class:`NoticeListener` that polls the notices table for other
+processes' invalidations, and :class:`SqliteGrants`, the user grants kept in the file.
 
 A locked or failing file never holds up a get: a write waits at most ``busy_timeout`` for the
 lock, and while writes fail the next ones do not wait at all; each process then fetches its own
@@ -18,6 +19,7 @@ where they are read (:mod:`actors.stores._sqlite_schema`) and an unusable one is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sqlite3
 import stat
@@ -27,13 +29,13 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar, cast
 
-from cryptography.fernet import Fernet
 from loguru import logger
 
 import actors.stores._layout as layout
 import actors.stores._sqlite_schema as schema
 from actors._config import AppConfig, TokenKind
-from actors.stores._base import StoreHealth
+from actors.stores._base import StoreHealth, credentials_digest
+from actors.stores._grants import FernetKeys, GrantBook, Sealer, StoredGrant, fernet_keys
 from actors.stores._layout import Keys
 from actors.stores._shared import Acquired, Ask, SharedStore, Unavailable
 
@@ -49,8 +51,6 @@ _IDLE_MAX = 8  # connections a store keeps open for reuse
 _SWEEP_EVERY = 60.0  # how often a listener deletes what nobody reads again
 _MIN_SQLITE = (3, 24, 0)  # upserts (INSERT ... ON CONFLICT DO UPDATE)
 
-FernetKeys = str | bytes | Sequence[str | bytes]
-
 
 class SqliteStore(SharedStore):
     """The shared token tier of one host: ``TokenSystem.start(app, store=SqliteStore(path))``.
@@ -63,8 +63,9 @@ class SqliteStore(SharedStore):
     Args:
         path: The database file (created if missing, in a folder that must exist).
         key: A Fernet key (``python -m actors keygen``), or a list of them (the first
-            encrypts, all decrypt), for the user grants the store keeps encrypted. A store
-            without a key serves app and tenant tokens.
+            encrypts, all decrypt), for the user grants the store keeps encrypted; default:
+            the ``FEISHU_TOKEN_KEY`` environment variable (keys separated by commas). A store
+            without a key serves app and tenant tokens, and keeps no user grant.
         busy_timeout: How long a write waits for the file's lock, in seconds; while writes
             fail, they do not wait at all (each process fetches its own tokens meanwhile).
         lease: How long a key's lease outlives its holder's last renewal, in seconds: the
@@ -108,6 +109,9 @@ class SqliteStore(SharedStore):
         self._busy_timeout = busy_timeout
         self._notice_poll = notice_poll
         self._db = Database(self.path, busy_timeout=busy_timeout, closed=self._closed)
+        self._grants = SqliteGrants(
+            self, Sealer(self._fernet_keys, owner=f"SqliteStore {self.path}")
+        )
 
     # --- the system's side ---------------------------------------------------------------------
 
@@ -123,6 +127,11 @@ class SqliteStore(SharedStore):
             ticket_poll=self.ticket_poll,
             notice_poll=self._notice_poll,
         )
+
+    def grants(self) -> SqliteGrants:
+        """The user grants kept in the file, their tokens encrypted with the store's key
+        (without one, :meth:`SqliteGrants.check_writable` says how to make one)."""
+        return self._grants
 
     def health(self) -> StoreHealth:
         """Whether the file's write lock can be taken now (within ``busy_timeout``, never
@@ -196,7 +205,7 @@ class SqliteStore(SharedStore):
 
     def release(self, keys: Keys, lease_id: str) -> None:
         try:
-            self._db.write(lambda conn: schema.release(conn, keys, lease_id))
+            self._db.write(lambda conn: schema.release(conn, keys.value, lease_id))
         except Unavailable:
             pass  # the lease lapses by itself
 
@@ -208,6 +217,136 @@ class SqliteStore(SharedStore):
             with contextlib.suppress(Unavailable):
                 self._db.write(lambda conn: schema.clear_ticket(conn, key))
         return ticket
+
+
+class SqliteGrants(GrantBook):
+    """The user grants of a :class:`SqliteStore`, in its file (``store.grants()``): every
+    operation is one transaction, and the tokens are sealed with the store's key. A row that
+    fails its check is counted in the store's ``faults`` and treated as absent (the next
+    commit overwrites it); one sealed with a key the store lacks raises
+    :class:`~actors._errors.StoreKeyError` and no operation changes or deletes it.
+
+    A commit names its app by app_id only: the book finds its configuration among the apps
+    the store served (every operation of the book serves its app)."""
+
+    def __init__(self, store: SqliteStore, sealer: Sealer) -> None:
+        self.name = sealer.owner
+        self._store = store
+        self._db = store._db
+        self._sealer = sealer
+
+    def check_writable(self) -> None:
+        self._sealer.check()
+
+    def read(self, app: AppConfig, user: str) -> StoredGrant | None:
+        at = self._at(app, user)
+        found = self._db.read(lambda conn: schema.read_grant(conn, at, self._sealer))
+        self._report(at, found.fault)
+        return found.grant
+
+    def lease(self, app: AppConfig, user: str, lease_id: str, *, lease_ms: int) -> int:
+        if not (isinstance(lease_id, str) and 0 < len(lease_id) <= 64):
+            msg = "a grant's lease id must be a string of 1 to 64 characters"
+            raise ValueError(msg)
+        most = schema.GRANT_LEASE_MAX_MS
+        if type(lease_ms) is not int or not 0 < lease_ms <= most:
+            msg = f"a grant's lease must last 1 to {most} ms, got {lease_ms!r}"
+            raise ValueError(msg)
+        key = self._at(app, user).lease
+        left, fault = self._db.write(
+            lambda conn: schema.lease_grant(conn, key, lease_id, lease_ms=lease_ms)
+        )
+        self._report(self._at(app, user), fault, what="user grant lease")
+        return left
+
+    def release(self, app: AppConfig, user: str, lease_id: str) -> None:
+        key = self._at(app, user).lease
+        try:
+            self._db.write(lambda conn: schema.release(conn, key, lease_id))
+        except Unavailable:
+            pass  # the lease lapses by itself
+
+    def begin(self, app: AppConfig, user: str, lease_id: str, *, version: int) -> bool:
+        return self._written(
+            self._at(app, user),
+            lambda conn, at: schema.begin_grant(
+                conn, at, self._sealer, lease_id=lease_id, version=version
+            ),
+        )
+
+    def commit(self, grant: StoredGrant, *, expect: int | None) -> int | None:
+        sealed = self._sealer.seal(grant.secrets())
+        if expect is not None and (type(expect) is not int or expect < 0):
+            msg = f"expect must be a version (an int >= 0) or None, got {expect!r}"
+            raise ValueError(msg)
+        at = self._at(self._config(grant.app_id), grant.open_id)
+        # As it is written: the version is the file's next, no rotation, not ended.
+        row = schema.columns(
+            dataclasses.replace(grant, version=1, rotating=None, ended=None), sealed
+        )
+        fault = layout.tokens_fault(grant.access_token, grant.refresh_token) or (
+            schema.columns_fault(row, app_id=grant.app_id)
+        )
+        if fault:
+            msg = f"{self.name} cannot keep this grant of {grant.app_id}: {fault}"
+            raise ValueError(msg)
+        return self._written(
+            at,
+            lambda conn, at: schema.commit_grant(conn, at, self._sealer, row=row, expect=expect),
+        )
+
+    def end(self, app: AppConfig, user: str, reason: str, *, expect: int) -> bool:
+        if schema.reason_fault(reason):
+            msg = f"a grant's end reason must be 1 to 64 printable ASCII characters, got {reason!r}"
+            raise ValueError(msg)
+        return self._written(
+            self._at(app, user),
+            lambda conn, at: schema.end_grant(conn, at, self._sealer, reason=reason, expect=expect),
+        )
+
+    def forget(self, app: AppConfig, user: str) -> bool:
+        return self._written(
+            self._at(app, user), lambda conn, at: schema.forget_grant(conn, at, self._sealer)
+        )
+
+    def grants(self, app: AppConfig) -> list[StoredGrant]:
+        at = self._at(app, "")
+        rows = self._db.read(
+            lambda conn: schema.list_grants(conn, at.digest, app.app_id, self._sealer)
+        )
+        live = []
+        for user, found in rows:
+            self._report(at._replace(open_id=user), found.fault)
+            if found.grant is not None:
+                live.append(found.grant)
+        return live
+
+    def _at(self, app: AppConfig, user: str) -> schema.GrantAt:
+        """Where ``user``'s grant of ``app`` is; the store remembers the app, for
+        :meth:`commit`."""
+        self._store.serves(app)
+        return schema.GrantAt(credentials_digest(app), app.app_id, user)
+
+    def _config(self, app_id: str) -> AppConfig:
+        with self._store._lock:
+            config = self._store._apps.get(app_id)
+        if config is None:
+            msg = f"{self.name} has not served app {app_id!r}: read its user's grant first"
+            raise ValueError(msg)
+        return config
+
+    def _written(
+        self,
+        at: schema.GrantAt,
+        op: Callable[[sqlite3.Connection, schema.GrantAt], tuple[_T, str]],
+    ) -> _T:
+        """``op`` in a write transaction; the fault it found in the user's row is reported."""
+        result, fault = self._db.write(lambda conn: op(conn, at))
+        self._report(at, fault)
+        return result
+
+    def _report(self, at: schema.GrantAt, fault: str, *, what: str = "user grant") -> None:
+        self._store.faults.report(f"grant:{at.app_id}:{at.open_id}", fault, what=what)
 
 
 class NoticeListener:
@@ -426,29 +565,6 @@ class _Connection:
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.db.close()
-
-
-def fernet_keys(key: object) -> tuple[bytes, ...]:
-    """``key`` (None, one Fernet key, or a non-empty list of them) as the keys' bytes; a
-    ValueError that says how to make one, and never quotes it, for anything else."""
-    if key is None:
-        return ()
-    keys = [key] if isinstance(key, str | bytes) else key
-    how = "a Fernet key (make one with: python -m actors keygen) or a non-empty list of them"
-    if not isinstance(keys, Sequence) or isinstance(keys, str | bytes) or not keys:
-        msg = f"SqliteStore key must be {how}"
-        raise ValueError(msg)
-    found = []
-    for index, each in enumerate(keys):
-        raw = each.encode() if isinstance(each, str) else each
-        try:
-            Fernet(raw)
-        except (ValueError, TypeError):
-            position = f" (item {index} of the list is not one)" if len(keys) > 1 else ""
-            msg = f"SqliteStore key must be {how}{position}"
-            raise ValueError(msg) from None
-        found.append(bytes(raw))
-    return tuple(found)
 
 
 def _check_path(path: object) -> str:

@@ -11,6 +11,16 @@ copied under another key is refused::
     leases  (key, holder, until_ms)                       the fetching process's lease, renewed
     tickets (key, ticket, owner, made_at_ms, expires_ms)  one row per app
     notices (id, digest, at_ms, notice)                   invalidation notices, oldest pruned
+    grants  (digest, open_id, app_id, scope, expires_at_ms, refresh_expires_at_ms,
+             granted_at_ms, version, rotating, ended, sealed)   one row per user of an app
+    counters (name, value)                                the last grant version written
+
+A user's grant is keyed by the app's credentials digest and the user's open_id; its rotation
+lease is a row of ``leases`` under ``grant:<digest>:<open_id>``. Its tokens are in ``sealed``
+only, encrypted (:class:`~actors.stores._grants.Sealer`); the rest is in the clear. Grant
+versions come from one counter for the whole file, so a version is never written twice, not
+even after the grant was deleted: a holder that read a forgotten grant cannot overwrite the
+next login's.
 
 Times are wall-clock Unix milliseconds: every process using the file runs on one host, so on
 one clock. Each operation reads the clock after it has the row (and, writing, the lock), so it
@@ -27,29 +37,47 @@ next write overwrites it, and the check's fault is reported by the store.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import actors.stores._layout as layout
+from actors.stores._grants import Sealer, StoredGrant
 from actors.stores._layout import Keys
 from actors.stores._shared import Acquired, Ask, wall_ms
 
 __all__ = [
     "APPLICATION_ID",
+    "GRANT_LEASE_MAX_MS",
     "LEASE_MAX_MS",
     "SCHEMA_VERSION",
+    "Columns",
+    "GrantAt",
+    "GrantRow",
     "SchemaRefused",
     "acquire",
+    "begin_grant",
+    "columns",
+    "columns_fault",
+    "commit_grant",
+    "end_grant",
+    "forget_grant",
+    "grant_row",
     "last_notice",
+    "lease_grant",
+    "list_grants",
     "notices_after",
     "peek",
     "prepare",
     "probe",
     "prune",
+    "read_grant",
     "read_ticket",
+    "reason_fault",
     "release",
     "renew",
     "write",
@@ -95,6 +123,24 @@ CREATE TABLE IF NOT EXISTS notices (
 );
 CREATE INDEX IF NOT EXISTS notices_by_digest ON notices (digest, at_ms);
 CREATE INDEX IF NOT EXISTS notices_by_time ON notices (at_ms);
+CREATE TABLE IF NOT EXISTS grants (
+    digest TEXT NOT NULL,
+    open_id TEXT NOT NULL,
+    app_id TEXT,
+    scope TEXT,
+    expires_at_ms INTEGER,
+    refresh_expires_at_ms INTEGER,
+    granted_at_ms INTEGER,
+    version INTEGER,
+    rotating INTEGER,
+    ended TEXT,
+    sealed BLOB,
+    PRIMARY KEY (digest, open_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY NOT NULL,
+    value INTEGER
+) WITHOUT ROWID;
 """
 
 
@@ -212,21 +258,38 @@ def _servable(stored: Stored, *, replaces: str, min_ms: int, since: int) -> Acqu
     return None
 
 
+def _lease_row(
+    conn: sqlite3.Connection, key: str, *, most_ms: int
+) -> tuple[str | None, int | None, str]:
+    """The lease at ``key``: its holder (None if there is none to respect), the ms it has
+    left (None if it lapsed), and why a lease row was not respected ('' if it was absent,
+    lapsed or live). A row claiming more than ``most_ms`` from now is not respected."""
+    found = conn.execute("SELECT holder, until_ms FROM leases WHERE key = ?", (key,)).fetchone()
+    now_ms = wall_ms()
+    if found is None:
+        return None, None, ""
+    holder, until_ms = found
+    if not isinstance(holder, str) or not 0 < len(holder) <= 64 or type(until_ms) is not int:
+        return None, None, "not a lease"
+    left = until_ms - now_ms
+    if left > most_ms:
+        return None, None, "lease out of bounds"
+    return holder, (left if left > 0 else None), ""
+
+
 def _live_lease(conn: sqlite3.Connection, keys: Keys) -> tuple[int | None, str]:
     """The ms left of another holder's lease (None if there is none to respect), and why a
     lease row was not respected ('' if it was absent, lapsed or live)."""
-    row = conn.execute("SELECT holder, until_ms FROM leases WHERE key = ?", (keys.value,))
-    found = row.fetchone()
-    now_ms = wall_ms()
-    if found is None:
-        return None, ""
-    holder, until_ms = found
-    if not isinstance(holder, str) or not 0 < len(holder) <= 64 or type(until_ms) is not int:
-        return None, "not a lease"
-    left = until_ms - now_ms
-    if left > LEASE_MAX_MS:
-        return None, "lease out of bounds"
-    return (left if left > 0 else None), ""
+    _, left, why = _lease_row(conn, keys.value, most_ms=LEASE_MAX_MS)
+    return left, why
+
+
+def _take_lease(conn: sqlite3.Connection, key: str, lease_id: str, lease_ms: int) -> None:
+    conn.execute(
+        "INSERT INTO leases (key, holder, until_ms) VALUES (?, ?, ?) ON CONFLICT (key) "
+        "DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms",
+        (key, lease_id, wall_ms() + lease_ms),
+    )
 
 
 def peek(
@@ -273,11 +336,7 @@ def acquire(conn: sqlite3.Connection, keys: Keys, ask: Ask, *, origin: str) -> t
         left, why = _live_lease(conn, keys)
         if left is not None:
             return Acquired("wait", "", left, stored.version), fault
-        conn.execute(
-            "INSERT INTO leases (key, holder, until_ms) VALUES (?, ?, ?) ON CONFLICT (key) "
-            "DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms",
-            (keys.value, ask.lease_id, wall_ms() + ask.lease_ms),
-        )
+        _take_lease(conn, keys.value, ask.lease_id, ask.lease_ms)
         return Acquired("lease", "", ask.lease_ms, stored.version), fault or why
 
 
@@ -325,10 +384,11 @@ def renew(conn: sqlite3.Connection, held: Sequence[tuple[Keys, str]], *, lease_m
         )
 
 
-def release(conn: sqlite3.Connection, keys: Keys, lease_id: str) -> None:
-    """Drop the lease if ``lease_id`` still holds it."""
+def release(conn: sqlite3.Connection, key: str, lease_id: str) -> None:
+    """Drop the lease at ``key`` (a token's value key, or a grant's lease key) if
+    ``lease_id`` still holds it."""
     with immediate(conn):
-        conn.execute("DELETE FROM leases WHERE key = ? AND holder = ?", (keys.value, lease_id))
+        conn.execute("DELETE FROM leases WHERE key = ? AND holder = ?", (key, lease_id))
 
 
 # --- app_tickets -------------------------------------------------------------------------------
@@ -456,3 +516,318 @@ def prune(conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM leases WHERE until_ms < ?", (now_ms - LEASE_MAX_MS,))
         conn.execute("DELETE FROM tickets WHERE expires_ms < ?", (now_ms,))
         conn.execute("DELETE FROM tokens WHERE expires_ms < ?", (now_ms - _DAY_MS,))
+
+
+# --- user grants -------------------------------------------------------------------------------
+
+# A grant lease claiming more than this from now is taken over (as LEASE_MAX_MS for tokens): a
+# rotation's lease is one attempt's deadline plus a few seconds.
+GRANT_LEASE_MAX_MS = 15 * 60_000
+_NAME_MAX = 256  # characters of an open_id
+_SCOPE_MAX = 8192  # bytes of a grant's scope, as JSON
+_REASON_MAX = 64  # characters of an ended grant's reason
+_SEALED_MAX = 4 * layout.MAX_VALUE_BYTES  # two tokens of at most MAX_TEXT, encrypted
+_FERNET_OVERHEAD = 57  # version, timestamp, IV and HMAC of a Fernet token (bytes)
+_VERSIONS = "grant version"  # the counter every grant version is drawn from
+
+
+class GrantAt(NamedTuple):
+    """Where a user's grant is: the app's credentials digest, its app_id, the user."""
+
+    digest: str
+    app_id: str
+    open_id: str
+
+    @property
+    def lease(self) -> str:
+        """The ``leases`` row of the user's rotation (a digest is 64 hex: no token key
+        looks so)."""
+        return f"grant:{self.digest}:{self.open_id}"
+
+
+class Columns(NamedTuple):
+    """A grant row's columns after ``digest``, in the table's order."""
+
+    open_id: object
+    app_id: object
+    scope: object
+    expires_at_ms: object
+    refresh_expires_at_ms: object
+    granted_at_ms: object
+    version: object
+    rotating: object
+    ended: object
+    sealed: object
+
+
+class GrantRow(NamedTuple):
+    """A grant row as read: the grant (None if absent or unusable), why the row is unusable
+    ('' if it is not), and the highest version it shows (0 for none): the next is above it."""
+
+    grant: StoredGrant | None
+    fault: str
+    top: int
+
+
+def columns(grant: StoredGrant, sealed: bytes | None) -> Columns:
+    """What ``grant`` is written as, its tokens ``sealed`` (None for an ended grant)."""
+    return Columns(
+        grant.open_id,
+        grant.app_id,
+        json.dumps(list(grant.scope)),
+        grant.expires_at_ms,
+        grant.refresh_expires_at_ms,
+        grant.granted_at_ms,
+        grant.version,
+        grant.rotating,
+        grant.ended,
+        sealed,
+    )
+
+
+def _bounded(column: str, most: int) -> str:
+    # Nothing larger than `most` is read into memory: its size says why it is refused.
+    size = f"length(CAST({column} AS BLOB))"
+    return f"{size}, CASE WHEN {size} <= {most} THEN {column} END"
+
+
+_LARGE = ("open_id", "app_id", "scope", "ended", "sealed")
+_LIMITS = {
+    "open_id": 4 * _NAME_MAX,
+    "app_id": 4 * _NAME_MAX,
+    "scope": _SCOPE_MAX,
+    "ended": _REASON_MAX,
+    "sealed": _SEALED_MAX,
+}
+_GRANT = "SELECT " + ", ".join(
+    _bounded(name, _LIMITS[name]) if name in _LARGE else name for name in Columns._fields
+)
+_PUT_GRANT = (
+    f"INSERT INTO grants (digest, {', '.join(Columns._fields)}) "
+    f"VALUES ({', '.join('?' * (len(Columns._fields) + 1))}) "
+    "ON CONFLICT (digest, open_id) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in Columns._fields[1:])
+)
+
+
+def _unpacked(row: Sequence[object]) -> tuple[Columns, bool]:
+    """A row as :data:`_GRANT` reads it: its columns, and whether one was too large."""
+    values: list[object] = []
+    too_large = False
+    at = iter(row)
+    for name in Columns._fields:
+        if name in _LARGE:
+            size, value = next(at), next(at)
+            too_large = too_large or (value is None and size is not None)
+            values.append(value)
+        else:
+            values.append(next(at))
+    return Columns(*values), too_large
+
+
+def _fernet_shaped(sealed: object) -> bool:
+    """Whether ``sealed`` can be a Fernet token at all: if not, it is not one some other key
+    opens, it is a broken row."""
+    if not isinstance(sealed, bytes) or not sealed:
+        return False
+    try:
+        raw = base64.urlsafe_b64decode(sealed)
+    except ValueError:
+        return False
+    body = len(raw) - _FERNET_OVERHEAD
+    return raw[:1] == b"\x80" and body > 0 and body % 16 == 0
+
+
+def reason_fault(reason: object) -> str:
+    """Why ``reason`` cannot be an ended grant's ('' if it can)."""
+    if layout.shareable(reason) and len(str(reason)) <= _REASON_MAX:
+        return ""
+    return "not a reason"
+
+
+def columns_fault(row: Columns, *, app_id: str) -> str:
+    """Why ``row`` cannot be a grant of ``app_id`` ('' if it can): every row read, and every
+    row before it is written."""
+    if not (layout.shareable(row.open_id) and len(str(row.open_id)) <= _NAME_MAX):
+        return "not a user"
+    if row.app_id != app_id:
+        return "written for another key"
+    if not _integer(row.version) or row.version == 0:
+        return "no version"
+    if not all(_integer(t) for t in (row.expires_at_ms, row.granted_at_ms)) or not (
+        row.refresh_expires_at_ms is None or _integer(row.refresh_expires_at_ms)
+    ):
+        return "not a time"
+    if not (row.rotating is None or _integer(row.rotating)):
+        return "not a rotation"
+    if row.ended is not None and reason_fault(row.ended):
+        return "not a reason"
+    if row.ended is None and not (
+        isinstance(row.sealed, bytes)
+        and len(row.sealed) <= _SEALED_MAX
+        and _fernet_shaped(row.sealed)
+    ):
+        return "no sealed tokens"
+    if _scope(row.scope) is None:
+        return "not a scope"
+    return ""
+
+
+def _scope(raw: object) -> tuple[str, ...] | None:
+    if not isinstance(raw, str) or len(raw.encode()) > _SCOPE_MAX:
+        return None
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, list) or not all(isinstance(each, str) for each in value):
+        return None
+    return tuple(value)
+
+
+def grant_row(row: Sequence[object], *, app_id: str, sealer: Sealer) -> GrantRow:
+    """The grant in ``row`` (as :data:`_GRANT` reads it), its tokens opened by ``sealer``:
+    raises :class:`~actors._errors.StoreKeyError` if they are sealed with a key it does not
+    have (the row is then left as it is by every operation)."""
+    found, too_large = _unpacked(row)
+    top = cast(int, found.version) if _integer(found.version) else 0
+    fault = "too large" if too_large else columns_fault(found, app_id=app_id)
+    if fault:
+        return GrantRow(None, fault, top)
+    access_token, refresh_token = "", None
+    if found.ended is None:
+        plain = sealer.open(cast(bytes, found.sealed))
+        try:
+            access_token, refresh_token = StoredGrant.opened(plain)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            return GrantRow(None, "sealed tokens malformed", top)
+        fault = layout.tokens_fault(access_token, refresh_token)
+        if fault:
+            return GrantRow(None, fault, top)
+    grant = StoredGrant(
+        app_id=app_id,
+        open_id=cast(str, found.open_id),
+        access_token=access_token,
+        refresh_token=refresh_token,
+        expires_at_ms=cast(int, found.expires_at_ms),
+        refresh_expires_at_ms=cast("int | None", found.refresh_expires_at_ms),
+        scope=cast("tuple[str, ...]", _scope(found.scope)),
+        granted_at_ms=cast(int, found.granted_at_ms),
+        version=top,
+        rotating=cast("int | None", found.rotating),
+        ended=cast("str | None", found.ended),
+    )
+    return GrantRow(grant, "", top)
+
+
+def read_grant(conn: sqlite3.Connection, at: GrantAt, sealer: Sealer) -> GrantRow:
+    """The grant at ``at`` (see :func:`grant_row`)."""
+    row = conn.execute(
+        f"{_GRANT} FROM grants WHERE digest = ? AND open_id = ?", (at.digest, at.open_id)
+    ).fetchone()
+    return GrantRow(None, "", 0) if row is None else grant_row(row, app_id=at.app_id, sealer=sealer)
+
+
+def list_grants(
+    conn: sqlite3.Connection, digest: str, app_id: str, sealer: Sealer
+) -> list[tuple[str, GrantRow]]:
+    """Every live grant row under ``digest``, each with the user it names ('?' for a name
+    that cannot be one)."""
+    rows = conn.execute(f"{_GRANT} FROM grants WHERE digest = ? AND ended IS NULL", (digest,))
+    found = []
+    for row in rows.fetchall():
+        user = row[1] if layout.shareable(row[1]) and len(row[1]) <= _NAME_MAX else "?"
+        found.append((user, grant_row(row, app_id=app_id, sealer=sealer)))
+    return found
+
+
+def lease_grant(
+    conn: sqlite3.Connection, key: str, lease_id: str, *, lease_ms: int
+) -> tuple[int, str]:
+    """Take (or, for its holder, extend) the lease at ``key``: (0, fault) if ``lease_id``
+    holds it now, else (the ms the holder's lease has left, '')."""
+    with immediate(conn):
+        holder, left, why = _lease_row(conn, key, most_ms=GRANT_LEASE_MAX_MS)
+        if left is not None and holder != lease_id:
+            return left, ""
+        _take_lease(conn, key, lease_id, lease_ms)
+        return 0, why
+
+
+def begin_grant(
+    conn: sqlite3.Connection, at: GrantAt, sealer: Sealer, *, lease_id: str, version: int
+) -> tuple[bool, str]:
+    """Mark grant ``version`` as rotating, if ``lease_id`` holds a live lease on it and it is
+    still the stored one: (whether it was marked, the row's fault)."""
+    with immediate(conn):
+        holder, left, _ = _lease_row(conn, at.lease, most_ms=GRANT_LEASE_MAX_MS)
+        stored = read_grant(conn, at, sealer)
+        if holder != lease_id or left is None or stored.grant is None:
+            return False, stored.fault
+        if stored.grant.version != version:
+            return False, ""
+        conn.execute(
+            "UPDATE grants SET rotating = ? WHERE digest = ? AND open_id = ?",
+            (version, at.digest, at.open_id),
+        )
+        return True, ""
+
+
+def commit_grant(
+    conn: sqlite3.Connection, at: GrantAt, sealer: Sealer, *, row: Columns, expect: int | None
+) -> tuple[int | None, str]:
+    """Write ``row`` (the grant at ``at``; its version replaced by the file's next) if the
+    stored grant's version is ``expect`` (0: none or an unusable row; None: any): (the new
+    version or None, the stored row's fault)."""
+    with immediate(conn):
+        stored = read_grant(conn, at, sealer)
+        current = stored.grant.version if stored.grant is not None else 0
+        if expect is not None and current != expect:
+            return None, stored.fault
+        version = _next_version(conn, stored.top)
+        conn.execute(_PUT_GRANT, (at.digest, *row._replace(version=version)))
+        return version, stored.fault
+
+
+def end_grant(
+    conn: sqlite3.Connection, at: GrantAt, sealer: Sealer, *, reason: str, expect: int
+) -> tuple[bool, str]:
+    """Mark grant ``expect`` ended for ``reason``, its tokens erased, if it is still the
+    stored one: (whether it was, the row's fault)."""
+    with immediate(conn):
+        stored = read_grant(conn, at, sealer)
+        if stored.grant is None or stored.grant.version != expect:
+            return False, stored.fault
+        ended = dataclasses.replace(
+            stored.grant,
+            access_token="",
+            refresh_token=None,
+            version=_next_version(conn, stored.top),
+            rotating=None,
+            ended=reason,
+        )
+        conn.execute(_PUT_GRANT, (at.digest, *columns(ended, None)))
+        return True, ""
+
+
+def forget_grant(conn: sqlite3.Connection, at: GrantAt, sealer: Sealer) -> tuple[bool, str]:
+    """Delete the grant at ``at`` (not one sealed with a key ``sealer`` lacks: that raises
+    first): (whether a usable one was there, the row's fault)."""
+    with immediate(conn):
+        stored = read_grant(conn, at, sealer)
+        conn.execute("DELETE FROM grants WHERE digest = ? AND open_id = ?", (at.digest, at.open_id))
+        return stored.grant is not None, stored.fault
+
+
+def _next_version(conn: sqlite3.Connection, top: int) -> int:
+    """The next grant version of the file: above every one written before (the counter) and
+    above ``top`` (the row's own, should the counter be damaged)."""
+    found = conn.execute("SELECT value FROM counters WHERE name = ?", (_VERSIONS,)).fetchone()
+    last = found[0] if found is not None and _integer(found[0]) else 0
+    version = max(last, top) + 1
+    conn.execute(
+        "INSERT INTO counters (name, value) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (_VERSIONS, version),
+    )
+    return int(version)
