@@ -382,6 +382,8 @@ class _Process:
         if store is not None:
             # The shared tier wraps the source: the TokenActor stays the L1, unchanged.
             source = store.wrap(source, policy)  # ValueError if it serves another system
+            for app in system._apps.values():
+                store.serves(app)  # its grant book names apps by app_id
         self.closed = threading.Event()
         self.users = UserSource(
             source,

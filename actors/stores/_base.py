@@ -83,6 +83,10 @@ class Store(abc.ABC):
         msg = f"{type(self).__name__} cannot be reopened in a forked process"
         raise NotImplementedError(msg)
 
+    def serves(self, app: AppConfig) -> None:  # noqa: B027 - a hook: most stores need no list
+        """The system serves ``app``: a store that names apps by app_id (its grant book, its
+        tickets) remembers the config. Called once per app while the system starts."""
+
     def grants(self) -> GrantBook | None:
         """Where this store keeps user grants (``actors.stores._grants.GrantBook``), durably and
         shared by every process using it; None (this default) for a store that keeps none (the

@@ -61,20 +61,26 @@ class StoredGrant:
     ended: str | None = None
 
     def secrets(self) -> bytes:
-        """The tokens, as the bytes a :class:`Sealer` seals."""
-        return json.dumps([self.access_token, self.refresh_token]).encode()
+        """The tokens, as the bytes a :class:`Sealer` seals, bound to whose they are: a sealed
+        value moved to another user's record does not open there."""
+        return json.dumps(
+            [self.access_token, self.refresh_token, self.app_id, self.open_id]
+        ).encode()
 
     @staticmethod
-    def opened(raw: bytes) -> tuple[str, str | None]:
-        """(access_token, refresh_token) from :meth:`secrets`' bytes; ValueError if malformed."""
+    def opened(raw: bytes, *, app_id: str, open_id: str) -> tuple[str, str | None]:
+        """(access_token, refresh_token) from :meth:`secrets`' bytes, if they are the tokens of
+        ``app_id``'s user ``open_id``; ValueError if malformed or another grant's."""
         value = json.loads(raw)
         if (
             not isinstance(value, list)
-            or len(value) != 2
+            or len(value) != 4
             or not isinstance(value[0], str)
             or not (value[1] is None or isinstance(value[1], str))
         ):
             raise ValueError("sealed grant secrets are malformed")
+        if value[2:] != [app_id, open_id]:
+            raise ValueError("sealed grant secrets belong to another grant")
         return value[0], value[1]
 
 

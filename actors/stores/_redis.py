@@ -397,7 +397,7 @@ class RedisGrants(GrantBook):
         if not fields["ended"]:
             plain = self._sealer.open(fields["sealed"].encode())  # StoreKeyError: left as is
             try:
-                access, refresh = StoredGrant.opened(plain)
+                access, refresh = StoredGrant.opened(plain, app_id=at.app.app_id, open_id=at.user)
             except ValueError:
                 self._report(at.keys.value, "sealed tokens malformed")
                 return None

@@ -698,7 +698,9 @@ def grant_row(row: Sequence[object], *, app_id: str, sealer: Sealer) -> GrantRow
     if found.ended is None:
         plain = sealer.open(cast(bytes, found.sealed))
         try:
-            access_token, refresh_token = StoredGrant.opened(plain)
+            access_token, refresh_token = StoredGrant.opened(
+                plain, app_id=app_id, open_id=cast(str, found.open_id)
+            )
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             return GrantRow(None, "sealed tokens malformed", top)
         fault = layout.tokens_fault(access_token, refresh_token)

@@ -5,6 +5,7 @@ the persistence warning, a failing Redis and unusable values. What every GrantBo
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 import threading
 import time
@@ -120,7 +121,8 @@ def test_a_grant_is_one_hash_with_its_tokens_sealed_and_no_ttl(
     stored: dict[bytes, bytes] = cast(Any, client).hgetall(ALICE.value)
     fields = {k.decode(): v.decode() for k, v in stored.items()}
     assert set(fields) == set(layout.GRANT_FIELDS)
-    opened = StoredGrant.opened(Fernet(KEY).decrypt(fields.pop("sealed").encode()))
+    sealed = Fernet(KEY).decrypt(fields.pop("sealed").encode())
+    opened = StoredGrant.opened(sealed, app_id=APP.app_id, open_id=USER)
     assert opened == (written.access_token, written.refresh_token)
     assert fields == {
         "v": "2",
@@ -461,12 +463,16 @@ SEALED_GARBAGE = {
     "not two tokens": (b"[1, 2, 3]", "sealed tokens malformed"),
     "not json": (b"u-abc", "sealed tokens malformed"),
     "a token with a space": (
-        b'["u a", null]',
+        json.dumps(["u a", None, APP_ID, USER]).encode(),
         "sealed not an access token",
     ),
     "a refresh token with a newline": (
-        b'["u-a", "ur-\\n"]',
+        json.dumps(["u-a", "ur-\n", APP_ID, USER]).encode(),
         "sealed not a refresh token",
+    ),
+    "another user's tokens": (
+        json.dumps(["u-bob", "ur-bob", APP_ID, "ou_bob"]).encode(),
+        "sealed tokens malformed",
     ),
 }
 

@@ -5,6 +5,7 @@ file, and rows that are not grants."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -193,7 +194,11 @@ def _fields(found: StoredGrant) -> dict[str, Any]:
 # --- rows that are not grants --------------------------------------------------------------------
 
 SEALED_JUNK = Fernet(KEY).encrypt(b"not the tokens")
-SEALED_BAD_TOKEN = Fernet(KEY).encrypt(b'["u-a b\\r\\n", null]')
+SEALED_BAD_TOKEN = Fernet(KEY).encrypt(
+    json.dumps(["u-a b\r\n", None, APP.app_id, "ou_alice"]).encode()
+)
+# Another user's tokens, sealed with the right key: moved into this row, they must not open.
+SEALED_BOBS = Fernet(KEY).encrypt(json.dumps(["u-bob", "ur-bob", APP.app_id, "ou_bob"]).encode())
 BAD_ROWS: dict[str, tuple[str, tuple[object, ...], str]] = {
     "a scope that is not JSON": ("UPDATE grants SET scope = 'docs'", (), "not a scope"),
     "a scope of numbers": ("UPDATE grants SET scope = '[1, 2]'", (), "not a scope"),
@@ -223,6 +228,11 @@ BAD_ROWS: dict[str, tuple[str, tuple[object, ...], str]] = {
         "too large",
     ),
     "sealed junk": ("UPDATE grants SET sealed = ?", (SEALED_JUNK,), "sealed tokens malformed"),
+    "another user's sealed tokens": (
+        "UPDATE grants SET sealed = ?",
+        (SEALED_BOBS,),
+        "sealed tokens malformed",
+    ),
     "a sealed header injection": (
         "UPDATE grants SET sealed = ?",
         (SEALED_BAD_TOKEN,),
