@@ -211,13 +211,23 @@ class UserSource:
                 raise UpstreamError(None, None, 1, detail="the grant changed under the lease")
         except Unavailable:
             return self._rotate_unshared(app, user, request)
+        self.reached("sending")
         try:
             tokens = self._need_oauth().refresh(app, stored.refresh_token or "", user=user)
         except ReauthorizationRequired as refused:
             return self._refused(stored, refused)
+        self.reached("answered")
         wall_ms = self._wall_ms()
         new = _stored(app, user, tokens, now_ms=wall_ms, granted_at_ms=stored.granted_at_ms)
-        return self._grant(self._held.commit(new, expect=stored.version))
+        saved = self._held.commit(new, expect=stored.version)
+        self.reached("committed")
+        return self._grant(saved)
+
+    def reached(self, point: str) -> None:
+        """A rotation under the lease reached ``point``: ``sending`` (the rotation is recorded
+        in progress, the refresh token not sent yet), ``answered`` (Feishu's answer is here,
+        not committed), ``committed``. Nothing happens; a test that kills the process at one
+        of them replaces this method."""
 
     def _rotate_unshared(self, app: AppConfig, user: str, request: TokenRequest) -> Grant:
         """The book does not answer: rotate the grant this process knows (the TokenActor makes
