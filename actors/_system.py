@@ -390,6 +390,7 @@ class _Process:
             apps=system._apps,
             oauth=oauth,
             book=MemoryGrants() if book is None else book,
+            store=store,
             policy=policy,
             clock=clock,
             closed=self.closed,

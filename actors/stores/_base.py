@@ -87,6 +87,16 @@ class Store(abc.ABC):
         """The system serves ``app``: a store that names apps by app_id (its grant book, its
         tickets) remembers the config. Called once per app while the system starts."""
 
+    def handed(self, token: str) -> None:  # noqa: B027 - a hook: a store without notices
+        """``token`` went to this process's cache from the grant book (a user token): a notice
+        from another process about it reaches this one too."""
+
+    def announce(self, token: str) -> bool:
+        """Tell every other process to stop serving ``token`` (its user logged out); whether a
+        notice went out (this default: a store that sends none)."""
+        del token
+        return False
+
     def grants(self) -> GrantBook | None:
         """Where this store keeps user grants (``actors.stores._grants.GrantBook``), durably and
         shared by every process using it; None (this default) for a store that keeps none (the

@@ -75,6 +75,7 @@ __all__ = [
     "channel",
     "check_prefix",
     "made_at_ms",
+    "notice",
     "parse_notice",
     "shareable",
     "ticket_key",
@@ -224,6 +225,12 @@ class Notice(NamedTuple):
 
 _DIGEST = re.compile("[0-9a-f]{64}")
 MAX_NOTICE_BYTES = 512
+
+
+def notice(digest: str, *, origin: str, version: int = -1) -> str:
+    """An invalidation notice as every process reads it (:func:`parse_notice`); version -1:
+    not tied to a key's version (a token found dead, a user logged out)."""
+    return json.dumps({"v": 2, "digest": digest, "origin": origin, "ver": version})
 
 
 def parse_notice(data: object) -> Notice | None:

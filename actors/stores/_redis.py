@@ -189,6 +189,14 @@ class RedisStore(SharedStore):
         self.faults.report(key, _text(fault), what="app_ticket")
         return bool(written)
 
+    def _post_notice(self, digest: str) -> None:
+        channel, client, notice = (
+            self._channel,
+            self._client,
+            layout.notice(digest, origin=self._id),
+        )
+        self._link.run(lambda: client.publish(channel, notice))
+
     def _failing(self) -> bool:
         return not self._breaker.closed
 

@@ -188,6 +188,11 @@ class SharedStore(Store):
         ``ttl_ms``: whether it was written; raises :class:`Unavailable`."""
 
     @abc.abstractmethod
+    def _post_notice(self, digest: str) -> None:
+        """Post an invalidation notice of the token with this digest, from this store, to
+        every process (not tied to a key's version); raises :class:`Unavailable`."""
+
+    @abc.abstractmethod
     def _failing(self) -> bool:
         """Whether the store is skipped for now (its backend failed) rather than asked."""
 
@@ -279,6 +284,22 @@ class SharedStore(Store):
         if not written:
             self._log.debug("app_ticket of {} not shared: the store holds a newer one", app_id)
         return written
+
+    def handed(self, token: str) -> None:
+        """``token`` went to this process's cache from elsewhere than the shared tier (a user's
+        grant): another process's notice about it reaches this one too."""
+        self._ledger.handed(token)
+
+    def announce(self, token: str) -> bool:
+        """Tell every other process to stop serving ``token`` (a user logged out): whether the
+        notice went out."""
+        digest = token_digest(token)
+        self._ledger.note_dead(digest, -1)
+        try:
+            self._post_notice(digest)
+        except Unavailable:
+            return False
+        return True
 
     def serves(self, app: AppConfig) -> None:
         """Remember ``app``'s config, for calls that name it by app_id only."""

@@ -170,6 +170,9 @@ class SqliteStore(SharedStore):
         self.faults.report(key, fault, what="app_ticket")
         return written
 
+    def _post_notice(self, digest: str) -> None:
+        self._db.write(lambda conn: schema.post_notice(conn, digest, self._id, -1))
+
     def _failing(self) -> bool:
         return self._db.failing
 

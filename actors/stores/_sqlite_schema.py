@@ -72,6 +72,7 @@ __all__ = [
     "list_grants",
     "notices_after",
     "peek",
+    "post_notice",
     "prepare",
     "probe",
     "prune",
@@ -321,7 +322,7 @@ def acquire(conn: sqlite3.Connection, keys: Keys, ask: Ask, *, origin: str) -> t
                 "UPDATE tokens SET token = NULL WHERE key = ? AND token = ?",
                 (keys.value, ask.invalidate),
             )
-            _post_notice(conn, ask.digest, origin, stored.version)
+            post_notice(conn, ask.digest, origin, stored.version)
             stored = _stored_token(conn, keys)
         fault = stored.fault
         if fault:
@@ -473,7 +474,7 @@ def clear_ticket(conn: sqlite3.Connection, key: str) -> None:
 # --- notices -----------------------------------------------------------------------------------
 
 
-def _post_notice(conn: sqlite3.Connection, digest: str, origin: str, version: int) -> None:
+def post_notice(conn: sqlite3.Connection, digest: str, origin: str, version: int) -> None:
     """One notice per token within NOTICE_TTL_MS; the old and the surplus ones go."""
     now_ms = wall_ms()
     recent = conn.execute(
@@ -482,7 +483,7 @@ def _post_notice(conn: sqlite3.Connection, digest: str, origin: str, version: in
     ).fetchone()
     if recent is not None:
         return
-    notice = json.dumps({"v": 2, "digest": digest, "origin": origin, "ver": version})
+    notice = layout.notice(digest, origin=origin, version=version)
     conn.execute(
         "INSERT INTO notices (digest, at_ms, notice) VALUES (?, ?, ?)", (digest, now_ms, notice)
     )

@@ -41,6 +41,7 @@ from actors.users._held import HeldGrants
 
 if TYPE_CHECKING:
     from actors.feishu._oauth import FeishuOAuth, UserTokens
+    from actors.stores import Store
 
 __all__ = ["UserSource"]
 
@@ -63,6 +64,7 @@ class UserSource:
         apps: Mapping[str, AppConfig],
         oauth: FeishuOAuth | None,
         book: GrantBook,
+        store: Store | None = None,
         policy: RefreshPolicy,
         clock: Clock,
         closed: threading.Event,
@@ -71,6 +73,7 @@ class UserSource:
         self._apps = apps
         self._oauth = oauth
         self._book = book
+        self._store = store  # whose notices reach this process, and carry its logouts
         self._clock = clock
         self._closed = closed
         self._lease_ms = round((sum(policy.request_timeout) + _LEASE_SLACK) * 1000)
@@ -119,12 +122,16 @@ class UserSource:
         return self.user_grant(saved), self._grant(saved)
 
     def forget(self, app: AppConfig, user: str) -> bool:
+        known = self._held.known(app.app_id, user)
         unsaved = self._held.drop(app.app_id, user)
         try:
-            return self._book.forget(app, user) or unsaved
+            forgotten = self._book.forget(app, user) or unsaved
         except Unavailable:
             detail = "the store did not answer; the grant was not removed from it"
             raise UpstreamError(None, None, 1, detail=detail) from None
+        if known is not None and known.access_token and self._store is not None:
+            self._store.announce(known.access_token)  # the other processes drop it too
+        return forgotten
 
     def grants(self, app: AppConfig) -> list[StoredGrant]:
         """The live grants the book keeps for ``app`` (what this process rotated and could not
@@ -311,6 +318,8 @@ class UserSource:
 
     def _grant(self, grant: StoredGrant) -> Grant:
         """What the TokenActor caches: remaining lifetimes, counted on this process's clock."""
+        if self._store is not None:
+            self._store.handed(grant.access_token)
         wall_ms = self._wall_ms()
         refresh = grant.refresh_expires_at_ms
         return Grant(
