@@ -22,14 +22,29 @@ pipes) or until its parent process changes. Control routes sit beside Feishu's, 
 - ``POST /_fake/tickets`` ``{"app_id"}``: a new current app_ticket for a marketplace app;
 - ``POST /_fake/latency`` ``{"seconds", "tenant_key": null}``: every request's latency, or that
   of one tenant's token requests;
-- ``POST /_fake/reset``: forget the recorded requests and the concurrency peaks.
+- ``POST /_fake/reset``: forget the recorded requests and the concurrency peaks;
+- ``POST /_fake/users`` ``{"open_id", "name": null, "tenant_key": "fake-tenant"}``: add a test
+  user (the first one added is signed in);
+- ``POST /_fake/codes`` ``{"app_id", "redirect_uri", "user": null, "scope": ["offline_access"],
+  "code_challenge": null}``: an authorization code, as the authorize page redirects with;
+- ``POST /_fake/lifetimes`` ``{"access_token", "refresh_token", "code", "grant"}`` (each
+  optional): lifetimes in seconds of what is issued from now on;
+- ``GET /_fake/oauth[?app_id=]``: the grants' chains: ``refresh_reuses``, per user the
+  ``rotations``, the code ``exchanges`` and whether the grant is ``alive`` (of ``app_id``, or of
+  any app), and every ``redemption`` (at, on the server's clock, path, app_id, user,
+  grant_type, code, reuse);
+- ``POST /_fake/hold`` ``{"kind": "any", "app_id": null, "tenant_key": null}``: hold matching
+  requests before they are answered (``{"hold": id}``); ``GET /_fake/holds`` lists each hold's
+  ``waiting`` requests; ``POST /_fake/release`` ``{"hold": id}`` lets them through.
 
-:class:`FakeFeishuProcess` runs the command from Python and wraps these routes.
+:class:`FakeFeishuProcess` runs the command from Python and wraps these routes; its
+:attr:`~FakeFeishuProcess.oauth` has the names of ``FakeFeishu.oauth``'s.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import json
 import os
@@ -39,24 +54,28 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
 from typing import Any, Self
 
 from actors._clock import SystemClock
 from actors.testing._business import BusinessServer
 from actors.testing._fake_feishu import FakeFeishu
-from actors.testing._replies import Exchange, Headers, RecordedRequest, Reply, dump_json
+from actors.testing._oauth import Redemption
+from actors.testing._replies import Exchange, Gate, Headers, RecordedRequest, Reply, dump_json
 
-__all__ = ["FakeFeishuProcess", "main"]
+__all__ = ["FakeFeishuProcess", "ProcessGate", "ProcessOAuth", "main"]
 
 CONTROL = "/_fake/"
 _STOP_GRACE = 10.0  # seconds a stopping server may take before it exits regardless
 _PARENT_POLL = 0.5
+_CODE = "authorization_code"
+_GATE_POLL = 0.01
 
 
 class _NoRoute(Exception):
@@ -69,6 +88,8 @@ class _Control:
     def __init__(self, fake: FakeFeishu, clock: SystemClock) -> None:
         self.fake = fake
         self.clock = clock
+        self._holds: dict[int, Gate] = {}
+        self._lock = threading.Lock()
 
     def handle(
         self, path: str, raw: bytes, *, method: str = "POST", headers: Headers = ()
@@ -88,9 +109,17 @@ class _Control:
 
     def _answer(self, method: str, name: str, query: str, raw: bytes) -> dict[str, Any]:
         fake = self.fake
+        params = {k: v[-1] for k, v in urllib.parse.parse_qs(query).items()}
         if (method, name) == ("GET", "stats"):
-            params = {k: v[-1] for k, v in urllib.parse.parse_qs(query).items()}
             return _stats(fake, self.clock.now(), params)
+        if (method, name) == ("GET", "oauth"):
+            return _oauth_stats(fake, params.get("app_id"))
+        if (method, name) == ("GET", "holds"):
+            with self._lock:
+                holds = sorted(self._holds.items())
+            return {
+                "holds": [{"hold": n, "waiting": g.waiting, "open": g.is_open} for n, g in holds]
+            }
         if method != "POST":
             raise _NoRoute(f"no control route {method} {CONTROL}{name}")
         body = json.loads(raw or b"{}")
@@ -108,7 +137,47 @@ class _Control:
         if name == "reset":
             fake.reset_stats()
             return {}
-        raise _NoRoute(f"no control route {method} {CONTROL}{name}")
+        return self._steer(name, body)
+
+    def _steer(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The user-token side and the holds."""
+        oauth = self.fake.oauth
+        if name == "users":
+            oauth.add_user(
+                str(body["open_id"]),
+                name=_optional_str(body, "name"),
+                tenant_key=str(body.get("tenant_key", "fake-tenant")),
+            )
+            return {}
+        if name == "codes":
+            code = oauth.issue_code(
+                str(body["app_id"]),
+                str(body["redirect_uri"]),
+                user=_optional_str(body, "user"),
+                scope=[str(s) for s in body.get("scope", ["offline_access"])],
+                code_challenge=_optional_str(body, "code_challenge"),
+            )
+            return {"code": code}
+        if name == "lifetimes":
+            given = {k: body.get(k) for k in ("access_token", "refresh_token", "code", "grant")}
+            oauth.set_lifetimes(**{k: float(v) for k, v in given.items() if v is not None})
+            return {}
+        if name == "hold":
+            gate = self.fake.hold(
+                str(body.get("kind", "any")),
+                app_id=_optional_str(body, "app_id"),
+                tenant_key=_optional_str(body, "tenant_key"),
+            )
+            with self._lock:
+                number = len(self._holds) + 1
+                self._holds[number] = gate
+            return {"hold": number}
+        if name == "release":
+            with self._lock:
+                released = self._holds[int(body["hold"])]
+            released.release()
+            return {}
+        raise _NoRoute(f"no control route POST {CONTROL}{name}")
 
 
 def _stats(fake: FakeFeishu, now: float, params: dict[str, str]) -> dict[str, Any]:
@@ -132,6 +201,30 @@ def _stats(fake: FakeFeishu, now: float, params: dict[str, str]) -> dict[str, An
         "max_in_flight": fake.max_in_flight,
         "max_in_flight_per_key": fake.max_in_flight_per_key,
     }
+
+
+def _oauth_stats(fake: FakeFeishu, app_id: str | None) -> dict[str, Any]:
+    oauth = fake.oauth
+    redemptions = oauth.redemptions
+    users = sorted({r.user for r in redemptions if r.user is not None})
+    exchanges = Counter(r.user for r in redemptions if r.grant_type == _CODE and r.code == 0)
+    return {
+        "refresh_reuses": oauth.refresh_reuses,
+        "users": {
+            user: {
+                "rotations": oauth.rotations(user),
+                "exchanges": exchanges[user],
+                "alive": oauth.grant_alive(user, app_id=app_id),
+            }
+            for user in users
+        },
+        "redemptions": [dataclasses.asdict(r) for r in redemptions],
+    }
+
+
+def _optional_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    return None if value is None else str(value)
 
 
 class _PortServer(BusinessServer):
@@ -174,9 +267,10 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the fake Feishu on loopback; prints its URL",
         description="Serve the fake Feishu auth server on loopback and print its URL (one line). "
-        f"Control routes: GET {CONTROL}stats, POST {CONTROL}apps, {CONTROL}tickets, "
-        f"{CONTROL}latency, {CONTROL}reset. Stops on SIGTERM, SIGINT and, when stdin is a pipe, "
-        "at its EOF.",
+        f"Control routes: GET {CONTROL}stats, {CONTROL}oauth, {CONTROL}holds; POST "
+        f"{CONTROL}apps, {CONTROL}tickets, {CONTROL}latency, {CONTROL}reset, {CONTROL}users, "
+        f"{CONTROL}codes, {CONTROL}lifetimes, {CONTROL}hold, {CONTROL}release. Stops on "
+        "SIGTERM, SIGINT and, when stdin is a pipe, at its EOF.",
     )
     serve.add_argument("--port", type=int, default=0, help="TCP port (default 0: a free one)")
     serve.add_argument("--host", type=_loopback, default="127.0.0.1", help="a loopback address")
@@ -299,6 +393,7 @@ class FakeFeishuProcess:
         self._startup_timeout = startup_timeout
         self._process: subprocess.Popen[str] | None = None
         self._base_url: str | None = None
+        self.oauth = ProcessOAuth(self._call)
 
     @property
     def base_url(self) -> str:
@@ -388,6 +483,14 @@ class FakeFeishuProcess:
     def reset_stats(self) -> None:
         self._call("POST", "reset", {})
 
+    def hold(
+        self, kind: str = "any", *, app_id: str | None = None, tenant_key: str | None = None
+    ) -> ProcessGate:
+        """Block every matching request before it is answered, until the gate is released
+        (as :meth:`FakeFeishu.hold`)."""
+        body = {"kind": kind, "app_id": app_id, "tenant_key": tenant_key}
+        return ProcessGate(self._call, int(self._call("POST", "hold", body)["hold"]))
+
     def _call(self, method: str, route: str, body: object = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base_url + CONTROL + route, data, method=method)
@@ -401,6 +504,106 @@ class FakeFeishuProcess:
                 detail = exc.reason
             raise RuntimeError(f"FakeFeishuProcess: {method} {route}: {detail}") from None
         return answer
+
+
+_Call = Callable[[str, str, object], dict[str, Any]]
+
+
+class ProcessOAuth:
+    """The user-token side of a :class:`FakeFeishuProcess` (its ``oauth``), with the names of
+    ``FakeFeishu.oauth``'s: each is one call of the control routes."""
+
+    def __init__(self, call: _Call) -> None:
+        self._call = call
+
+    def add_user(
+        self, open_id: str, *, name: str | None = None, tenant_key: str = "fake-tenant"
+    ) -> None:
+        """Register a test user; the first one added is signed in."""
+        self._call("POST", "users", {"open_id": open_id, "name": name, "tenant_key": tenant_key})
+
+    def issue_code(
+        self,
+        app_id: str,
+        redirect_uri: str,
+        *,
+        user: str | None = None,
+        scope: Iterable[str] = ("offline_access",),
+        code_challenge: str | None = None,
+    ) -> str:
+        """An authorization code for ``user`` (default: the signed-in one)."""
+        body = {"app_id": app_id, "redirect_uri": redirect_uri, "user": user, "scope": list(scope)}
+        body["code_challenge"] = code_challenge
+        return str(self._call("POST", "codes", body)["code"])
+
+    def set_lifetimes(
+        self,
+        *,
+        access_token: float | None = None,
+        refresh_token: float | None = None,
+        code: float | None = None,
+        grant: float | None = None,
+    ) -> None:
+        """Lifetimes in seconds of what is issued from now on."""
+        body = {"access_token": access_token, "refresh_token": refresh_token}
+        self._call("POST", "lifetimes", body | {"code": code, "grant": grant})
+
+    def stats(self, *, app_id: str | None = None) -> dict[str, Any]:
+        """``GET /_fake/oauth`` (see the module's documentation)."""
+        query = "" if app_id is None else "?" + urllib.parse.urlencode({"app_id": app_id})
+        return self._call("GET", "oauth" + query, None)
+
+    @property
+    def refresh_reuses(self) -> int:
+        """Refresh tokens presented after they were already redeemed (each answered 20064)."""
+        return int(self.stats()["refresh_reuses"])
+
+    def rotations(self, open_id: str | None = None) -> int:
+        """Successful refreshes (of ``open_id``'s grants, or of all)."""
+        users = self.stats()["users"]
+        picked = users.values() if open_id is None else [users.get(open_id, {})]
+        return sum(int(user.get("rotations", 0)) for user in picked)
+
+    def exchanges(self, open_id: str) -> int:
+        """Codes of ``open_id`` redeemed: the logins Feishu saw."""
+        return int(self.stats()["users"].get(open_id, {}).get("exchanges", 0))
+
+    def grant_alive(self, open_id: str, *, app_id: str | None = None) -> bool:
+        """Whether ``open_id`` still holds a redeemable refresh token (of ``app_id``, or of any
+        app)."""
+        return bool(self.stats(app_id=app_id)["users"].get(open_id, {}).get("alive", False))
+
+    @property
+    def redemptions(self) -> list[Redemption]:
+        """Every token-endpoint request the fake answered itself, in order."""
+        return [Redemption(**r) for r in self.stats()["redemptions"]]
+
+
+class ProcessGate:
+    """A hold in a :class:`FakeFeishuProcess` (as :class:`~actors.testing.Gate`)."""
+
+    def __init__(self, call: _Call, number: int) -> None:
+        self._call = call
+        self._number = number
+
+    def release(self) -> None:
+        """Let every blocked and future matching request through."""
+        self._call("POST", "release", {"hold": self._number})
+
+    @property
+    def waiting(self) -> int:
+        """How many requests are blocked on this gate right now."""
+        holds = self._call("GET", "holds", None)["holds"]
+        return next(int(h["waiting"]) for h in holds if h["hold"] == self._number)
+
+    def wait_for_waiting(self, n: int, *, timeout: float = 5.0) -> bool:
+        """Poll until at least ``n`` requests are blocked here; False if ``timeout`` ran out."""
+        deadline = time.monotonic() + timeout
+        while self.waiting < n:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_GATE_POLL)
+        return True
 
 
 def _first_line(process: subprocess.Popen[str], timeout: float) -> str:
