@@ -78,6 +78,10 @@ class AppConfig:
     app_secret: str = dataclasses.field(repr=False)
     app_type: AppType = dataclasses.field(default=AppType.SELF_BUILT, kw_only=True)
     base_url: str = dataclasses.field(default=FEISHU, kw_only=True)
+    # Where user tokens are redeemed: "v3" (the accounts host's /oauth/v3/token, what the SDKs
+    # use) or "v2" (base_url's /open-apis/authen/v2/oauth/token, e.g. behind a proxy that
+    # forwards only base_url); docs/feishu-protocol.md, "User access tokens".
+    user_token_endpoint: str = dataclasses.field(default="v3", kw_only=True)
 
     def __post_init__(self) -> None:
         if not isinstance(self.app_id, str) or not self.app_id.strip():
@@ -93,6 +97,10 @@ class AppConfig:
             raise ValueError(msg) from None
         object.__setattr__(self, "app_type", app_type)
         object.__setattr__(self, "base_url", _checked_base_url(self.base_url))
+        if self.user_token_endpoint not in ("v3", "v2"):
+            endpoint = self.user_token_endpoint
+            msg = f"AppConfig.user_token_endpoint must be 'v3' or 'v2', got {endpoint!r}"
+            raise ValueError(msg)
 
     @classmethod
     def from_env(
@@ -135,7 +143,12 @@ class AppConfig:
     def __repr__(self) -> str:
         return (
             f"AppConfig(app_id={self.app_id!r}, app_secret={mask_secret(self.app_secret)!r}, "
-            f"app_type={self.app_type.value!r}, base_url={self.base_url!r})"
+            f"app_type={self.app_type.value!r}, base_url={self.base_url!r}"
+            + (
+                f", user_token_endpoint={self.user_token_endpoint!r})"
+                if self.user_token_endpoint != "v3"
+                else ")"
+            )
         )
 
 

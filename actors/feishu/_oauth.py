@@ -108,9 +108,15 @@ class FeishuOAuth:
     attempt and blocks (call it from a worker thread)."""
 
     def __init__(
-        self, session: requests.Session, *, timeout: tuple[float, float], version: str = "v3"
+        self,
+        session: requests.Session,
+        *,
+        timeout: tuple[float, float],
+        version: str | None = None,
     ) -> None:
-        if version not in _VERSIONS:
+        """``version``: the token endpoint every app uses; None (default): each app's own
+        ``AppConfig.user_token_endpoint``."""
+        if version is not None and version not in _VERSIONS:
             raise ValueError(f"FeishuOAuth: version must be 'v3' or 'v2', got {version!r}")
         self._session = session
         self._timeout = timeout
@@ -143,7 +149,7 @@ class FeishuOAuth:
         return _settled(_attempt(self._user_info, bearer))
 
     def _redeem(self, ask: _Ask) -> UserTokens:
-        url = token_endpoint(ask.app, version=self._version)
+        url = token_endpoint(ask.app, version=self._version or ask.app.user_token_endpoint)
         answer = _send(self._session.post, url, self._timeout, _HEADERS, body=ask.form.body)
         return _tokens(ask, *answer)
 

@@ -10,7 +10,7 @@ import pytest
 
 import actors
 from actors.testing import FakeFeishu, Reply, oauth_error
-from tests.conftest import APP_ID, SystemFactory
+from tests.conftest import APP_ID, SECRET, SystemFactory
 from tests.users.conftest import DAY, REDIRECT, TIMEOUT, login
 
 USER = actors.TokenKind.USER
@@ -249,3 +249,18 @@ def test_authorize_url_goes_to_the_apps_accounts_host_and_always_asks_for_offlin
         assert real.authorize_url(REDIRECT, state="s").startswith(
             "https://accounts.larksuite.com/open-apis/authen/v1/authorize?"
         )
+
+
+def test_an_app_may_redeem_user_tokens_on_the_v2_endpoint(
+    make_system: SystemFactory, server: FakeFeishu
+) -> None:
+    app = actors.AppConfig(APP_ID, SECRET, base_url=server.base_url, user_token_endpoint="v2")
+    system = make_system(app)
+    login(system, server)
+    system.proxy.invalidate(user_token(system)).get(timeout=TIMEOUT)
+    assert user_token(system)
+    paths = {r.path for r in server.oauth.redemptions}
+    assert paths == {"/open-apis/authen/v2/oauth/token"}
+    assert "user_token_endpoint='v2'" in repr(app)
+    with pytest.raises(ValueError, match="user_token_endpoint"):
+        actors.AppConfig(APP_ID, SECRET, user_token_endpoint="v1")
