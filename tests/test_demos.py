@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -73,6 +74,18 @@ def test_event_server_demo_gets_a_marketplace_token_through_a_pushed_ticket() ->
     assert "event decrypted, signature and token checked" in result.stdout
     assert "the endpoint answered HTTP 200" in result.stdout
     assert "(accepted by Feishu: True)" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_user_login_demo_logs_in_and_is_still_logged_in_after_a_restart() -> None:
+    result = run_demo("user_login.py")
+    assert result.returncode == 0, result.stderr
+    assert "browser: GET app /callback?code=…&state=… -> 400" in result.stdout
+    assert "Feishu saw 0 code exchanges: the forged code was never sent" in result.stdout
+    assert result.stdout.count("page: Calendars of ou_alice: Alice (primary)") == 2
+    assert "Feishu saw 0 authorize visits and 0 token requests" in result.stdout
+    # Tokens, codes and refresh tokens are 32 hex digits on the fake: none is printed.
+    assert re.search("[0-9a-f]{16}", result.stdout) is None
     assert "Traceback" not in result.stderr
 
 
