@@ -31,6 +31,7 @@ from actors._errors import StoreKeyError as StoreKeyError
 from actors._errors import SystemStoppedError as SystemStoppedError
 from actors._errors import TokenError as TokenError
 from actors._errors import UpstreamError as UpstreamError
+from actors._events import GrantExpiring as GrantExpiring
 from actors._events import ReauthorizationNeeded as ReauthorizationNeeded
 from actors._events import RefreshFailed as RefreshFailed
 from actors._events import TokenRefreshed as TokenRefreshed
@@ -74,6 +75,7 @@ __all__ = [
     "FeishuAuth",
     "GetToken",
     "Grant",
+    "GrantExpiring",
     "KindMetrics",
     "LatencySummary",
     "ManualClock",

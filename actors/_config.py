@@ -175,6 +175,8 @@ class RefreshPolicy:
     # A stored user grant whose refresh token expires within this is rotated although nobody
     # reads it, so an idle user is not logged out when the refresh token's ~7 days run out.
     user_keepalive_lead: float = 86400.0
+    # GrantExpiring is published this long before a grant reaches Feishu's 365-day limit.
+    user_reauthorize_notice: float = 7 * 86400.0
     report_interval: float | None = None  # log the performance report this often (INFO)
     seed: int | None = None
 
@@ -190,6 +192,7 @@ class RefreshPolicy:
             "ticket_wait",
             "idle_ttl",
             "user_keepalive_lead",
+            "user_reauthorize_notice",
         ):
             value = getattr(self, name)
             if not _finite(value) or value < 0:

@@ -20,6 +20,7 @@ from actors._errors import plain_traceback
 
 __all__ = [
     "EventHub",
+    "GrantExpiring",
     "ReauthorizationNeeded",
     "RefreshEvent",
     "RefreshFailed",
@@ -71,7 +72,18 @@ class ReauthorizationNeeded:
     reason: str
 
 
-RefreshEvent = TokenRefreshed | RefreshFailed | ReauthorizationNeeded
+@dataclasses.dataclass(frozen=True, slots=True)
+class GrantExpiring:
+    """A user's grant nears Feishu's 365-day limit: no refresh succeeds after
+    ``reauthorize_by`` (on the system clock), so have them log in again before then. Published
+    once per grant and process, ``RefreshPolicy.user_reauthorize_notice`` ahead."""
+
+    app_id: str
+    user: str
+    reauthorize_by: float
+
+
+RefreshEvent = TokenRefreshed | RefreshFailed | ReauthorizationNeeded | GrantExpiring
 Subscriber = Callable[[RefreshEvent], Any] | pykka.ActorRef[Any]
 
 

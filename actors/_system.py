@@ -385,19 +385,20 @@ class _Process:
             for app in system._apps.values():
                 store.serves(app)  # its grant book names apps by app_id
         self.closed = threading.Event()
+        self.events = EventHub()
         self.users = UserSource(
             source,
             apps=system._apps,
             oauth=oauth,
             book=MemoryGrants() if book is None else book,
             store=store,
+            events=self.events,
             policy=policy,
             clock=clock,
             closed=self.closed,
         )
         self.store = store
         self.pending = PendingFutures()
-        self.events = EventHub()
         self._unsubscribe: dict[int, Callable[[], None]] = {}
         for subscriber in system._subscribers:
             self.subscribe(subscriber)

@@ -25,6 +25,7 @@ PUBLIC_SURFACE = [
     "actors.FeishuAuth",
     "actors.GetToken",
     "actors.Grant",
+    "actors.GrantExpiring",
     "actors.KindMetrics",
     "actors.LARK",
     "actors.LatencySummary",

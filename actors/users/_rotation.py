@@ -33,10 +33,11 @@ from loguru import logger
 from actors._clock import Clock, wall_time
 from actors._config import AppConfig, RefreshPolicy, TokenKind
 from actors._errors import ReauthorizationRequired, SystemStoppedError, UpstreamError
+from actors._events import EventHub, GrantExpiring
 from actors._source import Grant, TokenRequest, TokenSource
 from actors.stores._grants import GrantBook, MemoryGrants, StoredGrant
 from actors.stores._shared import Unavailable
-from actors.users._grant import UserGrant
+from actors.users._grant import GRANT_LIFETIME, UserGrant
 from actors.users._held import HeldGrants
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class UserSource:
         oauth: FeishuOAuth | None,
         book: GrantBook,
         store: Store | None = None,
+        events: EventHub | None = None,
         policy: RefreshPolicy,
         clock: Clock,
         closed: threading.Event,
@@ -74,6 +76,9 @@ class UserSource:
         self._oauth = oauth
         self._book = book
         self._store = store  # whose notices reach this process, and carry its logouts
+        self._events = events
+        self._notice_ms = round(policy.user_reauthorize_notice * 1000)
+        self._told: set[tuple[str, str, int]] = set()  # grants GrantExpiring was published for
         self._clock = clock
         self._closed = closed
         self._lease_ms = round((sum(policy.request_timeout) + _LEASE_SLACK) * 1000)
@@ -321,6 +326,13 @@ class UserSource:
         if self._store is not None:
             self._store.handed(grant.access_token)
         wall_ms = self._wall_ms()
+        ends_ms = grant.granted_at_ms + round(GRANT_LIFETIME * 1000)
+        if ends_ms - wall_ms <= self._notice_ms and self._events is not None:
+            told = (grant.app_id, grant.open_id, grant.granted_at_ms)
+            if told not in self._told:
+                self._told.add(told)
+                by = self._clock.now() + (ends_ms - wall_ms) / 1000
+                self._events.publish(GrantExpiring(grant.app_id, grant.open_id, by))
         refresh = grant.refresh_expires_at_ms
         return Grant(
             grant.access_token,

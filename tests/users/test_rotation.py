@@ -264,3 +264,24 @@ def test_an_app_may_redeem_user_tokens_on_the_v2_endpoint(
     assert "user_token_endpoint='v2'" in repr(app)
     with pytest.raises(ValueError, match="user_token_endpoint"):
         actors.AppConfig(APP_ID, SECRET, user_token_endpoint="v1")
+
+
+def test_a_grant_nearing_the_365_day_limit_is_announced_once_ahead_of_it(
+    make_system: SystemFactory,
+    app: actors.AppConfig,
+    server: FakeFeishu,
+    clock: actors.ManualClock,
+) -> None:
+    system = make_system(app)
+    heard: list[actors.GrantExpiring] = []
+    system.subscribe(lambda e: heard.append(e) if isinstance(e, actors.GrantExpiring) else None)
+    grant = login(system, server)
+    run_for(system, clock, 357 * DAY)  # kept alive all along, nobody reading
+    assert heard == []
+    # The first rotation within the week before the limit tells (keep-alive rotates weekly).
+    run_for(system, clock, 5 * DAY)
+    assert len(heard) == 1
+    assert (heard[0].app_id, heard[0].user) == (APP_ID, "ou_alice")
+    assert heard[0].reauthorize_by == pytest.approx(grant.reauthorize_by, abs=1.0)
+    run_for(system, clock, 2 * DAY)
+    assert len(heard) == 1
