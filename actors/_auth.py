@@ -1,12 +1,14 @@
 """The invalid-token policy the HTTP integrations share (``requests``, ``httpx``, ``lark-oapi``).
 
 Feishu reports an invalid access token (99991663 / 99991664 / 99991671) in the JSON body of the
-answer, with HTTP 200 or 400 alike, so a 401-based retry never fires. The policy, written once in
-:func:`exchange`: get the token, send, read the answer only as far as needed to see its ``code``;
-on an invalid-token code, invalidate exactly the token that was sent (compare-and-invalidate: a
-token another request already replaced is left alone) and send once more with a fresh token,
-never more. Other codes (99991672 missing scope, ...) and answers without one (a gateway's HTML
-502, a download) come back untouched.
+answer, with HTTP 200 or 400 alike, so a 401-based retry never fires; a user access token is
+refused with codes of its own as well (99991668 invalid, 99991677 expired: :func:`invalid_codes`).
+The policy, written once in :func:`exchange`: get the token, send, read the answer only as far as
+needed to see its ``code``; on an invalid-token code of the kind sent, invalidate exactly the
+token that was sent (compare-and-invalidate: a token another request already replaced is left
+alone; for a user token the next get rotates the grant, once) and send once more with a fresh
+token, never more. Other codes (99991672 missing scope, ...) and answers without one (a
+gateway's HTML 502, a download) come back untouched.
 
 Three checks bound what the policy trusts: the first two are steps of :func:`exchange`, the
 third is in :func:`may_carry_code` and :func:`code_of`, which every front reads answers with.
@@ -42,7 +44,7 @@ from urllib.parse import urlsplit
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
-from actors._config import AppConfig, TokenKind, _loopback
+from actors._config import AppConfig, TokenKind, _loopback, resolve_app, resolve_key
 from actors.feishu import _protocol as feishu
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ __all__ = [
     "CODE_PREFIX",
     "TOKEN_INVALID_CODES",
     "TOKEN_TIMEOUT",
+    "USER_TOKEN_INVALID_CODES",
     "AnsweredFrom",
     "Fetch",
     "Hosts",
@@ -70,6 +73,7 @@ __all__ = [
     "body_start",
     "code_of",
     "exchange",
+    "invalid_codes",
     "is_json",
     "is_token_invalid",
     "may_carry_code",
@@ -83,6 +87,13 @@ A = TypeVar("A")  # an answer, as the integration's client returns it
 X = TypeVar("X")  # what an integration's send gives for a token (a request to yield, an answer)
 
 TOKEN_INVALID_CODES: frozenset[int] = feishu.TOKEN_INVALID_CODES
+# A user token is refused with the codes of the user-token table's business rows, and with the
+# access-token codes above, which keep their meaning for it (99991671: not shaped like a token).
+USER_TOKEN_INVALID_CODES: frozenset[int] = TOKEN_INVALID_CODES | frozenset(
+    code
+    for code, row in feishu.USER_TOKEN_CODES.items()
+    if row.rule is feishu.UserRule.TOKEN_INVALID
+)
 
 # How long an integration waits for the system to give or invalidate a token, unless told: time
 # for a cold get's upstream request on a working network, short of hanging a caller for good.
@@ -96,9 +107,16 @@ _BEARER = "Bearer "
 CODE_PREFIX = 64 * 1024
 
 
-def is_token_invalid(code: object) -> bool:
-    """Whether a Feishu ``code`` means "this access token is invalid: refetch and retry once"."""
-    return isinstance(code, int) and not isinstance(code, bool) and code in TOKEN_INVALID_CODES
+def invalid_codes(kind: TokenKind) -> frozenset[int]:
+    """The codes that say a token of ``kind`` sent to a business API is invalid."""
+    return USER_TOKEN_INVALID_CODES if kind is TokenKind.USER else TOKEN_INVALID_CODES
+
+
+def is_token_invalid(code: object, *, kind: TokenKind = TokenKind.TENANT) -> bool:
+    """Whether a Feishu ``code`` means "this access token is invalid: refetch and retry once"
+    for a token of ``kind`` (a user token's 99991668 / 99991677 too; a tenant or app token is
+    never taken for invalid on a user token's code)."""
+    return isinstance(code, int) and not isinstance(code, bool) and code in invalid_codes(kind)
 
 
 def response_code(body: object) -> object:
@@ -295,9 +313,11 @@ _FETCH = Fetch()
 _REWIND = Rewind()
 
 
-def exchange(hosts: Hosts, url: str) -> Generator[Step, Any, None]:
-    """One request to ``url`` under the policy, as the steps it needs done; the last answer is
-    final."""
+def exchange(
+    hosts: Hosts, url: str, *, kind: TokenKind = TokenKind.TENANT
+) -> Generator[Step, Any, None]:
+    """One request to ``url`` with a token of ``kind`` under the policy, as the steps it needs
+    done; the last answer is final."""
     if not hosts.allows(url):
         yield Send(None)  # not the app's host: no token, and its answer is not ours to judge
         return
@@ -305,7 +325,7 @@ def exchange(hosts: Hosts, url: str) -> Generator[Step, Any, None]:
     answer = yield Send(token)
     if not hosts.allows((yield AnsweredFrom(answer))):
         return  # a redirect ended on another host: its word on our token is not taken
-    if not is_token_invalid((yield ReadCode(answer))):
+    if not is_token_invalid((yield ReadCode(answer)), kind=kind):
         return
     yield Invalidate(token)
     if (yield _REWIND):
@@ -317,10 +337,10 @@ def exchange(hosts: Hosts, url: str) -> Generator[Step, Any, None]:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TokenTarget:
-    """Which token an integration sends (``kind``, tenant and app, from the system's ``proxy``),
-    to which ``hosts`` (none unless told), and how long each wait for the system may take: a get
-    or an invalidation raises ``pykka.Timeout`` (blocking) or ``TimeoutError`` (awaited) after
-    ``timeout`` seconds."""
+    """Which token an integration sends (``kind``, tenant, app and ``user``, from the system's
+    ``proxy``), to which ``hosts`` (none unless told), and how long each wait for the system may
+    take: a get or an invalidation raises ``pykka.Timeout`` (blocking) or ``TimeoutError``
+    (awaited) after ``timeout`` seconds."""
 
     proxy: TokenProxy
     kind: TokenKind = TokenKind.TENANT
@@ -328,15 +348,39 @@ class TokenTarget:
     app_id: str | None = None
     timeout: float = TOKEN_TIMEOUT
     hosts: Hosts = Hosts()
+    user: str | None = None  # the open_id, for TokenKind.USER only
+
+    @classmethod
+    def of(
+        cls,
+        system: TokenSystem,
+        kind: TokenKind = TokenKind.TENANT,
+        *,
+        tenant_key: str | None = None,
+        app_id: str | None = None,
+        user: str | None = None,
+        timeout: float = TOKEN_TIMEOUT,
+        hosts: Iterable[str] = (),
+    ) -> TokenTarget:
+        """The target of a get with these arguments, sent to the app's own origin and the
+        ``hosts`` listed (:meth:`Hosts.of`). Arguments a get would refuse (``user=`` missing for
+        ``TokenKind.USER`` or given for another kind, an unknown app, ...) are refused here with
+        ``ValueError``, before any request is made."""
+        app = app_of(system, app_id)
+        key = resolve_key(system.apps, kind, tenant_key, app_id, user)
+        own = Hosts.of(app.base_url, hosts)
+        return cls(system.proxy, key.kind, tenant_key, app_id, timeout, own, user)
 
     def get(self) -> str:
-        future = self.proxy.get_token(self.kind, tenant_key=self.tenant_key, app_id=self.app_id)
+        future = self.proxy.get_token(
+            self.kind, tenant_key=self.tenant_key, app_id=self.app_id, user=self.user
+        )
         return future.get(timeout=self.timeout)
 
     async def aget(self) -> str:
         async with asyncio.timeout(self.timeout):
             return await self.proxy.aget_token(
-                self.kind, tenant_key=self.tenant_key, app_id=self.app_id
+                self.kind, tenant_key=self.tenant_key, app_id=self.app_id, user=self.user
             )
 
     def invalidate(self, token: str) -> None:
@@ -360,7 +404,7 @@ class TokenTarget:
         takes that send's answer back. ``answered_from`` says which URL an answer came from,
         ``read_code`` reads its code, ``rewind`` readies the body for a resend
         (:class:`Rewind`)."""
-        steps = exchange(self.hosts, url)
+        steps = exchange(self.hosts, url, kind=self.kind)
         reply: object = None  # a generator starts on None
         while (step := _next(steps, reply)) is not None:
             if isinstance(step, Send):
@@ -385,7 +429,7 @@ class TokenTarget:
         rewind: Callable[[], bool],
     ) -> AsyncGenerator[X, A]:
         """:meth:`flow` for coroutines: the token and the code are awaited."""
-        steps = exchange(self.hosts, url)
+        steps = exchange(self.hosts, url, kind=self.kind)
         reply: object = None  # a generator starts on None
         while (step := _next(steps, reply)) is not None:
             if isinstance(step, Send):
@@ -438,21 +482,13 @@ async def arun(flow: AsyncGenerator[Awaitable[A], A]) -> A:
 
 def app_of(system: TokenSystem, app_id: str | None) -> AppConfig:
     """The app of ``system`` a call names (``None``: the only one); ValueError if none is."""
-    apps = system.apps
-    if app_id is None:
-        if len(apps) != 1:
-            msg = f"app_id is required: this system serves {len(apps)} apps"
-            raise ValueError(msg)
-        return next(iter(apps.values()))
-    if app_id not in apps:
-        msg = f"unknown app_id {app_id!r}; this system serves: {', '.join(apps)}"
-        raise ValueError(msg)
-    return apps[app_id]
+    return resolve_app(system.apps, app_id)
 
 
 class TokenAuth:
-    """The constructor the HTTP client auths share: which token they send for ``system``, and
-    to which hosts: the app's own (its ``base_url``'s) and the ``hosts`` listed."""
+    """The constructor the HTTP client auths share: which token they send for ``system`` (a
+    user's with ``TokenKind.USER`` and ``user=open_id``), and to which hosts: the app's own (its
+    ``base_url``'s) and the ``hosts`` listed."""
 
     def __init__(
         self,
@@ -461,8 +497,16 @@ class TokenAuth:
         *,
         tenant_key: str | None = None,
         app_id: str | None = None,
+        user: str | None = None,
         hosts: Iterable[str] = (),
         timeout: float = TOKEN_TIMEOUT,
     ) -> None:
-        own = Hosts.of(app_of(system, app_id).base_url, hosts)
-        self._target = TokenTarget(system.proxy, kind, tenant_key, app_id, timeout, own)
+        self._target = TokenTarget.of(
+            system,
+            kind,
+            tenant_key=tenant_key,
+            app_id=app_id,
+            user=user,
+            timeout=timeout,
+            hosts=hosts,
+        )

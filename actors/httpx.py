@@ -2,10 +2,10 @@
 ``httpx.Auth`` for ``httpx.AsyncClient`` and ``httpx.Client`` alike (``actors.AsyncFeishuAuth``).
 
 The same contract as :class:`actors.FeishuAuth` for ``requests``: a bearer token from the
-TokenSystem, sent to the app's own host only; an invalid-token code in the JSON body (HTTP 200
-or 400 alike) invalidates exactly the token sent and the request goes once more with a fresh
-token, never more, if its body can be sent again. With ``httpx.AsyncClient`` the token is
-awaited without blocking the event loop; with ``httpx.Client`` it is fetched blocking.
+TokenSystem (a user's too), sent to the app's own host only; an invalid-token code in the JSON
+body (HTTP 200 or 400 alike) invalidates exactly the token sent and the request goes once more
+with a fresh token, never more, if its body can be sent again. With ``httpx.AsyncClient`` the
+token is awaited without blocking the event loop; with ``httpx.Client`` it is fetched blocking.
 """
 
 from __future__ import annotations
@@ -54,6 +54,10 @@ class FeishuAuth(TokenAuth, httpx.Auth):
     where the token may go); an unknown one is refused with ``ValueError`` here, as is a
     ``hosts`` entry that is not a host or an origin, or is ``http://`` beyond loopback.
     ``timeout`` bounds each wait for the system (a get, an invalidation) in seconds.
+
+    ``FeishuAuth(system, TokenKind.USER, user=open_id)`` sends that user's access token, and
+    recovers from its 99991668 / 99991677 with one rotation, as :class:`actors.FeishuAuth` for
+    ``requests`` does.
 
     Example::
 

@@ -4,8 +4,10 @@ The SDK keeps its own token cache unless told otherwise, and silently fetches a 
 when a call forgets to pass one. :func:`lark_client` builds a ``lark_oapi.Client`` in
 manual-token mode *without* the app secret, so the SDK can neither fetch nor cache a token: a
 call without a token fails loudly instead. :func:`call` and :func:`acall` pass the system's
-token in a ``RequestOption`` and, when the answer is an invalid-token code (99991663 / 99991664
-/ 99991671), invalidate exactly that token and call once more, never more.
+token in a ``RequestOption`` (a user's as its ``user_access_token``, with ``TokenKind.USER`` and
+``user=open_id``) and, when the answer is an invalid-token code (99991663 / 99991664 / 99991671;
+for a user token 99991668 / 99991677 too), invalidate exactly that token (a user's grant is
+rotated once) and call once more, never more.
 
 The policy's checks (``actors._auth``) hold here too. The token goes to the app's domain only:
 a request whose ``uri`` names another host (a hand-built ``lark_oapi.BaseRequest`` passed to
@@ -23,6 +25,10 @@ Example::
 
     client = lark_client(system)
     response = call(system, client.im.v1.chat.list, ListChatRequest.builder().build())
+    calendars = call(
+        system, client.calendar.v4.calendar.list, ListCalendarRequest.builder().build(),
+        TokenKind.USER, user=open_id,
+    )
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import lark_oapi
 
-from actors._auth import TOKEN_TIMEOUT, Hosts, TokenTarget, app_of, arun, run
+from actors._auth import TOKEN_TIMEOUT, TokenTarget, app_of, arun, run
 from actors._config import AppConfig, AppType, TokenKind
 
 if TYPE_CHECKING:
@@ -100,24 +106,27 @@ def call(
     *,
     tenant_key: str | None = None,
     app_id: str | None = None,
+    user: str | None = None,
     timeout: float = TOKEN_TIMEOUT,
 ) -> R:
     """``method(request, option)`` with the system's token; once more after an invalid token.
 
     ``method`` is one of the SDK's blocking methods (``client.im.v1.chat.list``, ...); its
     coroutine twin (``alist``) is refused with ``TypeError`` before anything is sent: await
-    :func:`acall` for those. ``timeout`` bounds each wait for the system (a get, an
-    invalidation) in seconds, as ``get_token(...).get(timeout=...)`` does.
+    :func:`acall` for those. ``kind``, ``tenant_key``, ``app_id`` and ``user`` name the token
+    as for ``get_token`` (``user=`` is required for ``TokenKind.USER`` and refused for the
+    other kinds with ``ValueError``, before anything is sent). ``timeout`` bounds each wait for
+    the system (a get, an invalidation) in seconds, as ``get_token(...).get(timeout=...)`` does.
     """
     if _is_async(method):
         msg = f"lark.call: {_name(method)} is a coroutine function; await lark.acall(...) with it"
         raise TypeError(msg)
-    app = app_of(system, app_id)
-    target = TokenTarget(system.proxy, kind, tenant_key, app_id, timeout, Hosts.of(app.base_url))
-    url, resendable = _url(app, request), _resendable(request)
+    target, url, resendable = _aimed(
+        system, request, kind, tenant_key=tenant_key, app_id=app_id, user=user, timeout=timeout
+    )
     flow: Generator[R, R, None] = target.flow(
         url=url,
-        send=_sender(method, request, kind),
+        send=_sender(method, request, target.kind),
         answered_from=lambda _: url,
         read_code=_code,
         rewind=lambda: resendable,
@@ -133,6 +142,7 @@ async def acall(
     *,
     tenant_key: str | None = None,
     app_id: str | None = None,
+    user: str | None = None,
     timeout: float = TOKEN_TIMEOUT,
 ) -> R:
     """:func:`call` for the SDK's coroutine methods (``client.im.v1.chat.alist``, ...).
@@ -143,17 +153,34 @@ async def acall(
     if not _is_async(method):
         msg = f"lark.acall: {_name(method)} is not a coroutine function; use lark.call(...) with it"
         raise TypeError(msg)
-    app = app_of(system, app_id)
-    target = TokenTarget(system.proxy, kind, tenant_key, app_id, timeout, Hosts.of(app.base_url))
-    url, resendable = _url(app, request), _resendable(request)
+    target, url, resendable = _aimed(
+        system, request, kind, tenant_key=tenant_key, app_id=app_id, user=user, timeout=timeout
+    )
     aflow: AsyncGenerator[Awaitable[R], R] = target.aflow(
         url=url,
-        send=_sender(method, request, kind),
+        send=_sender(method, request, target.kind),
         answered_from=lambda _: url,
         read_code=_acode,
         rewind=lambda: resendable,
     )
     return await arun(aflow)
+
+
+def _aimed(
+    system: TokenSystem,
+    request: Any,
+    kind: TokenKind,
+    *,
+    tenant_key: str | None,
+    app_id: str | None,
+    user: str | None,
+    timeout: float,
+) -> tuple[TokenTarget, str, bool]:
+    """The token a call sends, where its request goes, and whether it can be sent again."""
+    target = TokenTarget.of(
+        system, kind, tenant_key=tenant_key, app_id=app_id, user=user, timeout=timeout
+    )
+    return target, _url(app_of(system, app_id), request), _resendable(request)
 
 
 def _sender(method: Callable[..., R], request: Any, kind: TokenKind) -> Callable[[str | None], R]:
@@ -199,4 +226,6 @@ def _option(kind: TokenKind, token: str | None) -> Any:
         return builder.build()  # another host's request: the SDK refuses it without a token
     if kind is TokenKind.APP:
         return builder.app_access_token(token).build()
+    if kind is TokenKind.USER:
+        return builder.user_access_token(token).build()
     return builder.tenant_access_token(token).build()

@@ -1,13 +1,14 @@
 """HTTP client integration for ``requests``: :class:`FeishuAuth`, a bearer-token ``AuthBase``
 that recovers once from an invalid-token answer.
 
-Feishu reports an invalid token (99991663 / 99991664 / 99991671) in the JSON body, with HTTP 200
-or 400 alike, so a 401-based retry never fires. :class:`FeishuAuth` reads the body's ``code``,
-invalidates exactly the token it sent (compare-and-invalidate: a token another request already
-replaced is left alone), and sends the request once more with a fresh token, never more. Other
-codes (99991672 missing scope, ...) and non-JSON answers (a gateway's HTML 502) come back
-untouched. The token goes to the app's own host only; a body that cannot be sent again is not
-resent; a streamed answer is read only as far as needed to see a code (``actors._auth``).
+Feishu reports an invalid token (99991663 / 99991664 / 99991671; for a user token 99991668 /
+99991677 too) in the JSON body, with HTTP 200 or 400 alike, so a 401-based retry never fires.
+:class:`FeishuAuth` reads the body's ``code``, invalidates exactly the token it sent
+(compare-and-invalidate: a token another request already replaced is left alone; a user's grant
+is rotated once), and sends the request once more with a fresh token, never more. Other codes
+(99991672 missing scope, ...) and non-JSON answers (a gateway's HTML 502) come back untouched.
+The token goes to the app's own host only; a body that cannot be sent again is not resent; a
+streamed answer is read only as far as needed to see a code (``actors._auth``).
 """
 
 from __future__ import annotations
@@ -64,10 +65,18 @@ class FeishuAuth(TokenAuth, AuthBase):
     ``hosts`` entry that is not a host or an origin, or is ``http://`` beyond loopback.
     ``timeout`` bounds each wait for the system (a get, an invalidation) in seconds.
 
+    ``FeishuAuth(system, TokenKind.USER, user=open_id)`` sends that user's access token (a
+    user the system holds no grant for: ``ReauthorizationRequired`` before anything is sent).
+    Its answer 99991668 / 99991677 (user access token invalid / expired) invalidates exactly
+    the token sent, which rotates the grant once, and the request goes once more with the new
+    token; the codes above keep their meaning for it. ``user=`` is required for
+    ``TokenKind.USER`` and refused for the other kinds, with ``ValueError`` here.
+
     Example::
 
         session.auth = actors.FeishuAuth(system)                 # the only app's tenant token
         session.get(url, auth=actors.FeishuAuth(system, tenant_key=tk, app_id="cli_x"))
+        session.get(url, auth=actors.FeishuAuth(system, actors.TokenKind.USER, user=open_id))
     """
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:

@@ -16,7 +16,9 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import os
+import re
 import threading
 import tracemalloc
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
@@ -25,13 +27,16 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, BinaryIO, Protocol, cast
 
+import httpx
 import pykka
 import pytest
 import requests
+from loguru import logger
 
 import actors
 from actors._auth import (
     CODE_PREFIX,
+    USER_TOKEN_INVALID_CODES,
     AnsweredFrom,
     Fetch,
     Hosts,
@@ -47,6 +52,7 @@ from actors._auth import (
     body_start,
     code_of,
     exchange,
+    invalid_codes,
     is_json,
     is_token_invalid,
     origin,
@@ -56,11 +62,14 @@ from actors._auth import (
 )
 from actors.testing import FakeFeishu, RecordedRequest, Reply
 from tests.conftest import APP_ID, MARKET_ID, SECRET, SystemFactory, forward_tickets
+from tests.users.conftest import login
 
 CHATS = "/open-apis/im/v1/chats"
 MESSAGES = "/open-apis/im/v1/messages"
 USER_TOKEN = "/open-apis/authen/v1/oidc/access_token"  # takes an app token
+CALENDARS = "/open-apis/calendar/v4/calendars"  # takes a user token
 TIMEOUT = 10.0
+USER = actors.TokenKind.USER
 
 
 # --- the policy, step by step -------------------------------------------------------------------
@@ -77,11 +86,12 @@ def walk(
     url: str = OWN + "/open-apis/im/v1/chats",
     answered_from: str = OWN + "/open-apis/im/v1/chats",
     resendable: bool = True,
+    kind: actors.TokenKind = actors.TokenKind.TENANT,
 ) -> list[Step]:
-    """The steps of one exchange to ``url`` whose answers carry ``codes``, in order (an answer
-    stands for its code; the tokens handed out are t-1, t-2, ...; each answer comes from
-    ``answered_from``; the body can be sent again if ``resendable``)."""
-    flow = exchange(OWN_HOSTS, url)
+    """The steps of one exchange to ``url`` with a token of ``kind`` whose answers carry
+    ``codes``, in order (an answer stands for its code; the tokens handed out are t-1, t-2, ...;
+    each answer comes from ``answered_from``; the body can be sent again if ``resendable``)."""
+    flow = exchange(OWN_HOSTS, url, kind=kind)
     taken: list[Step] = []
     reply: object = None
     answers = iter(codes)
@@ -143,6 +153,37 @@ def test_the_resend_is_the_last_send_whatever_its_answer() -> None:
 def test_only_an_integer_invalid_token_code_asks_for_a_resend(code: object) -> None:
     assert not is_token_invalid(code)
     assert walk([code]) == [Fetch(), Send("t-1"), *judged(code)]
+
+
+RESENT = [Invalidate("t-1"), Rewind(), Fetch(), Send("t-2")]  # what follows an invalid token
+
+
+@pytest.mark.parametrize("code", [99991668, 99991677, *sorted(actors.TOKEN_INVALID_CODES)])
+def test_a_user_token_refused_as_invalid_or_expired_is_invalidated_and_sent_once_more(
+    code: int,
+) -> None:
+    # The access-token codes keep their meaning for a user token.
+    steps = walk([code, 0], kind=actors.TokenKind.USER)
+
+    assert steps == [Fetch(), Send("t-1"), *judged(code), *RESENT]
+    assert is_token_invalid(code, kind=actors.TokenKind.USER)
+
+
+@pytest.mark.parametrize("kind", [actors.TokenKind.TENANT, actors.TokenKind.APP])
+@pytest.mark.parametrize("code", [99991668, 99991677])
+def test_a_user_tokens_codes_say_nothing_about_a_tenant_or_app_token(
+    kind: actors.TokenKind, code: int
+) -> None:
+    # A route that wants a user token answers so whatever else it is sent: refetching cannot help.
+    assert walk([code], kind=kind) == [Fetch(), Send("t-1"), *judged(code)]
+    assert not is_token_invalid(code, kind=kind) and not is_token_invalid(code)
+
+
+def test_a_user_tokens_invalid_codes_are_its_own_and_the_access_token_ones() -> None:
+    assert {99991663, 99991664, 99991671, 99991668, 99991677} == USER_TOKEN_INVALID_CODES
+    assert invalid_codes(actors.TokenKind.USER) == USER_TOKEN_INVALID_CODES
+    assert invalid_codes(actors.TokenKind.TENANT) == actors.TOKEN_INVALID_CODES
+    assert invalid_codes(actors.TokenKind.APP) == actors.TOKEN_INVALID_CODES
 
 
 def test_a_request_to_another_host_is_sent_without_a_token_and_its_answer_is_final() -> None:
@@ -247,6 +288,21 @@ def test_a_system_with_several_apps_needs_the_app_named_to_know_its_host(
         actors.FeishuAuth(system, app_id="cli_nobody")
 
 
+def test_arguments_a_get_would_refuse_are_refused_when_the_auth_is_made(
+    make_system: SystemFactory, app: actors.AppConfig, market_app: actors.AppConfig
+) -> None:
+    system = make_system([app, market_app])
+
+    with pytest.raises(ValueError, match="tenant_key is required"):
+        actors.FeishuAuth(system, app_id=MARKET_ID)
+    with pytest.raises(ValueError, match="tenant_key is not accepted"):
+        actors.FeishuAuth(system, tenant_key="tk-1", app_id=APP_ID)
+    with pytest.raises(ValueError, match="kind must be"):
+        actors.FeishuAuth(system, cast("Any", "nonsense"), app_id=APP_ID)
+    with pytest.raises(ValueError, match="user= is only accepted"):
+        actors.AsyncFeishuAuth(system, user="ou_alice", app_id=APP_ID)
+
+
 # --- what a resend may send ----------------------------------------------------------------------
 
 
@@ -315,15 +371,25 @@ class StubProxy:
         self._tokens: Iterator[str] = (f"t-{n}" for n in range(1, 10))
 
     def get_token(
-        self, kind: actors.TokenKind, *, tenant_key: str | None, app_id: str | None
+        self,
+        kind: actors.TokenKind,
+        *,
+        tenant_key: str | None,
+        app_id: str | None,
+        user: str | None,
     ) -> pykka.Future[str]:
-        self.calls.append(("get", kind, tenant_key, app_id))
+        self.calls.append(("get", kind, tenant_key, app_id, user))
         return resolved(next(self._tokens))
 
     async def aget_token(
-        self, kind: actors.TokenKind, *, tenant_key: str | None, app_id: str | None
+        self,
+        kind: actors.TokenKind,
+        *,
+        tenant_key: str | None,
+        app_id: str | None,
+        user: str | None,
     ) -> str:
-        return self.get_token(kind, tenant_key=tenant_key, app_id=app_id).get()
+        return self.get_token(kind, tenant_key=tenant_key, app_id=app_id, user=user).get()
 
     def invalidate(self, token: str) -> pykka.Future[bool]:
         self.calls.append(("invalidate", token))
@@ -339,18 +405,29 @@ def resolved(value: Any) -> pykka.Future[Any]:
     return future
 
 
+@pytest.mark.parametrize(
+    ("kind", "tenant_key", "user", "code"),
+    [
+        (actors.TokenKind.APP, "tk-1", None, 99991664),
+        (actors.TokenKind.USER, None, "ou_alice", 99991677),
+    ],
+    ids=["app", "user"],
+)
 @pytest.mark.parametrize("driver", ["blocking", "awaited"])
-def test_both_drivers_get_and_invalidate_the_targets_token_the_same_way(driver: str) -> None:
+def test_both_drivers_get_and_invalidate_the_targets_token_the_same_way(
+    driver: str, kind: actors.TokenKind, tenant_key: str | None, user: str | None, code: int
+) -> None:
     proxy = StubProxy()
     target = TokenTarget(
         cast("Any", proxy),
-        actors.TokenKind.APP,
-        tenant_key="tk-1",
+        kind,
+        tenant_key=tenant_key,
         app_id="cli_x",
         timeout=1,
         hosts=OWN_HOSTS,
+        user=user,
     )
-    codes, sent, rewound = iter([99991664, 0]), [], []
+    codes, sent, rewound = iter([code, 0]), [], []
 
     def send(token: str | None) -> object:
         sent.append(token)
@@ -375,7 +452,7 @@ def test_both_drivers_get_and_invalidate_the_targets_token_the_same_way(driver: 
         final = asyncio.run(arun(aflow))
 
     assert final == 0 and sent == ["t-1", "t-2"] and rewound == [True]
-    get = ("get", actors.TokenKind.APP, "tk-1", "cli_x")
+    get = ("get", kind, tenant_key, "cli_x", user)
     assert proxy.calls == [get, ("invalidate", "t-1"), get]
 
 
@@ -750,10 +827,126 @@ def peak_memory() -> Iterator[Peak]:
         tracemalloc.stop()
 
 
+# --- user tokens: a fake with users on a clock of its own ---------------------------------------
+
+
+class WithUsers:
+    """Fixtures for user tokens, for test classes (a client's module inherits them): a fake
+    Feishu with the users ``ou_alice`` and ``ou_bob`` on a clock of its own, ``feishu_clock``
+    (advanced, it expires tokens on the server while the system, on the suite's clock, still
+    holds them, as a token can expire early upstream), and a system on it with both logged in."""
+
+    @pytest.fixture
+    def feishu_clock(self) -> actors.ManualClock:
+        return actors.ManualClock(start=1_000.0)
+
+    @pytest.fixture
+    def user_server(self, feishu_clock: actors.ManualClock) -> Iterator[FakeFeishu]:
+        with FakeFeishu(clock=feishu_clock) as fake:
+            fake.add_app(APP_ID, SECRET)
+            fake.oauth.add_user("ou_alice", name="Alice")
+            fake.oauth.add_user("ou_bob", name="Bob")
+            yield fake
+
+    @pytest.fixture
+    def user_system(
+        self, make_system: SystemFactory, user_server: FakeFeishu
+    ) -> actors.TokenSystem:
+        system = make_system(actors.AppConfig(APP_ID, SECRET, base_url=user_server.base_url))
+        for user in ("ou_alice", "ou_bob"):
+            login(system, user_server, user)
+        user_server.reset_stats()  # a login's user_info call is not one of the test's
+        return system
+
+
+def user_token(system: actors.TokenSystem, user: str = "ou_alice") -> str:
+    return system.proxy.get_token(USER, user=user).get(timeout=TIMEOUT)
+
+
+def calendars(server: FakeFeishu) -> Call:
+    """The user's calendars, on ``server`` (a user route)."""
+    return Call("GET", CALENDARS, url=server.base_url + CALENDARS)
+
+
+def refuse(server: FakeFeishu, clock: actors.ManualClock, token: str, how: str) -> int:
+    """Make ``server`` refuse the user ``token``: forgotten (``"invalid"``, as after a restart of
+    Feishu's token store) or expired (``"expired"``); the code it now answers the token with,
+    as a request of this test's own (before the test starts counting) shows."""
+    if how == "invalid":
+        server.rotate(APP_ID)
+    else:
+        expires_at = server.expires_at(token)
+        assert expires_at is not None
+        clock.advance(expires_at - clock.now() + 1)
+    with requests.Session() as session:
+        session.trust_env = False
+        headers = {"Authorization": bearer(token)}
+        code = session.get(server.base_url + CALENDARS, headers=headers, timeout=TIMEOUT).json()
+    server.reset_stats()
+    return cast("int", code["code"])
+
+
+# How the fake refuses a user token, and the code it answers it with then.
+REFUSALS = [("invalid", 99991668), ("expired", 99991677)]
+
+# Every token the fake issues: access (u-, t-, a-) and refresh (ur-) tokens alike.
+FAKE_TOKEN = re.compile(r"\b(?:u|ur|t|a)-[0-9a-f]{32}\b")
+
+
+class _Lines(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(level=1)
+        self._lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._lines.append(self.format(record))
+
+
+@contextlib.contextmanager
+def log_lines() -> Iterator[list[str]]:
+    """Every log line written in the block: the library's (loguru, from TRACE, with their extra
+    fields) and the standard library's (urllib3, httpx, the SDK's ``Lark``), at every level."""
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="TRACE")
+    handler = _Lines(lines)
+    loggers = [logging.getLogger(), logging.getLogger("Lark")]
+    levels = [each.level for each in loggers]
+    logging.getLogger().addHandler(handler)
+    for each in loggers:
+        each.setLevel(1)
+    logger.enable("actors")
+    try:
+        yield lines
+    finally:
+        logger.disable("actors")
+        logger.remove(sink)
+        logging.getLogger().removeHandler(handler)
+        for each, level in zip(loggers, levels, strict=True):
+            each.setLevel(level)
+
+
+class TestUserAuths(WithUsers):
+    def test_an_auth_that_sent_a_users_token_holds_none_in_its_repr(
+        self, user_system: actors.TokenSystem, user_server: FakeFeishu
+    ) -> None:
+        blocking = actors.FeishuAuth(user_system, USER, user="ou_alice")
+        awaited = actors.AsyncFeishuAuth(user_system, USER, user="ou_alice")
+        url = user_server.base_url + CALENDARS
+        with requests.Session() as session:
+            session.trust_env = False
+            assert session.get(url, auth=blocking, timeout=TIMEOUT).json()["code"] == 0
+        with httpx.Client(auth=awaited, trust_env=False, timeout=TIMEOUT) as client:
+            assert client.get(url).json()["code"] == 0
+
+        assert tokens_sent(user_server) == [user_token(user_system)] * 2
+        for auth in (blocking, awaited):
+            assert not FAKE_TOKEN.search(f"{auth!r} {vars(auth)!r}")
+
+
 # --- the contract --------------------------------------------------------------------------------
 
 
-class InvalidTokenContract(WithHosts):
+class InvalidTokenContract(WithHosts, WithUsers):
     @pytest.fixture
     def system(self, make_system: SystemFactory, app: actors.AppConfig) -> actors.TokenSystem:
         return make_system(app)
@@ -987,3 +1180,160 @@ class InvalidTokenContract(WithHosts):
         token = warm(system)
         assert [s.authorization for s in foreign.seen()] == [f"Bearer {token}"]
         assert tokens_sent(server) == [token]
+
+    # --- a user's token
+
+    def test_a_users_token_is_sent_for_that_user(
+        self, make_caller: MakeCaller, user_system: actors.TokenSystem, user_server: FakeFeishu
+    ) -> None:
+        answers = [
+            make_caller(user_system, kind=USER, user=user).send(calendars(user_server))
+            for user in ("ou_alice", "ou_bob")
+        ]
+
+        summaries = [a.body["data"]["calendar_list"][0]["summary"] for a in answers]
+        assert summaries == ["Alice", "Bob"]
+        assert tokens_sent(user_server) == [
+            user_token(user_system, u) for u in ("ou_alice", "ou_bob")
+        ]
+        assert user_server.oauth.rotations() == 0
+
+    @pytest.mark.parametrize(
+        "refusal",
+        [(how, code, status) for how, code in REFUSALS for status in (200, 400)],
+        ids=[f"{how}-{code}-http{status}" for how, code in REFUSALS for status in (200, 400)],
+    )
+    def test_a_user_token_the_server_refuses_is_rotated_once_and_the_request_sent_again(
+        self,
+        make_caller: MakeCaller,
+        user_system: actors.TokenSystem,
+        user_server: FakeFeishu,
+        feishu_clock: actors.ManualClock,
+        refusal: tuple[str, int, int],
+    ) -> None:
+        how, code, status = refusal
+        user_server.business.set_invalid_status(status)
+        stale = user_token(user_system)
+        assert refuse(user_server, feishu_clock, stale, how) == code
+
+        answer = make_caller(user_system, kind=USER, user="ou_alice").send(calendars(user_server))
+
+        assert answer.status == 200 and answer.body["code"] == 0
+        fresh = user_token(user_system)
+        assert fresh != stale and tokens_sent(user_server) == [stale, fresh]
+        assert user_server.oauth.rotations("ou_alice") == user_server.oauth.rotations() == 1
+        assert user_server.oauth.refresh_reuses == 0
+
+    def test_a_users_new_token_refused_too_is_returned_without_a_second_rotation(
+        self, make_caller: MakeCaller, user_system: actors.TokenSystem, user_server: FakeFeishu
+    ) -> None:
+        stale = user_token(user_system)
+        user_server.script(
+            "business",
+            Reply.code(99991668, "first", status=400),
+            Reply.code(99991677, "second", status=400),
+        )
+
+        answer = make_caller(user_system, kind=USER, user="ou_alice").send(calendars(user_server))
+
+        assert answer.status == 400 and answer.body == {"code": 99991677, "msg": "second"}
+        fresh = user_token(user_system)
+        assert tokens_sent(user_server) == [stale, fresh] and fresh != stale
+        assert user_server.oauth.rotations("ou_alice") == 1
+
+    def test_two_requests_refused_with_the_same_users_token_cause_one_rotation(
+        self,
+        make_caller: MakeCaller,
+        user_system: actors.TokenSystem,
+        user_server: FakeFeishu,
+        feishu_clock: actors.ManualClock,
+    ) -> None:
+        stale = user_token(user_system)
+        caller = make_caller(user_system, kind=USER, user="ou_alice")
+        gate = user_server.hold("business")
+        with ThreadPoolExecutor(1) as pool:
+            both = pool.submit(caller.send_together, [calendars(user_server)] * 2)
+            # Both sent the token, neither answered ...
+            assert gate.wait_for_waiting(2, timeout=TIMEOUT)
+            expires_at = user_server.expires_at(stale)
+            assert expires_at is not None
+            feishu_clock.advance(expires_at - feishu_clock.now() + 1)  # ... both get 99991677
+            gate.release()
+            answers = both.result(timeout=TIMEOUT)
+
+        assert [a.body["code"] for a in answers] == [0, 0]
+        fresh = user_token(user_system)
+        assert tokens_sent(user_server) == [stale, stale, fresh, fresh]
+        # Compare-and-invalidate: the second invalidation of the stale token rotated nothing.
+        assert user_server.oauth.rotations("ou_alice") == 1
+        assert user_server.oauth.refresh_reuses == 0
+
+    def test_a_user_who_withdrew_the_authorization_is_asked_to_authorize_again(
+        self, make_caller: MakeCaller, user_system: actors.TokenSystem, user_server: FakeFeishu
+    ) -> None:
+        user_token(user_system)
+        user_server.oauth.revoke("ou_alice")  # the token answers 99991668, the refresh 20064
+        caller = make_caller(user_system, kind=USER, user="ou_alice")
+
+        with pytest.raises(actors.ReauthorizationRequired) as raised:
+            caller.send(calendars(user_server))
+
+        assert (raised.value.reason, raised.value.user) == ("revoked", "ou_alice")
+        assert len(business(user_server)) == 1  # refused once; nothing to send again with
+        assert user_server.oauth.refresh_reuses == 0
+
+    def test_a_user_the_system_holds_no_grant_for_is_refused_before_anything_is_sent(
+        self, make_caller: MakeCaller, user_system: actors.TokenSystem, user_server: FakeFeishu
+    ) -> None:
+        caller = make_caller(user_system, kind=USER, user="ou_carol")
+
+        with pytest.raises(actors.ReauthorizationRequired) as raised:
+            caller.send(calendars(user_server))
+
+        assert (raised.value.reason, raised.value.user) == ("unknown_user", "ou_carol")
+        assert business(user_server) == []
+
+    @pytest.mark.parametrize(
+        "auth",
+        [
+            {"kind": USER},
+            {"kind": USER, "user": ""},
+            {"kind": USER, "user": "ou_alice", "tenant_key": "tk-1"},
+            {"user": "ou_alice"},
+            {"kind": actors.TokenKind.APP, "user": "ou_alice"},
+        ],
+        ids=["user-missing", "user-empty", "user-with-tenant", "tenant-with-user", "app-with-user"],
+    )
+    def test_user_is_required_for_a_user_token_and_refused_for_the_other_kinds(
+        self,
+        make_caller: MakeCaller,
+        user_system: actors.TokenSystem,
+        user_server: FakeFeishu,
+        auth: dict[str, Any],
+    ) -> None:
+        before = len(user_server.requests)
+
+        with pytest.raises(ValueError, match="user"):
+            make_caller(user_system, **auth)
+
+        assert len(user_server.requests) == before
+
+    def test_no_token_of_a_user_reaches_a_log_line_or_an_error(
+        self,
+        make_caller: MakeCaller,
+        user_system: actors.TokenSystem,
+        user_server: FakeFeishu,
+        feishu_clock: actors.ManualClock,
+    ) -> None:
+        stale = user_token(user_system)
+        refuse(user_server, feishu_clock, stale, "expired")
+        caller = make_caller(user_system, kind=USER, user="ou_alice")
+        with log_lines() as lines:
+            caller.send(calendars(user_server))  # refused, rotated, sent again
+            user_server.oauth.revoke("ou_alice")
+            with pytest.raises(actors.ReauthorizationRequired) as raised:
+                caller.send(calendars(user_server))  # refused, the rotation refused
+
+        assert len(tokens_sent(user_server)) == 3 and lines  # the TRACE lines were written
+        said = [*lines, str(raised.value), repr(raised.value)]
+        assert [line for line in said if FAKE_TOKEN.search(line)] == []

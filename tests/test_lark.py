@@ -9,6 +9,7 @@ import gc
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
 
 import lark_oapi
 import pykka
@@ -17,6 +18,7 @@ from lark_oapi.api.authen.v1 import (
     CreateOidcAccessTokenRequest,
     CreateOidcAccessTokenRequestBody,
 )
+from lark_oapi.api.calendar.v4 import ListCalendarRequest
 from lark_oapi.api.im.v1 import (
     CreateFileRequest,
     CreateFileRequestBody,
@@ -30,7 +32,19 @@ import actors
 from actors.lark import acall, call, lark_client
 from actors.testing import FakeFeishu, RecordedRequest, Reply
 from tests.conftest import MARKET_ID, SystemFactory, forward_tickets
-from tests.test_auth import Canned, Host, WithHosts
+from tests.test_auth import (
+    FAKE_TOKEN,
+    REFUSALS,
+    USER,
+    Canned,
+    Host,
+    WithHosts,
+    WithUsers,
+    log_lines,
+    refuse,
+    tokens_sent,
+    user_token,
+)
 
 TIMEOUT = 10.0
 
@@ -379,3 +393,121 @@ class TestHostsAndBodies(WithHosts):
         assert response.code == 99991663
         [sent] = front.seen(FILES)
         assert UPLOAD in sent.body
+
+
+# --- a user's token -------------------------------------------------------------------------------
+
+
+def list_calendars(
+    system: actors.TokenSystem, flavour: str, user: str | None = "ou_alice", **names: Any
+) -> Any:
+    """The user's calendars through the SDK, with ``call`` or ``acall`` (``flavour``); ``names``
+    are further keyword arguments of the call (``kind=``, ``tenant_key=``, ...)."""
+    client, request = lark_client(system), ListCalendarRequest.builder().build()
+    names = {"kind": USER, "user": user} | names
+    if flavour == "call":
+        return call(system, client.calendar.v4.calendar.list, request, **names)
+    return asyncio.run(acall(system, client.calendar.v4.calendar.alist, request, **names))
+
+
+FLAVOURS = pytest.mark.parametrize("flavour", ["call", "acall"])
+
+
+class TestUserTokens(WithUsers):
+    @FLAVOURS
+    def test_a_users_token_goes_in_the_request_option_for_that_user(
+        self, user_system: actors.TokenSystem, user_server: FakeFeishu, flavour: str
+    ) -> None:
+        alice = list_calendars(user_system, flavour, "ou_alice")
+        bob = list_calendars(user_system, flavour, "ou_bob")
+
+        assert alice.success() and bob.success(), (alice.msg, bob.msg)
+        summaries = [r.data.calendar_list[0].summary for r in (alice, bob)]
+        assert summaries == ["Alice", "Bob"]
+        assert tokens_sent(user_server) == [
+            user_token(user_system, u) for u in ("ou_alice", "ou_bob")
+        ]
+
+    @pytest.mark.parametrize("refusal", REFUSALS, ids=[how for how, _ in REFUSALS])
+    @FLAVOURS
+    def test_a_user_token_the_server_refuses_is_rotated_once_and_the_call_made_again(
+        self,
+        user_system: actors.TokenSystem,
+        user_server: FakeFeishu,
+        feishu_clock: actors.ManualClock,
+        flavour: str,
+        refusal: tuple[str, int],
+    ) -> None:
+        how, code = refusal
+        stale = user_token(user_system)
+        assert refuse(user_server, feishu_clock, stale, how) == code
+
+        response = list_calendars(user_system, flavour)
+
+        assert response.success(), response.msg
+        fresh = user_token(user_system)
+        assert fresh != stale and tokens_sent(user_server) == [stale, fresh]
+        assert user_server.oauth.rotations("ou_alice") == user_server.oauth.rotations() == 1
+        assert user_server.oauth.refresh_reuses == 0
+
+    @FLAVOURS
+    def test_a_users_new_token_refused_too_is_returned_without_a_second_rotation(
+        self, user_system: actors.TokenSystem, user_server: FakeFeishu, flavour: str
+    ) -> None:
+        stale = user_token(user_system)
+        user_server.script(
+            "business",
+            Reply.code(99991677, "first", status=400),
+            Reply.code(99991668, "second", status=400),
+        )
+
+        response = list_calendars(user_system, flavour)
+
+        assert (response.code, response.msg) == (99991668, "second")
+        fresh = user_token(user_system)
+        assert tokens_sent(user_server) == [stale, fresh] and fresh != stale
+        assert user_server.oauth.rotations("ou_alice") == 1
+
+    @pytest.mark.parametrize(
+        ("user", "names"),
+        [
+            (None, {}),
+            ("ou_alice", {"tenant_key": "tk-1"}),
+            ("ou_alice", {"kind": actors.TokenKind.TENANT}),
+            ("ou_alice", {"kind": actors.TokenKind.APP}),
+        ],
+        ids=["user-missing", "user-with-tenant", "tenant-with-user", "app-with-user"],
+    )
+    @FLAVOURS
+    def test_user_is_required_for_a_user_token_and_refused_for_the_other_kinds(
+        self,
+        user_system: actors.TokenSystem,
+        user_server: FakeFeishu,
+        flavour: str,
+        user: str | None,
+        names: dict[str, Any],
+    ) -> None:
+        with pytest.raises(ValueError, match="user"):
+            list_calendars(user_system, flavour, user, **names)
+
+        assert user_server.requests == []
+
+    @FLAVOURS
+    def test_a_user_who_withdrew_the_authorization_must_authorize_again_and_no_token_is_logged(
+        self,
+        user_system: actors.TokenSystem,
+        user_server: FakeFeishu,
+        feishu_clock: actors.ManualClock,
+        flavour: str,
+    ) -> None:
+        refuse(user_server, feishu_clock, user_token(user_system), "expired")
+        with log_lines() as lines:
+            list_calendars(user_system, flavour)  # refused, rotated, called again
+            user_server.oauth.revoke("ou_alice")
+            with pytest.raises(actors.ReauthorizationRequired) as raised:
+                list_calendars(user_system, flavour)  # refused, the rotation refused
+
+        assert (raised.value.reason, raised.value.user) == ("revoked", "ou_alice")
+        assert len(tokens_sent(user_server)) == 3 and lines
+        said = [*lines, str(raised.value), repr(raised.value)]
+        assert [line for line in said if FAKE_TOKEN.search(line)] == []
