@@ -154,10 +154,10 @@ class LoginHandler(BaseHTTPRequestHandler):
         if open_id is None:
             self.answer(302, "", location="/login")
             return
+        # The user's own token; a 99991668/99991677 answer rotates it once and retries once.
+        auth = actors.FeishuAuth(site.system, actors.TokenKind.USER, user=open_id)
         try:
-            token = site.system.proxy.get_token(actors.TokenKind.USER, user=open_id).get(timeout=30)
-            headers = {"Authorization": f"Bearer {token}"}
-            answer = site.api.get(site.feishu_url + CALENDARS, headers=headers, timeout=10).json()
+            answer = site.api.get(site.feishu_url + CALENDARS, auth=auth, timeout=10).json()
         except actors.ReauthorizationRequired as exc:  # the grant ended: log in again
             tell(f"{open_id} must log in again ({exc.reason})")
             self.answer(302, "", location="/login")
