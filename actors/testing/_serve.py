@@ -29,10 +29,10 @@ pipes) or until its parent process changes. Control routes sit beside Feishu's, 
   "code_challenge": null}``: an authorization code, as the authorize page redirects with;
 - ``POST /_fake/lifetimes`` ``{"access_token", "refresh_token", "code", "grant"}`` (each
   optional): lifetimes in seconds of what is issued from now on;
-- ``GET /_fake/oauth[?app_id=]``: the grants' chains: ``refresh_reuses``, per user the
+- ``GET /_fake/oauth[?app_id=]``: the grants' chains: ``refresh_reuses``, and per user the
   ``rotations``, the code ``exchanges`` and whether the grant is ``alive`` (of ``app_id``, or of
-  any app), and every ``redemption`` (at, on the server's clock, path, app_id, user,
-  grant_type, code, reuse);
+  any app); ``GET /_fake/redemptions``: every request the token endpoints answered (at, on the
+  server's clock, path, app_id, user, grant_type, code, reuse);
 - ``POST /_fake/hold`` ``{"kind": "any", "app_id": null, "tenant_key": null}``: hold matching
   requests before they are answered (``{"hold": id}``); ``GET /_fake/holds`` lists each hold's
   ``waiting`` requests; ``POST /_fake/release`` ``{"hold": id}`` lets them through.
@@ -114,6 +114,8 @@ class _Control:
             return _stats(fake, self.clock.now(), params)
         if (method, name) == ("GET", "oauth"):
             return _oauth_stats(fake, params.get("app_id"))
+        if (method, name) == ("GET", "redemptions"):
+            return {"redemptions": [dataclasses.asdict(r) for r in fake.oauth.redemptions]}
         if (method, name) == ("GET", "holds"):
             with self._lock:
                 holds = sorted(self._holds.items())
@@ -218,7 +220,6 @@ def _oauth_stats(fake: FakeFeishu, app_id: str | None) -> dict[str, Any]:
             }
             for user in users
         },
-        "redemptions": [dataclasses.asdict(r) for r in redemptions],
     }
 
 
@@ -267,7 +268,8 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the fake Feishu on loopback; prints its URL",
         description="Serve the fake Feishu auth server on loopback and print its URL (one line). "
-        f"Control routes: GET {CONTROL}stats, {CONTROL}oauth, {CONTROL}holds; POST "
+        f"Control routes: GET {CONTROL}stats, {CONTROL}oauth, {CONTROL}redemptions, "
+        f"{CONTROL}holds; POST "
         f"{CONTROL}apps, {CONTROL}tickets, {CONTROL}latency, {CONTROL}reset, {CONTROL}users, "
         f"{CONTROL}codes, {CONTROL}lifetimes, {CONTROL}hold, {CONTROL}release. Stops on "
         "SIGTERM, SIGINT and, when stdin is a pipe, at its EOF.",
@@ -576,7 +578,7 @@ class ProcessOAuth:
     @property
     def redemptions(self) -> list[Redemption]:
         """Every token-endpoint request the fake answered itself, in order."""
-        return [Redemption(**r) for r in self.stats()["redemptions"]]
+        return [Redemption(**r) for r in self._call("GET", "redemptions", None)["redemptions"]]
 
 
 class ProcessGate:
