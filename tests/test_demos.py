@@ -89,6 +89,21 @@ def test_user_login_demo_logs_in_and_is_still_logged_in_after_a_restart() -> Non
     assert "Traceback" not in result.stderr
 
 
+def test_jssdk_page_demo_signs_h5sdk_config_with_one_ticket_for_many_page_loads() -> None:
+    result = run_demo("jssdk_page.py")
+    assert result.returncode == 0, result.stderr
+    assert "calls window.h5sdk.config: True" in result.stdout
+    assert "24 configs served, Feishu saw 1 ticket request" in result.stdout
+    assert "(no ticket among them)" in result.stdout
+    assert "matches 24 of 24" in result.stdout
+    assert "its fragment is not signed; Feishu's check holds: True" in result.stdout
+    assert "another site's page -> 400" in result.stdout
+    assert "24 more page loads: 0 more ticket requests" in result.stdout
+    # Tickets and signatures are long hex strings: neither is printed.
+    assert re.search("[0-9a-f]{16}", result.stdout) is None
+    assert "Traceback" not in result.stderr
+
+
 @pytest.fixture
 def event_url() -> Iterator[str]:
     """The demo's event endpoint on loopback, for a system of the demo's app."""
