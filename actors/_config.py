@@ -9,7 +9,7 @@ import math
 import os
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -72,24 +72,34 @@ class TokenKey(NamedTuple):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AppConfig:
-    """One Feishu/Lark app. Validated at construction; the secret is masked in ``repr``."""
+    """One Feishu/Lark app. Validated at construction; the secret is masked in ``repr``.
+
+    An app authenticates with exactly one of ``app_secret`` and ``client_assertion``. A
+    *keyless* self-built app holds no secret: ``client_assertion`` is a provider
+    ``provider(aud) -> str`` returning a fresh signed JWT for the audience ``aud`` (the accounts
+    host, e.g. ``accounts.feishu.cn``; ``host:port`` for another base_url). The library calls it
+    on a fetch worker once per token request and never keeps what it returns; its tenant and
+    user tokens come from the v3 OAuth token endpoint (docs/feishu-protocol.md, "Keyless apps").
+    """
 
     app_id: str
-    app_secret: str = dataclasses.field(repr=False)
+    app_secret: str | None = dataclasses.field(default=None, repr=False)
     app_type: AppType = dataclasses.field(default=AppType.SELF_BUILT, kw_only=True)
     base_url: str = dataclasses.field(default=FEISHU, kw_only=True)
     # Where user tokens are redeemed: "v3" (the accounts host's /oauth/v3/token, what the SDKs
     # use) or "v2" (base_url's /open-apis/authen/v2/oauth/token, e.g. behind a proxy that
     # forwards only base_url); docs/feishu-protocol.md, "User access tokens".
     user_token_endpoint: str = dataclasses.field(default="v3", kw_only=True)
+    # Left out of the hash: a provider need not be hashable (a callable object with __eq__).
+    client_assertion: Callable[[str], str] | None = dataclasses.field(
+        default=None, kw_only=True, repr=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.app_id, str) or not self.app_id.strip():
             msg = "AppConfig.app_id must be a non-empty string"
             raise ValueError(msg)
-        if not isinstance(self.app_secret, str) or not self.app_secret.strip():
-            msg = f"AppConfig.app_secret must be a non-empty string (app_id={self.app_id})"
-            raise ValueError(msg)
+        self._check_credentials()
         try:
             app_type = AppType(self.app_type)
         except ValueError:
@@ -101,6 +111,49 @@ class AppConfig:
             endpoint = self.user_token_endpoint
             msg = f"AppConfig.user_token_endpoint must be 'v3' or 'v2', got {endpoint!r}"
             raise ValueError(msg)
+        if self.keyless:
+            self._check_keyless()
+
+    def _check_credentials(self) -> None:
+        if self.client_assertion is None:
+            if not isinstance(self.app_secret, str) or not self.app_secret.strip():
+                msg = (
+                    f"AppConfig.app_secret must be a non-empty string (app_id={self.app_id}); "
+                    "a keyless app gives client_assertion=provider instead"
+                )
+                raise ValueError(msg)
+            return
+        if self.app_secret is not None:
+            msg = f"AppConfig takes app_secret or client_assertion, not both (app_id={self.app_id})"
+            raise ValueError(msg)
+        if not callable(self.client_assertion):
+            what = type(self.client_assertion).__name__  # never the value: it may be a key
+            msg = (
+                "AppConfig.client_assertion must be a callable provider(aud) -> str, "
+                f"got {what} (app_id={self.app_id})"
+            )
+            raise ValueError(msg)
+
+    def _check_keyless(self) -> None:
+        # Client assertions stand in for a self-built app's secret only: a marketplace app's
+        # tokens need its app_ticket and secret (docs/feishu-protocol.md, "Keyless apps").
+        if self.app_type is AppType.MARKETPLACE:
+            msg = (
+                f"AppConfig: a marketplace app cannot be keyless (app_id={self.app_id}); "
+                "client_assertion is for self-built apps: give app_secret"
+            )
+            raise ValueError(msg)
+        if self.user_token_endpoint != "v3":
+            msg = (
+                "AppConfig.user_token_endpoint must be 'v3' for a keyless app: client "
+                f"assertions are sent to the accounts host (app_id={self.app_id})"
+            )
+            raise ValueError(msg)
+
+    @property
+    def keyless(self) -> bool:
+        """Whether the app authenticates with a client assertion rather than a secret."""
+        return self.client_assertion is not None
 
     @classmethod
     def from_env(
@@ -110,7 +163,8 @@ class AppConfig:
         ``{prefix}APP_TYPE`` (``self_built`` or ``marketplace``) and ``{prefix}BASE_URL``.
 
         A missing or malformed variable raises ``ValueError`` naming it (never its value when
-        it is the secret).
+        it is the secret). Apps with a secret only: a keyless app's provider is code, not a
+        variable, so it is built with ``AppConfig(app_id, client_assertion=provider)``.
         """
         env = os.environ if environ is None else environ
 
@@ -141,8 +195,14 @@ class AppConfig:
         return TokenKey(self.base_url, self.app_id, kind, tenant_key, user)
 
     def __repr__(self) -> str:
+        # The provider is never repr'd: a closure's or a partial's repr may show its key.
+        credential = (
+            "client_assertion=<provider>"
+            if self.keyless
+            else f"app_secret={mask_secret(self.app_secret)!r}"
+        )
         return (
-            f"AppConfig(app_id={self.app_id!r}, app_secret={mask_secret(self.app_secret)!r}, "
+            f"AppConfig(app_id={self.app_id!r}, {credential}, "
             f"app_type={self.app_type.value!r}, base_url={self.base_url!r}"
             + (
                 f", user_token_endpoint={self.user_token_endpoint!r})"

@@ -4,7 +4,9 @@ Every call has a ``(connect, read)`` timeout, the JSON body is parsed whatever t
 (Feishu reports errors with 200, 400 or 429 alike), and every outcome is classified, through the
 protocol table of ``actors.feishu._protocol``, into a :class:`Grant` or one of the typed errors of
 ``actors._errors``. One call is one attempt: retries are the TokenActor's business, so the errors
-raised here carry ``attempts=1``.
+raised here carry ``attempts=1``. A keyless app's tenant token (``AppConfig(app_id,
+client_assertion=provider)``) is the jwt-bearer grant of the v3 OAuth token endpoint instead,
+made by ``actors.feishu._oauth`` over this module's transport.
 
 Hardening against an upstream (or a gateway in front of it) that misbehaves:
 
@@ -41,7 +43,7 @@ from typing import Any, TypeVar
 import requests
 import urllib3
 
-from actors._config import AppConfig
+from actors._config import AppConfig, TokenKind
 from actors._errors import (
     AppTicketError,
     AuthError,
@@ -90,6 +92,8 @@ class FeishuAuthClient:
             raise outcome
 
     def _fetch(self, request: TokenRequest) -> Grant:
+        if request.app.keyless:  # no secret: the v3 OAuth endpoint, with a client assertion
+            return self._keyless(request)
         endpoint = feishu.endpoint_for(request.app.app_type, request.kind)
         # Feishu must never see an empty ticket (docs/feishu-protocol.md).
         if "app_ticket" in endpoint.request_fields and not request.app_ticket:
@@ -99,6 +103,16 @@ class FeishuAuthClient:
 
     def _resend(self, app: AppConfig) -> None:
         self._post(app, feishu.RESEND.path, _Form.of(feishu.RESEND, app))
+
+    def _keyless(self, request: TokenRequest) -> Grant:
+        if request.kind is not TokenKind.TENANT:
+            # As in the SDKs: a keyless app has no app_access_token (nothing is sent).
+            detail = "a keyless app has no app_access_token; ask for TokenKind.TENANT"
+            raise AuthError(feishu.ASSERTION_NO_APP_TOKEN, detail)
+        # The OAuth client builds on this module's transport: imported once it is needed.
+        from actors.feishu._oauth import keyless_tenant_grant  # noqa: PLC0415
+
+        return keyless_tenant_grant(self._session, self._timeout, request.app)
 
     def _post(self, app: AppConfig, path: str, form: _Form) -> dict[str, Any]:
         answer = _send(
@@ -168,7 +182,7 @@ class _Form:
         cls, endpoint: feishu.Endpoint, app: AppConfig, request: TokenRequest | None = None
     ) -> _Form:
         """The body ``endpoint`` takes, filled from ``app`` and ``request``."""
-        values = {"app_id": app.app_id, "app_secret": app.app_secret}
+        values = {"app_id": app.app_id, "app_secret": app.app_secret or ""}  # never keyless
         if request is not None:
             values["app_ticket"] = request.app_ticket or ""
             values["app_access_token"] = request.app_token or ""

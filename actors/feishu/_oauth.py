@@ -7,11 +7,20 @@ as a documented option, the v2 endpoint of the Open Platform host
 (``/open-apis/authen/v2/oauth/token``): the same JSON body on both. :meth:`~FeishuOAuth.user_info`
 learns the open_id of a user token (``GET /open-apis/authen/v1/user_info``).
 
+A keyless app (``AppConfig(app_id, client_assertion=provider)``) sends a client assertion
+instead of the client secret (RFC 7523; ``docs/feishu-protocol.md``, "Keyless apps"), always to
+the v3 endpoint, whose host is the assertion's audience; its tenant token is the jwt-bearer grant
+there (:func:`keyless_tenant_grant`, the source of ``actors.feishu._client`` for such apps).
+The provider is called inside the attempt, once per request: a provider that raises, or
+returns no string, fails that attempt with an :class:`~actors._errors.AuthError` that names the
+exception's class only (a signing library's message may quote the key or the claims).
+
 One call is one attempt over the transport of ``actors.feishu._client``, with its hardening: the
 ``(connect, read)`` timeout and an overall deadline of their sum, the body read in pieces and
-capped, redirects never followed (the body carries the client secret and the code or refresh
-token), upstream text redacted of every credential of the request, the request body held in an
-object whose ``repr`` masks it, and the error raised detached from the frames that held it.
+capped, redirects never followed (the body carries the client secret or assertion and the
+code or refresh token), upstream text redacted of every credential of the request, the request
+body held in an object whose ``repr`` masks it, and the error raised detached from the frames
+that held it.
 
 Outcomes, by the user-token table ``USER_TOKEN_CODES`` of ``actors.feishu._protocol``:
 
@@ -40,6 +49,7 @@ import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeGuard, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 
@@ -51,15 +61,25 @@ from actors._errors import (
     TokenError,
     UpstreamError,
 )
+from actors._source import Grant
 from actors.feishu import _protocol as feishu
 from actors.feishu._client import _answer, _attempt, _Form, _rate_limited, _send, _upstream_text
 
-__all__ = ["FeishuOAuth", "UserTokens", "accounts_url", "authorize_endpoint", "token_endpoint"]
+__all__ = [
+    "FeishuOAuth",
+    "UserTokens",
+    "accounts_url",
+    "assertion_audience",
+    "authorize_endpoint",
+    "client_credentials",
+    "keyless_tenant_grant",
+    "token_endpoint",
+]
 
 _VERSIONS = ("v3", "v2")
 _HEADERS = {"Content-Type": feishu.CONTENT_TYPE}
 # Request fields whose values must never come back out in an error or a log line.
-_SECRET_FIELDS = ("client_secret", "code", "code_verifier", "refresh_token")
+_SECRET_FIELDS = ("client_secret", "client_assertion", "code", "code_verifier", "refresh_token")
 _ERROR_FIELDS = ("error", "error_description", feishu.MSG_FIELD)
 # Visible ASCII only: a token goes into an Authorization header, an open_id into keys and logs.
 _TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")
@@ -87,6 +107,12 @@ def accounts_url(app: AppConfig) -> str:
     ``actors.FEISHU``, ``https://accounts.larksuite.com`` for ``actors.LARK``); any other
     base_url (a proxy, a test server) serves the accounts paths itself."""
     return feishu.ACCOUNTS_HOSTS.get(app.base_url, app.base_url)
+
+
+def assertion_audience(app: AppConfig) -> str:
+    """The ``aud`` a keyless app's client assertion is made for: the accounts host
+    (``accounts.feishu.cn``, ``accounts.larksuite.com``; ``host:port`` for another base_url)."""
+    return urlsplit(accounts_url(app)).netloc
 
 
 def authorize_endpoint(app: AppConfig) -> str:
@@ -130,15 +156,15 @@ class FeishuOAuth:
         values = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
         if code_verifier is not None:
             values["code_verifier"] = code_verifier
-        ask = _Ask(app, _token_form(app, values), user=None)
-        # This frame raises the error: it keeps the credentials only inside the masked form.
+        ask = _Ask(app, values, user=None)
+        # This frame raises the error: it keeps the credentials only inside the masked request.
         del code, code_verifier, values
         return _settled(_attempt(self._redeem, ask))
 
     def refresh(self, app: AppConfig, refresh_token: str, *, user: str) -> UserTokens:
         """Redeem ``user``'s (the open_id's) refresh token, which dies whatever the outcome;
         ReauthorizationRequired if Feishu refuses it for good."""
-        ask = _Ask(app, _token_form(app, {"grant_type": "refresh_token"}, refresh_token), user)
+        ask = _Ask(app, {"grant_type": "refresh_token", "refresh_token": refresh_token}, user)
         del refresh_token
         return _settled(_attempt(self._redeem, ask))
 
@@ -149,9 +175,18 @@ class FeishuOAuth:
         return _settled(_attempt(self._user_info, bearer))
 
     def _redeem(self, ask: _Ask) -> UserTokens:
-        url = token_endpoint(ask.app, version=self._version or ask.app.user_token_endpoint)
-        answer = _send(self._session.post, url, self._timeout, _HEADERS, body=ask.form.body)
-        return _tokens(ask, *answer)
+        app = ask.app
+        # A client assertion is made for the accounts host: a keyless app always asks v3.
+        version = "v3" if app.keyless else self._version or app.user_token_endpoint
+        form = _token_form(app, ask.values)  # a keyless app's provider is called here
+        answer = _send(
+            self._session.post,
+            token_endpoint(app, version=version),
+            self._timeout,
+            _HEADERS,
+            body=form.body,
+        )
+        return _tokens(ask, form, *answer)
 
     def _user_info(self, bearer: _Bearer) -> str:
         url = bearer.app.base_url + feishu.USER_INFO_PATH
@@ -161,11 +196,12 @@ class FeishuOAuth:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Ask:
-    """One request to the token endpoint: for which app, its body, and whose grant it rotates
-    (None: a code exchange, which has no grant yet)."""
+    """One request to the token endpoint: for which app, the grant's fields (the code or the
+    refresh token: never in the ``repr``), and whose grant it rotates (None: a code exchange,
+    which has no grant yet). The client's credentials join them when the request is sent."""
 
     app: AppConfig
-    form: _Form
+    values: Mapping[str, str] = dataclasses.field(repr=False)
     user: str | None
 
 
@@ -183,13 +219,65 @@ class _Bearer:
         return "<user_info request: Authorization masked>"
 
 
-def _token_form(
-    app: AppConfig, values: Mapping[str, str], refresh_token: str | None = None
-) -> _Form:
-    body = {"client_id": app.app_id, "client_secret": app.app_secret, **values}
-    if refresh_token is not None:
-        body["refresh_token"] = refresh_token
+def _token_form(app: AppConfig, values: Mapping[str, str]) -> _Form:
+    body = {"client_id": app.app_id, **client_credentials(app), **values}
     return _Form(body, secret_fields=_SECRET_FIELDS)
+
+
+def client_credentials(app: AppConfig) -> dict[str, str]:
+    """How ``app`` authenticates to the token endpoint: its ``client_secret``, or a client
+    assertion fresh from its provider, asked for here (once per request, never kept).
+
+    A provider that raises, or returns anything but a non-empty string, is an AuthError that
+    names what it did and no more: nothing is sent.
+    """
+    provider = app.client_assertion
+    if provider is None:
+        return {"client_secret": app.app_secret or ""}
+    try:
+        assertion = provider(assertion_audience(app))
+    except Exception as exc:  # the provider's own failure, whatever it is: one failed attempt
+        # The class only: a signing library's message may quote the key, the claims or a path.
+        said = f"the client_assertion provider raised {type(exc).__name__}; nothing was sent"
+        raise AuthError(feishu.ASSERTION_FAILED, said) from None
+    if not isinstance(assertion, str) or not assertion.strip():
+        what = "an empty string" if isinstance(assertion, str) else type(assertion).__name__
+        said = f"the client_assertion provider returned {what}, not a signed JWT; nothing was sent"
+        raise AuthError(feishu.ASSERTION_EMPTY, said)
+    return {"client_assertion_type": feishu.CLIENT_ASSERTION_TYPE, "client_assertion": assertion}
+
+
+def keyless_tenant_grant(
+    session: requests.Session, timeout: tuple[float, float], app: AppConfig
+) -> Grant:
+    """One attempt at a keyless self-built app's tenant token: the jwt-bearer grant on the v3
+    token endpoint, answered ``{code: 0, access_token, expires_in}``. Raises the typed error of
+    a failed attempt (to be detached by the caller's ``_attempt``)."""
+    form = _token_form(app, {"grant_type": feishu.OAUTH_JWT_BEARER_GRANT})
+    answer = _send(session.post, token_endpoint(app), timeout, _HEADERS, body=form.body)
+    return _tenant_grant(form, *answer)
+
+
+def _tenant_grant(form: _Form, status: int, headers: Mapping[str, str], content: bytes) -> Grant:
+    """The tenant token of a jwt-bearer answer, or the typed error the answer stands for: the
+    token endpoint's code table, where the app's refusals (20002: the assertion refused, 20001)
+    are permanent and anything ambiguous is transient."""
+    data = _answer(status, headers, content, form.secrets)
+    code: int = data[feishu.CODE_FIELD]
+    rule = feishu.user_rule_for(code, status)
+    if rule is feishu.UserRule.OK and status == 200 and not data.get("error"):
+        token = data.get("access_token")
+        expires_in = _lifetime(data.get("expires_in"), feishu.MAX_EXPIRE)
+        if not _usable_token(token) or expires_in is None:
+            detail = "success body without a usable access_token / expires_in"
+            raise UpstreamError(0, status, 1, detail=detail)
+        return Grant(token, expires_in)
+    detail = _detail(data, form.secrets)
+    if rule is feishu.UserRule.RATE_LIMITED:
+        raise _rate_limited(code, status, headers)
+    if rule is feishu.UserRule.PERMANENT:
+        raise AuthError(code, detail)
+    raise UpstreamError(code, status, 1, detail=detail)
 
 
 def _settled(outcome: R | TokenError) -> R:
@@ -198,9 +286,11 @@ def _settled(outcome: R | TokenError) -> R:
     return outcome
 
 
-def _tokens(ask: _Ask, status: int, headers: Mapping[str, str], content: bytes) -> UserTokens:
+def _tokens(
+    ask: _Ask, form: _Form, status: int, headers: Mapping[str, str], content: bytes
+) -> UserTokens:
     """The tokens of a success, or the typed error the answer stands for."""
-    secrets = ask.form.secrets
+    secrets = form.secrets
     data = _answer(status, headers, content, secrets)
     code: int = data[feishu.CODE_FIELD]
     rule = feishu.user_rule_for(code, status)

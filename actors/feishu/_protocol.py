@@ -20,8 +20,12 @@ from actors._config import FEISHU, LARK, AppType, TokenKind
 
 __all__ = [
     "ACCOUNTS_HOSTS",
+    "ASSERTION_EMPTY",
+    "ASSERTION_FAILED",
+    "ASSERTION_NO_APP_TOKEN",
     "AUTHORIZE_PATH",
     "AUTH_PREFIX",
+    "CLIENT_ASSERTION_TYPE",
     "CODES",
     "CODE_FIELD",
     "CONTENT_TYPE",
@@ -31,6 +35,7 @@ __all__ = [
     "MAX_REFRESH_EXPIRE",
     "MAX_RETRY_AFTER",
     "MSG_FIELD",
+    "OAUTH_JWT_BEARER_GRANT",
     "OAUTH_V2_PATH",
     "OAUTH_V3_PATH",
     "RATE_LIMIT_RESET_HEADER",
@@ -205,6 +210,17 @@ AUTHORIZE_PATH = "/open-apis/authen/v1/authorize"  # GET, in the user's browser
 OAUTH_V3_PATH = "/oauth/v3/token"  # POST, on the accounts host
 OAUTH_V2_PATH = "/open-apis/authen/v2/oauth/token"  # POST, on the Open Platform host
 USER_INFO_PATH = "/open-apis/authen/v1/user_info"  # GET, Authorization: Bearer <user token>
+
+# Keyless apps (RFC 7523; docs/feishu-protocol.md, "Keyless apps"): the client assertion stands in
+# for the secret on the v3 token endpoint, and a self-built app's tenant token is the jwt-bearer
+# grant there, answering {access_token, expires_in}.
+OAUTH_JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# Codes of the SDKs themselves (oapi-sdk-go, lark-oapi 1.7), never Feishu's: the request was
+# never sent.
+ASSERTION_NO_APP_TOKEN = 7100  # a keyless app has no app_access_token
+ASSERTION_EMPTY = 7101  # the provider returned no assertion (None, "", not a string)
+ASSERTION_FAILED = 7102  # the provider raised
 
 # A refresh token lives about 7 days and a grant at most 365 days; a lifetime beyond a year and
 # a day is nonsense, never one to keep. Without the field, larksuite/cli assumes 7 days.

@@ -150,7 +150,15 @@ def credentials_digest(app: AppConfig) -> str:
     """Whose tokens a shared key holds: the app's domain, id and secret, as a labelled sha256
     (hex). The same app_id on Feishu and on Lark, on a staging URL or with another secret never
     shares a key. The secret itself goes nowhere; it is long and random, so its digest gives
-    nothing to guess from."""
+    nothing to guess from.
+
+    A keyless app has no secret, and its provider is code that differs per process while
+    signing for the same registered key: its digest is of the domain and id under a label of
+    its own, so every process of the app shares its keys and none shares them with the same
+    app_id configured with a secret."""
+    if app.keyless:
+        parts = json.dumps([app.base_url, app.app_id]).encode()
+        return hashlib.sha256(b"lark-token-actors keyless credentials v1\0" + parts).hexdigest()
     parts = json.dumps([app.base_url, app.app_id, app.app_secret]).encode()
     return hashlib.sha256(b"lark-token-actors credentials v1\0" + parts).hexdigest()
 

@@ -62,12 +62,26 @@ tokens"):
 - ``GET /open-apis/authen/v1/user_info`` and ``GET /open-apis/calendar/v4/calendars`` take a
   user token: 99991668 for one never issued or revoked, 99991677 for an expired one.
 
+Keyless apps (client assertions; ``docs/feishu-protocol.md``, "Keyless apps"):
+
+- ``server.add_app(app_id, public_key=key)`` (an RSA or EC P-256 public key, or its PEM)
+  registers a keyless app; ``/oauth/v3/token`` then verifies its client assertions (signature,
+  ``iss``/``sub``, ``aud`` = the server's ``host:port``, ``exp`` within the hour, ``iat``, a
+  ``jti`` used once) and answers the jwt-bearer grant with a tenant token; a refused assertion
+  is answered 20002 ``invalid_client``; ``server.oauth.assertions`` and
+  ``refused_assertions`` count them. The requests are of kind ``"user"``;
+- ``assertion_provider(private_key, app_id, clock=...)`` is the provider for
+  ``AppConfig(app_id, client_assertion=...)``, signing fresh assertions with a key the test
+  makes (``rsa.generate_private_key(...)`` from ``cryptography``); it records the
+  ``audiences`` it was asked for.
+
 Event push: ``server.push_events_to(url, verification_token=..., encrypt_key=...)`` POSTs an
 encrypted, signed app_ticket event (:func:`encrypt_event`, :func:`sign_event`,
 :func:`app_ticket_event`) to ``url`` after each ``app_ticket/resend``; the returned
 :class:`EventPusher` records each :class:`Push`.
 """
 
+from actors.testing._assertions import assertion_provider as assertion_provider
 from actors.testing._events import EventPusher as EventPusher
 from actors.testing._events import Push as Push
 from actors.testing._events import app_ticket_event as app_ticket_event
@@ -95,6 +109,7 @@ __all__ = [
     "Redemption",
     "Reply",
     "app_ticket_event",
+    "assertion_provider",
     "encrypt_event",
     "oauth_error",
     "sign_event",

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self, TypeAlias, cast
+from urllib.parse import urlsplit
 
 import actors.testing._protocol as wire
 from actors._clock import Clock, SystemClock
 from actors._config import AppType, TokenKind
 from actors.feishu._protocol import Endpoint
+from actors.testing._assertions import PublicKey, load_public_key
 from actors.testing._business import BUSINESS, BusinessApi, BusinessServer
 from actors.testing._events import EventPusher, Schema
 from actors.testing._ledger import App, Ledger
@@ -156,10 +159,31 @@ class FakeFeishu:
             raise RuntimeError("FakeFeishu.base_url: call start() first")
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
-    def add_app(self, app_id: str, app_secret: str, *, marketplace: bool = False) -> None:
-        """Register (or replace) an app with its secret; marketplace apps start without a ticket."""
+    def add_app(
+        self,
+        app_id: str,
+        app_secret: str | None = None,
+        *,
+        marketplace: bool = False,
+        public_key: PublicKey | bytes | str | None = None,
+    ) -> None:
+        """Register (or replace) an app with its secret; marketplace apps start without a ticket.
+
+        ``public_key`` (an RSA or EC P-256 public key, or its PEM) registers the key the app's
+        client assertions are verified with (``docs/feishu-protocol.md``, "Keyless apps"); with
+        it alone the app is keyless: no secret works for it. Self-built apps only.
+        """
+        key = load_public_key(public_key) if public_key is not None else None
+        if app_secret is None and key is None:
+            raise ValueError(f"FakeFeishu.add_app({app_id!r}): give app_secret, public_key or both")
+        if marketplace and key is not None:
+            raise ValueError("FakeFeishu.add_app: a marketplace app cannot be keyless")
+        # Nobody knows a keyless app's secret: the secret endpoints refuse it like a wrong one.
+        secret = app_secret if app_secret is not None else secrets.token_urlsafe(32)
+        # Assertions are addressed to the host:port this server stands for, once it is started.
+        self.oauth.bind_audience(lambda: urlsplit(self.base_url).netloc)
         with self._lock:
-            self._ledger.apps[app_id] = App(app_secret, marketplace)
+            self._ledger.apps[app_id] = App(secret, marketplace, public_key=key)
 
     def issue_ticket(self, app_id: str) -> str:
         """Mint a new current app_ticket for a marketplace app and return it; older ones die."""

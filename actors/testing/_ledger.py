@@ -9,6 +9,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from actors._clock import Clock
+from actors.testing._assertions import PublicKey
 
 __all__ = ["App", "Issued", "Ledger", "User"]
 
@@ -19,9 +20,13 @@ _PRUNE_AT_LEAST = 1024
 
 @dataclass
 class App:
+    """A registered app. A keyless one has a ``public_key`` for its client assertions and a
+    secret nobody knows, so that the secret endpoints refuse it as they refuse a wrong secret."""
+
     secret: str = field(repr=False)
     marketplace: bool
     ticket: str | None = field(default=None, repr=False)
+    public_key: PublicKey | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

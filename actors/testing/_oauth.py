@@ -9,14 +9,22 @@
   both), JSON ``{grant_type, client_id, client_secret, ...}``: ``authorization_code`` redeems a
   code once, within its lifetime, with its PKCE verifier; ``refresh_token`` redeems a refresh
   token once and answers its successor. A dead refresh token presented again is answered 20064
-  and counted (:attr:`OAuthApi.refresh_reuses`).
+  and counted (:attr:`OAuthApi.refresh_reuses`);
+- keyless apps (registered with a public key) authenticate on ``/oauth/v3/token`` with a client
+  assertion (``client_assertion_type`` + ``client_assertion``) instead of ``client_secret``,
+  verified by ``_assertions`` (signature, ``iss``/``sub``, ``aud`` = the fake's ``host:port``,
+  ``exp``, ``iat``, a ``jti`` used once) and counted (:attr:`OAuthApi.assertions`); a refused
+  one is answered 20002 ``invalid_client``. Their tenant token is the grant
+  ``urn:ietf:params:oauth:grant-type:jwt-bearer``, answered ``{code: 0, access_token,
+  expires_in, token_type}`` from the same ledger (and 30-minute rule) as the secret endpoint's.
 
 Success is HTTP 200 ``{code: 0, access_token, expires_in, refresh_token,
 refresh_token_expires_in, scope, token_type: "Bearer"}`` (no refresh token without the
 ``offline_access`` scope); a refusal is HTTP 400 (20050: 500) ``{code, error,
 error_description}`` (:func:`oauth_error`, also for scripted replies). Requests are recorded as
-kinds ``"authorize"`` and ``"user"``, scripted and held like the other token requests; a token
-request's body (secret, code, refresh token) is never kept. ``user_info`` and the business route
+kinds ``"authorize"`` and ``"user"`` (the jwt-bearer tenant grant too: it is a request to the
+token endpoint), scripted and held like the other token requests; a token request's body
+(secret, assertion, code, refresh token) is never kept. ``user_info`` and the business route
 that takes user tokens live in ``_business``.
 """
 
@@ -24,12 +32,14 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from actors._clock import Clock
+from actors._config import TokenKind
 from actors.feishu._protocol import CODE_FIELD
+from actors.testing._assertions import CLIENT_ASSERTION_TYPE, JWT_BEARER_GRANT, AssertionVerifier
 from actors.testing._ledger import Ledger, User
 from actors.testing._protocol import (
     AUTHORIZE,
@@ -126,6 +136,8 @@ class OAuthApi:
         self._redemptions: list[Redemption] = []
         self._lost: list[_Lost] = []
         self._deny = 0
+        self._assertions = AssertionVerifier(clock)
+        self._audience: Callable[[], str] | None = None
 
     # --- steering and inspection -----------------------------------------------------------
 
@@ -267,6 +279,24 @@ class OAuthApi:
         with self._lock:
             return sum(1 for r in self._redemptions if r.reuse)
 
+    @property
+    def assertions(self) -> int:
+        """Client assertions verified and accepted (each authenticated one token request)."""
+        with self._lock:
+            return self._assertions.accepted
+
+    @property
+    def refused_assertions(self) -> int:
+        """Client assertions presented and refused (each answered 20002)."""
+        with self._lock:
+            return self._assertions.refused
+
+    def bind_audience(self, audience: Callable[[], str]) -> None:
+        """Where client assertions must be addressed (``aud``): ``audience()`` when one is
+        checked, the ``host:port`` the server stands for (its base URL's, once started)."""
+        with self._lock:
+            self._audience = audience
+
     def rotations(self, open_id: str | None = None) -> int:
         """Successful refreshes (of ``open_id``'s grants, or of all)."""
         with self._lock:
@@ -311,13 +341,13 @@ class OAuthApi:
         if body is None:
             return oauth_error(UserCode.BAD_REQUEST, "The body is not a JSON object.")
         grant_type = _str(body, "grant_type")
-        outcome = self._redeem(grant_type, body)
+        outcome = self._redeem(req.path, grant_type, body)
         code = outcome.result if isinstance(outcome.result, UserCode) else 0
         user = outcome.user.open_id if outcome.user is not None else None
         record = Redemption(req.at, req.path, req.app_id, user, grant_type, code, outcome.reuse)
         self._redemptions.append(record)
         if isinstance(outcome.result, UserCode):
-            return oauth_error(outcome.result)
+            return oauth_error(outcome.result, outcome.detail)
         if grant_type == _REFRESH_TOKEN:
             lost = next((x for x in self._lost if x.user in (None, user)), None)
             if lost is not None:
@@ -325,11 +355,18 @@ class OAuthApi:
                 return lost.reply
         return _tokens_reply(outcome.result)
 
-    def _redeem(self, grant_type: str | None, body: Mapping[str, object]) -> Outcome:
+    def _redeem(self, path: str, grant_type: str | None, body: Mapping[str, object]) -> Outcome:
         client_id = _str(body, "client_id") or ""
-        app = self._ledger.apps.get(client_id)
-        if app is None or _str(body, "client_secret") != app.secret:
-            return Outcome(UserCode.BAD_CLIENT)
+        asserted = "client_assertion" in body or "client_assertion_type" in body
+        refusal = (self._asserted if asserted else self._with_secret)(path, client_id, body)
+        if refusal is not None:
+            return refusal
+        if grant_type == JWT_BEARER_GRANT:
+            if not asserted:
+                text = "The jwt-bearer grant is for keyless apps: send a client assertion."
+                return Outcome(UserCode.BAD_REQUEST, detail=text)
+            token, seconds = self._ledger.grant(client_id, TokenKind.TENANT, None)
+            return Outcome(Tokens(token, seconds, None, None, None))
         if grant_type == _AUTHORIZATION_CODE:
             code = _str(body, "code")
             if not code:
@@ -340,6 +377,36 @@ class OAuthApi:
         if grant_type != _REFRESH_TOKEN or not refresh_token:
             return Outcome(UserCode.BAD_REQUEST)
         return self._users.refresh(client_id, refresh_token)
+
+    def _with_secret(self, path: str, client_id: str, body: Mapping[str, object]) -> Outcome | None:
+        del path  # both endpoints take a client_secret
+        app = self._ledger.apps.get(client_id)
+        if app is None or _str(body, "client_secret") != app.secret:
+            return Outcome(UserCode.BAD_CLIENT)
+        return None
+
+    def _asserted(self, path: str, client_id: str, body: Mapping[str, object]) -> Outcome | None:
+        """The refusal of a request that authenticates with a client assertion, if any."""
+        assertion = _str(body, "client_assertion")
+        if "client_secret" in body:
+            text = "Send a client_secret or a client assertion, not both."
+            return Outcome(UserCode.BAD_REQUEST, detail=text)
+        if _str(body, "client_assertion_type") != CLIENT_ASSERTION_TYPE or not assertion:
+            text = f"A client assertion needs client_assertion_type={CLIENT_ASSERTION_TYPE}."
+            return Outcome(UserCode.BAD_REQUEST, detail=text)
+        app = self._ledger.apps.get(client_id)
+        if app is None or app.public_key is None:
+            text = "The client has no public key registered for client assertions."
+            return Outcome(UserCode.BAD_CLIENT, detail=text)
+        if path != OAUTH_V3_PATH:  # the fake's choice: the SDKs send assertions to v3 only
+            text = f"Client assertions are accepted on {OAUTH_V3_PATH} only."
+            return Outcome(UserCode.BAD_CLIENT, detail=text)
+        if self._audience is None:
+            raise RuntimeError("FakeFeishu.oauth: no audience bound (add_app binds it)")
+        reason = self._assertions.verify(
+            assertion, key=app.public_key, client_id=client_id, audience=self._audience()
+        )
+        return None if reason is None else Outcome(UserCode.BAD_CLIENT, detail=reason)
 
     def _authorize(self, params: Mapping[str, str]) -> Reply:
         refusal = self._check_authorize(params)
@@ -395,7 +462,9 @@ def _tokens_reply(tokens: Tokens) -> Reply:
     if tokens.refresh_token is not None:
         body["refresh_token"] = tokens.refresh_token
         body["refresh_token_expires_in"] = tokens.refresh_token_expires_in
-    body |= {"scope": tokens.scope, "token_type": "Bearer"}
+    if tokens.scope is not None:
+        body["scope"] = tokens.scope
+    body["token_type"] = "Bearer"
     return Reply.raw(dump_json(body))
 
 

@@ -84,23 +84,25 @@ class _Refresh:
 
 @dataclass(frozen=True)
 class Tokens:
-    """What a successful redemption answers (whole seconds, as Feishu writes them)."""
+    """What a successful redemption answers (whole seconds, as Feishu writes them); a tenant
+    token (the jwt-bearer grant) has no refresh token and no ``scope``."""
 
     access_token: str = field(repr=False)
     expires_in: int
     refresh_token: str | None = field(repr=False)
     refresh_token_expires_in: int | None
-    scope: str
+    scope: str | None
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a redemption went: the tokens or the refusal, whose grant it was, whether it reused
-    a dead refresh token."""
+    """How a redemption went: the tokens or the refusal (with its ``error_description``, if
+    not the code's usual one), whose grant it was, whether it reused a dead refresh token."""
 
     result: Tokens | UserCode
     user: User | None = None
     reuse: bool = False
+    detail: str | None = None
 
 
 class UserLedger:
