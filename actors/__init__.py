@@ -50,6 +50,7 @@ from actors._system import TokenSystem as TokenSystem
 from actors._token_actor import TokenActor as TokenActor
 from actors.callbacks import EventError as EventError
 from actors.callbacks import handle_event as handle_event
+from actors.feishu._jssdk import jsapi_signature as jsapi_signature
 from actors.requests import FeishuAuth as FeishuAuth
 from actors.stores import SqliteStore as SqliteStore
 from actors.stores import StoreHealth as StoreHealth
@@ -106,6 +107,7 @@ __all__ = [
     "UserGrant",
     "handle_event",
     "is_token_invalid",
+    "jsapi_signature",
     "pkce_pair",
 ]
 

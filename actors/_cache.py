@@ -146,7 +146,9 @@ class Entry:
         waiters, self.waiters = self.waiters, []
         return waiters
 
-    def request(self, *, app_ticket: str | None, app_token: str | None) -> TokenRequest:
+    def request(
+        self, *, app_ticket: str | None, app_token: str | None, tenant_token: str | None
+    ) -> TokenRequest:
         """The upstream request for this key's refresh (marketplace: with its ticket or app
         token), naming the token it must not be answered with."""
         return TokenRequest(
@@ -156,6 +158,7 @@ class Entry:
             user=self.key.user,
             app_ticket=app_ticket,
             app_token=app_token,
+            tenant_token=tenant_token,
             cause=self.cause,
             replaces=self.token if self.token is not None else self.dropped_token,
         )

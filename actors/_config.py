@@ -48,6 +48,7 @@ class TokenKind(enum.StrEnum):
     TENANT = "tenant"
     APP = "app"
     USER = "user"  # a user_access_token: keyed by the user's open_id
+    JSAPI_TICKET = "jsapi_ticket"  # the JSSDK's ticket, per tenant (made with its tenant token)
 
     # Enum hashes the member's *name* in Python code; a StrEnum equals its value, so hashing the
     # value (in C) is both consistent with ``TokenKind.TENANT == "tenant"`` and cheaper on the
@@ -448,13 +449,16 @@ def resolve_key(
     if user is not None:
         msg = f"user= is only accepted for TokenKind.USER, not for {kind.value} tokens"
         raise ValueError(msg)
+    if kind is TokenKind.APP and app.keyless:
+        msg = f"app {app.app_id} is keyless (a client assertion): it has no app_access_token"
+        raise ValueError(msg)
     if kind is TokenKind.APP or app.app_type is AppType.SELF_BUILT:
         if tenant_key is not None:
-            what = "an app token" if kind is TokenKind.APP else "a self-built app's tenant token"
+            what = "an app token" if kind is TokenKind.APP else f"a self-built app's {kind.value}"
             msg = f"tenant_key is not accepted for {what} (app {app.app_id}); leave it None"
             raise ValueError(msg)
     elif not isinstance(tenant_key, str) or not tenant_key:
-        msg = f"tenant_key is required for marketplace app {app.app_id}'s tenant token"
+        msg = f"tenant_key is required for marketplace app {app.app_id}'s {kind.value}"
         raise ValueError(msg)
     return app.key(kind, tenant_key)
 

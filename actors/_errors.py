@@ -174,8 +174,10 @@ REAUTHORIZATION_REASONS = {
 class ReauthorizationRequired(TokenError):
     """The user must log in again (send them through ``authorize_url``): their grant ended.
 
-    ``reason`` is one of :data:`REAUTHORIZATION_REASONS`; ``code`` is Feishu's code, if Feishu
-    gave one; ``app_id`` and ``user`` (the open_id) say whose grant it was.
+    ``reason`` says why: ``revoked``, ``expired``, ``invalid``, ``wrong_app``,
+    ``refresh_disabled``, ``no_refresh_token``, ``unknown_user`` or ``interrupted`` (the message
+    explains each); ``code`` is Feishu's code, if Feishu gave one; ``app_id`` and ``user`` (the
+    open_id) say whose grant it was.
     """
 
     def __init__(self, reason: str, *, app_id: str, user: str, code: int | None = None) -> None:

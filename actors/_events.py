@@ -65,7 +65,7 @@ class RefreshFailed:
 @dataclasses.dataclass(frozen=True, slots=True)
 class ReauthorizationNeeded:
     """A user's grant ended (``reason`` as in ``ReauthorizationRequired``): send them through
-    the login again. Published once per grant."""
+    the login again. Published once per grant by each process that finds it ended."""
 
     app_id: str
     user: str

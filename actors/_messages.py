@@ -46,6 +46,7 @@ __all__ = [
     "ReportDue",
     "ResendDone",
     "ResolvedFuture",
+    "ScanDue",
     "SetTicket",
     "Snapshot",
     "TokenReply",
@@ -505,6 +506,11 @@ class Wake:
 
     key: TokenKey
     timer_id: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScanDue:
+    """Time to list the store's user grants again (to keep them alive from here too)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ import dataclasses
 import enum
 import itertools
 import math
-import threading
 from collections import Counter
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -201,23 +200,15 @@ def shown(counts: TokenMetrics | KindMetrics, line: str) -> str:
 class Tally(itertools.count):  # type: ignore[type-arg]
     """An exact count that any thread bumps with ``next(tally)``, lock-free: one C call, the
     cost of a plain ``itertools.count`` (the fast-read hit path counts with it).
-    :meth:`value` reads it from any thread without stopping the counting."""
+    :meth:`value` reads it from any thread without counting: the hit path samples the hits to
+    time by the raw count, and a read that moved it would shift which hits are timed."""
 
-    __slots__ = ("_reading", "_reads")
-
-    def __init__(self) -> None:
-        self._reads = 0
-        # Per tally, not per module: a lock held by a thread when the process forks stays held
-        # in the child, and a system the child starts has tallies of its own.
-        self._reading = threading.Lock()
+    __slots__ = ()
 
     def value(self) -> int:
-        """How many ``next()`` calls other than reads so far."""
-        with self._reading:  # reads are rare (a metrics snapshot); counting never takes it
-            # next() is atomic and also counts this read and every earlier one: take them off.
-            n: int = next(self) - self._reads
-            self._reads += 1
-        return n
+        """How many ``next()`` calls so far."""
+        # The count's repr, "Tally(17)", is read in one C call, like next() itself.
+        return int(repr(self).rpartition("(")[2].rstrip(")"))
 
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})

@@ -36,6 +36,7 @@ from actors._messages import AsyncWaiter, FutureWaiter, PendingFutures
 from actors._messages import failed_future as _failed
 from actors._metrics import TokenMetrics
 from actors._refresh import SystemHealth, TicketBook
+from actors.feishu._jssdk import JssdkPages
 from actors.stores import StoreHealth
 from actors.users._logins import UserLogins
 
@@ -49,7 +50,7 @@ __all__ = ["TokenProxy", "store_health"]
 _KEY_MEMO_SIZE = 4096
 
 
-class TokenProxy(UserLogins):
+class TokenProxy(UserLogins, JssdkPages):
     """``system.proxy``: the token API. Plain methods return ``pykka.Future``s, ``a``-prefixed
     methods are coroutines that return values.
 

@@ -124,7 +124,58 @@ class _TicketWaits:
         return entry if entry is not None and entry.state is RefreshState.AWAITING_TICKET else None
 
 
-class Refresher(_TicketWaits):
+class _UserGrants:
+    """The Refresher's part for user grants the actor learns of outside a refresh: a login's
+    token, a grant found in the store (kept alive from here too), a logout."""
+
+    _apps: Mapping[str, AppConfig]
+    _cache: TokenCache
+    _policy: RefreshPolicy
+    _clock: Clock
+    _rng: random.Random
+
+    def _store(self, entry: Entry, token: str, expires_at: float, now: float) -> None:
+        raise NotImplementedError
+
+    def _set_timer(self, entry: Entry, due: float | None) -> None:
+        raise NotImplementedError
+
+    def _answer(
+        self, waiters: list[Waiter], *, token: str | None = None, error: Exception | None = None
+    ) -> None:
+        raise NotImplementedError
+
+    def adopt(self, key: TokenKey, grant: Grant, started_at: float) -> None:
+        """A login redeemed ``grant`` for ``key``'s user: cache it as a refresh's answer."""
+        entry = self._cache.entry(key, self._apps[key.app_id])
+        entry.last_read = now = self._clock.now()
+        entry.cause = "login"
+        entry.refresh_until = (
+            None if grant.refresh_expire is None else started_at + grant.refresh_expire
+        )
+        self._store(entry, grant.token, started_at + grant.expire, now)
+
+    def keep(self, key: TokenKey, refresh_until: float) -> None:
+        """A stored grant this process has not cached: keep it alive from here too (the
+        store's lease lets one process per grant rotate it)."""
+        entry = self._cache.entry(key, self._apps[key.app_id])
+        if entry.refresh_until is None and not entry.busy and entry.timer is None:
+            entry.refresh_until = refresh_until
+            now = self._clock.now()
+            self._set_timer(entry, self._policy.keepalive_due(refresh_until, now, self._rng))
+
+    def forget(self, key: TokenKey, error: Exception) -> None:
+        """The user logged out: nothing of theirs is served or refreshed here any more."""
+        entry = self._cache.get(key)
+        if entry is not None:
+            entry.drop_token()
+            self._set_timer(entry, None)
+            self._answer(entry.take_waiters(), error=error)
+            if not entry.busy:
+                self._cache.remove(entry)
+
+
+class Refresher(_TicketWaits, _UserGrants):
     """The cache, its entries and their refreshes; the TokenActor hands it its mail."""
 
     def __init__(
@@ -218,32 +269,46 @@ class Refresher(_TicketWaits):
         self._attempt(entry)
 
     def _attempt(self, entry: Entry) -> None:
-        app = entry.app
-        if app.app_type is AppType.SELF_BUILT or entry.key.kind is TokenKind.USER:
+        app, kind = entry.app, entry.key.kind
+        if kind is TokenKind.USER or (app.app_type is AppType.SELF_BUILT and kind in _ONE_STEP):
             self._enqueue(entry)
-        elif entry.key.kind is TokenKind.APP:
+        elif kind is TokenKind.APP:
             ticket = entry.ticket_used = self._tickets.ticket(app.app_id)
             if ticket is None:
                 self._await_ticket(entry)
             else:
                 self._enqueue(entry, app_ticket=ticket)
         else:
-            # Marketplace tenant tokens take two steps; the app token comes from this same
-            # cache (a hit, or one shared fetch for every tenant of the app).
+            # Two steps: a marketplace tenant token needs the app token, a jsapi_ticket its
+            # tenant's token. That one comes from this same cache (a hit, or one fetch shared
+            # by everything that needs it).
+            def carried(token: str) -> None:
+                if kind is TokenKind.JSAPI_TICKET:
+                    self._enqueue(entry, tenant_token=token)
+                else:
+                    self._enqueue(entry, app_token=token)
+
             entry.enter(RefreshState.AWAITING_APP_TOKEN)
             self.get(
-                app.key(TokenKind.APP),
+                _prerequisite(entry.key),
                 Continuation(
                     self._clock.now(),
-                    on_token=lambda token: self._enqueue(entry, app_token=token),
+                    on_token=carried,
                     on_error=lambda error: self._finish_failure(entry, error),
                 ),
             )
 
     def _enqueue(
-        self, entry: Entry, *, app_ticket: str | None = None, app_token: str | None = None
+        self,
+        entry: Entry,
+        *,
+        app_ticket: str | None = None,
+        app_token: str | None = None,
+        tenant_token: str | None = None,
     ) -> None:
-        request = entry.request(app_ticket=app_ticket, app_token=app_token)
+        request = entry.request(
+            app_ticket=app_ticket, app_token=app_token, tenant_token=tenant_token
+        )
         entry.enter(RefreshState.FETCHING)
         # Keys with callers waiting go first; prewarms follow in order of their hard deadline.
         deadline = float("-inf") if entry.waiters else entry.serve_until
@@ -357,37 +422,6 @@ class Refresher(_TicketWaits):
                 # gets for bogus tenant keys must not pile up entries). The next get starts afresh.
                 self._cache.remove(entry)
 
-    # --- user grants: a login, a logout, a grant found in the store --------------------------
-
-    def adopt(self, key: TokenKey, grant: Grant, started_at: float) -> None:
-        """A login redeemed ``grant`` for ``key``'s user: cache it as a refresh's answer."""
-        entry = self._cache.entry(key, self._apps[key.app_id])
-        entry.last_read = now = self._clock.now()
-        entry.cause = "login"
-        entry.refresh_until = (
-            None if grant.refresh_expire is None else started_at + grant.refresh_expire
-        )
-        self._store(entry, grant.token, started_at + grant.expire, now)
-
-    def keep(self, key: TokenKey, refresh_until: float) -> None:
-        """A stored grant this process has not cached: keep it alive from here too (the
-        store's lease lets one process per grant rotate it)."""
-        entry = self._cache.entry(key, self._apps[key.app_id])
-        if entry.refresh_until is None and not entry.busy and entry.timer is None:
-            entry.refresh_until = refresh_until
-            now = self._clock.now()
-            self._set_timer(entry, self._policy.keepalive_due(refresh_until, now, self._rng))
-
-    def forget(self, key: TokenKey, error: Exception) -> None:
-        """The user logged out: nothing of theirs is served or refreshed here any more."""
-        entry = self._cache.get(key)
-        if entry is not None:
-            entry.drop_token()
-            self._set_timer(entry, None)
-            self._answer(entry.take_waiters(), error=error)
-            if not entry.busy:
-                self._cache.remove(entry)
-
     # --- prewarm, idle eviction, invalidation ----------------------------------------------------
 
     def _prewarm(self, entry: Entry) -> None:
@@ -418,8 +452,9 @@ class Refresher(_TicketWaits):
         return True
 
     def _drop_app_token(self, entry: Entry, drop: bool) -> None:
-        """A marketplace tenant request was refused for its app token: stop serving that one."""
-        app_entry = self._cache.get(entry.app.key(TokenKind.APP)) if drop else None
+        """A request was refused for the token it carried (a marketplace tenant request's app
+        token, a jsapi_ticket request's tenant token): stop serving that one."""
+        app_entry = self._cache.get(_prerequisite(entry.key)) if drop else None
         if app_entry is not None:
             app_entry.drop_token()
             if not app_entry.busy:  # its prewarm: nothing to refresh until a get asks
@@ -492,6 +527,18 @@ class TicketBook:
         return iter([(app_id, t, at) for app_id, (t, at) in held if t is not None])
 
 
+# Kinds a self-built app fetches in one request (a jsapi_ticket needs the tenant token first).
+_ONE_STEP = frozenset({TokenKind.APP, TokenKind.TENANT})
+
+
+def _prerequisite(key: TokenKey) -> TokenKey:
+    """The token a two-step request carries: a jsapi_ticket's tenant token, a marketplace
+    tenant token's app token."""
+    if key.kind is TokenKind.JSAPI_TICKET:
+        return key._replace(kind=TokenKind.TENANT)
+    return key._replace(kind=TokenKind.APP, tenant_key=None)
+
+
 # Errors after which a user's grant is over (or the system): no keep-alive to try again.
 _GRANT_OVER = (ReauthorizationRequired, SystemStoppedError)
 
@@ -528,6 +575,11 @@ class SystemHealth:
     def __post_init__(self) -> None:
         by_app = types.MappingProxyType(dict(self.keys_failing_by_app))  # a snapshot
         object.__setattr__(self, "keys_failing_by_app", by_app)
+
+    @classmethod
+    def stopped(cls, store: StoreHealth | None) -> SystemHealth:
+        """The health of a stopped system (with its store's own report)."""
+        return cls(False, store, 0, {}, None, None)
 
     @property
     def ok(self) -> bool:
@@ -691,7 +743,7 @@ def decide(
     if not isinstance(result, UpstreamError):
         return Fail(result)  # permanent: AuthError, a missing ticket's deadline, stopping
     drop = (
-        attempt.kind is TokenKind.TENANT
+        attempt.kind in (TokenKind.TENANT, TokenKind.JSAPI_TICKET)
         and feishu.rule_for(result.code, result.status) is feishu.Rule.TOKEN_INVALID
     )
     if exhausted:

@@ -35,6 +35,8 @@ class TokenRequest:
     user: str | None = None  # the open_id, for TokenKind.USER
     app_ticket: str | None = dataclasses.field(default=None, repr=False)
     app_token: str | None = dataclasses.field(default=None, repr=False)
+    # A jsapi_ticket request carries its tenant's token.
+    tenant_token: str | None = dataclasses.field(default=None, repr=False)
     cause: str = "miss"  # miss | prewarm | invalidate | keepalive: why the cache wants a token
     # The token the cache holds now (a prewarm) or has just dropped (an invalidation): a shared
     # store must not hand it back as the answer.

@@ -18,7 +18,7 @@ from actors import _cache as _fork
 from actors import _messages as m
 from actors._cache import CallerStats, ReadSnapshot
 from actors._clock import Clock, SystemClock
-from actors._config import AppConfig, RefreshPolicy, TokenKind, resolve_app
+from actors._config import AppConfig, RefreshPolicy, resolve_app
 from actors._errors import SystemStoppedError, TokenError
 from actors._events import EventHub, Subscriber
 from actors._messages import PendingFutures
@@ -28,7 +28,7 @@ from actors._refresh import SystemHealth
 from actors._scheduler import NextDue, SchedulerActor, Tick
 from actors._source import TokenSource
 from actors._token_actor import TokenActor
-from actors._upstream import WorkerPool, tell
+from actors._upstream import WorkerPool
 from actors.feishu._client import FeishuAuthClient
 from actors.feishu._oauth import FeishuOAuth
 from actors.feishu._sockets import AbortableAdapter
@@ -232,6 +232,14 @@ class TokenSystem:
         app, challenge = resolve_app(self._apps, app_id), code_challenge
         return authorize_url(app, redirect_uri, state=state, scope=scope, code_challenge=challenge)
 
+    def jsapi_config(
+        self, url: str, *, tenant_key: str | None = None, app_id: str | None = None
+    ) -> dict[str, str | int]:
+        """``h5sdk.config``'s arguments for the page at ``url`` (the fragment is not signed)
+        from the tenant's cached jsapi_ticket; blocks (``proxy.ajsapi_config``: a coroutine)."""
+        future = self._proxy.jsapi_config(url, tenant_key=tenant_key, app_id=app_id)
+        return future.get(timeout=max(5.0, sum(self._policy.request_timeout)))
+
     def users(self, *, app_id: str | None = None) -> list[UserGrant]:
         """The store's live user grants of the app, by open_id (no tokens in them; blocks)."""
         app, users = resolve_app(self._apps, app_id), self._live().users
@@ -274,18 +282,10 @@ class TokenSystem:
                 pass
         process = self._process
         store = process.store if process.generation == _fork.current() else None
-        return SystemHealth(
-            running=False,
-            store=store_health(store),
-            keys_failing=0,
-            keys_failing_by_app={},
-            last_refresh_error=None,
-            last_refresh_error_age=None,
-        )
+        return SystemHealth.stopped(store_health(store))
 
     def performance_report(self, *, timeout: float = 5.0) -> str:
-        """The counters as a human-readable report."""
-        return self.metrics(timeout=timeout).report()
+        return self.metrics(timeout=timeout).report()  # the counters, human-readable
 
     def log_performance_metrics(self, *, timeout: float = 5.0) -> None:
         """Log :meth:`performance_report` at INFO (once ``logger.enable("actors")``)."""
@@ -419,6 +419,7 @@ class _Process:
                 snapshot=self.snapshot,
                 callers=callers,
                 users=self.users,
+                scan_grants=book is not None,
             )
         except BaseException:
             self.scheduler.stop()
@@ -427,31 +428,7 @@ class _Process:
         proxy._serve(self.ref, self.pending, self.snapshot, callers, store)
         if store is not None:
             store.attach(proxy.invalidate)  # other processes' invalidations drop it here
-            if book is not None:
-                self._keep_stored_grants(system, clock)
         logger.bind(apps=list(system._apps)).debug("TokenSystem started")
-
-    def _keep_stored_grants(self, system: TokenSystem, clock: Clock) -> None:
-        """Keep every grant the store holds alive from this process too (on a worker: the
-        store is I/O): one whose refresh token nears its end is rotated, by one process."""
-        users, ref, apps = self.users, self.ref, list(system._apps.values())
-
-        def job() -> None:
-            found = []
-            for app in apps:
-                try:
-                    grants = users.grants(app)
-                except Exception as exc:  # a wrong key, a failing store: logged, not fatal
-                    logger.warning("user grants of {} not listed: {}", app.app_id, exc)
-                    continue
-                for grant in grants:
-                    until = users.user_grant(grant).refresh_expires_at
-                    if until is not None:
-                        found.append((app.key(TokenKind.USER, None, grant.open_id), until))
-            if found:
-                tell(ref, m.KeepGrants(tuple(found)))
-
-        self.pool.submit(job)
 
     def _session(self, session: requests.Session | None, policy: RefreshPolicy) -> requests.Session:
         if session is None:

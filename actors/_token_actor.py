@@ -10,6 +10,7 @@ back as Wake mail. The actor itself speaks the reply protocol for embedding acto
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -60,8 +61,10 @@ class TokenActor(pykka.ThreadingActor):
         snapshot: ReadSnapshot | None = None,
         callers: CallerStats | None = None,
         users: UserSource | None = None,
+        scan_grants: bool = False,
     ) -> None:
         super().__init__()
+        self._scan_grants = scan_grants
         self._pool = pool
         self._users = users
         self._apps = dict(apps)
@@ -118,8 +121,8 @@ class TokenActor(pykka.ThreadingActor):
                 waiter.resolve(refresher.invalidate(token))
             case m.Snapshot(waiter) | m.Health(waiter):
                 waiter.resolve(self._report(message))
-            case m.ReportDue():
-                self._log_report()
+            case m.ReportDue() | m.ScanDue():
+                self._on_due(message)
             case m.Probe():
                 return refresher.fetches, self._handled - 1
             case m.ResendDone() | m.Redeem() | m.Redeemed() | m.ForgetUser() | m.KeepGrants():
@@ -130,6 +133,8 @@ class TokenActor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         self._schedule_report()
+        if self._scan_grants:
+            self._scan()
 
     def on_stop(self) -> None:
         self._refresher.stop()
@@ -201,6 +206,41 @@ class TokenActor(pykka.ThreadingActor):
                 waiter.fail(detached(exc))
 
         self._submit(job, waiter)
+
+    def _on_due(self, message: m.ReportDue | m.ScanDue) -> None:
+        """The actor's own periodic work: the performance report, the store's grants."""
+        if isinstance(message, m.ReportDue):
+            self._log_report()
+        else:
+            self._scan()
+
+    def _scan(self) -> None:
+        """Keep every grant the store holds alive from this process too, now and every quarter
+        of the keep-alive lead (grants of logins elsewhere included); the store's lease lets
+        one process per grant rotate it. The listing is store I/O: it runs on a worker."""
+        users, me, apps = self._users, self.actor_ref, list(self._apps.values())
+        every = max(60.0, self._policy.user_keepalive_lead / 4)
+        self._timers.at(self._clock.now() + every, lambda _: m.ScanDue())
+        if users is None:
+            return
+
+        def job() -> None:
+            found = []
+            for app in apps:
+                try:
+                    grants = users.grants(app)
+                except Exception as exc:  # a wrong key, a failing store: logged, not fatal
+                    _log.warning("user grants of {} not listed: {}", app.app_id, exc)
+                    continue
+                for grant in grants:
+                    until = users.user_grant(grant).refresh_expires_at
+                    if until is not None:
+                        found.append((app.key(TokenKind.USER, None, grant.open_id), until))
+            if found:
+                tell(me, m.KeepGrants(tuple(found)))
+
+        with contextlib.suppress(RuntimeError):  # the pool shut down: the system stops
+            self._pool.submit(job)
 
     def _submit(self, job: Callable[[], None], waiter: Waiter) -> None:
         try:

@@ -132,9 +132,9 @@ def test_resolve_key_rules() -> None:
         resolve_key(both, "tenant", None, "cli_mk")
     with pytest.raises(ValueError, match="kind"):
         resolve_key(one, "bogus", None, None)
-    with pytest.raises(ValueError, match="user= .* is required"):
+    with pytest.raises(ValueError, match=r"user= .* is required"):
         resolve_key(one, "user", None, None)
-    with pytest.raises(ValueError, match="only accepted for TokenKind.USER"):
+    with pytest.raises(ValueError, match=r"only accepted for TokenKind\.USER"):
         resolve_key(one, "tenant", None, None, "ou_1")
     with pytest.raises(ValueError, match="tenant_key is not accepted for a user token"):
         resolve_key(one, "user", "tk", None, "ou_1")

@@ -62,6 +62,7 @@ PUBLIC_SURFACE = [
     "actors.httpx.AsyncFeishuAuth",
     "actors.httpx.FeishuAuth",
     "actors.is_token_invalid",
+    "actors.jsapi_signature",
     "actors.lark.acall",
     "actors.lark.call",
     "actors.lark.lark_client",
@@ -84,6 +85,7 @@ PUBLIC_SURFACE = [
     "actors.testing.Redemption",
     "actors.testing.Reply",
     "actors.testing.app_ticket_event",
+    "actors.testing.assertion_provider",
     "actors.testing.encrypt_event",
     "actors.testing.oauth_error",
     "actors.testing.sign_event",
@@ -118,6 +120,9 @@ POSITIONAL = {
     "TokenProxy.forget_user": ["user"],
     "TokenProxy.aforget_user": ["user"],
     "TokenSystem.authorize_url": ["redirect_uri"],
+    "TokenSystem.jsapi_config": ["url"],
+    "TokenProxy.jsapi_config": ["url"],
+    "TokenProxy.ajsapi_config": ["url"],
 }
 
 

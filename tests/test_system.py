@@ -365,6 +365,7 @@ def test_the_failing_keys_remembered_are_bounded() -> None:
 
 def test_health_never_shows_a_secret_or_a_token_a_source_put_in_its_error() -> None:
     secret = HEALTH_APP.app_secret
+    assert secret is not None
     leaky = actors.AuthError(10014, f"echoed {secret} and app_secret={secret} with {TOKEN_SHAPED}")
     with actors.TokenSystem.start(HEALTH_APP, source=FunctionSource(lambda _r: leaky)) as system:
         with pytest.raises(actors.AuthError):

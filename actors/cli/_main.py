@@ -123,7 +123,10 @@ def _build_parser() -> _Parser:
         f"{ENV_URL}, default {FEISHU}) and print it masked, or whole with --show.",
     )
     token.add_argument(
-        "--kind", choices=[TokenKind.TENANT.value, TokenKind.APP.value], default="tenant", help="default: tenant"
+        "--kind",
+        choices=[TokenKind.TENANT.value, TokenKind.APP.value],
+        default="tenant",
+        help="default: tenant",
     )
     token.add_argument("--tenant-key", help="the tenant (marketplace apps' tenant tokens only)")
     token.add_argument(

@@ -92,6 +92,8 @@ class FeishuAuthClient:
             raise outcome
 
     def _fetch(self, request: TokenRequest) -> Grant:
+        if request.kind is TokenKind.JSAPI_TICKET:
+            return self._jsapi_ticket(request)
         if request.app.keyless:  # no secret: the v3 OAuth endpoint, with a client assertion
             return self._keyless(request)
         endpoint = feishu.endpoint_for(request.app.app_type, request.kind)
@@ -100,6 +102,15 @@ class FeishuAuthClient:
             raise AppTicketError(request.app.app_id, "no app_ticket received yet")
         data = self._post(request.app, endpoint.path, _Form.of(endpoint, request.app, request))
         return _grant(data, endpoint.token_field or "")
+
+    def _jsapi_ticket(self, request: TokenRequest) -> Grant:
+        app, token = request.app, request.tenant_token or ""
+        headers = {**_HEADERS, "Authorization": f"Bearer {token}"}
+        url = app.base_url + feishu.JSAPI_TICKET_PATH
+        answer = _send(self._session.post, url, self._timeout, headers, body=b"{}")
+        data = _classify(app, *answer, [token]).get("data")
+        fields = data if isinstance(data, dict) else {}
+        return _grant(fields, feishu.JSAPI_TICKET_FIELD, expire=feishu.JSAPI_EXPIRE_FIELD)
 
     def _resend(self, app: AppConfig) -> None:
         self._post(app, feishu.RESEND.path, _Form.of(feishu.RESEND, app))
@@ -293,14 +304,13 @@ def _rate_limited(code: int | None, status: int, headers: Mapping[str, str]) -> 
     return RateLimitedError(code, status, 1, retry_after=reset)
 
 
-def _grant(data: dict[str, Any], field: str) -> Grant:
-    token = data.get(field)
-    expire = data.get(feishu.EXPIRE_FIELD)
+def _grant(data: dict[str, Any], field: str, *, expire: str = feishu.EXPIRE_FIELD) -> Grant:
+    token, lifetime = data.get(field), data.get(expire)
     # Only the shape: whether the lifetime is one to cache is decided once, in the core, for
     # whichever source answered (actors._refresh).
-    if not isinstance(token, str) or not token or not _is_number(expire):
-        raise UpstreamError(0, None, 1, detail=f"success body without a usable {field}/expire")
-    return Grant(token, float(expire))  # type: ignore[arg-type]  # _is_number checked it
+    if not isinstance(token, str) or not token or not _is_number(lifetime):
+        raise UpstreamError(0, None, 1, detail=f"success body without a usable {field}/{expire}")
+    return Grant(token, float(lifetime))  # type: ignore[arg-type]  # _is_number checked it
 
 
 def _is_number(value: object) -> bool:

@@ -31,6 +31,9 @@ __all__ = [
     "CONTENT_TYPE",
     "ENDPOINTS",
     "EXPIRE_FIELD",
+    "JSAPI_EXPIRE_FIELD",
+    "JSAPI_TICKET_FIELD",
+    "JSAPI_TICKET_PATH",
     "MAX_EXPIRE",
     "MAX_REFRESH_EXPIRE",
     "MAX_RETRY_AFTER",
@@ -128,6 +131,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ("app_access_token", "tenant_key"),
     ),
 )
+# The JSSDK's ticket: POST with the tenant token as Bearer, an empty JSON body; the answer is
+# {code, msg, data: {ticket, expire_in}} (docs/feishu-protocol.md, "jsapi_ticket").
+JSAPI_TICKET_PATH = "/open-apis/jssdk/ticket/get"
+JSAPI_TICKET_FIELD = "ticket"
+JSAPI_EXPIRE_FIELD = "expire_in"
+
 # Makes Feishu push the app_ticket event again; the ticket never comes back in this answer.
 RESEND = Endpoint(AUTH_PREFIX + "app_ticket/resend", AppType.MARKETPLACE, None, _SECRET_FIELDS)
 

@@ -30,6 +30,7 @@ from redis.retry import Retry
 
 import actors.stores._layout as layout
 from actors._config import AppConfig, TokenKind
+from actors._errors import StoreKeyError
 from actors.stores._base import StoreHealth
 from actors.stores._grants import FernetKeys, GrantBook, Sealer, StoredGrant, fernet_keys
 from actors.stores._health import Breaker, Probe
@@ -386,8 +387,16 @@ class RedisGrants(GrantBook):
         fault, members = self._store._link.script("grant_users", [index], (), size=2)
         self._report(index, fault)
         users = sorted({m.decode() for m in members if isinstance(m, bytes) and _utf8(m)})
-        found = (self.read(app, user) for user in users)
-        return [grant for grant in found if grant is not None and grant.ended is None]
+        live = []
+        for user in users:
+            try:
+                grant = self.read(app, user)
+            except StoreKeyError:  # that user's gets say so; the others are listed
+                self._report(self._at(app, user).keys.value, "sealed with another key")
+                continue
+            if grant is not None and grant.ended is None:
+                live.append(grant)
+        return live
 
     def _at(self, app: AppConfig, user: str) -> _Where:
         self._store.serves(app)  # commit(grant) names its app by app_id only

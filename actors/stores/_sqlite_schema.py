@@ -46,6 +46,7 @@ from collections.abc import Iterator, Sequence
 from typing import NamedTuple, cast
 
 import actors.stores._layout as layout
+from actors._errors import StoreKeyError
 from actors.stores._grants import Sealer, StoredGrant
 from actors.stores._layout import Keys
 from actors.stores._shared import Acquired, Ask, wall_ms
@@ -723,6 +724,10 @@ def grant_row(row: Sequence[object], *, app_id: str, sealer: Sealer) -> GrantRow
     return GrantRow(grant, "", top)
 
 
+# The fault of a grant no key of this store opens (listed as absent; its user's gets raise).
+SEALED_ELSEWHERE = "sealed with a key this store does not have"
+
+
 def read_grant(conn: sqlite3.Connection, at: GrantAt, sealer: Sealer) -> GrantRow:
     """The grant at ``at`` (see :func:`grant_row`)."""
     row = conn.execute(
@@ -740,7 +745,10 @@ def list_grants(
     found = []
     for row in rows.fetchall():
         user = row[1] if layout.shareable(row[1]) and len(row[1]) <= _NAME_MAX else "?"
-        found.append((user, grant_row(row, app_id=app_id, sealer=sealer)))
+        try:
+            found.append((user, grant_row(row, app_id=app_id, sealer=sealer)))
+        except StoreKeyError:  # that user's gets say so; the others are listed all the same
+            found.append((user, GrantRow(None, SEALED_ELSEWHERE, 0)))
     return found
 
 
@@ -782,8 +790,14 @@ def commit_grant(
     """Write ``row`` (the grant at ``at``; its version replaced by the file's next) if the
     stored grant's version is ``expect`` (0: none or an unusable row; None: any): (the new
     version or None, the stored row's fault)."""
-    with immediate(conn):
-        stored = read_grant(conn, at, sealer)
+    with _durable(conn), immediate(conn):
+        try:
+            stored = read_grant(conn, at, sealer)
+        except StoreKeyError:
+            if expect is not None:
+                raise
+            # A new login replaces a grant no key here opens (nothing of it can be used).
+            stored = GrantRow(None, SEALED_ELSEWHERE, _raw_version(conn, at))
         current = stored.grant.version if stored.grant is not None else 0
         if expect is not None and current != expect:
             return None, stored.fault
@@ -814,12 +828,37 @@ def end_grant(
 
 
 def forget_grant(conn: sqlite3.Connection, at: GrantAt, sealer: Sealer) -> tuple[bool, str]:
-    """Delete the grant at ``at`` (not one sealed with a key ``sealer`` lacks: that raises
-    first): (whether a usable one was there, the row's fault)."""
+    """Delete the grant at ``at``, a logout (one sealed with a key ``sealer`` lacks too: the
+    user asked for it to go): (whether one was there, the row's fault)."""
     with immediate(conn):
-        stored = read_grant(conn, at, sealer)
+        try:
+            stored = read_grant(conn, at, sealer)
+        except StoreKeyError:
+            stored = GrantRow(None, "", 0)
+            there = True
+        else:
+            there = stored.grant is not None
         conn.execute("DELETE FROM grants WHERE digest = ? AND open_id = ?", (at.digest, at.open_id))
-        return stored.grant is not None, stored.fault
+        return there, stored.fault
+
+
+@contextlib.contextmanager
+def _durable(conn: sqlite3.Connection) -> Iterator[None]:
+    """A transaction synced to disk when it commits (``synchronous = FULL``): the refresh token
+    a grant commit replaces is dead at Feishu already, so a power loss must not roll it back.
+    Token and ticket writes stay ``NORMAL`` (a lost one is fetched again)."""
+    conn.execute("PRAGMA synchronous = FULL")
+    try:
+        yield
+    finally:
+        conn.execute("PRAGMA synchronous = NORMAL")
+
+
+def _raw_version(conn: sqlite3.Connection, at: GrantAt) -> int:
+    row = conn.execute(
+        "SELECT version FROM grants WHERE digest = ? AND open_id = ?", (at.digest, at.open_id)
+    ).fetchone()
+    return row[0] if row is not None and _integer(row[0]) else 0
 
 
 def _next_version(conn: sqlite3.Connection, top: int) -> int:

@@ -19,7 +19,9 @@ The routes are those of the official SDK's requests (``lark_oapi``):
 - ``GET /open-apis/authen/v1/user_info`` (``GetUserInfoRequest``, user token): who the token's
   user is (``open_id``, ``union_id``, ``name``, ``tenant_key``, ...);
 - ``GET /open-apis/calendar/v4/calendars`` (``ListCalendarRequest``, user token here; Feishu
-  takes a tenant token too): the user's primary calendar.
+  takes a tenant token too): the user's primary calendar;
+- ``POST /open-apis/jssdk/ticket/get`` (tenant token): the tenant's jsapi_ticket and its
+  ``expire_in``, the same ticket while the refresh window remains (as tokens are).
 
 Business calls are recorded as ``RecordedRequest`` of kind ``"business"`` with the token they
 carried, their headers and body, and take scripted replies (``server.script("business", ...)``)
@@ -49,6 +51,7 @@ from actors.testing._protocol import (
     APP_TOKEN_INVALID,
     CALENDARS_PATH,
     FIELD_INVALID,
+    JSAPI_TICKET_PATH,
     OK,
     TENANT_TOKEN_INVALID,
     TOKEN_MALFORMED,
@@ -62,6 +65,7 @@ from actors.testing._replies import Exchange, Headers, RecordedRequest, Reply, d
 __all__ = ["BUSINESS", "ROUTES", "BusinessApi", "BusinessServer", "Route"]
 
 BUSINESS = "business"  # the kind business calls are recorded, scripted and held under
+JSAPI_TICKET = "jsapi_ticket"  # what the ledger issues the JSSDK's tickets as
 
 _INVALID: dict[str, int] = {
     TokenKind.TENANT: TENANT_TOKEN_INVALID,
@@ -93,6 +97,7 @@ class Call:
     issued: Issued
     query: Mapping[str, str]
     body: Mapping[str, object] | None
+    ledger: Ledger | None = None  # for routes that issue something themselves
 
 
 Data = dict[str, object]
@@ -198,6 +203,14 @@ def _list_calendars(call: Call) -> Data:
     return {"has_more": False, "page_token": "", "sync_token": "", "calendar_list": [calendar]}
 
 
+def _jsapi_ticket(call: Call) -> Data:
+    # The tenant's current ticket while the refresh window remains, as for tokens.
+    issued, ledger = call.issued, call.ledger
+    assert ledger is not None
+    ticket, expire_in = ledger.grant(issued.app_id, JSAPI_TICKET, issued.tenant_key)
+    return {"ticket": ticket, "expire_in": expire_in}
+
+
 def _field_invalid(detail: str) -> Reply:
     return Reply.code(FIELD_INVALID, f"field validation failed: {detail}", status=400)
 
@@ -213,6 +226,7 @@ ROUTES: Mapping[tuple[str, str], Route] = MappingProxyType(
             ),
             Route("GET", USER_INFO_PATH, USER, _user_info),
             Route("GET", CALENDARS_PATH, USER, _list_calendars),
+            Route("POST", JSAPI_TICKET_PATH, TokenKind.TENANT, _jsapi_ticket),
         )
     }
 )
@@ -280,7 +294,7 @@ class BusinessApi:
         if raw.strip() and body is None:
             return _field_invalid("the body is not a JSON object")
         params = {name: values[-1] for name, values in parse_qs(req.query).items()}
-        data = route.answer(Call(issued, params, body))
+        data = route.answer(Call(issued, params, body, self._ledger))
         if isinstance(data, Reply):
             return data
         return Reply.raw(dump_json({CODE_FIELD: OK, MSG_FIELD: "success", "data": data}))

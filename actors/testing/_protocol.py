@@ -33,6 +33,7 @@ __all__ = [
     "BAD_SECRET",
     "CALENDARS_PATH",
     "FIELD_INVALID",
+    "JSAPI_TICKET_PATH",
     "MARKETPLACE_TENANT",
     "MEANINGS",
     "NOT_FOUND",
@@ -126,6 +127,7 @@ OAUTH_V3_PATH = "/oauth/v3/token"
 OAUTH_V2_PATH = "/open-apis/authen/v2/oauth/token"
 USER_INFO_PATH = "/open-apis/authen/v1/user_info"  # GET, Authorization: Bearer <user token>
 CALENDARS_PATH = "/open-apis/calendar/v4/calendars"  # GET, a business route taking user tokens
+JSAPI_TICKET_PATH = "/open-apis/jssdk/ticket/get"  # POST, tenant token: {ticket, expire_in}
 
 
 class UserCode(enum.IntEnum):

@@ -63,7 +63,7 @@ class UserLogins:
     def forget_user(self, user: str, *, app_id: str | None = None) -> pykka.Future[bool]:
         """Log ``user`` (an open_id) out: their grant is deleted from the store and nothing of
         theirs is served here any more (gets fail with ``ReauthorizationRequired``); True if
-        there was a grant. Other processes on the store stop at their next refresh of it."""
+        there was a grant. Other processes on the store drop its token too (a notice)."""
         try:
             key = resolve_key(self._apps, TokenKind.USER, None, app_id, user)
         except ValueError as exc:

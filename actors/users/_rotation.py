@@ -254,9 +254,12 @@ class UserSource:
         try:
             tokens = self._need_oauth().refresh(app, known.refresh_token or "", user=user)
         except ReauthorizationRequired as refused:
-            raise ReauthorizationRequired(
-                refused.reason, app_id=app.app_id, user=user, code=refused.code
-            ) from None
+            if refused.reason == "revoked":
+                # Likely another process rotated it and committed to the store this process
+                # cannot read now: not a verdict until the store can be re-read.
+                detail = "refresh token already used; the store must be re-read (it is down)"
+                raise UpstreamError(refused.code, None, 1, detail=detail) from None
+            raise
         new = _stored(app, user, tokens, now_ms=self._wall_ms(), granted_at_ms=known.granted_at_ms)
         new = dataclasses.replace(new, version=known.version)
         self._held.keep_unsaved(new, expect=known.version)

@@ -442,15 +442,12 @@ def test_a_keyless_app_logs_users_in_and_rotates_their_grants(
     assert all(r.code == 0 for r in server.oauth.redemptions)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="resolve_key does not refuse TokenKind.APP for a keyless app yet"
-)
 def test_the_app_token_of_a_keyless_app_is_refused_with_value_error(
     make_system: SystemFactory, server: FakeFeishu, provider: Recording
 ) -> None:
     system = make_system(keyless(server, provider))
     with pytest.raises(ValueError, match="keyless"):
-        system.proxy.get_token(actors.TokenKind.APP)
+        system.proxy.get_token(actors.TokenKind.APP).get(timeout=5)
     assert provider.made == [] and server.requests == []
 
 

@@ -104,19 +104,30 @@ def test_a_wrong_key_raises_store_key_error_naming_the_store_and_changes_nothing
 
     for attempt in (
         lambda: book.read(APP, "ou_alice"),
-        lambda: book.grants(APP),
         lambda: book.begin(APP, "ou_alice", "holder-a", version=version),
         lambda: book.commit(grant(), expect=version),
-        lambda: book.commit(grant(), expect=None),
         lambda: book.end(APP, "ou_alice", "revoked", expect=version),
-        lambda: book.forget(APP, "ou_alice"),
     ):
         with pytest.raises(actors.StoreKeyError, match=f"SqliteStore {path}") as caught:
             attempt()
         assert written.access_token not in str(caught.value)
+    assert book.grants(APP) == []  # listed as absent: the other users' grants still list
 
     assert query(path, "SELECT * FROM grants") == row
     assert tokens(stores(key=KEY).grants().read(APP, "ou_alice")) == tokens(written)
+
+
+def test_a_logout_or_a_new_login_replaces_a_grant_no_key_of_the_store_opens(
+    path: str, stores: Callable[..., SqliteStore]
+) -> None:
+    stores(key=KEY).grants().commit(grant(), expect=0)
+    book = stores(key=Fernet.generate_key()).grants()
+    fresh = grant()
+    assert book.commit(fresh, expect=None) is not None  # a new login
+    assert tokens(book.read(APP, "ou_alice")) == tokens(fresh)
+    stranger = stores(key=KEY).grants()
+    assert stranger.forget(APP, "ou_alice") is True  # a logout, whoever sealed it
+    assert query(path, "SELECT * FROM grants") == []
 
 
 def test_keys_rotate_the_new_one_first_reads_old_grants_and_a_commit_reseals_them(

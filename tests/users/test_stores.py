@@ -147,3 +147,44 @@ def test_a_wrong_key_is_a_store_key_error_that_destroys_nothing(
     wrong.stop()
     rotated = start(stores(key=[Fernet.generate_key(), KEY]))  # a new key first, the old kept
     assert rotated.proxy.get_token(USER, user="ou_alice").get(timeout=TIMEOUT) == token
+
+
+def test_a_running_system_keeps_alive_a_grant_another_one_logged_in_and_left(
+    stores: StoreFactory,
+    start: Callable[[Store], actors.TokenSystem],
+    server: FakeFeishu,
+    clock: actors.ManualClock,
+) -> None:
+    keeper = start(stores())  # started before the login: it learns of it from the store
+    visitor = start(stores())
+    login(visitor, server)
+    visitor.stop()
+    end = clock.now() + 6.5 * 86400
+    keeper.settle()
+    while (due := keeper.next_due()) is not None and due <= end:
+        clock.advance(max(0.0, due - clock.now()))
+        keeper.settle()
+    assert server.oauth.rotations("ou_alice") >= 1
+    assert server.oauth.grant_alive("ou_alice", app_id=APP_ID)
+    assert server.oauth.refresh_reuses == 0
+
+
+def test_after_a_lost_key_the_user_can_log_out_and_in_again_and_the_others_are_listed(
+    stores: StoreFactory, start: Callable[[Store], actors.TokenSystem], server: FakeFeishu
+) -> None:
+    first = start(stores())
+    login(first, server)
+    first.stop()
+    other_key = Fernet.generate_key()
+    second = start(stores(key=other_key))
+    login(second, server, "ou_bob")
+    assert [g.open_id for g in second.users()] == ["ou_bob"]  # Alice's grant: not readable
+    with pytest.raises(actors.StoreKeyError):
+        second.proxy.get_token(USER, user="ou_alice").get(timeout=TIMEOUT)
+    login(second, server)  # a new login replaces what no key here opens
+    assert second.proxy.get_token(USER, user="ou_alice").get(timeout=TIMEOUT)
+    assert [g.open_id for g in second.users()] == ["ou_alice", "ou_bob"]
+    second.stop()
+    third = start(stores(key=KEY))  # the old key: Alice's new grant is not its either
+    assert third.proxy.forget_user("ou_alice").get(timeout=TIMEOUT) is True
+    assert [g.open_id for g in third.users()] == []
