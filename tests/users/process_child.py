@@ -116,6 +116,7 @@ class UserCommands(_Child):
 
     events: list[str]
     load: _Hammer | None = None
+    stopping: tuple[float, float] | None = None
 
     def start(self, config: dict[str, Any]) -> str:
         self.warnings: list[str] = []
@@ -201,7 +202,14 @@ class UserCommands(_Child):
     def stop(self) -> str:
         if self.load is not None:
             self.load.finish()
-        return super().stop()
+        began = time.monotonic()
+        stopped = super().stop()
+        self.stopping = (began, time.monotonic())
+        return stopped
+
+    def stopped_at(self) -> tuple[float, float] | None:
+        """When (monotonic, host-wide) this process's system began and ended stopping."""
+        return self.stopping
 
 
 class RedisUserChild(UserCommands):

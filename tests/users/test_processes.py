@@ -108,9 +108,10 @@ def add_users(fake: FakeFeishuProcess, count: int) -> list[str]:
     return users
 
 
-def reuses(fake: FakeFeishuProcess, logged: list[list[str]]) -> str:
+def reuses(fake: FakeFeishuProcess, children: Fleet) -> str:
     """What explains a reuse: the chain of each user whose refresh token was presented twice
-    (server clock), and every process's warnings."""
+    (on the fake's clock, the host's monotonic one), when each process stopped, what it heard
+    and its warnings."""
     redemptions = fake.oauth.redemptions
     reused = {r.user for r in redemptions if r.reuse}
     chains = [
@@ -118,8 +119,18 @@ def reuses(fake: FakeFeishuProcess, logged: list[list[str]]) -> str:
         for r in redemptions
         if r.user in reused
     ]
-    lines = [f"process {n}: {line}" for n, each in enumerate(logged) for line in each]
-    return "\n".join(["chains:", *chains, "warnings:", *lines])
+    lines = []
+    for n, (stopped, heard, logged) in enumerate(
+        zip(
+            children.call_all("stopped_at"),
+            children.call_all("heard"),
+            children.call_all("logged"),
+            strict=True,
+        )
+    ):
+        lines.append(f"process {n} stopped {stopped}")
+        lines += [f"  {line}" for line in [*heard, *logged]]
+    return "\n".join(["chains:", *chains, "processes:", *lines])
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -199,7 +210,6 @@ def test_processes_sharing_a_store_rotate_every_grant_redeeming_each_refresh_tok
     marks = [m for each in children.call_all("marks") for m in each]
     children.call_all("stop")  # what stopping does counts too
     heard = children.call_all("heard")
-    logged = children.call_all("logged")
     stats = fake.oauth.stats()
 
     per_process = [array("d", result["waits"]) for result in results]
@@ -218,7 +228,7 @@ def test_processes_sharing_a_store_rotate_every_grant_redeeming_each_refresh_tok
     assert [r["alive"] for r in results] == [0] * load.processes  # no get hangs
     assert [(r["error_count"], r["errors"]) for r in results] == [(0, [])] * load.processes
     assert [r["reauthorizations"] for r in results] == [[]] * load.processes
-    assert stats["refresh_reuses"] == 0, reuses(fake, logged)
+    assert stats["refresh_reuses"] == 0, reuses(fake, children)
     assert heard == [[]] * load.processes  # no ReauthorizationNeeded, no failed user refresh
     for user in users:
         chain = stats["users"][user]
@@ -277,6 +287,7 @@ def test_a_rotation_holder_killed_at_each_point_leaves_the_others_one_bounded_ou
     redeemed = len(fake.oauth.redemptions)
 
     got = children.call(1, "rotate", user, timeout=3 * LEASE)
+    print(f"\n[{rig.store} killed at {point}] the next rotation's get took {got['took']:.2f} s")
 
     assert got["took"] < LEASE + sum(KILL_TIMEOUT), got["took"]  # no hang
     stats = fake.oauth.stats()
