@@ -368,6 +368,9 @@ class TokenTarget:
         ``ValueError``, before any request is made."""
         app = app_of(system, app_id)
         key = resolve_key(system.apps, kind, tenant_key, app_id, user)
+        if key.kind is TokenKind.JSAPI_TICKET:
+            msg = "a jsapi_ticket signs JSSDK pages (jsapi_config); it is no Bearer token"
+            raise ValueError(msg)
         own = Hosts.of(app.base_url, hosts)
         return cls(system.proxy, key.kind, tenant_key, app_id, timeout, own, user)
 

@@ -233,12 +233,17 @@ class TokenSystem:
         return authorize_url(app, redirect_uri, state=state, scope=scope, code_challenge=challenge)
 
     def jsapi_config(
-        self, url: str, *, tenant_key: str | None = None, app_id: str | None = None
+        self,
+        url: str,
+        *,
+        tenant_key: str | None = None,
+        app_id: str | None = None,
+        timeout: float = 60.0,
     ) -> dict[str, str | int]:
         """``h5sdk.config``'s arguments for the page at ``url`` (the fragment is not signed)
         from the tenant's cached jsapi_ticket; blocks (``proxy.ajsapi_config``: a coroutine)."""
         future = self._proxy.jsapi_config(url, tenant_key=tenant_key, app_id=app_id)
-        return future.get(timeout=max(5.0, sum(self._policy.request_timeout)))
+        return future.get(timeout=timeout)
 
     def users(self, *, app_id: str | None = None) -> list[UserGrant]:
         """The store's live user grants of the app, by open_id (no tokens in them; blocks)."""
@@ -376,8 +381,10 @@ class _Process:
         if session is not None and forked:
             _drop_inherited_connections(session)
         session = self._session(session, policy)
-        source = system._source or FeishuAuthClient(session, timeout=policy.request_timeout)
         oauth = FeishuOAuth(session, timeout=policy.request_timeout)  # user tokens: always HTTP
+        source = system._source or FeishuAuthClient(
+            session, timeout=policy.request_timeout, keyless=oauth.tenant_grant
+        )
         book = store.grants() if store is not None else None
         if store is not None:
             # The shared tier wraps the source: the TokenActor stays the L1, unchanged.

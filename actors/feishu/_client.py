@@ -74,9 +74,18 @@ class FeishuAuthClient:
     """A :class:`~actors._source.TokenSource` over one pooled ``requests.Session`` (the
     user-token endpoints are :class:`~actors.feishu._oauth.FeishuOAuth`'s, on the same one)."""
 
-    def __init__(self, session: requests.Session, *, timeout: tuple[float, float]) -> None:
+    def __init__(
+        self,
+        session: requests.Session,
+        *,
+        timeout: tuple[float, float],
+        keyless: Callable[[AppConfig], Grant] | None = None,
+    ) -> None:
+        """``keyless``: one attempt at a keyless app's tenant token (the OAuth client's
+        ``tenant_grant``, which is built on this module's transport)."""
         self._session = session
         self._timeout = timeout
+        self._keyless_grant = keyless
 
     def fetch(self, request: TokenRequest) -> Grant:
         """One attempt at the token ``request`` names (marketplace: ticket or app token)."""
@@ -120,10 +129,10 @@ class FeishuAuthClient:
             # As in the SDKs: a keyless app has no app_access_token (nothing is sent).
             detail = "a keyless app has no app_access_token; ask for TokenKind.TENANT"
             raise AuthError(feishu.ASSERTION_NO_APP_TOKEN, detail)
-        # The OAuth client builds on this module's transport: imported once it is needed.
-        from actors.feishu._oauth import keyless_tenant_grant  # noqa: PLC0415
-
-        return keyless_tenant_grant(self._session, self._timeout, request.app)
+        if self._keyless_grant is None:
+            detail = "this client has no OAuth client for keyless apps (give it keyless=)"
+            raise AuthError(feishu.ASSERTION_NO_APP_TOKEN, detail)
+        return self._keyless_grant(request.app)
 
     def _post(self, app: AppConfig, path: str, form: _Form) -> dict[str, Any]:
         answer = _send(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from urllib.parse import urlsplit
 
 import pykka
 
@@ -23,8 +24,17 @@ _URL_MAX = 4096  # a URL longer than this is no page's
 
 
 def page_url(url: object) -> str:
-    """``url`` as the JSSDK signs it: an http(s) URL without its fragment; ValueError else."""
-    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+    """``url`` as the JSSDK signs it: an absolute http(s) URL without its fragment (as the page
+    reads it, ``location.href.split("#")[0]``); ValueError else."""
+    if not isinstance(url, str):
+        msg = f"url must be the page's absolute http(s) URL, got {type(url).__name__}"
+        raise ValueError(msg)
+    try:
+        parts = urlsplit(url)
+        scheme, host = parts.scheme.lower(), parts.hostname
+    except ValueError:  # e.g. an unclosed [IPv6 literal
+        scheme, host = "", None
+    if scheme not in ("http", "https") or not host:
         msg = "url must be the page's absolute http(s) URL"
         raise ValueError(msg)
     page = url.split("#", 1)[0]

@@ -148,6 +148,11 @@ class FeishuOAuth:
         self._timeout = timeout
         self._version = version
 
+    def tenant_grant(self, app: AppConfig) -> Grant:
+        """One attempt at a keyless self-built app's tenant token (:func:`keyless_tenant_grant`
+        on this client's session and timeout)."""
+        return keyless_tenant_grant(self._session, self._timeout, app)
+
     def exchange_code(
         self, app: AppConfig, *, code: str, redirect_uri: str, code_verifier: str | None
     ) -> UserTokens:

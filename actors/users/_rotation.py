@@ -182,14 +182,14 @@ class UserSource:
             try:
                 left_ms = book.lease(app, user, lease_id, lease_ms=self._lease_ms)
             except Unavailable:
-                return self._rotate_unshared(app, user, request)
+                return self._unshared(app, user, request)
             if left_ms == 0:
                 break
             # Another process rotates this grant now: use what it commits.
             try:
                 stored = book.read(app, user)
             except Unavailable:
-                return self._rotate_unshared(app, user, request)
+                return self._unshared(app, user, request)
             if stored is not None and self._adoptable(stored, request):
                 return self._adopt(stored)
             if time.monotonic() >= give_up_at:
@@ -210,7 +210,7 @@ class UserSource:
         try:
             stored = book.read(app, user)
         except Unavailable:
-            return self._rotate_unshared(app, user, request)
+            return self._unshared(app, user, request)
         if stored is None:
             raise ReauthorizationRequired("unknown_user", app_id=app.app_id, user=user)
         if stored.ended:
@@ -222,7 +222,9 @@ class UserSource:
             if not book.begin(app, user, lease_id, version=stored.version):
                 raise UpstreamError(None, None, 1, detail="the grant changed under the lease")
         except Unavailable:
-            return self._rotate_unshared(app, user, request)
+            return self._unshared(app, user, request)
+        if self._closed.is_set():  # stopping: a redemption now might never be committed
+            raise SystemStoppedError()
         self.reached("sending")
         try:
             tokens = self._need_oauth().refresh(app, stored.refresh_token or "", user=user)
@@ -241,29 +243,16 @@ class UserSource:
         not committed), ``committed``. Nothing happens; a test that kills the process at one
         of them replaces this method."""
 
-    def _rotate_unshared(self, app: AppConfig, user: str, request: TokenRequest) -> Grant:
-        """The book does not answer: rotate the grant this process knows (the TokenActor makes
-        this the only rotation of the user here) and commit it once the book is back."""
+    def _unshared(self, app: AppConfig, user: str, request: TokenRequest) -> Grant:
+        """The book does not answer. A refresh token works once, and another process may have
+        redeemed this one already: nothing is redeemed without the book's lease. The access
+        token this process holds serves while it is fresh (the cache keeps serving its own
+        meanwhile, too); otherwise this attempt fails and is retried."""
         known = self._held.known(app.app_id, user)
-        if known is None:
-            detail = "the store did not answer and this process knows no grant of the user"
-            raise UpstreamError(None, None, 1, detail=detail)
-        if self._adoptable(known, request):
+        if known is not None and self._adoptable(known, request):
             return self._grant(known)
-        self._check_redeemable(known)
-        try:
-            tokens = self._need_oauth().refresh(app, known.refresh_token or "", user=user)
-        except ReauthorizationRequired as refused:
-            if refused.reason == "revoked":
-                # Likely another process rotated it and committed to the store this process
-                # cannot read now: not a verdict until the store can be re-read.
-                detail = "refresh token already used; the store must be re-read (it is down)"
-                raise UpstreamError(refused.code, None, 1, detail=detail) from None
-            raise
-        new = _stored(app, user, tokens, now_ms=self._wall_ms(), granted_at_ms=known.granted_at_ms)
-        new = dataclasses.replace(new, version=known.version)
-        self._held.keep_unsaved(new, expect=known.version)
-        return self._grant(new)
+        detail = "the store did not answer; a user's grant is rotated only under its lease"
+        raise UpstreamError(None, None, 1, detail=detail)
 
     def _adoptable(self, stored: StoredGrant, request: TokenRequest) -> bool:
         """Whether the stored grant answers ``request`` without a redemption: another process

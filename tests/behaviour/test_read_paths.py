@@ -35,6 +35,7 @@ import pytest
 
 import actors
 from actors.testing import FakeFeishu, Gate, Reply, oauth_error
+from actors.testing._replies import dump_json
 from tests.conftest import APP_ID, SECRET, SystemFactory
 from tests.users.conftest import login
 
@@ -301,6 +302,7 @@ class Subject(Protocol):
     upstream: ClassVar[str]
     neighbour_upstream: ClassVar[str]
     policy: ClassVar[Mapping[str, Any]]
+    keys_fetched: ClassVar[int]  # keys a miss of ``key`` fetches: its own, and a prerequisite's
 
     def cold(
         self, system: actors.TokenSystem, server: FakeFeishu, clock: actors.ManualClock
@@ -326,6 +328,7 @@ class TenantTokens:
     upstream: ClassVar[str] = "tenant"
     neighbour_upstream: ClassVar[str] = "app"
     policy: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    keys_fetched: ClassVar[int] = 1
 
     def cold(
         self, system: actors.TokenSystem, server: FakeFeishu, clock: actors.ManualClock
@@ -358,6 +361,7 @@ class UserTokens:
     upstream: ClassVar[str] = "user"
     neighbour_upstream: ClassVar[str] = "user"
     policy: ClassVar[Mapping[str, Any]] = MappingProxyType({"idle_ttl": 3600.0})
+    keys_fetched: ClassVar[int] = 1
 
     def cold(
         self, system: actors.TokenSystem, server: FakeFeishu, clock: actors.ManualClock
@@ -375,7 +379,41 @@ class UserTokens:
         return None  # every rotation answers a new access token
 
 
-SUBJECTS: list[type[Subject]] = [TenantTokens, UserTokens]
+JSAPI = actors.TokenKind.JSAPI_TICKET
+TICKET_PATH = "/open-apis/jssdk/ticket/get"
+
+
+class JsapiTickets:
+    """The app's jsapi_ticket (fetched with its tenant token); its neighbour is the app token.
+    The fake records a ticket request as a business call."""
+
+    id: ClassVar[str] = "jsapi_ticket"
+    kind: ClassVar[actors.TokenKind] = JSAPI
+    key: ClassVar[Mapping[str, Any]] = MappingProxyType({"kind": JSAPI})
+    neighbour: ClassVar[Mapping[str, Any]] = MappingProxyType({"kind": APP})
+    upstream: ClassVar[str] = "business"
+    neighbour_upstream: ClassVar[str] = "app"
+    policy: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    keys_fetched: ClassVar[int] = 2  # the tenant token first
+
+    def cold(
+        self, system: actors.TokenSystem, server: FakeFeishu, clock: actors.ManualClock
+    ) -> None:
+        return None
+
+    def fetched(self, server: FakeFeishu, *, neighbour: bool = False) -> int:
+        if neighbour:
+            return server.count(self.neighbour_upstream)
+        return sum(1 for r in server.requests if r.path == TICKET_PATH)
+
+    def renew(self, server: FakeFeishu) -> str | None:
+        # The fake answers the same ticket again while half an hour of it remains.
+        data = {"ticket": "j-fresh", "expire_in": 7200}
+        server.script(self.upstream, Reply.raw(dump_json({"code": 0, "msg": "ok", "data": data})))
+        return "j-fresh"
+
+
+SUBJECTS: list[type[Subject]] = [TenantTokens, UserTokens, JsapiTickets]
 
 
 @pytest.fixture(params=SUBJECTS, ids=[subject.id for subject in SUBJECTS])
@@ -479,7 +517,8 @@ def test_invalidate_drops_exactly_that_token_and_the_next_get_returns_a_new_one(
     assert subject.fetched(vserver, neighbour=True) == 1
     metrics = system.metrics()
     assert metrics.invalidations == 1
-    assert metrics.fetches_by_cause == {"miss": 2, "invalidate": 1}
+    # The key's miss (and its prerequisite's, if it has one) and the neighbour's.
+    assert metrics.fetches_by_cause == {"miss": subject.keys_fetched + 1, "invalidate": 1}
 
 
 def test_invalidating_an_older_token_is_a_no_op(

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +53,9 @@ def test_the_signature_is_the_documented_sha1_and_the_fragment_is_not_signed() -
         ("", PAGE, "n", 1),
         ("jt", "ftp://x/", "n", 1),
         ("jt", "https://x/ y", "n", 1),
+        ("jt", "https://", "n", 1),
+        ("jt", "https://#x", "n", 1),
+        ("jt", "https://[::1/", "n", 1),
         ("jt", PAGE, "", 1),
         ("jt", PAGE, "a&b", 1),
         ("jt", PAGE, "n", -1),
@@ -62,6 +67,51 @@ def test_bad_signature_arguments_are_value_errors(
 ) -> None:
     with pytest.raises(ValueError, match=r"ticket|url|nonce|timestamp"):
         actors.jsapi_signature(ticket, url, nonce, timestamp)
+
+
+def test_an_upper_case_scheme_is_a_page_url_too() -> None:
+    assert actors.jsapi_signature("jt", "HTTPS://x.example/p#f", "n", 1) == documented(
+        "jt", "n", 1, "HTTPS://x.example/p"
+    )
+
+
+def test_a_ticket_is_no_bearer_token_for_the_http_integrations(
+    make_system: SystemFactory, app: actors.AppConfig
+) -> None:
+    system = make_system(app)
+    with pytest.raises(ValueError, match="no Bearer token"):
+        actors.FeishuAuth(system, JSAPI)
+
+
+def test_the_ticket_is_invalidated_and_shared_through_a_store_like_every_kind(
+    app: actors.AppConfig, server: FakeFeishu, clock: actors.ManualClock, tmp_path: Path
+) -> None:
+    policy = actors.RefreshPolicy(seed=7, retry_base=0.0)
+    path = tmp_path / "tokens.db"
+    with (
+        actors.TokenSystem.start(
+            app, policy=policy, clock=clock, store=actors.SqliteStore(path)
+        ) as one,
+        actors.TokenSystem.start(
+            app, policy=policy, clock=clock, store=actors.SqliteStore(path)
+        ) as two,
+    ):
+        ticket = one.proxy.get_token(JSAPI).get(timeout=TIMEOUT)
+        assert two.proxy.get_token(JSAPI).get(timeout=TIMEOUT) == ticket
+        assert ticket_requests(server) == 1
+        assert actors.testing.wait_listening(two._process.store, timeout=TIMEOUT)  # type: ignore[arg-type]
+        server.rotate(app.app_id)  # Feishu reset the app's tokens and tickets: pages fail
+        assert one.proxy.invalidate(ticket).get(timeout=TIMEOUT) is True
+        new = one.proxy.get_token(JSAPI).get(timeout=TIMEOUT)
+        assert new != ticket
+        # One refused for the dead tenant token it carried, one with the tenant's new token.
+        assert ticket_requests(server) == 3
+        # The other system hears of the invalidation (the store's notice) and takes the new one.
+        deadline = time.monotonic() + TIMEOUT
+        while two.proxy.get_token(JSAPI).get(timeout=TIMEOUT) != new:
+            assert time.monotonic() < deadline, "the invalidation never reached the other system"
+            time.sleep(0.02)
+        assert ticket_requests(server) == 3
 
 
 def test_concurrent_configs_on_a_cold_tenant_make_one_ticket_request(

@@ -99,11 +99,17 @@ def returning(value: object) -> Callable[[str], str]:
     return lambda aud: value  # type: ignore[return-value]  # what a buggy provider does
 
 
+def auth_client(session: requests.Session) -> FeishuAuthClient:
+    """The auth client as a system builds it: keyless apps' tenant tokens through OAuth."""
+    oauth = FeishuOAuth(session, timeout=(1.0, 2.0))
+    return FeishuAuthClient(session, timeout=(1.0, 2.0), keyless=oauth.tenant_grant)
+
+
 def failed_attempt(
     server: FakeFeishu, provider: Callable[[str], str], kind: actors.TokenKind = TENANT
 ) -> actors.AuthError:
     """The AuthError one attempt at a keyless app's token ends in."""
-    client = FeishuAuthClient(requests.Session(), timeout=(1.0, 2.0))
+    client = auth_client(requests.Session())
     with pytest.raises(actors.AuthError) as info:
         client.fetch(actors.TokenRequest(app=keyless(server, provider), kind=kind))
     return info.value
@@ -213,9 +219,7 @@ def test_a_tenant_token_is_the_jwt_bearer_grant_on_the_accounts_host_with_a_fres
 ) -> None:
     app = keyless(server, provider)
     session = RecordingSession()
-    grant = FeishuAuthClient(session, timeout=(1.0, 2.0)).fetch(
-        actors.TokenRequest(app=app, kind=TENANT)
-    )
+    grant = auth_client(session).fetch(actors.TokenRequest(app=app, kind=TENANT))
     assert server.valid_token(grant.token) and grant.expire == 7200
     assert accounts_url(app) == server.base_url  # the fake serves the accounts paths itself
     assert provider.inner.audiences == (server.base_url.removeprefix("http://"),)

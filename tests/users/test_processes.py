@@ -376,12 +376,6 @@ def test_a_grant_left_eight_virtual_days_with_no_process_running_ends_as_expired
 # --- a store that does not answer for a moment -------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open defect: a process whose store does not answer rotates the grant it knows "
-    "without the lease, redeeming a refresh token another process already rotated (20064, "
-    "retried as a transient failure: one reuse per attempt)",
-)
 @pytest.mark.parametrize("rig", [SQLITE], indirect=True)
 def test_a_process_whose_store_is_locked_for_a_moment_redeems_no_refresh_token_twice(
     rig: Rig,
