@@ -30,7 +30,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from a checkout
 
-from benchmarks import churn, cold_miss, expiry_storm, hit_path, sdk_peer, shared_store, slow_tenant
+from benchmarks import (
+    churn,
+    cold_miss,
+    expiry_storm,
+    hit_path,
+    sdk_peer,
+    shared_store,
+    slow_tenant,
+    user_rotations,
+)
 from benchmarks.harness import Result, Scenario, render_section
 
 # In running and report order.
@@ -42,6 +51,7 @@ SCENARIOS: list[Scenario[Any]] = [
     slow_tenant.SCENARIO,
     sdk_peer.SCENARIO,
     shared_store.SCENARIO,
+    user_rotations.SCENARIO,
 ]
 RESULTS = Path(__file__).resolve().parent / "results"
 
