@@ -49,16 +49,29 @@ class TokenError(Exception):
     """Base class of every error this library raises for a token request."""
 
 
+# The SDKs' own codes for a keyless app's client assertion, raised before anything is sent
+# (docs/feishu-protocol.md, "Keyless apps"): no app token, an unusable assertion, a provider
+# that raised.
+_ASSERTION_CODES = frozenset({7100, 7101, 7102})
+
+
 class AuthError(TokenError):
     """Feishu rejected the app's credentials; retrying will not help until they are fixed."""
 
     def __init__(self, code: int, msg: str) -> None:
         self.code = code
         self.msg = msg
-        super().__init__(
-            f"Feishu rejected the app credentials (code {code}: {msg}); check app_id, "
-            "app_secret and that the app is published. Not retried."
-        )
+        if code in _ASSERTION_CODES:
+            text = (
+                f"the app's client assertion could not be used (code {code}: {msg}); check the "
+                "provider given as AppConfig(client_assertion=...). Not retried."
+            )
+        else:
+            text = (
+                f"Feishu rejected the app credentials (code {code}: {msg}); check app_id, "
+                "app_secret and that the app is published. Not retried."
+            )
+        super().__init__(text)
 
     def __reduce__(self) -> tuple[type[AuthError], tuple[int, str]]:
         return (type(self), (self.code, self.msg))

@@ -18,7 +18,7 @@ from actors import _cache as _fork
 from actors import _messages as m
 from actors._cache import CallerStats, ReadSnapshot
 from actors._clock import Clock, SystemClock
-from actors._config import AppConfig, RefreshPolicy, resolve_app
+from actors._config import AppConfig, RefreshPolicy
 from actors._errors import SystemStoppedError, TokenError
 from actors._events import EventHub, Subscriber
 from actors._messages import PendingFutures
@@ -34,7 +34,7 @@ from actors.feishu._oauth import FeishuOAuth
 from actors.feishu._sockets import AbortableAdapter
 from actors.stores import Store, StoreHealth
 from actors.stores._grants import MemoryGrants
-from actors.users._grant import UserGrant, authorize_url
+from actors.users._logins import SystemLogins
 from actors.users._rotation import UserSource
 
 __all__ = ["StoreUnavailableError", "TokenSystem"]
@@ -56,7 +56,7 @@ class StoreUnavailableError(TokenError):
         return type(self), (self.health,)
 
 
-class TokenSystem:
+class TokenSystem(SystemLogins):
     """The running system: a TokenActor, a SchedulerActor, fetch workers and a clock.
 
     Started with :meth:`start` (the only way). :attr:`proxy` is the token API (futures from its
@@ -217,21 +217,6 @@ class TokenSystem:
         """The refresh policy this system was started with."""
         return self._policy
 
-    def authorize_url(
-        self,
-        redirect_uri: str,
-        *,
-        state: str,
-        scope: Iterable[str] = (),
-        code_challenge: str | None = None,
-        app_id: str | None = None,
-    ) -> str:
-        """The login page for a user's browser, on the app's accounts host (a custom
-        ``base_url``: that URL); ``offline_access`` is always asked for. The callback's ``code``
-        goes to ``proxy.redeem_code``; ``code_challenge`` comes from :func:`actors.pkce_pair`."""
-        app, challenge = resolve_app(self._apps, app_id), code_challenge
-        return authorize_url(app, redirect_uri, state=state, scope=scope, code_challenge=challenge)
-
     def jsapi_config(
         self,
         url: str,
@@ -244,11 +229,6 @@ class TokenSystem:
         from the tenant's cached jsapi_ticket; blocks (``proxy.ajsapi_config``: a coroutine)."""
         future = self._proxy.jsapi_config(url, tenant_key=tenant_key, app_id=app_id)
         return future.get(timeout=timeout)
-
-    def users(self, *, app_id: str | None = None) -> list[UserGrant]:
-        """The store's live user grants of the app, by open_id (no tokens in them; blocks)."""
-        app, users = resolve_app(self._apps, app_id), self._live().users
-        return sorted((users.user_grant(g) for g in users.grants(app)), key=lambda g: g.open_id)
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Deliver TokenRefreshed / RefreshFailed events; returns the unsubscribe function.
@@ -342,6 +322,9 @@ class TokenSystem:
     @property
     def _adapter(self) -> AbortableAdapter | None:
         return self._process.adapter  # white box for tests: the sockets of the owned session
+
+    def _user_source(self) -> UserSource:
+        return self._live().users
 
     def _live(self) -> _Process:
         # Reporting on a stopped system needs no system of this process's own.

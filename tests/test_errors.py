@@ -119,3 +119,13 @@ def test_an_error_that_cannot_be_copied_faithfully_is_stripped_in_place() -> Non
     raised = _raised(Wrapped("x"), during=OSError("cause"))
     assert detached(raised) is raised
     assert raised.__traceback__ is None and raised.__context__ is None
+
+
+def test_an_assertion_failure_is_told_apart_from_a_refused_secret() -> None:
+    from actors._errors import _ASSERTION_CODES
+    from actors.feishu import _protocol as feishu
+
+    codes = {feishu.ASSERTION_NO_APP_TOKEN, feishu.ASSERTION_EMPTY, feishu.ASSERTION_FAILED}
+    assert codes == _ASSERTION_CODES
+    assert "client_assertion" in str(actors.AuthError(feishu.ASSERTION_FAILED, "RuntimeError"))
+    assert "app_secret" in str(actors.AuthError(10014, "app secret invalid"))

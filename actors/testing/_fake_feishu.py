@@ -17,7 +17,7 @@ import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Self, TypeAlias, cast
+from typing import Self, TypeAlias, TypeVar, cast
 from urllib.parse import urlsplit
 
 import actors.testing._protocol as wire
@@ -57,6 +57,9 @@ _FAILING = frozenset({TokenKind.APP, TokenKind.TENANT, wire.USER})
 _Body: TypeAlias = dict[str, object]
 
 
+_T = TypeVar("_T")
+
+
 @dataclass(frozen=True)
 class _Answer:
     reply: Reply
@@ -66,11 +69,9 @@ class _Answer:
 class FakeFeishu:
     """A thread-safe fake of the Feishu auth v3 endpoints on ``127.0.0.1``.
 
-    Every request is recorded on arrival, then passes the matching holds, then the latency,
-    then takes the first matching scripted reply, if any, else the normal answer.
-    :attr:`business` serves Open API calls with bearer tokens (``_business``), :attr:`oauth`
-    the authorize page and user tokens (``_oauth``);
-    :meth:`push_events_to` delivers app_ticket events over HTTP after each resend.
+    Every request is recorded on arrival, passes the matching holds and the latency, then
+    takes the first matching scripted reply, else the normal answer. :attr:`business` serves
+    bearer-token calls (``_business``), :attr:`oauth` the login and user tokens (``_oauth``).
 
     Args:
         clock: Time source for token expiry and request timestamps (default: system clock).
@@ -91,7 +92,7 @@ class FakeFeishu:
         self._ledger = Ledger(self._clock, lifetime=token_lifetime, window=refresh_window)
         self._lock = threading.Lock()
         self.business = BusinessApi(self._ledger, self._lock)
-        self.oauth = OAuthApi(self._ledger, self._lock, self._clock)
+        self.oauth = OAuthApi(self._ledger, self._lock, self._clock, audience=self._audience)
         self._pushers: dict[str | None, EventPusher] = {}
         self._latency = _non_negative(latency)
         self._tenant_latency: dict[str, float] = {}
@@ -173,17 +174,9 @@ class FakeFeishu:
         client assertions are verified with (``docs/feishu-protocol.md``, "Keyless apps"); with
         it alone the app is keyless: no secret works for it. Self-built apps only.
         """
-        key = load_public_key(public_key) if public_key is not None else None
-        if app_secret is None and key is None:
-            raise ValueError(f"FakeFeishu.add_app({app_id!r}): give app_secret, public_key or both")
-        if marketplace and key is not None:
-            raise ValueError("FakeFeishu.add_app: a marketplace app cannot be keyless")
-        # Nobody knows a keyless app's secret: the secret endpoints refuse it like a wrong one.
-        secret = app_secret if app_secret is not None else secrets.token_urlsafe(32)
-        # Assertions are addressed to the host:port this server stands for, once it is started.
-        self.oauth.bind_audience(lambda: urlsplit(self.base_url).netloc)
+        app = _app(app_id, app_secret, marketplace=marketplace, public_key=public_key)
         with self._lock:
-            self._ledger.apps[app_id] = App(secret, marketplace, public_key=key)
+            self._ledger.apps[app_id] = app
 
     def issue_ticket(self, app_id: str) -> str:
         """Mint a new current app_ticket for a marketplace app and return it; older ones die."""
@@ -235,9 +228,8 @@ class FakeFeishu:
 
     def expires_at(self, token: str) -> float | None:
         """When the server stops accepting ``token`` (clock time), or None if it never issued it."""
-        with self._lock:
-            issued = self._ledger.find(token)
-            return issued.expires_at if issued is not None else None
+        issued = self._locked(lambda: self._ledger.find(token))
+        return issued.expires_at if issued is not None else None
 
     def script(
         self, kind: str, *replies: Reply, app_id: str | None = None, tenant_key: str | None = None
@@ -274,8 +266,7 @@ class FakeFeishu:
     @property
     def requests(self) -> list[RecordedRequest]:
         """A copy of every recorded request, in arrival order."""
-        with self._lock:
-            return list(self._traffic.requests)
+        return self._locked(lambda: list(self._traffic.requests))
 
     def count(
         self, kind: str | None = None, *, app_id: str | None = None, tenant_key: str | None = None
@@ -288,20 +279,17 @@ class FakeFeishu:
     @property
     def in_flight(self) -> int:
         """Requests arrived but not yet answered."""
-        with self._lock:
-            return self._traffic.in_flight
+        return self._locked(lambda: self._traffic.in_flight)
 
     @property
     def max_in_flight(self) -> int:
         """The peak of :attr:`in_flight` since start or :meth:`reset_stats`."""
-        with self._lock:
-            return self._traffic.max_in_flight
+        return self._locked(lambda: self._traffic.max_in_flight)
 
     @property
     def max_in_flight_per_key(self) -> int:
         """The peak number of concurrent requests for one (kind, app_id, tenant_key)."""
-        with self._lock:
-            return self._traffic.max_per_key
+        return self._locked(lambda: self._traffic.max_per_key)
 
     @property
     def connections(self) -> int:
@@ -315,8 +303,14 @@ class FakeFeishu:
 
     def valid_token(self, token: str) -> bool:
         """Whether the server would accept ``token`` now: issued, not rotated, not expired."""
+        return self._locked(lambda: self._ledger.alive(token) is not None)
+
+    def _audience(self) -> str:  # what client assertions are addressed to: this server
+        return urlsplit(self.base_url).netloc
+
+    def _locked(self, read: Callable[[], _T]) -> _T:
         with self._lock:
-            return self._ledger.alive(token) is not None
+            return read()
 
     def handle(
         self, path: str, raw: bytes, *, method: str = "POST", headers: Headers = ()
@@ -346,14 +340,9 @@ class FakeFeishu:
         return Exchange(answer.reply, req.kind, answer.after, self._stopping.is_set())
 
     def _answer(self, route: Endpoint | None, body: _Body | None, req: RecordedRequest) -> _Answer:
-        for i, (match, reply) in enumerate(self._scripts):
-            if matches(match, req):
-                del self._scripts[i]
-                if reply.token is not None and reply.expire is not None and req.app_id:
-                    self._ledger.record(
-                        reply.token, req.app_id, req.kind, req.tenant_key, reply.expire
-                    )
-                return _Answer(reply)
+        scripted = _take_script(self._scripts, self._ledger, req)
+        if scripted is not None:
+            return _Answer(scripted)
         if req.kind in _FAILING and (
             self._outage or (self._failure_rate and self._rng.random() < self._failure_rate)
         ):
@@ -377,6 +366,20 @@ class FakeFeishu:
             pusher = self._pushers.get(app_id, self._pushers.get(None))
             return _resend(self._ledger, app_id, self.on_ticket_resend, pusher)
         return _Answer(Reply.ok(*self._ledger.grant(app_id, route.kind, None)))
+
+
+def _take_script(
+    scripts: list[tuple[Match, Reply]], ledger: Ledger, req: RecordedRequest
+) -> Reply | None:
+    """The first scripted reply matching ``req``, taken off the script; a token it answers is
+    recorded as issued."""
+    for i, (match, reply) in enumerate(scripts):
+        if matches(match, req):
+            del scripts[i]
+            if reply.token is not None and reply.expire is not None and req.app_id:
+                ledger.record(reply.token, req.app_id, req.kind, req.tenant_key, reply.expire)
+            return reply
+    return None
 
 
 def _identify(
@@ -471,3 +474,21 @@ def _non_negative(seconds: float) -> float:
     if seconds < 0:
         raise ValueError(f"FakeFeishu: latency must be >= 0, got {seconds!r}")
     return float(seconds)
+
+
+def _app(
+    app_id: str,
+    app_secret: str | None,
+    *,
+    marketplace: bool,
+    public_key: PublicKey | bytes | str | None,
+) -> App:
+    """The ledger's record of an app ``add_app`` registers; ValueError for an impossible one."""
+    key = load_public_key(public_key) if public_key is not None else None
+    if app_secret is None and key is None:
+        raise ValueError(f"FakeFeishu.add_app({app_id!r}): give app_secret, public_key or both")
+    if marketplace and key is not None:
+        raise ValueError("FakeFeishu.add_app: a marketplace app cannot be keyless")
+    # Nobody knows a keyless app's secret: the secret endpoints refuse it like a wrong one.
+    secret = app_secret if app_secret is not None else secrets.token_urlsafe(32)
+    return App(secret, marketplace, public_key=key)

@@ -39,7 +39,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 from actors._clock import Clock
 from actors._config import TokenKind
 from actors.feishu._protocol import CODE_FIELD
-from actors.testing._assertions import CLIENT_ASSERTION_TYPE, JWT_BEARER_GRANT, AssertionVerifier
+from actors.testing._assertions import JWT_BEARER_GRANT
+from actors.testing._clients import ClientAuth
 from actors.testing._ledger import Ledger, User
 from actors.testing._protocol import (
     AUTHORIZE,
@@ -129,15 +130,18 @@ class OAuthApi:
     (:meth:`configure`) default to any redirect URI, offline_access enabled, refresh enabled.
     """
 
-    def __init__(self, ledger: Ledger, lock: threading.Lock, clock: Clock) -> None:
+    def __init__(
+        self, ledger: Ledger, lock: threading.Lock, clock: Clock, *, audience: Callable[[], str]
+    ) -> None:
+        """``audience()``: the ``host:port`` client assertions must be addressed to (``aud``),
+        the one the server stands for."""
         self._ledger = ledger
         self._lock = lock
         self._users = UserLedger(ledger, clock)
         self._redemptions: list[Redemption] = []
         self._lost: list[_Lost] = []
         self._deny = 0
-        self._assertions = AssertionVerifier(clock)
-        self._audience: Callable[[], str] | None = None
+        self._clients = ClientAuth(ledger, clock, audience=audience)
 
     # --- steering and inspection -----------------------------------------------------------
 
@@ -283,19 +287,13 @@ class OAuthApi:
     def assertions(self) -> int:
         """Client assertions verified and accepted (each authenticated one token request)."""
         with self._lock:
-            return self._assertions.accepted
+            return self._clients.accepted
 
     @property
     def refused_assertions(self) -> int:
         """Client assertions presented and refused (each answered 20002)."""
         with self._lock:
-            return self._assertions.refused
-
-    def bind_audience(self, audience: Callable[[], str]) -> None:
-        """Where client assertions must be addressed (``aud``): ``audience()`` when one is
-        checked, the ``host:port`` the server stands for (its base URL's, once started)."""
-        with self._lock:
-            self._audience = audience
+            return self._clients.refused
 
     def rotations(self, open_id: str | None = None) -> int:
         """Successful refreshes (of ``open_id``'s grants, or of all)."""
@@ -358,7 +356,7 @@ class OAuthApi:
     def _redeem(self, path: str, grant_type: str | None, body: Mapping[str, object]) -> Outcome:
         client_id = _str(body, "client_id") or ""
         asserted = "client_assertion" in body or "client_assertion_type" in body
-        refusal = (self._asserted if asserted else self._with_secret)(path, client_id, body)
+        refusal = self._clients.refusal(path, client_id, body)
         if refusal is not None:
             return refusal
         if grant_type == JWT_BEARER_GRANT:
@@ -377,36 +375,6 @@ class OAuthApi:
         if grant_type != _REFRESH_TOKEN or not refresh_token:
             return Outcome(UserCode.BAD_REQUEST)
         return self._users.refresh(client_id, refresh_token)
-
-    def _with_secret(self, path: str, client_id: str, body: Mapping[str, object]) -> Outcome | None:
-        del path  # both endpoints take a client_secret
-        app = self._ledger.apps.get(client_id)
-        if app is None or _str(body, "client_secret") != app.secret:
-            return Outcome(UserCode.BAD_CLIENT)
-        return None
-
-    def _asserted(self, path: str, client_id: str, body: Mapping[str, object]) -> Outcome | None:
-        """The refusal of a request that authenticates with a client assertion, if any."""
-        assertion = _str(body, "client_assertion")
-        if "client_secret" in body:
-            text = "Send a client_secret or a client assertion, not both."
-            return Outcome(UserCode.BAD_REQUEST, detail=text)
-        if _str(body, "client_assertion_type") != CLIENT_ASSERTION_TYPE or not assertion:
-            text = f"A client assertion needs client_assertion_type={CLIENT_ASSERTION_TYPE}."
-            return Outcome(UserCode.BAD_REQUEST, detail=text)
-        app = self._ledger.apps.get(client_id)
-        if app is None or app.public_key is None:
-            text = "The client has no public key registered for client assertions."
-            return Outcome(UserCode.BAD_CLIENT, detail=text)
-        if path != OAUTH_V3_PATH:  # the fake's choice: the SDKs send assertions to v3 only
-            text = f"Client assertions are accepted on {OAUTH_V3_PATH} only."
-            return Outcome(UserCode.BAD_CLIENT, detail=text)
-        if self._audience is None:
-            raise RuntimeError("FakeFeishu.oauth: no audience bound (add_app binds it)")
-        reason = self._assertions.verify(
-            assertion, key=app.public_key, client_id=client_id, audience=self._audience()
-        )
-        return None if reason is None else Outcome(UserCode.BAD_CLIENT, detail=reason)
 
     def _authorize(self, params: Mapping[str, str]) -> Reply:
         refusal = self._check_authorize(params)

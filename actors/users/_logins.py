@@ -4,17 +4,20 @@ through the proxy's one way of asking (``_ask`` for futures, ``_aask`` for corou
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import pykka
 
 from actors import _messages as m
 from actors._config import AppConfig, TokenKind, resolve_app, resolve_key
 from actors._messages import failed_future as _failed
-from actors.users._grant import UserGrant
+from actors.users._grant import UserGrant, authorize_url
 
-__all__ = ["UserLogins"]
+if TYPE_CHECKING:
+    from actors.users._rotation import UserSource
+
+__all__ = ["SystemLogins", "UserLogins"]
 
 
 class UserLogins:
@@ -102,3 +105,32 @@ def _redeem(
 
 
 _CODE_MAX = 4096  # an authorization code is ~40 characters
+
+
+class SystemLogins:
+    """The user-login half of ``TokenSystem``'s own methods."""
+
+    _apps: dict[str, AppConfig]
+
+    def _user_source(self) -> UserSource:
+        raise NotImplementedError
+
+    def authorize_url(
+        self,
+        redirect_uri: str,
+        *,
+        state: str,
+        scope: Iterable[str] = (),
+        code_challenge: str | None = None,
+        app_id: str | None = None,
+    ) -> str:
+        """The login page for a user's browser, on the app's accounts host (a custom
+        ``base_url``: that URL); ``offline_access`` is always asked for. The callback's ``code``
+        goes to ``proxy.redeem_code``; ``code_challenge`` comes from :func:`actors.pkce_pair`."""
+        app, challenge = resolve_app(self._apps, app_id), code_challenge
+        return authorize_url(app, redirect_uri, state=state, scope=scope, code_challenge=challenge)
+
+    def users(self, *, app_id: str | None = None) -> list[UserGrant]:
+        """The store's live user grants of the app, by open_id (no tokens in them; blocks)."""
+        app, users = resolve_app(self._apps, app_id), self._user_source()
+        return sorted((users.user_grant(g) for g in users.grants(app)), key=lambda g: g.open_id)
