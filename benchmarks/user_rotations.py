@@ -210,7 +210,6 @@ def _measure(
         "policy": {
             "safety_margin": sizes.margin_s,
             "prewarm_lead": sizes.prewarm_lead_s,
-            "request_timeout": (1.0, 2.0),
             **MODES[mode],
         },
         "users": [f"ou_rot_{i}" for i in range(sizes.users)],
@@ -290,19 +289,19 @@ def user_rotations(sizes: Sizes) -> Result:
             f"{sizes.lifetime_s} s (refresh tokens 7 days, single use); policy: safety margin "
             f"{sizes.margin_s:g} s, prewarm {sizes.prewarm_lead_s:g} s (±10 %) before expiry "
             f"(`{PREWARM}`, the default behaviour) or none (`{ON_DEMAND}`: `idle_ttl=0`, so "
-            "every rotation is one that callers wait for). Every run has a new app and a fresh "
-            f"store: a `SqliteStore` file in a temporary directory, or a key prefix on one local "
-            "redis-server (`RedisStore`). The parent logs the users in one by one over "
-            f"{sizes.spread_s:g} s (a code from the fake, `redeem_code`), then every worker reads "
-            f"each user once and its callers run a {sizes.window_s:g} s window; then every "
-            "worker stops (`system.stop()`), and a new system on the store rotates every user "
-            "once more (`invalidate`, get): *logged in after* counts those it could. "
-            "Redemptions are the refresh-token requests the fake answered for the run's app "
-            "until the first worker began to stop; rotations those it answered with a new "
-            "grant; reuses those that presented a refresh token already redeemed. A get "
-            "*waited* when its future was not already resolved on return (not served from the "
-            "process's cache: it waited for a rotation, its own or another process's, or for "
-            "the store)."
+            "every rotation is one that callers wait for), other settings the defaults. "
+            "Every run has a new app and a fresh store: a `SqliteStore` file in a temporary "
+            "directory, or a key prefix on one local redis-server (`RedisStore`). The parent "
+            f"logs the users in one by one over {sizes.spread_s:g} s (a code from the fake, "
+            "`redeem_code`), then every worker reads each user once and its callers run a "
+            f"{sizes.window_s:g} s window; then every worker stops (`system.stop()`), and a "
+            "new system on the store rotates every user once more (`invalidate`, get): "
+            "*logged in after* counts those it could. Redemptions are the refresh-token "
+            "requests the fake answered for the run's app until the first worker began to "
+            "stop; rotations those it answered with a new grant; reuses those that presented "
+            "a refresh token already redeemed. A get *waited* when its future was not already "
+            "resolved on return (not served from the process's cache: it waited for a "
+            "rotation, its own or another process's, or for the store)."
         ),
         tables=list(tables.values()),
     )
