@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import threading
 from collections.abc import Iterator
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +31,7 @@ import requests
 
 import actors
 from actors.testing import FakeFeishu, encrypt_event
+from demos._serving import serving
 
 APP_ID, SECRET = "cli_store_demo", "store-demo-secret"
 # The app's event settings (Developer Console -> Events & Callbacks -> Encryption Strategy).
@@ -103,16 +103,8 @@ def event_endpoint(system: actors.TokenSystem) -> Iterator[str]:
     """Serve :class:`EventHandler` on a free loopback port; yields the event URL."""
     EventHandler.system = system
     endpoint = ThreadingHTTPServer(("127.0.0.1", 0), EventHandler)
-    thread = threading.Thread(
-        target=endpoint.serve_forever, kwargs={"poll_interval": 0.05}, name="event-endpoint"
-    )
-    thread.start()
-    try:
+    with serving(endpoint, name="event-endpoint"):
         yield f"http://127.0.0.1:{endpoint.server_address[1]}/feishu/events"
-    finally:
-        endpoint.shutdown()
-        endpoint.server_close()
-        thread.join()
 
 
 def main() -> None:

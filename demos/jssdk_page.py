@@ -40,6 +40,7 @@ import requests
 
 import actors
 from actors.testing import FakeFeishu
+from demos._serving import serving
 
 APP_ID, SECRET = "cli_jssdk_demo", "jssdk-demo-secret"
 TICKET_PATH = "/open-apis/jssdk/ticket/get"  # Feishu's, to count the requests the fake saw
@@ -143,17 +144,8 @@ class WebServer(ThreadingHTTPServer):
 @contextlib.contextmanager
 def web_app(system: actors.TokenSystem, *, port: int = 0) -> Iterator[WebServer]:
     """The web app on loopback (``port`` 0: a free one), until the block ends."""
-    server = WebServer(system, port)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="web-app"
-    )
-    thread.start()
-    try:
+    with serving(WebServer(system, port), name="web-app") as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def feishu_accepts(config: dict[str, object], ticket: str, url: str) -> bool:

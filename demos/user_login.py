@@ -43,6 +43,7 @@ from cryptography.fernet import Fernet
 
 import actors
 from actors.testing import FakeFeishu
+from demos._serving import serving
 
 APP_ID, SECRET = "cli_login_demo", "login-demo-secret"
 USER, USER_NAME = "ou_alice", "Alice"
@@ -207,17 +208,8 @@ class WebServer(ThreadingHTTPServer):
 @contextlib.contextmanager
 def web_app(site: Site, *, port: int = 0) -> Iterator[WebServer]:
     """The web app on loopback (``port`` 0: a free one), until the block ends."""
-    server = WebServer(site, port)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="web-app"
-    )
-    thread.start()
-    try:
+    with serving(WebServer(site, port), name="web-app") as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def tell(line: str) -> None:
