@@ -375,6 +375,7 @@ class _Process:
             for app in system._apps.values():
                 store.serves(app)  # its grant book names apps by app_id
         self.closed = threading.Event()
+        self._redemption_deadline = sum(policy.request_timeout) + 1.0
         self.events = EventHub()
         self.users = UserSource(
             source,
@@ -476,6 +477,10 @@ class _Process:
             expected = None
 
     def stop(self, timeout: float) -> None:
+        # First the user rotations under way: each is answered and committed before the
+        # store closes (bounded by one attempt's deadline), or its refresh token is lost.
+        if not self.users.drain(min(timeout, self._redemption_deadline)):
+            logger.warning("a user grant rotation was still under way when the system stopped")
         self.pending.close()
         self.closed.set()  # ends the user grants' background commits
         try:

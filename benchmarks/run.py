@@ -71,7 +71,7 @@ def environment() -> dict[str, Any]:
 
     try:
         # The code measured is the working tree's: say so when it differs from the commit.
-        dirty = git("status", "--porcelain", "--", "actors") != ""
+        dirty = git("status", "--porcelain", "--", ":/actors") != ""  # from the repo root
         commit = git("rev-parse", "--short", "HEAD") + (
             " with uncommitted changes" if dirty else ""
         )

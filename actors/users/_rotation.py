@@ -49,7 +49,7 @@ __all__ = ["UserSource"]
 _log = logger.bind(component="UserTokens")
 
 _LEASE_SLACK = 5.0  # a rotation's lease: one attempt's deadline and this much more
-_POLL_FIRST, _POLL_MAX = 0.01, 0.1  # a waiting process's re-reads of the grant
+_POLL_FIRST, _POLL_MAX = 0.005, 0.05  # a waiting process's re-reads of the grant
 _SLACK_MS = 500  # as the shared tier's: a grant handed over must outlive the margin
 
 
@@ -84,6 +84,8 @@ class UserSource:
         self._lease_ms = round((sum(policy.request_timeout) + _LEASE_SLACK) * 1000)
         self._max_wait = 3 * self._lease_ms / 1000  # a holder, and two after it died
         self._min_ms = round(policy.safety_margin * 1000) + _SLACK_MS
+        self._redeeming = threading.Condition()  # guards _in_flight; stop() waits on it
+        self._in_flight = 0  # redemptions sent (or about to be) and not committed yet
         self._held = HeldGrants(book, apps=apps, closed=closed, patience=self._lease_ms / 1000)
         self._warned_memory = False
 
@@ -167,6 +169,14 @@ class UserSource:
             granted_at=local(grant.granted_at_ms),
         )
 
+    def drain(self, timeout: float) -> bool:
+        """Stop starting redemptions and wait (up to ``timeout``) for those under way to be
+        answered and committed: the system is stopping, and a refresh token sent is dead at
+        Feishu whether or not its answer is kept. Whether none is left."""
+        with self._redeeming:
+            self._closed.set()
+            return self._redeeming.wait_for(lambda: self._in_flight == 0, timeout)
+
     def join(self, timeout: float) -> None:
         """After the system's ``closed`` event is set: wait for the background commits' thread."""
         self._held.join(timeout)
@@ -223,19 +233,26 @@ class UserSource:
                 raise UpstreamError(None, None, 1, detail="the grant changed under the lease")
         except Unavailable:
             return self._unshared(app, user, request)
-        if self._closed.is_set():  # stopping: a redemption now might never be committed
-            raise SystemStoppedError()
-        self.reached("sending")
+        with self._redeeming:
+            if self._closed.is_set():  # stopping: a redemption now might never be committed
+                raise SystemStoppedError()
+            self._in_flight += 1
         try:
-            tokens = self._need_oauth().refresh(app, stored.refresh_token or "", user=user)
-        except ReauthorizationRequired as refused:
-            return self._refused(stored, refused)
-        self.reached("answered")
-        wall_ms = self._wall_ms()
-        new = _stored(app, user, tokens, now_ms=wall_ms, granted_at_ms=stored.granted_at_ms)
-        saved = self._held.commit(new, expect=stored.version)
-        self.reached("committed")
-        return self._grant(saved)
+            self.reached("sending")
+            try:
+                tokens = self._need_oauth().refresh(app, stored.refresh_token or "", user=user)
+            except ReauthorizationRequired as refused:
+                return self._refused(stored, refused)
+            self.reached("answered")
+            wall_ms = self._wall_ms()
+            new = _stored(app, user, tokens, now_ms=wall_ms, granted_at_ms=stored.granted_at_ms)
+            saved = self._held.commit(new, expect=stored.version)
+            self.reached("committed")
+            return self._grant(saved)
+        finally:
+            with self._redeeming:
+                self._in_flight -= 1
+                self._redeeming.notify_all()
 
     def reached(self, point: str) -> None:
         """A rotation under the lease reached ``point``: ``sending`` (the rotation is recorded

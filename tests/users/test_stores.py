@@ -5,6 +5,7 @@ Each test runs on a real SQLite file and on a real redis-server."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -188,3 +189,36 @@ def test_after_a_lost_key_the_user_can_log_out_and_in_again_and_the_others_are_l
     third = start(stores(key=KEY))  # the old key: Alice's new grant is not its either
     assert third.proxy.forget_user("ou_alice").get(timeout=TIMEOUT) is True
     assert [g.open_id for g in third.users()] == []
+
+
+def test_a_stop_waits_for_the_rotation_under_way_so_no_refresh_token_is_lost(
+    stores: StoreFactory, start: Callable[[Store], actors.TokenSystem], server: FakeFeishu
+) -> None:
+    first = start(stores())
+    login(first, server)
+    old = first.proxy.get_token(USER, user="ou_alice").get(timeout=TIMEOUT)
+    gate = server.hold("user")
+    first.proxy.invalidate(old).get(timeout=TIMEOUT)
+    rotating = first.proxy.get_token(USER, user="ou_alice")
+    assert gate.wait_for_waiting(1)  # the refresh token is at Feishu
+    stopper = threading.Thread(target=first.stop)
+    stopper.start()
+    deadline = time.monotonic() + TIMEOUT
+    while not first._process.closed.is_set():  # stop() has begun: no redemption starts now
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    gate.release()
+    stopper.join(TIMEOUT)
+    assert not stopper.is_alive()
+    try:  # its caller got the new token, or was told the system stopped
+        answered: str | None = rotating.get(timeout=TIMEOUT)
+    except actors.SystemStoppedError:
+        answered = None
+    second = start(stores())
+    new = second.proxy.get_token(USER, user="ou_alice").get(timeout=TIMEOUT)
+    assert new != old  # the grant the stopping system committed
+    assert answered in (None, new)
+    second.proxy.invalidate(new).get(timeout=TIMEOUT)
+    assert second.proxy.get_token(USER, user="ou_alice").get(timeout=TIMEOUT)
+    assert server.oauth.rotations("ou_alice") == 2
+    assert server.oauth.refresh_reuses == 0
