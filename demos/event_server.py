@@ -21,7 +21,7 @@ import json
 import sys
 from collections.abc import Iterator
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
@@ -31,7 +31,7 @@ import requests
 
 import actors
 from actors.testing import FakeFeishu, encrypt_event
-from demos._serving import serving
+from demos._serving import QuietHandler, serving
 
 APP_ID, SECRET = "cli_store_demo", "store-demo-secret"
 # The app's event settings (Developer Console -> Events & Callbacks -> Encryption Strategy).
@@ -40,7 +40,7 @@ VERIFICATION_TOKEN = "demo-verification-token"
 MAX_BODY = 1 << 20  # a callback is a few hundred bytes: a bigger one is not read at all
 
 
-class EventHandler(BaseHTTPRequestHandler):
+class EventHandler(QuietHandler):
     """POST /feishu/events: every callback goes through ``actors.handle_event``."""
 
     system: ClassVar[actors.TokenSystem]
@@ -77,17 +77,9 @@ class EventHandler(BaseHTTPRequestHandler):
         self._answer(200, answer)
 
     def _answer(self, status: int, answer: dict[str, object], *, close: bool = False) -> None:
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if close:  # a body left unread cannot be skipped: this connection ends here
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        return
+        # A body left unread cannot be skipped: with close, this connection ends here.
+        headers = [("Connection", "close")] if close else []
+        self.send_body(status, json.dumps(answer).encode(), "application/json", *headers)
 
 
 def _content_length(headers: Message) -> int | None:

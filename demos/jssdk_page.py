@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -40,7 +40,7 @@ import requests
 
 import actors
 from actors.testing import FakeFeishu
-from demos._serving import serving
+from demos._serving import QuietHandler, serving
 
 APP_ID, SECRET = "cli_jssdk_demo", "jssdk-demo-secret"
 TICKET_PATH = "/open-apis/jssdk/ticket/get"  # Feishu's, to count the requests the fake saw
@@ -89,7 +89,7 @@ PAGE = """<!DOCTYPE html>
 """
 
 
-class PageHandler(BaseHTTPRequestHandler):
+class PageHandler(QuietHandler):
     """``/`` (the page) and ``/jsapi-config?url=`` (its config, as JSON)."""
 
     server: WebServer
@@ -121,15 +121,8 @@ class PageHandler(BaseHTTPRequestHandler):
         self.answer(status, json.dumps(body).encode(), "application/json")
 
     def answer(self, status: int, data: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")  # a config is signed for one moment
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        return
+        # A config is signed for one moment: no cache may keep it.
+        self.send_body(status, data, content_type, ("Cache-Control", "no-store"))
 
 
 class WebServer(ThreadingHTTPServer):

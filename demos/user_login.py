@@ -32,7 +32,7 @@ import webbrowser
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urljoin, urlsplit
 
@@ -43,7 +43,7 @@ from cryptography.fernet import Fernet
 
 import actors
 from actors.testing import FakeFeishu
-from demos._serving import serving
+from demos._serving import QuietHandler, serving
 
 APP_ID, SECRET = "cli_login_demo", "login-demo-secret"
 USER, USER_NAME = "ou_alice", "Alice"
@@ -88,7 +88,7 @@ class Site:
         return hmac.new(self.cookie_key, value.encode(), hashlib.sha256).hexdigest()
 
 
-class LoginHandler(BaseHTTPRequestHandler):
+class LoginHandler(QuietHandler):
     """``/login``, ``/callback`` and ``/calendars`` of the web app."""
 
     server: WebServer
@@ -179,20 +179,11 @@ class LoginHandler(BaseHTTPRequestHandler):
     def answer(
         self, status: int, text: str, *, location: str | None = None, cookies: tuple[str, ...] = ()
     ) -> None:
-        data = text.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
+        headers = [("Cache-Control", "no-store")]
         if location is not None:
-            self.send_header("Location", location)
-        for cookie in cookies:
-            self.send_header("Set-Cookie", cookie)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        return
+            headers.append(("Location", location))
+        headers += [("Set-Cookie", cookie) for cookie in cookies]
+        self.send_body(status, text.encode(), "text/plain; charset=utf-8", *headers)
 
 
 class WebServer(ThreadingHTTPServer):
