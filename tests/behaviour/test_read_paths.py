@@ -32,9 +32,10 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import pykka
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 import actors
-from actors.testing import FakeFeishu, Gate, Reply, oauth_error
+from actors.testing import FakeFeishu, Gate, Reply, assertion_provider, oauth_error
 from actors.testing._replies import dump_json
 from tests.conftest import APP_ID, SECRET, SystemFactory
 from tests.users.conftest import login
@@ -317,6 +318,10 @@ class Subject(Protocol):
         """Make the key's next fetch answer a new token; the token, if it is known now."""
         ...
 
+    def app(self, server: FakeFeishu, clock: actors.ManualClock) -> actors.AppConfig | None:
+        """The app the system serves (registered on ``server``); None: the suite's own."""
+        ...
+
 
 class TenantTokens:
     """The app's tenant token; its neighbour is the app token. A new system has neither."""
@@ -337,6 +342,9 @@ class TenantTokens:
 
     def fetched(self, server: FakeFeishu, *, neighbour: bool = False) -> int:
         return server.count(self.neighbour_upstream if neighbour else self.upstream)
+
+    def app(self, server: FakeFeishu, clock: actors.ManualClock) -> actors.AppConfig | None:
+        return None
 
     def renew(self, server: FakeFeishu) -> str | None:
         # The fake answers the same tenant token again while half an hour of it remains.
@@ -375,6 +383,9 @@ class UserTokens:
     def fetched(self, server: FakeFeishu, *, neighbour: bool = False) -> int:
         return server.oauth.rotations(BOB if neighbour else ALICE)
 
+    def app(self, server: FakeFeishu, clock: actors.ManualClock) -> actors.AppConfig | None:
+        return None
+
     def renew(self, server: FakeFeishu) -> str | None:
         return None  # every rotation answers a new access token
 
@@ -406,6 +417,9 @@ class JsapiTickets:
             return server.count(self.neighbour_upstream)
         return sum(1 for r in server.requests if r.path == TICKET_PATH)
 
+    def app(self, server: FakeFeishu, clock: actors.ManualClock) -> actors.AppConfig | None:
+        return None
+
     def renew(self, server: FakeFeishu) -> str | None:
         # The fake answers the same ticket again while half an hour of it remains.
         data = {"ticket": "j-fresh", "expire_in": 7200}
@@ -413,7 +427,44 @@ class JsapiTickets:
         return "j-fresh"
 
 
-SUBJECTS: list[type[Subject]] = [TenantTokens, UserTokens, JsapiTickets]
+class KeylessTenantTokens:
+    """A keyless app's tenant token (a client assertion, no secret: the v3 OAuth endpoint's
+    jwt-bearer grant, recorded by the fake as a user-token request); its neighbour is the
+    app's jsapi_ticket, fetched with that tenant token (the app has no app token)."""
+
+    id: ClassVar[str] = "keyless"
+    kind: ClassVar[actors.TokenKind] = TENANT
+    key: ClassVar[Mapping[str, Any]] = MappingProxyType({"kind": TENANT})
+    neighbour: ClassVar[Mapping[str, Any]] = MappingProxyType({"kind": JSAPI})
+    upstream: ClassVar[str] = "user"
+    neighbour_upstream: ClassVar[str] = "business"
+    policy: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    keys_fetched: ClassVar[int] = 1
+
+    def cold(
+        self, system: actors.TokenSystem, server: FakeFeishu, clock: actors.ManualClock
+    ) -> None:
+        return None
+
+    def fetched(self, server: FakeFeishu, *, neighbour: bool = False) -> int:
+        if neighbour:
+            return sum(1 for r in server.requests if r.path == TICKET_PATH)
+        return server.count(self.upstream)
+
+    def app(self, server: FakeFeishu, clock: actors.ManualClock) -> actors.AppConfig | None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        server.add_app(APP_ID, public_key=key.public_key())  # the same app, now keyless
+        provider = assertion_provider(key, APP_ID, clock=clock)
+        return actors.AppConfig(APP_ID, client_assertion=provider, base_url=server.base_url)
+
+    def renew(self, server: FakeFeishu) -> str | None:
+        # The fake answers the same tenant token again while half an hour of it remains.
+        answer = {"code": 0, "access_token": "t-fresh", "expires_in": 7200, "token_type": "Bearer"}
+        server.script(self.upstream, Reply.raw(dump_json(answer)))
+        return "t-fresh"
+
+
+SUBJECTS: list[type[Subject]] = [TenantTokens, UserTokens, JsapiTickets, KeylessTenantTokens]
 
 
 @pytest.fixture(params=SUBJECTS, ids=[subject.id for subject in SUBJECTS])
@@ -431,7 +482,7 @@ def started_cold(
 ) -> actors.TokenSystem:
     """A system that knows ``subject``'s key and neighbour and has not cached them (see
     :meth:`Subject.cold`)."""
-    system = start(**{**subject.policy, **policy})
+    system = start(subject.app(server, clock), **{**subject.policy, **policy})
     subject.cold(system, server, clock)
     return system
 
