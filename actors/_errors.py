@@ -69,7 +69,8 @@ class AuthError(TokenError):
         else:
             text = (
                 f"Feishu rejected the app credentials (code {code}: {msg}); check app_id, "
-                "app_secret and that the app is published. Not retried."
+                "app_secret (a keyless app: its client assertion and registered public key) "
+                "and that the app is published. Not retried."
             )
         super().__init__(text)
 

@@ -29,6 +29,7 @@ from actors._config import (
     TokenKey,
     TokenKind,
     check_made_at,
+    resolve_app,
     resolve_key,
 )
 from actors._errors import SystemStoppedError
@@ -353,7 +354,7 @@ def _ticket_app(
     apps: dict[str, AppConfig], ticket: str, app_id: str | None, made_at: float | None
 ) -> AppConfig:
     """The marketplace app a ticket is handed over for; ValueError for a bad argument."""
-    app = apps[resolve_key(apps, TokenKind.APP, None, app_id).app_id]
+    app = resolve_app(apps, app_id)
     if app.app_type is not AppType.MARKETPLACE:
         msg = f"app {app.app_id} is self-built: it has no app_ticket"
         raise ValueError(msg)

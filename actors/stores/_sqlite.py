@@ -48,6 +48,7 @@ _T = TypeVar("_T")
 # keeps the other processes waiting this long at most.
 DEFAULT_LEASE = 1.5
 _IDLE_MAX = 8  # connections a store keeps open for reuse
+_PATIENT_MS = 2000  # how long a user grant's write waits for the lock
 _SWEEP_EVERY = 60.0  # how often a listener deletes what nobody reads again
 _MIN_SQLITE = (3, 24, 0)  # upserts (INSERT ... ON CONFLICT DO UPDATE)
 
@@ -257,7 +258,7 @@ class SqliteGrants(GrantBook):
             raise ValueError(msg)
         key = self._at(app, user).lease
         left, fault = self._db.write(
-            lambda conn: schema.lease_grant(conn, key, lease_id, lease_ms=lease_ms)
+            lambda conn: schema.lease_grant(conn, key, lease_id, lease_ms=lease_ms), patient=True
         )
         self._report(self._at(app, user), fault, what="user grant lease")
         return left
@@ -265,7 +266,7 @@ class SqliteGrants(GrantBook):
     def release(self, app: AppConfig, user: str, lease_id: str) -> None:
         key = self._at(app, user).lease
         try:
-            self._db.write(lambda conn: schema.release(conn, key, lease_id))
+            self._db.write(lambda conn: schema.release(conn, key, lease_id), patient=True)
         except Unavailable:
             pass  # the lease lapses by itself
 
@@ -344,7 +345,7 @@ class SqliteGrants(GrantBook):
         op: Callable[[sqlite3.Connection, schema.GrantAt], tuple[_T, str]],
     ) -> _T:
         """``op`` in a write transaction; the fault it found in the user's row is reported."""
-        result, fault = self._db.write(lambda conn: op(conn, at))
+        result, fault = self._db.write(lambda conn: op(conn, at), patient=True)
         self._report(at, fault)
         return result
 
@@ -419,14 +420,17 @@ class Database:
     def read(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
         return self._run(op, write=False)
 
-    def write(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
-        return self._run(op, write=True)
+    def write(self, op: Callable[[sqlite3.Connection], _T], *, patient: bool = False) -> _T:
+        """``op`` in a write; ``patient``: wait for the lock up to ``_PATIENT_MS`` even while
+        writes fail (a user grant's operations: a worker waits, and a redemption must not fail
+        for a moment's lock)."""
+        return self._run(op, write=True, patient=patient)
 
     def probe(self) -> bool:
         """Whether the write lock can be taken now (waiting ``busy_timeout`` at most, even
         while writes fail). A failed probe is remembered as the last error, nothing more."""
         try:
-            with self._connection(wait=True) as conn:
+            with self._connection(wait_ms=self._wait_ms) as conn:
                 schema.probe(conn)
         except (sqlite3.Error, OSError, Unavailable) as exc:
             self.last_error = type(exc).__name__
@@ -460,9 +464,15 @@ class Database:
         """After ``fork()``, in the parent and in the child: the pool's lock is free again."""
         self._lock.release()
 
-    def _run(self, op: Callable[[sqlite3.Connection], _T], *, write: bool) -> _T:
+    def _run(
+        self, op: Callable[[sqlite3.Connection], _T], *, write: bool, patient: bool = False
+    ) -> _T:
+        if patient:
+            wait_ms = max(self._wait_ms, _PATIENT_MS)
+        else:
+            wait_ms = 0 if write and self.failing else self._wait_ms
         try:
-            with self._connection(wait=not (write and self.failing)) as conn:
+            with self._connection(wait_ms=wait_ms) as conn:
                 result = op(conn)
         except (sqlite3.Error, OSError) as exc:
             self._failed(exc)
@@ -472,7 +482,7 @@ class Database:
         return result
 
     @contextlib.contextmanager
-    def _connection(self, *, wait: bool) -> Iterator[sqlite3.Connection]:
+    def _connection(self, *, wait_ms: int) -> Iterator[sqlite3.Connection]:
         if self._closed.is_set():
             raise Unavailable
         with self._lock:
@@ -481,7 +491,7 @@ class Database:
         try:
             if connection is None:
                 connection = _Connection(self._path, wait_ms=self._wait_ms)
-            connection.waits(wait_ms=self._wait_ms if wait else 0)
+            connection.waits(wait_ms=wait_ms)
             if not self._prepared:
                 self._prepare(connection)
             yield connection.db

