@@ -8,6 +8,7 @@ from typing import Any
 
 import pykka
 import pytest
+from loguru import logger
 
 import actors
 from actors.testing import FakeFeishu
@@ -121,3 +122,18 @@ def vserver(clock: actors.ManualClock) -> Iterator[FakeFeishu]:
 def vapp(vserver: FakeFeishu) -> actors.AppConfig:
     """The self-built test app on ``vserver`` (token lifetimes on the manual clock)."""
     return actors.AppConfig(APP_ID, SECRET, base_url=vserver.base_url)
+
+
+@pytest.fixture
+def log() -> Iterator[list[str]]:
+    """Everything the library logs, at TRACE, each record whole (message, extra, exception
+    with the values of its frames' variables) as loguru serializes it: for the tests that no
+    secret or token is ever logged."""
+    records: list[str] = []
+    logger.enable("actors")
+    sink = logger.add(records.append, level="TRACE", serialize=True, backtrace=True, diagnose=True)
+    try:
+        yield records
+    finally:
+        logger.remove(sink)
+        logger.disable("actors")

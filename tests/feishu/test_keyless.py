@@ -15,7 +15,6 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from loguru import logger
 
 import actors
 from actors.feishu._client import FeishuAuthClient
@@ -375,20 +374,6 @@ def test_a_provider_error_fails_that_attempt_with_an_auth_error_and_the_next_get
     health = system.health()
     assert health.last_refresh_error is not None and "feishu.pem" not in repr(health)
     assert server.requests == []
-
-
-@pytest.fixture
-def log() -> Iterator[list[str]]:
-    """Everything the library logs at TRACE, each record whole (with its exception's frames'
-    variables, as loguru's defaults show them)."""
-    records: list[str] = []
-    logger.enable("actors")
-    sink = logger.add(records.append, level="TRACE", serialize=True, backtrace=True, diagnose=True)
-    try:
-        yield records
-    finally:
-        logger.remove(sink)
-        logger.disable("actors")
 
 
 def test_no_assertion_appears_in_logs_reprs_or_errors(

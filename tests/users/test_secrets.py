@@ -31,7 +31,6 @@ import pykka
 import pytest
 import redis
 from cryptography.fernet import Fernet
-from loguru import logger
 from prometheus_client import CollectorRegistry, generate_latest
 
 import actors
@@ -131,20 +130,6 @@ def secrets(server: FakeFeishu, monkeypatch: pytest.MonkeyPatch) -> Secrets:
 
     monkeypatch.setattr(server.oauth, "answer", recording)
     return found
-
-
-@pytest.fixture
-def log() -> Iterator[list[str]]:
-    """Everything the library logs, at TRACE, each record whole (message, extra, exception
-    with the values of its frames' variables) as loguru serializes it."""
-    records: list[str] = []
-    logger.enable("actors")
-    sink = logger.add(records.append, level="TRACE", serialize=True, backtrace=True, diagnose=True)
-    try:
-        yield records
-    finally:
-        logger.remove(sink)
-        logger.disable("actors")
 
 
 # --- the stores, and how to read all they hold --------------------------------------------------
