@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from actors.feishu._oauth import FeishuOAuth, UserTokens
     from actors.stores import Store
 
-__all__ = ["UserSource"]
+__all__ = ["UserSource", "seen_by_app"]
 
 _log = logger.bind(component="UserTokens")
 
@@ -154,20 +154,7 @@ class UserSource:
 
     def user_grant(self, grant: StoredGrant) -> UserGrant:
         """``grant`` as an application sees it: no tokens, times on the system clock."""
-        now, wall = self._clock.now(), wall_time(self._clock)
-
-        def local(ms: int) -> float:
-            return now + (ms / 1000 - wall)
-
-        refresh = grant.refresh_expires_at_ms
-        return UserGrant(
-            app_id=grant.app_id,
-            open_id=grant.open_id,
-            scope=grant.scope,
-            expires_at=local(grant.expires_at_ms),
-            refresh_expires_at=None if refresh is None else local(refresh),
-            granted_at=local(grant.granted_at_ms),
-        )
+        return seen_by_app(grant, self._clock)
 
     def drain(self, timeout: float) -> bool:
         """Stop starting redemptions and wait (up to ``timeout``) for those under way to be
@@ -379,4 +366,22 @@ def _stored(
         ),
         scope=tokens.scope,
         granted_at_ms=granted_at_ms,
+    )
+
+
+def seen_by_app(grant: StoredGrant, clock: Clock) -> UserGrant:
+    """``grant`` as an application sees it: no tokens, its wall-clock times on ``clock``."""
+    now, wall = clock.now(), wall_time(clock)
+
+    def local(ms: int) -> float:
+        return now + (ms / 1000 - wall)
+
+    refresh = grant.refresh_expires_at_ms
+    return UserGrant(
+        app_id=grant.app_id,
+        open_id=grant.open_id,
+        scope=grant.scope,
+        expires_at=local(grant.expires_at_ms),
+        refresh_expires_at=None if refresh is None else local(refresh),
+        granted_at=local(grant.granted_at_ms),
     )
