@@ -42,6 +42,7 @@ import contextlib
 import dataclasses
 import json
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple, cast
 
@@ -176,6 +177,30 @@ def prepare(conn: sqlite3.Connection) -> str:
                 conn.execute(statement)
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return _into_wal(conn)
+
+
+_WAL_TRIES = 40  # about 2 s of backoff in all
+_WAL_BACKOFF_MAX = 0.1
+
+
+def _into_wal(conn: sqlite3.Connection) -> str:
+    """Switch the file to WAL; the journal mode in effect. The switch needs the file to itself
+    and answers "database is locked" at once, without the busy timeout, while another
+    connection reads it (processes opening a new file together): try again, briefly, and take
+    a switch another connection made meanwhile."""
+    delay = 0.001
+    for _ in range(_WAL_TRIES):
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+        mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+        if mode == "wal":
+            return mode
+        time.sleep(delay)  # a lock held for a moment by another opener: no event to wait on
+        delay = min(delay * 2, _WAL_BACKOFF_MAX)
     return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
 
 

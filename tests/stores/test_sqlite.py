@@ -169,6 +169,25 @@ def test_stores_making_a_new_file_at_once_all_find_it_theirs(
     assert warnings == []
 
 
+def test_connections_opening_a_new_file_together_all_put_it_in_wal_mode(tmp_path: Path) -> None:
+    # The switch to WAL is refused at once ("database is locked", no busy timeout) while
+    # another connection reads the file: each opener must still end up with the file in WAL.
+    def prepare(path: Path, barrier: threading.Barrier, _: int) -> str:
+        conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+        try:
+            barrier.wait(5)
+            return schema.prepare(conn)
+        finally:
+            conn.close()
+
+    for round_ in range(10):
+        path = tmp_path / f"new-{round_}.db"
+        path.touch()
+        opening = partial(prepare, path, threading.Barrier(8))
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(opening, range(8))) == ["wal"] * 8
+
+
 def test_the_token_row_carries_its_owner_version_and_an_expiry_counted_from_before_the_request(
     path: str, stores: Callable[..., SqliteStore]
 ) -> None:
