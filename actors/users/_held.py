@@ -39,14 +39,15 @@ class HeldGrants:
         self._patience = patience  # how long a commit is retried before it goes to the background
         self._lock = threading.Lock()
         self._known: dict[tuple[str, str], StoredGrant] = {}  # the grant last seen, per user
-        self._unsaved: dict[tuple[str, str], StoredGrant] = {}  # rotated, not committed yet
-        self._expects: dict[tuple[str, str], int | None] = {}  # the version each one replaces
+        # Rotated, not committed yet: each grant with the version its commit must replace.
+        self._unsaved: dict[tuple[str, str], tuple[StoredGrant, int | None]] = {}
         self._saver: threading.Thread | None = None
 
     def known(self, app_id: str, user: str) -> StoredGrant | None:
         """The newest grant of the user this process has: uncommitted, or last seen."""
         with self._lock:
-            return self._unsaved.get((app_id, user)) or self._known.get((app_id, user))
+            unsaved = self._unsaved.get((app_id, user))
+            return unsaved[0] if unsaved is not None else self._known.get((app_id, user))
 
     def remember(self, grant: StoredGrant) -> None:
         with self._lock:
@@ -59,12 +60,11 @@ class HeldGrants:
         """Forget the user here; whether an uncommitted grant was dropped with them."""
         with self._lock:
             self._known.pop((app_id, user), None)
-            self._expects.pop((app_id, user), None)
             return self._unsaved.pop((app_id, user), None) is not None
 
     def unsaved(self, app_id: str) -> list[StoredGrant]:
         with self._lock:
-            return [g for (a, _), g in self._unsaved.items() if a == app_id]
+            return [grant for (a, _), (grant, _) in self._unsaved.items() if a == app_id]
 
     def join(self, timeout: float) -> None:
         """After ``closed`` is set: wait for the background commits' thread."""
@@ -77,7 +77,7 @@ class HeldGrants:
         for at most one lease; then hand it out uncommitted and keep trying in the
         background. A newer grant committed meanwhile wins over this one."""
         with self._lock:
-            self._unsaved[(grant.app_id, grant.open_id)] = grant
+            self._unsaved[(grant.app_id, grant.open_id)] = (grant, expect)
         give_up_at = time.monotonic() + self._patience
         delay = _PERSIST_FIRST
         while True:
@@ -85,7 +85,7 @@ class HeldGrants:
                 saved = self._save(grant, expect=expect)
             except Unavailable:
                 if time.monotonic() + delay >= give_up_at or self._closed.wait(delay):
-                    self.keep_unsaved(grant, expect=expect)
+                    self._keep_unsaved(grant)
                     return grant
                 delay = min(delay * 2, _PERSIST_MAX)
                 continue
@@ -110,21 +110,22 @@ class HeldGrants:
             return newer
         saved = dataclasses.replace(grant, version=version, rotating=None)
         with self._lock:
-            if self._unsaved.get(key) is grant:
+            unsaved = self._unsaved.get(key)
+            if unsaved is not None and unsaved[0] is grant:
                 del self._unsaved[key]
         self.remember(saved)
         return saved
 
-    def keep_unsaved(self, grant: StoredGrant, *, expect: int | None) -> None:
+    def _keep_unsaved(self, grant: StoredGrant) -> None:
+        """The book did not take ``grant`` (already in :attr:`_unsaved`): it serves from
+        memory, and a thread commits it once the book answers."""
         _log.warning(
             "the store did not take user {}'s new grant; it is kept in memory and committed "
             "when the store answers again",
             grant.open_id,
         )
         with self._lock:
-            self._unsaved[(grant.app_id, grant.open_id)] = grant
             self._known[(grant.app_id, grant.open_id)] = grant
-            self._expects[(grant.app_id, grant.open_id)] = expect
             if self._saver is None or not self._saver.is_alive():
                 self._saver = threading.Thread(
                     target=self._save_loop, name="actors-user-grants", daemon=True
@@ -133,10 +134,10 @@ class HeldGrants:
 
     def save_unsaved(self, app_id: str, user: str) -> None:
         """Before a rotation: the grant this process could not commit goes first."""
-        key = (app_id, user)
         with self._lock:
-            grant, expect = self._unsaved.get(key), self._expects.get(key)
-        if grant is not None:
+            unsaved = self._unsaved.get((app_id, user))
+        if unsaved is not None:
+            grant, expect = unsaved
             try:
                 self._save(grant, expect=expect)
             except Unavailable:
@@ -146,7 +147,7 @@ class HeldGrants:
         delay = _PERSIST_FIRST
         while not self._closed.wait(delay):
             with self._lock:
-                pending = [(g, self._expects.get(k)) for k, g in self._unsaved.items()]
+                pending = list(self._unsaved.values())
             if not pending:
                 return
             try:
