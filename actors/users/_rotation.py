@@ -21,7 +21,6 @@ progress makes the next holder's refusal ``ReauthorizationRequired(reason="inter
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 import threading
 import time
@@ -110,15 +109,12 @@ class UserSource:
         one of theirs): the grant and the token to cache."""
         oauth = self._need_oauth()
         self._book.check_writable()  # before the code is spent: a store without its key
-        started = time.monotonic()
+        sent_ms = self._wall_ms()  # the lifetimes count from before the request left
         tokens = oauth.exchange_code(
             app, code=code, redirect_uri=redirect_uri, code_verifier=code_verifier
         )
         open_id = oauth.user_info(app, tokens.access_token)
-        wall_ms = self._wall_ms()
-        made = _stored(app, open_id, tokens, now_ms=wall_ms, granted_at_ms=wall_ms)
-        spent_ms = round((time.monotonic() - started) * 1000)
-        made = dataclasses.replace(made, expires_at_ms=made.expires_at_ms - spent_ms)
+        made = _stored(app, open_id, tokens, now_ms=sent_ms, granted_at_ms=sent_ms)
         if isinstance(self._book, MemoryGrants) and not self._warned_memory:
             self._warned_memory = True
             _log.warning(
