@@ -323,7 +323,19 @@ class Subject(Protocol):
         ...
 
 
-class TenantTokens:
+class Defaults:
+    """What most subjects need: a new system has neither key cached, on the suite's app."""
+
+    def cold(
+        self, system: actors.TokenSystem, server: FakeFeishu, clock: actors.ManualClock
+    ) -> None:
+        return None
+
+    def app(self, server: FakeFeishu, clock: actors.ManualClock) -> actors.AppConfig | None:
+        return None
+
+
+class TenantTokens(Defaults):
     """The app's tenant token; its neighbour is the app token. A new system has neither."""
 
     id: ClassVar[str] = "tenant"
@@ -335,16 +347,8 @@ class TenantTokens:
     policy: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     keys_fetched: ClassVar[int] = 1
 
-    def cold(
-        self, system: actors.TokenSystem, server: FakeFeishu, clock: actors.ManualClock
-    ) -> None:
-        return None
-
     def fetched(self, server: FakeFeishu, *, neighbour: bool = False) -> int:
         return server.count(self.neighbour_upstream if neighbour else self.upstream)
-
-    def app(self, server: FakeFeishu, clock: actors.ManualClock) -> actors.AppConfig | None:
-        return None
 
     def renew(self, server: FakeFeishu) -> str | None:
         # The fake answers the same tenant token again while half an hour of it remains.
@@ -357,7 +361,7 @@ ALICES: Mapping[str, Any] = MappingProxyType({"kind": USER, "user": ALICE})  # g
 BOBS: Mapping[str, Any] = MappingProxyType({"kind": USER, "user": BOB})
 
 
-class UserTokens:
+class UserTokens(Defaults):
     """Alice's user token; its neighbour is Bob's. Both log in, then nobody reads their tokens
     for longer than ``idle_ttl``: the logins' tokens expire unrefreshed (an idle user's grant is
     only kept alive), so the next get of each is a miss that rotates that user's grant."""
@@ -383,9 +387,6 @@ class UserTokens:
     def fetched(self, server: FakeFeishu, *, neighbour: bool = False) -> int:
         return server.oauth.rotations(BOB if neighbour else ALICE)
 
-    def app(self, server: FakeFeishu, clock: actors.ManualClock) -> actors.AppConfig | None:
-        return None
-
     def renew(self, server: FakeFeishu) -> str | None:
         return None  # every rotation answers a new access token
 
@@ -394,7 +395,7 @@ JSAPI = actors.TokenKind.JSAPI_TICKET
 TICKET_PATH = "/open-apis/jssdk/ticket/get"
 
 
-class JsapiTickets:
+class JsapiTickets(Defaults):
     """The app's jsapi_ticket (fetched with its tenant token); its neighbour is the app token.
     The fake records a ticket request as a business call."""
 
@@ -407,18 +408,10 @@ class JsapiTickets:
     policy: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     keys_fetched: ClassVar[int] = 2  # the tenant token first
 
-    def cold(
-        self, system: actors.TokenSystem, server: FakeFeishu, clock: actors.ManualClock
-    ) -> None:
-        return None
-
     def fetched(self, server: FakeFeishu, *, neighbour: bool = False) -> int:
         if neighbour:
             return server.count(self.neighbour_upstream)
         return sum(1 for r in server.requests if r.path == TICKET_PATH)
-
-    def app(self, server: FakeFeishu, clock: actors.ManualClock) -> actors.AppConfig | None:
-        return None
 
     def renew(self, server: FakeFeishu) -> str | None:
         # The fake answers the same ticket again while half an hour of it remains.
@@ -427,7 +420,7 @@ class JsapiTickets:
         return "j-fresh"
 
 
-class KeylessTenantTokens:
+class KeylessTenantTokens(Defaults):
     """A keyless app's tenant token (a client assertion, no secret: the v3 OAuth endpoint's
     jwt-bearer grant, recorded by the fake as a user-token request); its neighbour is the
     app's jsapi_ticket, fetched with that tenant token (the app has no app token)."""
@@ -440,11 +433,6 @@ class KeylessTenantTokens:
     neighbour_upstream: ClassVar[str] = "business"
     policy: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     keys_fetched: ClassVar[int] = 1
-
-    def cold(
-        self, system: actors.TokenSystem, server: FakeFeishu, clock: actors.ManualClock
-    ) -> None:
-        return None
 
     def fetched(self, server: FakeFeishu, *, neighbour: bool = False) -> int:
         if neighbour:
