@@ -51,6 +51,7 @@ from urllib.parse import quote, urlsplit
 
 from actors._config import AppConfig, TokenKind, check_made_at
 from actors.stores._base import credentials_digest
+from actors.stores._grants import StoredGrant
 
 __all__ = [
     "ACQUIRE",
@@ -74,6 +75,7 @@ __all__ = [
     "Notice",
     "channel",
     "check_prefix",
+    "checked_commit",
     "made_at_ms",
     "notice",
     "parse_notice",
@@ -477,6 +479,25 @@ GRANT_FIELDS = (
 MAX_SEALED = 4 * MAX_TEXT
 MAX_REASON = 64
 _FERNET_OVERHEAD = 1 + 8 + 16 + 32  # version byte, timestamp, IV, HMAC; then 16-byte blocks
+
+
+def checked_commit(
+    name: str, grant: StoredGrant, expect: object, app: AppConfig | None
+) -> AppConfig:
+    """``app`` (the config of the grant's app, as the book's store knows it), if a store book
+    named ``name`` may commit ``grant`` with ``expect``; ValueError (before anything is written)
+    for a version that is none, an app the store has not served, or tokens it cannot keep."""
+    if expect is not None and (type(expect) is not int or expect < 0):
+        msg = f"expect must be a version (an int >= 0) or None, got {expect!r}"
+        raise ValueError(msg)
+    if app is None:
+        msg = f"{name} has not served app {grant.app_id!r}: read its user's grant first"
+        raise ValueError(msg)
+    problem = tokens_fault(grant.access_token, grant.refresh_token)
+    if problem:
+        msg = f"{name} cannot keep this grant of {grant.app_id}: {problem}"
+        raise ValueError(msg)
+    return app
 
 
 def tokens_fault(access_token: object, refresh_token: object) -> str:

@@ -32,7 +32,13 @@ import actors.stores._layout as layout
 from actors._config import AppConfig, TokenKind
 from actors._errors import StoreKeyError
 from actors.stores._base import StoreHealth
-from actors.stores._grants import FernetKeys, GrantBook, Sealer, StoredGrant, fernet_keys
+from actors.stores._grants import (
+    FernetKeys,
+    GrantBook,
+    Sealer,
+    StoredGrant,
+    fernet_keys,
+)
 from actors.stores._health import Breaker, Probe
 from actors.stores._layout import GRANT_FIELDS, GrantKeys, Keys
 from actors.stores._shared import Acquired, Ask, SharedStore, Unavailable
@@ -258,11 +264,6 @@ class RedisStore(SharedStore):
 
     # --- user grants' side ----------------------------------------------------------------------
 
-    def served(self, app_id: str) -> AppConfig | None:
-        """The config of ``app_id`` if this store has served that app."""
-        with self._lock:
-            return self._apps.get(app_id)
-
     def check_persistence(self) -> None:
         """Once per store: warn if this Redis keeps nothing across a restart (no AOF, no RDB
         snapshots), since the user grants it holds would die with it. A Redis that refuses
@@ -344,17 +345,7 @@ class RedisGrants(GrantBook):
         return bool(int(began))
 
     def commit(self, grant: StoredGrant, *, expect: int | None) -> int | None:
-        if expect is not None and (type(expect) is not int or expect < 0):
-            msg = f"expect must be a version (an int >= 0) or None, got {expect!r}"
-            raise ValueError(msg)
-        app = self._store.served(grant.app_id)
-        if app is None:
-            msg = f"{self.name} has not served app {grant.app_id!r}: read its user's grant first"
-            raise ValueError(msg)
-        problem = layout.tokens_fault(grant.access_token, grant.refresh_token)
-        if problem:
-            msg = f"{self.name} cannot keep this grant: {problem}"
-            raise ValueError(msg)
+        app = layout.checked_commit(self.name, grant, expect, self._store.served(grant.app_id))
         sealed = self._sealer.seal(grant.secrets()).decode()
         at = self._at(app, grant.open_id)
         args = (

@@ -260,8 +260,7 @@ class SharedStore(Store):
             self.serves(app)
             config: AppConfig | None = app
         else:
-            with self._lock:
-                config = self._apps.get(app)
+            config = self.served(app)
         app_id = config.app_id if config is not None else str(app)
         self._ledger.use_ticket(app_id, ticket)
         if config is None:
@@ -300,6 +299,11 @@ class SharedStore(Store):
         except Unavailable:
             return False
         return True
+
+    def served(self, app_id: str) -> AppConfig | None:
+        """The config of ``app_id`` if this store has served that app (:meth:`serves`)."""
+        with self._lock:
+            return self._apps.get(app_id)
 
     def serves(self, app: AppConfig) -> None:
         """Remember ``app``'s config, for calls that name it by app_id only."""

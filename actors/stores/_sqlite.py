@@ -35,7 +35,13 @@ import actors.stores._layout as layout
 import actors.stores._sqlite_schema as schema
 from actors._config import AppConfig, TokenKind
 from actors.stores._base import StoreHealth, credentials_digest
-from actors.stores._grants import FernetKeys, GrantBook, Sealer, StoredGrant, fernet_keys
+from actors.stores._grants import (
+    FernetKeys,
+    GrantBook,
+    Sealer,
+    StoredGrant,
+    fernet_keys,
+)
 from actors.stores._layout import Keys
 from actors.stores._shared import Acquired, Ask, SharedStore, Unavailable
 
@@ -280,17 +286,13 @@ class SqliteGrants(GrantBook):
 
     def commit(self, grant: StoredGrant, *, expect: int | None) -> int | None:
         sealed = self._sealer.seal(grant.secrets())
-        if expect is not None and (type(expect) is not int or expect < 0):
-            msg = f"expect must be a version (an int >= 0) or None, got {expect!r}"
-            raise ValueError(msg)
-        at = self._at(self._config(grant.app_id), grant.open_id)
+        app = layout.checked_commit(self.name, grant, expect, self._store.served(grant.app_id))
+        at = self._at(app, grant.open_id)
         # As it is written: the version is the file's next, no rotation, not ended.
         row = schema.columns(
             dataclasses.replace(grant, version=1, rotating=None, ended=None), sealed
         )
-        fault = layout.tokens_fault(grant.access_token, grant.refresh_token) or (
-            schema.columns_fault(row, app_id=grant.app_id)
-        )
+        fault = schema.columns_fault(row, app_id=grant.app_id)
         if fault:
             msg = f"{self.name} cannot keep this grant of {grant.app_id}: {fault}"
             raise ValueError(msg)
@@ -330,14 +332,6 @@ class SqliteGrants(GrantBook):
         :meth:`commit`."""
         self._store.serves(app)
         return schema.GrantAt(credentials_digest(app), app.app_id, user)
-
-    def _config(self, app_id: str) -> AppConfig:
-        with self._store._lock:
-            config = self._store._apps.get(app_id)
-        if config is None:
-            msg = f"{self.name} has not served app {app_id!r}: read its user's grant first"
-            raise ValueError(msg)
-        return config
 
     def _written(
         self,
